@@ -1,0 +1,82 @@
+"""Domain errors.
+
+Validation never stops at the first problem: parsers collect a :class:`FieldError` for
+every bad field (with its path in the input document and the offending value) and raise
+them together as :class:`InvalidInput`, so one run reports everything a user must fix.
+Only the CLI turns these into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+class NetinjectError(Exception):
+    """Base class of every error netinject raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field of an input document."""
+
+    path: str
+    value: object
+    message: str
+
+    def __str__(self) -> str:
+        where = self.path or "<document>"
+        if self.value is _MISSING:
+            return f"{where}: {self.message}"
+        return f"{where}: {self.value!r} {self.message}"
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+MISSING: object = _MISSING
+"""Marker for FieldError.value when the field is absent (nothing to quote)."""
+
+
+class InvalidInput(NetinjectError):
+    """Input failed validation; ``errors`` holds every problem found."""
+
+    def __init__(self, errors: list[FieldError], source: str = "") -> None:
+        self.errors = list(errors)
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(f"{head}{len(self.errors)} error(s):\n" + "\n".join(
+            f"  {e}" for e in self.errors))
+
+
+@dataclass
+class ErrorCollector:
+    """Accumulates FieldErrors while a parser walks a document."""
+
+    errors: list[FieldError] = field(default_factory=list)
+
+    def add(self, path: str, value: object, message: str) -> None:
+        self.errors.append(FieldError(path, value, message))
+
+    def missing(self, path: str) -> None:
+        self.errors.append(FieldError(path, MISSING, "is required but missing"))
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_if_any(self, source: str = "") -> None:
+        if self.errors:
+            raise InvalidInput(self.errors, source)
+
+    @contextmanager
+    def catching(self) -> Iterator[None]:
+        """Fold an InvalidInput raised inside the block into this collector."""
+        try:
+            yield
+        except InvalidInput as exc:
+            self.errors.extend(exc.errors)

@@ -1,0 +1,175 @@
+"""The validated network model.
+
+Everything here is frozen and typed with :mod:`ipaddress` values, so that a renderer
+can only ever write text that was parsed first: no raw input string reaches a guest
+file. Raw documents (Neutron JSON, network_data.json) are turned into these objects
+by :mod:`netinject.sources`; renderers read only these objects.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from dataclasses import dataclass
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
+from typing import Literal
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+IPInterface = IPv4Interface | IPv6Interface
+
+MTU_MIN = 68
+MTU_MAX = 65535
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, order=True)
+class MacAddress:
+    """An Ethernet MAC address, normalised to lower-case ``aa:bb:cc:dd:ee:ff``."""
+
+    value: str
+
+    def __post_init__(self) -> None:
+        if not _MAC_RE.match(self.value):
+            raise ValueError(f"not a MAC address in canonical form: {self.value!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> MacAddress:
+        candidate = text.lower()
+        if not _MAC_RE.match(candidate):
+            raise ValueError("is not a MAC address (want six hex octets like fa:16:3e:00:00:01)")
+        if candidate == "00:00:00:00:00:00":
+            raise ValueError("is the null MAC address")
+        if int(candidate[:2], 16) & 1:
+            raise ValueError("is a multicast MAC address, not a NIC address")
+        return cls(candidate)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Hostname:
+    """An RFC 1123 host name (labels of letters, digits and hyphens; at most 253)."""
+
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> Hostname:
+        name = text[:-1] if text.endswith(".") else text
+        if not name or len(name) > 253:
+            raise ValueError("is not an RFC 1123 host name (1 to 253 characters)")
+        for label in name.split("."):
+            if not _LABEL_RE.match(label):
+                raise ValueError(
+                    "is not an RFC 1123 host name (labels of 1-63 letters, digits or "
+                    "hyphens, not starting or ending with a hyphen)")
+        return cls(name)
+
+    @property
+    def short(self) -> str:
+        return self.value.split(".", 1)[0]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def parse_uuid(text: str) -> uuid.UUID:
+    """Parse a canonical UUID (the form OpenStack uses for every id)."""
+    try:
+        value = uuid.UUID(text)
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError("is not a UUID") from None
+    if str(value) != text.lower():
+        raise ValueError("is not a UUID in canonical 8-4-4-4-12 form")
+    return value
+
+
+class AddrMode(enum.Enum):
+    """How one address of a NIC is configured in the guest."""
+
+    STATIC = "static"
+    DHCP = "dhcp"  # inet dhcp / inet6 dhcp (DHCPv6 stateful)
+    SLAAC = "slaac"  # inet6 auto
+    DHCPV6_STATELESS = "dhcpv6-stateless"  # inet6 auto + dhcp 1
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: IPNetwork
+    gateway: IPAddress
+
+    @property
+    def version(self) -> int:
+        return self.destination.version
+
+
+@dataclass(frozen=True)
+class IfAddress:
+    """One address stanza of a NIC: an address family and how it is configured.
+
+    For STATIC, ``interface`` is the address with its subnet's prefix; for the other
+    modes it is None (the guest learns it) or the known address (kept for reference).
+    """
+
+    version: Literal[4, 6]
+    mode: AddrMode
+    interface: IPInterface | None
+    gateway: IPAddress | None = None
+    routes: tuple[Route, ...] = ()
+    dns: tuple[IPAddress, ...] = ()
+    subnet_id: str | None = None
+
+    @property
+    def is_static(self) -> bool:
+        return self.mode is AddrMode.STATIC and self.interface is not None
+
+
+@dataclass(frozen=True)
+class Nic:
+    """One guest NIC: named ``eth<index>``, pinned to its MAC by a udev rule."""
+
+    index: int
+    mac: MacAddress
+    port_id: str
+    addresses: tuple[IfAddress, ...]
+    mtu: int | None = None
+    network_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"eth{self.index}"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """Everything the guest needs to bring its network up without asking anyone."""
+
+    uuid: uuid.UUID
+    nics: tuple[Nic, ...]
+    hostname: Hostname | None = None
+    name: str | None = None
+    dns: tuple[IPAddress, ...] = ()
+    inject: bool = True
+
+    def gateway_nic(self, version: int) -> Nic | None:
+        """The NIC that carries the default route for an address family.
+
+        Only one default route per family: a second ``gateway`` line makes ifup fail.
+        It goes on the lowest-index NIC whose subnet has a gateway.
+        """
+        for nic in self.nics:
+            for addr in nic.addresses:
+                if addr.version == version and addr.gateway is not None and addr.is_static:
+                    return nic
+        return None
