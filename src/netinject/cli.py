@@ -115,9 +115,8 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"==> {path} <==")
             sys.stdout.write(content)
         return EXIT_OK
-    written = write_tree(args.out, files)
-    for path in written:
-        print(path)
+    for written in write_tree(args.out, files):
+        print(written)
     if args.system_metadata_out is not None:
         assert sysmeta is not None
         write_atomic(args.system_metadata_out,

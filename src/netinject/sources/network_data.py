@@ -80,7 +80,7 @@ def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instanc
         n = len(errors.errors)
         lid = f.as_str(f.get(obj, "id", f"{path}.id", errors), f"{path}.id", errors)
         ltype = obj.get("type")
-        if ltype in UNSUPPORTED_LINK_TYPES:
+        if isinstance(ltype, str) and ltype in UNSUPPORTED_LINK_TYPES:
             errors.add(f"{path}.type", ltype, "links are not supported (physical NICs only)")
         mac = f.as_mac(f.get(obj, "ethernet_mac_address", f"{path}.ethernet_mac_address",
                              errors), f"{path}.ethernet_mac_address", errors)
@@ -130,7 +130,7 @@ def _network(obj: Mapping[str, Any], path: str, errors: ErrorCollector) -> IfAdd
     ntype = f.get(obj, "type", f"{path}.type", errors)
     if ntype is None:
         return None
-    if ntype not in NETWORK_TYPES:
+    if not isinstance(ntype, str) or ntype not in NETWORK_TYPES:
         errors.add(f"{path}.type", ntype, f"is not one of {', '.join(NETWORK_TYPES)}")
         return None
     version, mode = NETWORK_TYPES[ntype]
@@ -174,7 +174,7 @@ def _network(obj: Mapping[str, Any], path: str, errors: ErrorCollector) -> IfAdd
             routes.append(Route(dest, gw))
     if len(errors.errors) != n:
         return None
-    return IfAddress(version, mode, iface, gateway, tuple(routes), dns)
+    return IfAddress(version, mode, iface, gateway, tuple(routes), tuple(dns))
 
 
 def _interface(obj: Mapping[str, Any], path: str, version: int,

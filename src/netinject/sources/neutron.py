@@ -127,7 +127,7 @@ def parse_subnet(raw: Any, path: str, errors: ErrorCollector) -> Subnet | None:
         if route is not None:
             routes.append(route)
     mode = obj.get("ipv6_address_mode")
-    if mode is not None and mode not in _V6_MODES:
+    if mode is not None and (not isinstance(mode, str) or mode not in _V6_MODES):
         errors.add(f"{path}.ipv6_address_mode", mode,
                    f"is not one of {', '.join(sorted(_V6_MODES))}")
         mode = None
@@ -210,9 +210,10 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
     if top is None:
         errors.raise_if_any(source)
         raise AssertionError  # unreachable
-    inst = f.as_obj(f.get(top, "instance", "instance", errors), "instance", errors) or {}
-    uuid = f.as_uuid(f.get(inst, "uuid", "instance.uuid", errors) if inst else None,
-                     "instance.uuid", errors)
+    raw_inst = f.get(top, "instance", "instance", errors)
+    inst = f.as_obj(raw_inst, "instance", errors) or {}
+    uuid = f.as_uuid(f.get(inst, "uuid", "instance.uuid", errors) if raw_inst is not None
+                     and isinstance(raw_inst, Mapping) else None, "instance.uuid", errors)
     hostname = _hostname(inst.get("hostname"), "instance.hostname", errors)
     name = f.as_str(inst.get("name"), "instance.name", errors)
 
@@ -236,8 +237,12 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
         networks[nid] = mtu
 
     subnets: dict[str, Subnet] = {}
-    for i, raw in enumerate(f.as_list(f.get(top, "subnets", "subnets", errors),
-                                      "subnets", errors)):
+    raw_subnets = f.as_list(f.get(top, "subnets", "subnets", errors), "subnets", errors)
+    # Ids of subnets that exist but failed validation: references to them are not
+    # reported again as dangling (their own errors already are).
+    invalid_subnets = {s.get("id") for s in raw_subnets
+                       if isinstance(s, Mapping) and isinstance(s.get("id"), str)}
+    for i, raw in enumerate(raw_subnets):
         subnet = parse_subnet(raw, f"subnets[{i}]", errors)
         if subnet is None:
             continue
@@ -247,6 +252,7 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
             errors.add(f"subnets[{i}].network_id", subnet.network_id,
                        "refers to no network in networks[]")
         subnets[subnet.id] = subnet
+    invalid_subnets -= set(subnets)
 
     ports: list[Port] = []
     port_paths: dict[str, str] = {}
@@ -272,7 +278,8 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
             ipath = f"{path}.fixed_ips[{j}]"
             sub = subnets.get(sid)
             if sub is None:
-                errors.add(f"{ipath}.subnet_id", sid, "refers to no subnet in subnets[]")
+                if sid not in invalid_subnets:
+                    errors.add(f"{ipath}.subnet_id", sid, "refers to no subnet in subnets[]")
                 ok = False
                 continue
             if sub.network_id != port.network_id:
