@@ -161,6 +161,8 @@ class Instance:
     name: str | None = None
     dns: tuple[IPAddress, ...] = ()
     inject: bool = True
+    availability_zone: str | None = None
+    launch_index: int = 0
 
     def gateway_nic(self, version: int) -> Nic | None:
         """The NIC that carries the default route for an address family.

@@ -216,6 +216,9 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
                      and isinstance(raw_inst, Mapping) else None, "instance.uuid", errors)
     hostname = _hostname(inst.get("hostname"), "instance.hostname", errors)
     name = f.as_str(inst.get("name"), "instance.name", errors)
+    zone = f.as_str(inst.get("availability_zone"), "instance.availability_zone", errors)
+    launch_index = f.as_int(inst.get("launch_index", 0), "instance.launch_index", errors,
+                            0, 1 << 31)
 
     image = f.as_obj(top.get("image"), "image", errors) or {}
     props = f.as_str_map(image.get("properties"), "image.properties", errors)
@@ -314,7 +317,8 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
     instance = Instance(
         uuid=uuid, nics=nics, hostname=hostname, name=name,
         dns=_dedup(ip for nic in nics for a in nic.addresses for ip in a.dns),
-        inject=inject_enabled(props, sysmeta))
+        inject=inject_enabled(props, sysmeta), availability_zone=zone,
+        launch_index=launch_index or 0)
     return LoadedInstance(instance, updated_system_metadata(sysmeta, pattern), props,
                           tuple(ports), subnets, networks)
 

@@ -1,0 +1,359 @@
+"""The config drive: an OpenStack-layout filesystem image carrying the netinject payload.
+
+Layout (readable by any config-drive consumer: cloud-init, glean, our agent)::
+
+    openstack/latest/meta_data.json     uuid, hostname, name, launch_index, availability_zone
+    openstack/latest/network_data.json  nova's format, from the same model
+    openstack/latest/vendor_data.json   {}
+    netinject/manifest.json             only for images with support_inject_ip
+    netinject/<name>                    the rendered files the manifest lists (each
+                                        entry: guest path, source name, mode, sha256)
+
+Unlike nova, network_data.json lists every known address as a static network (with its
+routes and the link MTU) even when its subnet has DHCP enabled: whichever agent the guest
+runs, it need not wait on DHCP.
+
+vfat images are built with dosfstools + mtools, iso9660 with pycdlib: no root, no loop
+mount, no kernel vfat driver. Builds are reproducible: fixed timestamps, entries written
+in sorted order, the volume id derived from the instance uuid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid as uuidlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+from xml.etree import ElementTree as ET
+
+from . import __version__
+from .errors import NetinjectError
+from .model import AddrMode, IfAddress, Instance, Nic
+from .render import FORMATS, Files, Options, render_all
+
+LABEL = "config-2"
+MANIFEST_FORMAT = 1
+MANIFEST_PATH = PurePosixPath("netinject/manifest.json")
+PAYLOAD_DIR = PurePosixPath("netinject")
+OPENSTACK_DIR = PurePosixPath("openstack/latest")
+DEFAULT_SIZE = 64 * 1024 * 1024  # nova's vfat config drive size
+FIXED_EPOCH = 1262304000  # 2010-01-01T00:00:00Z: every timestamp on the drive
+FILE_MODE = 0o644
+
+DriveFormat = Literal["vfat", "iso9660"]
+
+
+class DriveBuildError(NetinjectError):
+    """A tool the build needs is missing or failed."""
+
+
+@dataclass(frozen=True)
+class DriveContents:
+    files: Mapping[PurePosixPath, bytes]
+    payload: bool
+
+    @property
+    def size(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+
+# -- what goes on the drive --------------------------------------------------------------
+
+
+def meta_data(instance: Instance) -> dict[str, Any]:
+    """meta_data.json as nova writes it (the keys a guest agent reads)."""
+    name = instance.name or (str(instance.hostname) if instance.hostname else None)
+    return {
+        "uuid": str(instance.uuid),
+        "hostname": str(instance.hostname) if instance.hostname else None,
+        "name": name,
+        "launch_index": instance.launch_index,
+        "availability_zone": instance.availability_zone,
+        "public_keys": {},
+        "meta": {},
+        "files": [],
+        "devices": [],
+    }
+
+
+def _link_id(nic: Nic) -> str:
+    # nova names links after the tap device: "tap" + the port id's first 11 characters.
+    return f"tap{nic.port_id[:11]}" if nic.port_id else nic.name
+
+
+_ND_TYPES = {
+    (4, AddrMode.STATIC): "ipv4",
+    (6, AddrMode.STATIC): "ipv6",
+    (4, AddrMode.DHCP): "ipv4_dhcp",
+    (6, AddrMode.DHCP): "ipv6_dhcpv6-stateful",
+    (6, AddrMode.SLAAC): "ipv6_slaac",
+    (6, AddrMode.DHCPV6_STATELESS): "ipv6_dhcpv6-stateless",
+}
+
+
+def network_data(instance: Instance) -> dict[str, Any]:
+    """network_data.json in nova's format, every known address written as static."""
+    links: list[dict[str, Any]] = []
+    networks: list[dict[str, Any]] = []
+    gw_nics = {4: instance.gateway_nic(4), 6: instance.gateway_nic(6)}
+    for nic in instance.nics:
+        link = _link_id(nic)
+        links.append({
+            "id": link,
+            "vif_id": nic.port_id or None,
+            "type": "phy",
+            "mtu": nic.mtu,
+            "ethernet_mac_address": str(nic.mac),
+        })
+        gw_done: set[int] = set()
+        for addr in nic.addresses:
+            # One default route per family, on the same NIC and stanza as in the ENI.
+            default = (gw_nics[addr.version] is nic and addr.version not in gw_done
+                       and addr.gateway is not None and addr.is_static)
+            if default:
+                gw_done.add(addr.version)
+            networks.append(_nd_network(addr, len(networks), link, nic, default))
+    return {
+        "links": links,
+        "networks": networks,
+        "services": [{"type": "dns", "address": str(ip)} for ip in instance.dns],
+    }
+
+
+def _nd_network(addr: IfAddress, n: int, link: str, nic: Nic, default_route: bool
+                ) -> dict[str, Any]:
+    mode = addr.mode
+    # Known addresses are static whatever the subnet's DHCP setting (the point of this
+    # drive); SLAAC/stateless DHCPv6 stay as they are: the guest derives those itself.
+    if addr.interface is not None and mode is AddrMode.DHCP:
+        mode = AddrMode.STATIC
+    net: dict[str, Any] = {
+        "id": f"network{n}",
+        "type": _ND_TYPES[(addr.version, mode)],
+        "link": link,
+        "network_id": nic.network_id or link,
+    }
+    if mode is AddrMode.STATIC and addr.interface is not None:
+        iface = addr.interface
+        net["ip_address"] = str(iface.ip)
+        net["netmask"] = str(iface.network.netmask)
+        routes = []
+        if default_route and addr.gateway is not None:
+            zero = "0.0.0.0" if addr.version == 4 else "::"
+            routes.append({"network": zero, "netmask": zero, "gateway": str(addr.gateway)})
+        routes.extend({"network": str(r.destination.network_address),
+                       "netmask": str(r.destination.netmask),
+                       "gateway": str(r.gateway)} for r in addr.routes)
+        net["routes"] = routes
+    net["services"] = [{"type": "dns", "address": str(ip)} for ip in addr.dns]
+    return net
+
+
+def source_names(files: Files) -> dict[PurePosixPath, str]:
+    """The payload's on-drive name for each guest path: its base name, made unique.
+
+    The payload sits flat in netinject/ (one directory: fewer mtools calls, and nothing
+    for the guest to walk); the manifest maps each name back to its guest path.
+    """
+    names: dict[PurePosixPath, str] = {}
+    taken = {MANIFEST_PATH.name}
+    for path in sorted(files):
+        name, n = path.name, 1
+        while name in taken:
+            n += 1
+            name = f"{path.name}.{n}"
+        taken.add(name)
+        names[path] = name
+    return names
+
+
+def manifest(instance: Instance, files: Files, style: str) -> dict[str, Any]:
+    """What the guest agent may install: each file's guest path, source, mode, sha256."""
+    names = source_names(files)
+    return {
+        "format": MANIFEST_FORMAT,
+        "generator": f"netinject {__version__}",
+        "instance_uuid": str(instance.uuid),
+        "style": style,
+        "files": [
+            {"path": str(path), "source": names[path], "mode": f"{FILE_MODE:04o}",
+             "sha256": hashlib.sha256(content.encode()).hexdigest()}
+            for path, content in sorted(files.items())
+        ],
+        "nics": [{"name": nic.name, "mac": str(nic.mac)} for nic in instance.nics],
+    }
+
+
+def _json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def contents(instance: Instance, options: Options | None = None,
+             formats: tuple[str, ...] = FORMATS) -> DriveContents:
+    opts = options or Options()
+    files: dict[PurePosixPath, bytes] = {
+        OPENSTACK_DIR / "meta_data.json": _json(meta_data(instance)),
+        OPENSTACK_DIR / "network_data.json": _json(network_data(instance)),
+        OPENSTACK_DIR / "vendor_data.json": _json({}),
+    }
+    if instance.inject:
+        rendered = render_all(instance, formats, opts)
+        files[MANIFEST_PATH] = _json(manifest(instance, rendered, opts.style.value))
+        for path, name in source_names(rendered).items():
+            files[PAYLOAD_DIR / name] = rendered[path].encode()
+    return DriveContents(files, instance.inject)
+
+
+def volume_id(instance_uuid: uuidlib.UUID) -> int:
+    """A 32-bit volume serial derived from the instance uuid (stable per instance)."""
+    return int.from_bytes(hashlib.sha256(instance_uuid.bytes).digest()[:4], "big")
+
+
+# -- building images ---------------------------------------------------------------------
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name) or (f"/sbin/{name}" if Path(f"/sbin/{name}").exists() else None)
+    if path is None:
+        raise DriveBuildError(f"{name} not found: install the Debian package {package!r} "
+                              "(scripts/setup.sh does)")
+    return path
+
+
+def _run(args: list[str], env: Mapping[str, str]) -> None:
+    done = subprocess.run(args, capture_output=True, text=True, env=dict(env), check=False,
+                          timeout=120)
+    if done.returncode != 0:
+        raise DriveBuildError(f"{Path(args[0]).name} failed (exit {done.returncode}): "
+                              f"{(done.stderr or done.stdout).strip()}")
+
+
+def _image_size(data: DriveContents) -> int:
+    need = data.size + 64 * len(data.files) * 1024 + 4 * 1024 * 1024
+    mib = 1024 * 1024
+    return max(DEFAULT_SIZE, (need * 5 // 4 + mib - 1) // mib * mib)
+
+
+def build_vfat(data: DriveContents, out: Path, vol_id: int) -> None:
+    """mkfs.fat (reproducible) + mtools: no root, no mount, no kernel vfat driver."""
+    mkfs = _tool("mkfs.fat", "dosfstools")
+    mmd, mcopy = (_tool(t, "mtools") for t in ("mmd", "mcopy"))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MTOOLS_SKIP_CHECK": "1",
+           "SOURCE_DATE_EPOCH": str(FIXED_EPOCH), "TZ": "UTC", "LC_ALL": "C"}
+    size_kib = _image_size(data) // 1024
+    with tempfile.TemporaryDirectory(prefix="netinject-drive-") as tmp:
+        staging = Path(tmp)
+        # --invariant fixes every time-based and random field; the -i after it then
+        # sets our volume serial (order matters). Label lower-case, as nova writes it.
+        _run([mkfs, "-C", "--invariant", "-i", f"{vol_id:08x}", "-n", LABEL, str(out),
+              str(size_kib)], env)
+        dirs = sorted({p for path in data.files for p in path.parents if str(p) != "."},
+                      key=lambda p: (len(p.parts), str(p)))
+        if dirs:
+            _run([mmd, "-i", str(out), *(f"::/{d}" for d in dirs)], env)
+        by_dir: dict[PurePosixPath, list[Path]] = {}
+        for path, content in sorted(data.files.items()):
+            local = staging / path.as_posix()
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(content)
+            os.utime(local, (FIXED_EPOCH, FIXED_EPOCH))
+            by_dir.setdefault(path.parent, []).append(local)
+        for parent, locals_ in sorted(by_dir.items(), key=lambda kv: str(kv[0])):
+            _run([mcopy, "-i", str(out), "-m", *map(str, locals_), f"::/{parent}/"], env)
+
+
+@contextlib.contextmanager
+def _frozen_clock(epoch: int) -> Iterator[None]:
+    """pycdlib stamps records with time.time()/localtime(): freeze both (UTC) while
+    it builds, so the image does not depend on when or in which timezone it was made."""
+    real_time, real_localtime = time.time, time.localtime
+    time.time = lambda: float(epoch)  # type: ignore[assignment]
+    time.localtime = time.gmtime  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        time.time = real_time  # type: ignore[assignment]
+        time.localtime = real_localtime  # type: ignore[assignment]
+
+
+def build_iso(data: DriveContents, out: Path, vol_id: int) -> None:
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    with _frozen_clock(FIXED_EPOCH):
+        iso.new(interchange_level=4, joliet=3, rock_ridge="1.09", vol_ident=LABEL,
+                vol_set_ident=f"{vol_id:08x}", sys_ident="LINUX")
+        dirs = sorted({p for path in data.files for p in path.parents if str(p) != "."},
+                      key=lambda p: (len(p.parts), str(p)))
+        for d in dirs:
+            iso.add_directory(_iso_name(d), rr_name=d.name, joliet_path=f"/{d}")
+        for path, content in sorted(data.files.items()):
+            iso.add_fp(io.BytesIO(content), len(content), _iso_name(path) + ";1",
+                       rr_name=path.name, joliet_path=f"/{path}", file_mode=0o100444)
+        with out.open("wb") as fh:
+            iso.write_fp(fh)
+        iso.close()
+
+
+def _iso_name(path: PurePosixPath) -> str:
+    """An ISO9660 level-4 identifier for a path (upper-case; Rock Ridge/Joliet keep the
+    real names)."""
+    return "/" + "/".join(part.upper().replace("-", "_") for part in path.parts)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    format: DriveFormat
+    payload: bool
+    size: int
+    volume_id: int
+    files: tuple[PurePosixPath, ...]
+
+
+def build(instance: Instance, out: Path, fmt: DriveFormat = "vfat",
+          options: Options | None = None) -> BuildResult:
+    """Build the drive into a temporary file beside ``out`` and rename it into place:
+    a failed build leaves no file behind."""
+    data = contents(instance, options)
+    vol = volume_id(instance.uuid)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if fmt == "vfat":
+            tmp.unlink()  # mkfs.fat -C creates the file itself
+            build_vfat(data, tmp, vol)
+        else:
+            build_iso(data, tmp, vol)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return BuildResult(out, fmt, data.payload, out.stat().st_size, vol,
+                       tuple(sorted(data.files)))
+
+
+def libvirt_disk_xml(image: Path, target_dev: str = "vdz") -> str:
+    """The <disk> element that attaches the drive read-only as a virtio disk."""
+    disk = ET.Element("disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none")
+    ET.SubElement(disk, "source", file=str(image.resolve()))
+    ET.SubElement(disk, "target", dev=target_dev, bus="virtio")
+    ET.SubElement(disk, "readonly")
+    ET.SubElement(disk, "serial").text = LABEL
+    ET.indent(disk)
+    return ET.tostring(disk, encoding="unicode") + "\n"

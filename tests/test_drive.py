@@ -1,0 +1,212 @@
+"""Config drive: read back with independent tools and compared with `render`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from conftest import CASES, load_case, tree
+from drive_helpers import blkid, iso_files, vfat_files
+from netinject.cli import main
+
+CLOUD_INIT_PYTHON = "/usr/bin/python3"  # Debian's cloud-init lives in the system Python
+
+
+def _drive(src: Path, out: Path, *extra: str) -> int:
+    return main(["drive", str(src), "--out", str(out), *extra])
+
+
+def _render_tree(src: Path, dest: Path) -> dict[str, bytes]:
+    assert main(["render", str(src), "--out", str(dest)]) == 0
+    return tree(dest)
+
+
+@pytest.mark.parametrize("case", ["seed", "multi-nic-reordered", "dual-stack"])
+def test_vfat_drive_matches_render(case: str, tmp_path: Path) -> None:
+    src = CASES / case / "instance.json"
+    img = tmp_path / "config.img"
+    assert _drive(src, img) == 0
+    ids = blkid(img)
+    assert ids["TYPE"] == "vfat"
+    assert ids["LABEL"].lower() == "config-2"
+    assert img.stat().st_size == 64 * 1024 * 1024
+    files = vfat_files(img, tmp_path / "x")
+    rendered = _render_tree(src, tmp_path / "r")
+    manifest = json.loads(files["netinject/manifest.json"])
+    payload = {e["path"]: files[f"netinject/{e['source']}"] for e in manifest["files"]}
+    assert payload == rendered
+    doc = load_case(case)
+    assert manifest["format"] == 1
+    assert manifest["instance_uuid"] == doc["instance"]["uuid"]
+    assert {e["path"]: e["sha256"] for e in manifest["files"]} == {
+        k: hashlib.sha256(v).hexdigest() for k, v in rendered.items()}
+    assert all(e["mode"] == "0644" for e in manifest["files"])
+    meta = json.loads(files["openstack/latest/meta_data.json"])
+    assert meta["uuid"] == doc["instance"]["uuid"]
+    assert meta["hostname"] == doc["instance"]["hostname"]
+    assert meta["launch_index"] == 0
+    assert "availability_zone" in meta
+    assert sorted(files) == sorted(
+        ["netinject/manifest.json", "openstack/latest/meta_data.json",
+         "openstack/latest/network_data.json", "openstack/latest/vendor_data.json",
+         *(f"netinject/{e['source']}" for e in manifest["files"])])
+
+
+def test_iso9660_drive_matches_vfat_drive(tmp_path: Path) -> None:
+    src = CASES / "multi-nic-reordered" / "instance.json"
+    assert _drive(src, tmp_path / "c.iso", "--format", "iso9660") == 0
+    assert _drive(src, tmp_path / "c.img") == 0
+    ids = blkid(tmp_path / "c.iso")
+    assert ids["TYPE"] == "iso9660"
+    assert ids["LABEL"] == "config-2"
+    assert iso_files(tmp_path / "c.iso") == vfat_files(tmp_path / "c.img", tmp_path / "x")
+
+
+@pytest.mark.parametrize("fmt", ["vfat", "iso9660"])
+def test_builds_are_byte_identical(fmt: str, tmp_path: Path) -> None:
+    src = CASES / "dual-stack" / "instance.json"
+    assert _drive(src, tmp_path / "a", "--format", fmt) == 0
+    os.environ["TZ"] = "Asia/Shanghai"  # the seed's cloud: timezone must not matter
+    try:
+        assert _drive(src, tmp_path / "b", "--format", fmt) == 0
+    finally:
+        del os.environ["TZ"]
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+def test_different_uuid_gives_different_volume_id(tmp_path: Path, write_json: Any) -> None:
+    doc = load_case("seed")
+    assert _drive(write_json(doc, "a.json"), tmp_path / "a.img") == 0
+    doc["instance"]["uuid"] = "00000000-0000-4000-8000-000000000001"
+    assert _drive(write_json(doc, "b.json"), tmp_path / "b.img") == 0
+    assert blkid(tmp_path / "a.img")["UUID"] != blkid(tmp_path / "b.img")["UUID"]
+
+
+def _cloud_init_convert(nd: dict[str, Any], macs: dict[str, str]) -> Any:
+    code = ("import json,sys\n"
+            "from cloudinit.sources.helpers.openstack import convert_net_json\n"
+            "d=json.load(sys.stdin)\n"
+            "print(json.dumps(convert_net_json(d['nd'], known_macs=d['macs'])))\n")
+    done = subprocess.run([CLOUD_INIT_PYTHON, "-c", code], input=json.dumps(
+        {"nd": nd, "macs": macs}), capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("case", ["seed", "multi-nic-reordered", "dual-stack"])
+def test_cloud_init_parses_network_data(case: str, tmp_path: Path) -> None:
+    """cloud-init's own parser (Debian package) reads our network_data.json and gets the
+    same addresses, routes and DNS as our model."""
+    from netinject.sources import neutron
+
+    src = CASES / case / "instance.json"
+    assert _drive(src, tmp_path / "c.img") == 0
+    files = vfat_files(tmp_path / "c.img", tmp_path / "x")
+    nd = json.loads(files["openstack/latest/network_data.json"])
+    instance = neutron.load_file(src).instance
+    macs = {str(n.mac): n.name for n in instance.nics}
+    cfg = _cloud_init_convert(nd, macs)["config"]
+    phys = {c["name"]: c for c in cfg if c["type"] == "physical"}
+    assert set(phys) == {n.name for n in instance.nics}
+    for nic in instance.nics:
+        entry = phys[nic.name]
+        assert entry["mac_address"] == str(nic.mac)
+        assert entry.get("mtu") == nic.mtu
+        statics = [(s["address"], s["netmask"]) for s in entry["subnets"]
+                   if s["type"] in ("static", "static6")]
+        assert statics == [(str(a.interface.ip), str(a.interface.network.netmask))
+                           for a in nic.addresses if a.is_static and a.interface]
+        routes = {(r["network"], r["netmask"], r["gateway"])
+                  for s in entry["subnets"] for r in s.get("routes", [])}
+        want = {(str(r.destination.network_address), str(r.destination.netmask),
+                 str(r.gateway)) for a in nic.addresses if a.is_static for r in a.routes}
+        assert want <= routes
+        for version in (4, 6):
+            gw = instance.gateway_nic(version)
+            defaults = {r for r in routes if r[1] in ("0.0.0.0", "::")
+                        and (":" in r[0]) == (version == 6)}
+            if gw is nic:
+                assert len(defaults) == 1
+            else:
+                assert not defaults
+    dns = [c["address"] for c in cfg if c["type"] == "nameserver"]
+    assert dns == [str(ip) for ip in instance.dns]
+
+
+def test_policy_without_property_has_no_payload(tmp_path: Path, write_json: Any,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    doc = load_case("seed")
+    doc["image"]["properties"] = {"os_distro": "debian"}
+    assert _drive(write_json(doc), tmp_path / "c.img") == 0
+    assert "legacy DHCP path applies" in capsys.readouterr().err
+    files = vfat_files(tmp_path / "c.img", tmp_path / "x")
+    assert sorted(files) == ["openstack/latest/meta_data.json",
+                             "openstack/latest/network_data.json",
+                             "openstack/latest/vendor_data.json"]
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", "1", "yes", "Yes"])
+def test_policy_accepts_system_metadata_form(value: str, tmp_path: Path,
+                                             write_json: Any) -> None:
+    doc = load_case("seed")
+    doc["image"] = {}
+    doc["system_metadata"]["image_support_inject_ip"] = value
+    assert _drive(write_json(doc), tmp_path / "c.img") == 0
+    assert "netinject/manifest.json" in vfat_files(tmp_path / "c.img", tmp_path / "x")
+
+
+@pytest.mark.parametrize("value", ["false", "0", "no", "", "truthy"])
+def test_policy_false_values(value: str, tmp_path: Path, write_json: Any) -> None:
+    doc = load_case("seed")
+    doc["image"]["properties"]["support_inject_ip"] = value
+    assert _drive(write_json(doc), tmp_path / "c.img") == 0
+    assert "netinject/manifest.json" not in vfat_files(tmp_path / "c.img", tmp_path / "x")
+
+
+def test_bad_input_leaves_no_image(tmp_path: Path, write_json: Any,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    doc = load_case("seed")
+    doc["ports"][0]["fixed_ips"][0]["ip_address"] = "10.0.0.300"
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _drive(write_json(doc), out / "c.img") == 2
+    assert "ports[0].fixed_ips[0].ip_address: '10.0.0.300' is not an IP address" in \
+        capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_failed_tool_leaves_no_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "mmd"
+    fake.write_text("#!/bin/sh\necho 'disk full' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _drive(CASES / "seed" / "instance.json", out / "c.img") == 1
+    assert "mmd failed (exit 1): disk full" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_libvirt_xml_attaches_read_only_virtio_disk(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    img = tmp_path / "c.img"
+    assert _drive(CASES / "seed" / "instance.json", img, "--libvirt-xml") == 0
+    disk = ET.fromstring(capsys.readouterr().out)
+    assert disk.tag == "disk"
+    assert disk.get("device") == "disk"
+    assert disk.find("readonly") is not None
+    target = disk.find("target")
+    assert target is not None
+    assert target.get("bus") == "virtio"
+    source = disk.find("source")
+    assert source is not None
+    assert source.get("file") == str(img)
