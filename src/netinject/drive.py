@@ -277,13 +277,13 @@ def _frozen_clock(epoch: int) -> Iterator[None]:
     """pycdlib stamps records with time.time()/localtime(): freeze both (UTC) while
     it builds, so the image does not depend on when or in which timezone it was made."""
     real_time, real_localtime = time.time, time.localtime
-    time.time = lambda: float(epoch)  # type: ignore[assignment]
-    time.localtime = time.gmtime  # type: ignore[assignment]
+    time.time = lambda: float(epoch)
+    time.localtime = time.gmtime
     try:
         yield
     finally:
-        time.time = real_time  # type: ignore[assignment]
-        time.localtime = real_localtime  # type: ignore[assignment]
+        time.time = real_time
+        time.localtime = real_localtime
 
 
 def build_iso(data: DriveContents, out: Path, vol_id: int) -> None:

@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,10 @@ def run(runs: int = 15, nic_counts: tuple[int, ...] = (1, 8), out: Any = sys.std
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
             contenders: dict[str, Callable[[Path], object]] = {
-                "netinject vfat": lambda p, i=instance: drive.build(i, p, "vfat"),
-                "nova vfat (mkfs.vfat+mcopy)": lambda p, t=tree: _nova_vfat(t, p),
-                "netinject iso9660": lambda p, i=instance: drive.build(i, p, "iso9660"),
-                "nova iso9660 (genisoimage)": lambda p, t=tree: _nova_iso(t, p),
+                "netinject vfat": partial(drive.build, instance, fmt="vfat"),
+                "nova vfat (mkfs.vfat+mcopy)": partial(_nova_vfat, tree),
+                "netinject iso9660": partial(drive.build, instance, fmt="iso9660"),
+                "nova iso9660 (genisoimage)": partial(_nova_iso, tree),
             }
             times: dict[str, list[float]] = {k: [] for k in contenders}
             for r in range(runs):
