@@ -13,7 +13,7 @@ APT_PACKAGES=(
   dnsmasq-base
   mmdebstrap e2fsprogs
   cloud-init
-  systemd insserv sysvinit-utils
+  systemd insserv sysvinit-utils initscripts
 )
 
 need=()

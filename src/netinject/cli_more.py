@@ -29,6 +29,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="guest device name in the libvirt XML (default: %(default)s)")
     p.set_defaults(func=cmd_drive)
 
+    g = sub.add_parser(
+        "guest-bundle", help="write the guest agent as one runnable file (zipapp)",
+        description="Write the guest agent (standard library only, Python >= 3.9) as a zipapp. "
+                    "In an image: 'python3 netinject-guest.pyz install --root /mnt/image' "
+                    "installs the boot service (systemd unit or rcS script).")
+    g.add_argument("--out", type=Path, default=Path("netinject-guest.pyz"), metavar="FILE",
+                   help="output file (default: %(default)s)")
+    g.set_defaults(func=cmd_guest_bundle)
+
     bench = sub.add_parser(
         "bench", help="benchmarks that print figures (medians, ratios to the peer)",
         description="Benchmarks. Each prints medians of interleaved runs and the ratio to "
@@ -70,4 +79,11 @@ def cmd_bench_drive(args: argparse.Namespace) -> int:
     results = drive_bench.run(args.runs)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def cmd_guest_bundle(args: argparse.Namespace) -> int:
+    from . import guest_bundle
+
+    print(guest_bundle.build(args.out))
     return 0

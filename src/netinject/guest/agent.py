@@ -1,0 +1,1020 @@
+#!/usr/bin/python3 -I -S
+"""netinject-guest: the inject_network boot service (runs inside the VM).
+
+Standard library only, Python >= 3.9, one file: an image builder drops it in with
+``netinject-guest install`` (or ``python3 netinject-guest.pyz install --root IMAGE``).
+
+``netinject-guest run`` runs early in boot, before any network service:
+
+1. find the config drive (label config-2/CONFIG-2, vfat or iso9660) by probing the block
+   devices the kernel lists in /sys/class/block, with a short bounded wait;
+2. read the netinject payload straight off the device (a small read-only FAT and
+   ISO9660 reader: no mount, no kernel vfat module, nothing to unmount);
+3. verify the manifest: known format, every file's sha256, every guest path inside an
+   allowlist, no ``..``, no symlinked parents;
+4. on the instance's first boot (manifest uuid != /var/lib/netinject/instance-id), install
+   each file atomically, keeping the originals under /var/lib/netinject/backup/<uuid>/;
+5. rename NICs to the names the manifest pins to their MACs (udev named them before the
+   rules existed): links down, temporary names for swaps, SIOCSIFNAME;
+6. record the uuid last, so a crash midway re-runs on the next boot.
+
+It never blocks or breaks boot: on any problem it changes nothing (or rolls back what it
+changed), logs why, and exits 0 so the image's own DHCP configuration applies.
+
+Every path goes through ``--root`` (and ``--sysfs``/``--dev``) so tests run it against a
+directory tree shaped like a guest.
+"""
+
+from __future__ import annotations
+
+# Boot-path imports only: os, sys, time, struct are cheap (mostly built in). json, re,
+# hashlib and argparse cost tens of milliseconds under emulation; they are imported only
+# on a first boot (or for the other commands), never on the later-boot fast path.
+import os
+import struct
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+VERSION = "0.1.0"
+MANIFEST_FORMATS = (1,)
+LABELS = ("config-2", "CONFIG-2")
+STATE_DIR = "var/lib/netinject"
+LOG_FILE = "var/log/netinject.log"
+DEFAULT_WAIT = 1.0
+POLL = 0.05
+
+# Guest paths the payload may write: network config, udev rules, resolver, hostname.
+ALLOWED_PATHS = (
+    r"^etc/network/interfaces$",
+    r"^etc/network/interfaces\.d/[A-Za-z0-9_-]+$",
+    r"^etc/udev/rules\.d/[0-9]{2}-[A-Za-z0-9_.-]+\.rules$",
+    r"^etc/resolv\.conf$",
+    r"^etc/hostname$",
+)
+ALLOWED_MODES = (0o644, 0o640, 0o600, 0o444)
+SOURCE_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+NIC_RE = r"^eth[0-9]{1,4}$"
+MAC_RE = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+
+
+class AgentError(Exception):
+    """A reason to step aside and leave the image's own configuration in place."""
+
+
+# -- logging ------------------------------------------------------------------------------
+
+
+class Log:
+    """Timestamped lines to the console (stderr) and /var/log/netinject.log."""
+
+    def __init__(self, root: str, quiet: bool = False) -> None:
+        self.t0 = time.monotonic()
+        self.root = root
+        self.quiet = quiet
+        self.lines: list[str] = []
+
+    def __call__(self, msg: str) -> None:
+        line = "netinject: [%7.1f ms] %s" % ((time.monotonic() - self.t0) * 1000, msg)
+        self.lines.append(line)
+        if not self.quiet:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    def flush(self) -> None:
+        try:
+            path = os.path.join(self.root, LOG_FILE)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a") as fh:
+                fh.write("\n".join(self.lines) + "\n")
+        except OSError:
+            pass  # a read-only or full /var must not break boot
+
+
+# -- finding and reading the drive -------------------------------------------------------
+
+
+def probe_label(dev: str) -> str | None:
+    """'vfat' or 'iso9660' if the device carries a config-2 label, else None."""
+    try:
+        with open(dev, "rb") as fh:
+            boot = fh.read(512)
+            if len(boot) == 512 and boot[510:512] == b"\x55\xaa":
+                # FAT12/16 keep the label at 43, FAT32 at 71 (with "FAT" at 54 / 82).
+                for off, fs_off in ((43, 54), (71, 82)):
+                    if boot[fs_off:fs_off + 3] == b"FAT":
+                        label = boot[off:off + 11].rstrip(b" \x00").decode("ascii", "replace")
+                        if label in LABELS:
+                            return "vfat"
+            fh.seek(32768)
+            pvd = fh.read(2048)
+            if pvd[0:6] == b"\x01CD001":
+                label = pvd[40:72].rstrip(b" \x00").decode("ascii", "replace")
+                if label in LABELS:
+                    return "iso9660"
+    except OSError:
+        return None
+    return None
+
+
+def find_drive(sysfs: str, dev: str, wait: float, log: Log) -> tuple[str, str] | None:
+    """Probe whole block devices listed in /sys/class/block until one is config-2."""
+    deadline = time.monotonic() + wait
+    seen: set[str] = set()
+    while True:
+        try:
+            names = sorted(os.listdir(os.path.join(sysfs, "class/block")))
+        except OSError:
+            names = []
+        for name in names:
+            if name in seen or name.startswith(("loop", "ram", "zram", "dm-", "md")):
+                continue
+            seen.add(name)
+            if os.path.exists(os.path.join(sysfs, "class/block", name, "partition")):
+                continue
+            path = os.path.join(dev, name)
+            kind = probe_label(path)
+            if kind is not None:
+                return path, kind
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(POLL)
+        seen.clear()
+
+
+class FatReader:
+    """Read-only FAT12/16/32 reader with long file names: just enough to read the
+    netinject payload off a config drive without mounting it."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        bs = self._read(0, 512)
+        (self.bps, self.spc, reserved, nfats, root_entries, total16, _media, fatsz16,
+         _spt, _heads, _hidden, total32) = struct.unpack_from("<HBHBHHBHHHII", bs, 11)
+        if self.bps not in (512, 1024, 2048, 4096) or self.spc == 0 or nfats == 0:
+            raise AgentError("not a FAT filesystem (bad boot sector)")
+        fatsz = fatsz16 or struct.unpack_from("<I", bs, 36)[0]
+        total = total16 or total32
+        self.fat_off = reserved * self.bps
+        root_secs = (root_entries * 32 + self.bps - 1) // self.bps
+        self.root_off = (reserved + nfats * fatsz) * self.bps
+        self.root_size = root_entries * 32
+        self.data_off = self.root_off + root_secs * self.bps
+        clusters = (total - (reserved + nfats * fatsz + root_secs)) // self.spc
+        self.bits = 12 if clusters < 4085 else 16 if clusters < 65525 else 32
+        self.root_cluster = struct.unpack_from("<I", bs, 44)[0] if self.bits == 32 else 0
+        self.csize = self.bps * self.spc
+        self._fat: bytes | None = None
+
+    def _read(self, off: int, size: int) -> bytes:
+        self.fh.seek(off)
+        data = self.fh.read(size)
+        if len(data) != size:
+            raise AgentError("drive truncated (short read at offset %d)" % off)
+        return data
+
+    def _next(self, cluster: int) -> int:
+        if self._fat is None:
+            # FAT size is bounded by the image (64 MiB drive: 32 KiB of FAT16).
+            self._fat = self._read(self.fat_off, self.root_off - self.fat_off)
+        fat = self._fat
+        if self.bits == 16:
+            return int(struct.unpack_from("<H", fat, cluster * 2)[0])
+        if self.bits == 32:
+            return int(struct.unpack_from("<I", fat, cluster * 4)[0]) & 0x0FFFFFFF
+        pair = struct.unpack_from("<H", fat, cluster + cluster // 2)[0]
+        return int(pair >> 4 if cluster & 1 else pair & 0xFFF)
+
+    def _chain(self, cluster: int, limit: int) -> bytes:
+        end = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.bits]
+        out = []
+        total = 0
+        while 2 <= cluster < end:
+            out.append(self._read(self.data_off + (cluster - 2) * self.csize, self.csize))
+            total += self.csize
+            if total >= limit:
+                break
+            cluster = self._next(cluster)
+        return b"".join(out)[:limit]
+
+    def _entries(self, cluster: int | None) -> dict[str, tuple[int, int, bool]]:
+        if cluster is None:
+            raw = (self._read(self.root_off, self.root_size) if self.bits != 32
+                   else self._chain(self.root_cluster, 1 << 20))
+        else:
+            raw = self._chain(cluster, 1 << 20)
+        entries: dict[str, tuple[int, int, bool]] = {}
+        lfn: list[str] = []
+        for i in range(0, len(raw), 32):
+            e = raw[i:i + 32]
+            if e[0] == 0:
+                break
+            if e[0] == 0xE5:
+                lfn = []
+                continue
+            attr = e[11]
+            if attr == 0x0F:
+                part = (e[1:11] + e[14:26] + e[28:32]).decode("utf-16-le", "replace")
+                lfn.insert(0, part.split("\x00")[0])
+                continue
+            if attr & 0x08:
+                lfn = []
+                continue
+            if lfn:
+                name = "".join(lfn).rstrip("\uffff")
+            else:
+                base = e[0:8].decode("ascii", "replace").rstrip()
+                ext = e[8:11].decode("ascii", "replace").rstrip()
+                name = base + ("." + ext if ext else "")
+            lfn = []
+            hi, lo = struct.unpack_from("<H", e, 20)[0], struct.unpack_from("<H", e, 26)[0]
+            size = struct.unpack_from("<I", e, 28)[0]
+            entries[name] = ((hi << 16) | lo, size, bool(attr & 0x10))
+        return entries
+
+    def listdir(self, path: str) -> dict[str, tuple[int, int, bool]]:
+        cluster: int | None = None
+        for part in [p for p in path.split("/") if p]:
+            entry = self._entries(cluster).get(part)
+            if entry is None or not entry[2]:
+                raise AgentError("no directory %r on the drive" % path)
+            cluster = entry[0]
+        return self._entries(cluster)
+
+    def read_dir_files(self, path: str, max_size: int, only: tuple[str, ...] | None = None
+                       ) -> dict[str, bytes]:
+        files = {}
+        for name, (cluster, size, is_dir) in self.listdir(path).items():
+            if is_dir or (only is not None and name not in only):
+                continue
+            if size > max_size:
+                raise AgentError("payload file %r is too large (%d bytes)" % (name, size))
+            data = self._chain(cluster, size) if size else b""
+            if len(data) != size:
+                raise AgentError("payload file %r is truncated on the drive" % name)
+            files[name] = data
+        return files
+
+
+class IsoReader:
+    """Read-only ISO9660 reader (primary volume names, as netinject writes them)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        pvd = self._read(16 * 2048, 2048)
+        if pvd[1:6] != b"CD001":
+            raise AgentError("not an ISO9660 filesystem")
+        self.block = struct.unpack_from("<H", pvd, 128)[0]
+        self.root = self._record(pvd[156:156 + 34])
+
+    def _read(self, off: int, size: int) -> bytes:
+        self.fh.seek(off)
+        data = self.fh.read(size)
+        if len(data) != size:
+            raise AgentError("drive truncated (short read at offset %d)" % off)
+        return data
+
+    @staticmethod
+    def _record(rec: bytes) -> tuple[int, int, bool, str]:
+        extent, size = struct.unpack_from("<I", rec, 2)[0], struct.unpack_from("<I", rec, 10)[0]
+        flags, nlen = rec[25], rec[32]
+        name = rec[33:33 + nlen].decode("ascii", "replace").split(";")[0].rstrip(".")
+        return extent, size, bool(flags & 2), name
+
+    def _entries(self, extent: int, size: int) -> dict[str, tuple[int, int, bool]]:
+        raw = self._read(extent * self.block, size)
+        out = {}
+        i = 0
+        while i < len(raw):
+            length = raw[i]
+            if length == 0:
+                i = (i // self.block + 1) * self.block
+                continue
+            ext, sz, is_dir, name = self._record(raw[i:i + length])
+            if raw[i + 32] == 1 and raw[i + 33] in (0, 1):
+                name = ""
+            if name:
+                out[name] = (ext, sz, is_dir)
+            i += length
+        return out
+
+    def read_dir_files(self, path: str, max_size: int, only: tuple[str, ...] | None = None
+                       ) -> dict[str, bytes]:
+        extent, size = self.root[0], self.root[1]
+        for part in [p for p in path.split("/") if p]:
+            entry = self._entries(extent, size).get(iso_name(part))
+            if entry is None or not entry[2]:
+                raise AgentError("no directory %r on the drive" % path)
+            extent, size = entry[0], entry[1]
+        files = {}
+        for name, (ext, sz, is_dir) in self._entries(extent, size).items():
+            if is_dir or (only is not None and name not in only):
+                continue
+            if sz > max_size:
+                raise AgentError("payload file %r is too large (%d bytes)" % (name, sz))
+            files[name] = self._read(ext * self.block, sz)
+        return files
+
+
+def iso_name(name: str) -> str:
+    """The primary-volume name netinject's iso9660 writer gives a file or directory."""
+    return name.upper().replace("-", "_")
+
+
+MAX_FILE = 1 << 20
+
+
+MANIFEST_NAMES = ("manifest.json", "MANIFEST.JSON")
+
+
+def read_payload(path: str, kind: str, only: tuple[str, ...] | None = None
+                 ) -> dict[str, bytes]:
+    """Files of the drive's netinject/ directory (all, or just the names in ``only``),
+    read without mounting. On iso9660 the names are the primary-volume names."""
+    try:
+        with open(path, "rb") as fh:
+            reader = FatReader(fh) if kind == "vfat" else IsoReader(fh)
+            return reader.read_dir_files("netinject", MAX_FILE, only)
+    except (OSError, struct.error, IndexError, UnicodeError, ValueError) as exc:
+        raise AgentError("cannot read the drive %s: %s" % (path, exc)) from None
+
+
+def _lookup(payload: dict[str, bytes], name: str) -> bytes | None:
+    data = payload.get(name)
+    return data if data is not None else payload.get(iso_name(name))
+
+
+# -- manifest -----------------------------------------------------------------------------
+
+
+class Entry:
+    def __init__(self, path: str, data: bytes, mode: int) -> None:
+        self.path = path
+        self.data = data
+        self.mode = mode
+
+
+class Manifest:
+    def __init__(self, uuid: str, entries: list[Entry], nics: list[tuple[str, str]]) -> None:
+        self.uuid = uuid
+        self.entries = entries
+        self.nics = nics
+
+
+def manifest_uuid_hint(raw: bytes) -> str | None:
+    """The instance uuid from netinject's own manifest layout, found without a JSON
+    parser (the later-boot fast path). Only ever used to decide to do nothing; anything
+    unexpected returns None and the full check runs."""
+    key = b'"instance_uuid": "'
+    at = raw.find(key)
+    if at < 0 or raw.find(key, at + 1) >= 0:
+        return None
+    value = raw[at + len(key):at + len(key) + 37]
+    if len(value) != 37 or value[36:37] != b'"':
+        return None
+    text = value[:36].decode("ascii", "replace")
+    hexdigits = text.replace("-", "")
+    if len(hexdigits) != 32 or [len(p) for p in text.split("-")] != [8, 4, 4, 4, 12] or \
+            any(c not in "0123456789abcdef" for c in hexdigits):
+        return None
+    return text
+
+
+def verify(payload: dict[str, bytes]) -> Manifest:
+    """Check the manifest and every file it lists; AgentError on anything wrong."""
+    import hashlib
+    import json
+    import re
+
+    raw = _lookup(payload, "manifest.json")
+    if raw is None:
+        raise AgentError("no netinject/manifest.json on the drive")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AgentError("manifest is not valid JSON: %s" % exc) from None
+    if not isinstance(doc, dict):
+        raise AgentError("manifest is not a JSON object")
+    fmt = doc.get("format")
+    if fmt not in MANIFEST_FORMATS:
+        raise AgentError("unknown manifest format %r (this agent knows %s)"
+                         % (fmt, ", ".join(map(str, MANIFEST_FORMATS))))
+    uuid = doc.get("instance_uuid")
+    if not isinstance(uuid, str) or not re.match(UUID_RE, uuid):
+        raise AgentError("manifest instance_uuid %r is not a UUID" % (uuid,))
+    files = doc.get("files")
+    if not isinstance(files, list) or not files:
+        raise AgentError("manifest lists no files")
+    entries = []
+    seen = set()
+    for i, item in enumerate(files):
+        if not isinstance(item, dict):
+            raise AgentError("manifest files[%d] is not an object" % i)
+        path, source, mode, digest = (item.get("path"), item.get("source"), item.get("mode"),
+                                      item.get("sha256"))
+        if not isinstance(path, str) or not any(re.match(p, path) for p in ALLOWED_PATHS) \
+                or ".." in path.split("/"):
+            raise AgentError("manifest files[%d].path %r is not an allowed guest path" % (i, path))
+        if path in seen:
+            raise AgentError("manifest lists %r twice" % path)
+        seen.add(path)
+        if not isinstance(source, str) or not re.match(SOURCE_RE, source) \
+                or source == "manifest.json":
+            raise AgentError("manifest files[%d].source %r is not a plain file name" % (i, source))
+        if not isinstance(mode, str) or not re.match(r"^0?[0-7]{3}$", mode) \
+                or int(mode, 8) not in ALLOWED_MODES:
+            raise AgentError("manifest files[%d].mode %r is not allowed" % (i, mode))
+        data = _lookup(payload, source)
+        if data is None:
+            raise AgentError("payload file %r (for %s) is missing" % (source, path))
+        if not isinstance(digest, str) or hashlib.sha256(data).hexdigest() != digest:
+            raise AgentError("sha256 mismatch for %s: the drive is damaged or was altered"
+                             % path)
+        entries.append(Entry(path, data, int(mode, 8)))
+    nics = []
+    names, macs = set(), set()
+    for i, item in enumerate(doc.get("nics") or []):
+        if not isinstance(item, dict):
+            raise AgentError("manifest nics[%d] is not an object" % i)
+        name, mac = item.get("name"), item.get("mac")
+        if not isinstance(name, str) or not re.match(NIC_RE, name) or name in names:
+            raise AgentError("manifest nics[%d].name %r is not a unique ethN name" % (i, name))
+        if not isinstance(mac, str) or not re.match(MAC_RE, mac) or mac in macs:
+            raise AgentError("manifest nics[%d].mac %r is not a unique MAC" % (i, mac))
+        names.add(name)
+        macs.add(mac)
+        nics.append((name, mac))
+    return Manifest(uuid, entries, nics)
+
+
+# -- installing files ---------------------------------------------------------------------
+
+
+def _safe_target(root: str, rel: str) -> str:
+    """root/rel, refusing any existing parent below root that is a symlink."""
+    cur = root
+    for part in rel.split("/")[:-1]:
+        cur = os.path.join(cur, part)
+        if os.path.islink(cur):
+            raise AgentError("refusing to write through symlinked directory %s" % cur)
+    return os.path.join(root, rel)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes, mode: int) -> None:
+    """Write beside the target, fsync, rename over it (a symlink is replaced, never
+    followed)."""
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, ".%s.netinject-tmp" % os.path.basename(path))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    _fsync_dir(d)
+
+
+class Backup:
+    """Originals of replaced files under /var/lib/netinject/backup/<uuid>/.
+
+    An index (index.json) records, per guest path, whether the original was a file, a
+    symlink or absent. A path already in the index is never backed up again, so a re-run
+    after a crash keeps the true originals rather than our half-installed files.
+    """
+
+    def __init__(self, root: str, uuid: str) -> None:
+        import json
+
+        self.dir = os.path.join(root, STATE_DIR, "backup", uuid)
+        self.index_path = os.path.join(self.dir, "index.json")
+        try:
+            with open(self.index_path) as fh:
+                self.index: dict[str, str] = json.load(fh)
+        except (OSError, ValueError):
+            self.index = {}
+
+    def save(self, rel: str, target: str) -> None:
+        if rel in self.index:
+            return
+        os.makedirs(self.dir, exist_ok=True)
+        copy = os.path.join(self.dir, rel.replace("/", "%"))
+        if os.path.islink(target):
+            link = os.readlink(target)
+            if os.path.lexists(copy):
+                os.unlink(copy)
+            os.symlink(link, copy)
+            kind = "symlink"
+        elif os.path.isfile(target):
+            st = os.stat(target)
+            with open(target, "rb") as fh:
+                write_atomic(copy, fh.read(), st.st_mode & 0o7777)
+            kind = "file"
+        elif os.path.lexists(target):
+            raise AgentError("%s exists and is not a regular file" % target)
+        else:
+            kind = "absent"
+        self.index[rel] = kind
+        import json
+
+        write_atomic(self.index_path, json.dumps(self.index, sort_keys=True).encode(), 0o600)
+
+    def restore(self, root: str, rel: str) -> None:
+        kind = self.index.get(rel)
+        target = os.path.join(root, rel)
+        copy = os.path.join(self.dir, rel.replace("/", "%"))
+        if kind == "absent":
+            if os.path.lexists(target):
+                os.unlink(target)
+        elif kind == "symlink":
+            tmp = target + ".netinject-restore"
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.symlink(os.readlink(copy), tmp)
+            os.rename(tmp, target)
+        elif kind == "file":
+            with open(copy, "rb") as fh:
+                write_atomic(target, fh.read(), os.stat(copy).st_mode & 0o7777)
+
+
+def install(root: str, manifest: Manifest, log: Log, after_each: object = None) -> Backup:
+    """Install every manifest file; on failure restore what was already replaced."""
+    # Preflight: every target must be writable without following a symlinked directory
+    # and must not be something other than a file or symlink, before anything changes.
+    targets = [_safe_target(root, entry.path) for entry in manifest.entries]
+    for target in targets:
+        if os.path.lexists(target) and not (os.path.islink(target) or os.path.isfile(target)):
+            raise AgentError("%s exists and is not a regular file" % target)
+    backup = Backup(root, manifest.uuid)
+    done: list[str] = []
+    try:
+        for entry, target in zip(manifest.entries, targets):
+            backup.save(entry.path, target)
+            write_atomic(target, entry.data, entry.mode)
+            done.append(entry.path)
+            log("installed /%s (%d bytes)" % (entry.path, len(entry.data)))
+            if callable(after_each):
+                after_each(entry.path)
+    except (OSError, AgentError) as exc:
+        log("install failed (%s): rolling back %d file(s)" % (exc, len(done)))
+        for rel in reversed(done):
+            try:
+                backup.restore(root, rel)
+            except OSError as rexc:
+                log("rollback of /%s failed: %s" % (rel, rexc))
+        raise AgentError("install failed: %s" % exc) from None
+    return backup
+
+
+# -- NIC renames --------------------------------------------------------------------------
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFNAME = 0x8923
+IFF_UP = 0x1
+
+
+class Netdev:
+    """Kernel NIC operations through ioctls on a socket of this network namespace
+    (the same calls ``ip link set`` makes, without a subprocess)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _ioctl(self, req: int, name: str, payload: bytes) -> bytes:
+        import fcntl
+
+        ifr = struct.pack("16s", name.encode()) + payload.ljust(24, b"\x00")
+        return fcntl.ioctl(self.sock.fileno(), req, ifr)
+
+    def flags(self, name: str) -> int:
+        return int(struct.unpack_from("H", self._ioctl(SIOCGIFFLAGS, name, b""), 16)[0])
+
+    def set_up(self, name: str, up: bool) -> None:
+        flags = self.flags(name)
+        flags = (flags | IFF_UP) if up else (flags & ~IFF_UP)
+        self._ioctl(SIOCSIFFLAGS, name, struct.pack("H", flags))
+
+    def rename(self, old: str, new: str) -> None:
+        self._ioctl(SIOCSIFNAME, old, struct.pack("16s", new.encode()))
+
+
+def current_names(sysfs: str) -> dict[str, str]:
+    """MAC -> current interface name, read from /sys/class/net."""
+    out: dict[str, str] = {}
+    base = os.path.join(sysfs, "class/net")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return out
+    for name in names:
+        try:
+            with open(os.path.join(base, name, "address")) as fh:
+                out[fh.read().strip().lower()] = name
+        except OSError:
+            continue
+    return out
+
+
+def plan_renames(wanted: list[tuple[str, str]], current: dict[str, str]
+                 ) -> list[tuple[str, str]]:
+    """(old, new) pairs that bring every present NIC to its pinned name.
+
+    Raises AgentError if a pinned name is held by a NIC the manifest does not know.
+    """
+    owners = {name: mac for mac, name in current.items()}
+    ours = {mac for _, mac in wanted}
+    moves = []
+    for name, mac in wanted:
+        have = current.get(mac)
+        if have is None or have == name:
+            continue
+        holder = owners.get(name)
+        if holder is not None and holder not in ours:
+            raise AgentError("cannot name %s %s: that name belongs to %s, a NIC the "
+                             "manifest does not list" % (mac, name, holder))
+        moves.append((have, name))
+    return moves
+
+
+def rename_nics(wanted: list[tuple[str, str]], sysfs: str, log: Log,
+                netdev: Netdev | None = None) -> int:
+    """Rename NICs via temporary names (so eth0 <-> eth1 swaps work); links are down
+    while renamed and come back up if they were up. All-or-nothing: on error, every
+    NIC gets its old name back."""
+    moves = plan_renames(wanted, current_names(sysfs))
+    if not moves:
+        log("NIC names already match the manifest")
+        return 0
+    nd = netdev or Netdev()
+    was_up: dict[str, bool] = {}
+    renamed: list[tuple[str, str]] = []  # (from, to) applied, for rollback
+    try:
+        for k, (old, _new) in enumerate(moves):
+            was_up[old] = bool(nd.flags(old) & IFF_UP)
+            if was_up[old]:
+                nd.set_up(old, False)
+            tmp = "nitmp%d" % k
+            nd.rename(old, tmp)
+            renamed.append((old, tmp))
+        for k, (old, new) in enumerate(moves):
+            nd.rename("nitmp%d" % k, new)
+            renamed.append(("nitmp%d" % k, new))
+            log("renamed %s -> %s" % (old, new))
+        for old, new in moves:
+            if was_up.get(old):
+                nd.set_up(new, True)
+    except OSError as exc:
+        for frm, to in reversed(renamed):
+            try:
+                nd.rename(to, frm)
+            except OSError:
+                pass
+        for old, up in was_up.items():
+            if up:
+                try:
+                    nd.set_up(old, True)
+                except OSError:
+                    pass
+        raise AgentError("NIC rename failed (%s); names restored"
+                         % os.strerror(exc.errno or 5)) from None
+    finally:
+        if netdev is None:
+            nd.close()
+    return len(moves)
+
+
+# -- the boot service ---------------------------------------------------------------------
+
+
+def read_instance_id(root: str) -> str | None:
+    try:
+        with open(os.path.join(root, STATE_DIR, "instance-id")) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
+        drive: str | None = None, wait: float = DEFAULT_WAIT, quiet: bool = False,
+        after_each: object = None) -> int:
+    """The boot service. Always returns 0: boot goes on whatever happens here."""
+    log = Log(root, quiet)
+    sysfs = sysfs or os.path.join(root, "sys")
+    dev = dev or os.path.join(root, "dev")
+    try:
+        if drive:
+            kind = probe_label(drive)
+            found = (drive, kind) if kind else None
+        else:
+            found = find_drive(sysfs, dev, wait, log)
+        if found is None:
+            log("no config drive (label config-2) found: leaving the image's network "
+                "config in place")
+            return 0
+        path, kind = found
+        log("config drive %s (%s)" % (path, kind))
+        recorded = read_instance_id(root)
+        if recorded is not None:
+            head = read_payload(path, kind, MANIFEST_NAMES)
+            raw = head.get("manifest.json") or head.get("MANIFEST.JSON") or b""
+            if manifest_uuid_hint(raw) == recorded:
+                log("not the first boot of instance %s: nothing to do" % recorded)
+                return 0
+        payload = read_payload(path, kind)
+        manifest = verify(payload)
+        log("manifest ok: instance %s, %d file(s), %d NIC(s)"
+            % (manifest.uuid, len(manifest.entries), len(manifest.nics)))
+        if recorded == manifest.uuid:
+            log("not the first boot of instance %s: nothing to do" % manifest.uuid)
+            return 0
+        log("first boot of instance %s" % manifest.uuid)
+        backup = install(root, manifest, log, after_each)
+        try:
+            count = rename_nics(manifest.nics, sysfs, log)
+        except AgentError:
+            log("rolling back installed files")
+            for entry in reversed(manifest.entries):
+                backup.restore(root, entry.path)
+            raise
+        write_atomic(os.path.join(root, STATE_DIR, "instance-id"),
+                     (manifest.uuid + "\n").encode(), 0o644)
+        log("done: %d file(s) installed, %d NIC(s) renamed" % (len(manifest.entries), count))
+    except AgentError as exc:
+        log("stepping aside: %s" % exc)
+    except Exception as exc:  # never break boot, whatever went wrong
+        log("stepping aside after an unexpected error: %s: %s" % (type(exc).__name__, exc))
+    finally:
+        log.flush()
+    return 0
+
+
+# -- install into an image ----------------------------------------------------------------
+
+UNIT_NAME = "netinject.service"
+UNIT = """\
+[Unit]
+Description=netinject: install the injected static network config from the config drive
+Documentation=file:/usr/lib/netinject/netinject_guest.py
+DefaultDependencies=no
+Wants=network-pre.target
+After=systemd-udev-trigger.service systemd-remount-fs.service local-fs.target
+Before=network-pre.target networking.service systemd-networkd.service NetworkManager.service
+Before=shutdown.target
+Conflicts=shutdown.target
+ConditionPathExists=/usr/sbin/netinject-guest
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/netinject-guest run
+StandardOutput=journal+console
+StandardError=journal+console
+TimeoutStartSec=30
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+INIT_SCRIPT = """\
+#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          netinject
+# Required-Start:    mountkernfs $local_fs
+# Required-Stop:
+# Should-Start:      udev
+# X-Start-Before:    networking
+# Default-Start:     S
+# Default-Stop:
+# Short-Description: Install injected static network config before networking
+# Description:       Reads the config drive (label config-2) and, on the instance's
+#                    first boot, installs its network files and renames NICs.
+### END INIT INFO
+
+case "$1" in
+  start)
+    [ -x /usr/sbin/netinject-guest ] && /usr/sbin/netinject-guest run
+    ;;
+  stop|restart|force-reload|status)
+    ;;
+  *)
+    echo "Usage: /etc/init.d/netinject {start|stop}" >&2
+    exit 3
+    ;;
+esac
+exit 0
+"""
+
+LAUNCHER = """\
+#!/usr/bin/python3 -I -S
+import sys
+sys.path.insert(0, "/usr/lib/netinject")
+import netinject_guest
+sys.exit(netinject_guest.main())
+"""
+
+MODULE_PATH = "usr/lib/netinject/netinject_guest.py"
+LAUNCHER_PATH = "usr/sbin/netinject-guest"
+UNIT_PATH = "lib/systemd/system/" + UNIT_NAME
+WANTS_LINK = "etc/systemd/system/multi-user.target.wants/" + UNIT_NAME
+INIT_PATH = "etc/init.d/netinject"
+RCS_LINK = "etc/rcS.d/S01netinject"
+GENERATOR_RULES = "lib/udev/rules.d/75-persistent-net-generator.rules"
+GENERATOR_OVERRIDE = "etc/udev/rules.d/75-persistent-net-generator.rules"
+KVM_EXCLUSION = r'^(ENV\{MATCHADDR\}=="\?\[2367abef\]:\*",\s*)ENV\{MATCHADDR\}=""'
+
+
+def own_source() -> bytes:
+    """This module's source (also when running from a zipapp)."""
+    loader = globals().get("__loader__")
+    get_data = getattr(loader, "get_data", None)
+    if get_data is not None:
+        return bytes(get_data(__file__))
+    with open(__file__, "rb") as fh:
+        return fh.read()
+
+
+def uses_systemd(root: str) -> bool:
+    init = os.path.join(root, "sbin/init")
+    if os.path.islink(init):
+        return "systemd" in os.readlink(init)
+    return os.path.exists(os.path.join(root, "lib/systemd/systemd")) and not os.path.exists(
+        os.path.join(root, "sbin/init"))
+
+
+def fix_generator(root: str) -> str | None:
+    """The seed's Debian fix: let the persistent-net generator honour KVM NICs."""
+    for rel in (GENERATOR_OVERRIDE, GENERATOR_RULES):
+        path = os.path.join(root, rel)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as fh:
+            text = fh.read()
+        if "globally_administered_whitelist" not in text:
+            return None
+        import re
+
+        fixed = re.sub(KVM_EXCLUSION, r'\1GOTO="globally_administered_whitelist"', text,
+                       flags=re.MULTILINE)
+        if fixed == text:
+            return None
+        write_atomic(os.path.join(root, GENERATOR_OVERRIDE), fixed.encode(), 0o644)
+        return GENERATOR_OVERRIDE
+    return None
+
+
+def _symlink(target: str, link: str) -> None:
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(target, link)
+
+
+def install_agent(root: str, out: "Printer") -> int:
+    r = root
+    write_atomic(os.path.join(r, MODULE_PATH), own_source(), 0o644)
+    write_atomic(os.path.join(r, LAUNCHER_PATH), LAUNCHER.encode(), 0o755)
+    write_atomic(os.path.join(r, UNIT_PATH), UNIT.encode(), 0o644)
+    write_atomic(os.path.join(r, INIT_PATH), INIT_SCRIPT.encode(), 0o755)
+    out("installed /%s, /%s, /%s, /%s" % (MODULE_PATH, LAUNCHER_PATH, UNIT_PATH, INIT_PATH))
+    if uses_systemd(r):
+        _symlink("/" + UNIT_PATH, os.path.join(r, WANTS_LINK))
+        out("enabled %s (systemd)" % UNIT_NAME)
+    else:
+        # insserv orders rcS by the LSB header; with --root we place the link ourselves
+        # at the front of rcS (X-Start-Before: networking holds trivially).
+        _symlink("../init.d/netinject", os.path.join(r, RCS_LINK))
+        out("enabled /%s (sysvinit rcS)" % RCS_LINK)
+    fixed = fix_generator(r)
+    if fixed:
+        out("applied the KVM persistent-net fix in /%s" % fixed)
+    return 0
+
+
+def uninstall_agent(root: str, out: "Printer") -> int:
+    for rel in (WANTS_LINK, RCS_LINK, UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH,
+                "usr/lib/netinject/__pycache__/netinject_guest.cpython-%d%d.pyc"
+                % sys.version_info[:2]):
+        path = os.path.join(root, rel)
+        if os.path.lexists(path):
+            os.unlink(path)
+            out("removed /%s" % rel)
+    override = os.path.join(root, GENERATOR_OVERRIDE)
+    if os.path.isfile(override):
+        with open(override) as fh:
+            if 'GOTO="globally_administered_whitelist"' in fh.read():
+                os.unlink(override)
+                out("removed /%s" % GENERATOR_OVERRIDE)
+    return 0
+
+
+class Printer:
+    def __call__(self, msg: str) -> None:
+        print(msg)
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+RUN_OPTIONS = {"--root": "root", "--sysfs": "sysfs", "--dev": "dev", "--drive": "drive",
+               "--wait": "wait"}
+
+
+def _fast_run_args(argv: list[str]) -> dict[str, object] | None:
+    """Parse ``run [--opt VALUE]... [--quiet]`` without argparse (it costs tens of ms
+    under emulation on the boot path). None for anything else: argparse handles it."""
+    if not argv or argv[0] != "run":
+        return None
+    out: dict[str, object] = {}
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--quiet":
+            out["quiet"] = True
+            i += 1
+            continue
+        key, eq, value = arg.partition("=")
+        if key not in RUN_OPTIONS:
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+            i += 1
+        if key == "--wait":
+            try:
+                out["wait"] = float(value)
+            except ValueError:
+                return None
+        else:
+            out[RUN_OPTIONS[key]] = value
+        i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    fast = _fast_run_args(args_list)
+    if fast is not None:
+        return run(**fast)  # type: ignore[arg-type]
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="netinject-guest",
+        description="netinject's guest agent: installs the static network config injected "
+                    "on the config drive, before the guest's network service starts.")
+    p.add_argument("--version", action="version", version="netinject-guest " + VERSION)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    r = sub.add_parser("run", help="the boot service (always exits 0)")
+    r.add_argument("--root", default="/", help="guest root (default /)")
+    r.add_argument("--sysfs", help="sysfs to read (default ROOT/sys)")
+    r.add_argument("--dev", help="device directory (default ROOT/dev)")
+    r.add_argument("--drive", help="read this device or image instead of searching")
+    r.add_argument("--wait", type=float, default=DEFAULT_WAIT,
+                   help="seconds to wait for the drive to appear (default %(default)s)")
+    r.add_argument("--quiet", action="store_true", help="log to the file only")
+    for name, helptext in (("install", "make this image run the agent at boot"),
+                           ("uninstall", "remove what install added")):
+        i = sub.add_parser(name, help=helptext)
+        i.add_argument("--root", default="/", help="image root (default: this system)")
+    args = p.parse_args(args_list)
+    if args.cmd == "run":
+        return run(args.root, args.sysfs, args.dev, args.drive, args.wait, args.quiet)
+    if args.cmd == "install":
+        return install_agent(args.root, Printer())
+    if args.cmd == "uninstall":
+        return uninstall_agent(args.root, Printer())
+    p.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

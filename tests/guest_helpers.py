@@ -1,0 +1,115 @@
+"""Guest-shaped directory trees and config drives for agent tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from conftest import CASES, REPO
+from netinject import drive
+from netinject.render import Options
+from netinject.sources.neutron import parse_document
+
+AGENT = REPO / "src/netinject/guest/agent.py"
+GUEST_PYTHON = "/usr/bin/python3"  # Debian's python3, as in the guest image
+
+ORIGINAL_ENI = b"auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n"
+
+
+def instance_doc(case: str = "multi-nic-reordered", **instance: Any) -> Any:
+    doc = json.loads((CASES / case / "instance.json").read_text())
+    doc["instance"].update(instance)
+    return doc
+
+
+def make_drive(path: Path, doc: Any, fmt: drive.DriveFormat = "vfat",
+               mutate_manifest: Any = None, extra: Mapping[str, bytes] | None = None) -> Path:
+    """A real drive built by netinject; optionally with a tampered manifest/payload."""
+    instance = parse_document(doc).instance
+    data = drive.contents(instance, Options())
+    files = dict(data.files)
+    if mutate_manifest is not None:
+        manifest = json.loads(files[drive.MANIFEST_PATH])
+        mutate_manifest(manifest)
+        files[drive.MANIFEST_PATH] = (json.dumps(manifest, indent=2, sort_keys=True)
+                                      + "\n").encode()
+    for name, content in (extra or {}).items():
+        files[PurePosixPath(name)] = content
+    contents = drive.DriveContents(files, data.payload)
+    if fmt == "vfat":
+        drive.build_vfat(contents, path, drive.volume_id(instance.uuid))
+    else:
+        drive.build_iso(contents, path, drive.volume_id(instance.uuid))
+    return path
+
+
+def make_guest(root: Path, doc: Any, drive_image: Path | None) -> Path:
+    """A tree shaped like a guest: /etc with a DHCP config, /sys/class/{block,net}, /dev.
+
+    The drive is /dev/vdb (the image file itself); /dev/vda is a blank root disk. NICs in
+    /sys/class/net already carry the names the manifest pins (no renames needed).
+    """
+    (root / "etc/network").mkdir(parents=True)
+    (root / "etc/network/interfaces").write_bytes(ORIGINAL_ENI)
+    (root / "etc/hostname").write_bytes(b"debian\n")
+    (root / "run").mkdir()
+    (root / "var/log").mkdir(parents=True)
+    (root / "var/lib").mkdir(parents=True)
+    (root / "run/resolv.conf").write_bytes(b"nameserver 127.0.0.53\n")
+    os.symlink("../run/resolv.conf", root / "etc/resolv.conf")
+    (root / "etc/udev/rules.d").mkdir(parents=True)
+    (root / "dev").mkdir()
+    for name in ("vda", "vdb"):
+        (root / "sys/class/block" / name).mkdir(parents=True)
+    (root / "sys/class/block/vda1").mkdir()
+    (root / "sys/class/block/vda1/partition").write_text("1\n")
+    with (root / "dev/vda").open("wb") as fh:
+        fh.truncate(1024 * 1024)
+    if drive_image is not None:
+        shutil.copyfile(drive_image, root / "dev/vdb")
+    instance = parse_document(doc).instance
+    for nic in instance.nics:
+        d = root / "sys/class/net" / nic.name
+        d.mkdir(parents=True)
+        (d / "address").write_text(f"{nic.mac}\n")
+    lo = root / "sys/class/net/lo"
+    lo.mkdir(parents=True)
+    (lo / "address").write_text("00:00:00:00:00:00\n")
+    return root
+
+
+def snapshot(root: Path, skip: tuple[str, ...] = ("var/log/netinject.log",)) -> dict[str, Any]:
+    """Every file, symlink and directory under root, exactly (log file excepted)."""
+    out: dict[str, Any] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if rel in skip:
+            continue
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_dir():
+            out[rel] = ("dir",)
+        else:
+            out[rel] = ("file", p.read_bytes(), p.stat().st_mode & 0o7777)
+    return out
+
+
+def run_agent(root: Path, *args: str, python: str = GUEST_PYTHON
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([python, "-I", "-S", str(AGENT), "run", "--root", str(root),
+                           "--wait", "0", *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def agent_log(root: Path) -> str:
+    path = root / "var/log/netinject.log"
+    return path.read_text() if path.exists() else ""
+
+
+__all__ = ["sys"]

@@ -1,0 +1,266 @@
+"""The guest agent against guest-shaped trees with drives built by netinject."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import tree
+from guest_helpers import (
+    AGENT,
+    GUEST_PYTHON,
+    ORIGINAL_ENI,
+    agent_log,
+    instance_doc,
+    make_drive,
+    make_guest,
+    run_agent,
+    snapshot,
+)
+from netinject.cli import main
+
+UUID_A = "1e2d3c4b-5a69-4788-97a6-b5c4d3e2f1a0"
+UUID_B = "9b8a7c6d-5e4f-4321-8abc-def012345678"
+
+
+def _rendered(tmp: Path, doc: Any) -> dict[str, bytes]:
+    src = tmp / "doc.json"
+    src.write_text(json.dumps(doc))
+    out = tmp / "rendered"
+    assert main(["render", str(src), "--out", str(out)]) == 0
+    return tree(out)
+
+
+@pytest.mark.parametrize("fmt", ["vfat", "iso9660"])
+def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path) -> None:
+    doc = instance_doc()
+    img = make_drive(tmp_path / "config.img", doc, fmt)  # type: ignore[arg-type]
+    root = make_guest(tmp_path / "root", doc, img)
+    before = snapshot(root)
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    rendered = _rendered(tmp_path, doc)
+    after = snapshot(root)
+    changed = {k for k in after if after.get(k) != before.get(k)}
+    files_changed = {k for k in changed if after[k][0] == "file"}
+    expected_state = {"var/lib/netinject/instance-id",
+                      f"var/lib/netinject/backup/{UUID_A}/index.json",
+                      f"var/lib/netinject/backup/{UUID_A}/etc%network%interfaces",
+                      f"var/lib/netinject/backup/{UUID_A}/etc%hostname"}
+    assert files_changed == set(rendered) | expected_state
+    for rel, content in rendered.items():
+        assert (root / rel).read_bytes() == content
+        assert not (root / rel).is_symlink()
+        assert (root / rel).stat().st_mode & 0o777 == 0o644
+    assert (root / "var/lib/netinject/instance-id").read_text() == UUID_A + "\n"
+    # Originals kept: a file, a symlink, and "absent" for the new udev rules.
+    bdir = root / f"var/lib/netinject/backup/{UUID_A}"
+    assert (bdir / "etc%network%interfaces").read_bytes() == ORIGINAL_ENI
+    assert os.readlink(bdir / "etc%resolv.conf") == "../run/resolv.conf"
+    index = json.loads((bdir / "index.json").read_text())
+    assert index == {"etc/hostname": "file", "etc/network/interfaces": "file",
+                     "etc/resolv.conf": "symlink",
+                     "etc/udev/rules.d/70-persistent-net.rules": "absent"}
+    assert (root / "run/resolv.conf").read_bytes() == b"nameserver 127.0.0.53\n"
+    log = agent_log(root)
+    assert "first boot of instance " + UUID_A in log
+    assert "done: 4 file(s) installed, 0 NIC(s) renamed" in log
+    assert "ms]" in done.stderr  # timings on the console too
+
+
+def test_second_boot_changes_nothing(tmp_path: Path) -> None:
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    assert run_agent(root).returncode == 0
+    before = snapshot(root)
+    (root / "etc/network/interfaces").chmod(0o600)  # a later admin edit must survive
+    before = snapshot(root)
+    done = run_agent(root)
+    assert done.returncode == 0
+    assert snapshot(root) == before
+    assert "not the first boot of instance " + UUID_A in agent_log(root)
+
+
+def test_new_instance_uuid_reapplies(tmp_path: Path) -> None:
+    """A disk cloned into a new instance is a first boot."""
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "a.img", doc))
+    assert run_agent(root).returncode == 0
+    first = (root / "etc/network/interfaces").read_bytes()
+    doc_b = instance_doc(uuid=UUID_B)
+    doc_b["ports"][1]["fixed_ips"][0]["ip_address"] = "198.51.100.99"
+    (root / "dev/vdb").unlink()
+    make_drive(root / "dev/vdb", doc_b)
+    assert run_agent(root).returncode == 0
+    eni = (root / "etc/network/interfaces").read_bytes()
+    assert b"address 198.51.100.99" in eni
+    assert (root / "var/lib/netinject/instance-id").read_text() == UUID_B + "\n"
+    bdir = root / f"var/lib/netinject/backup/{UUID_B}"
+    assert (bdir / "etc%network%interfaces").read_bytes() == first
+    assert (root / f"var/lib/netinject/backup/{UUID_A}/etc%network%interfaces"
+            ).read_bytes() == ORIGINAL_ENI
+
+
+def _assert_steps_aside(root: Path, reason: str) -> None:
+    before = snapshot(root)
+    done = run_agent(root)
+    assert done.returncode == 0
+    assert snapshot(root) == before
+    log = agent_log(root)
+    assert reason in log, log
+    assert "stepping aside" in log or "no config drive" in log
+
+
+def test_no_drive(tmp_path: Path) -> None:
+    root = make_guest(tmp_path / "root", instance_doc(), None)
+    _assert_steps_aside(root, "no config drive (label config-2) found")
+
+
+def test_truncated_image(tmp_path: Path) -> None:
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    with (root / "dev/vdb").open("r+b") as fh:
+        fh.truncate(40 * 1024)
+    _assert_steps_aside(root, "drive truncated")
+
+
+def test_manifest_hash_mismatch(tmp_path: Path) -> None:
+    doc = instance_doc()
+    img = make_drive(tmp_path / "c.img", doc)
+    root = make_guest(tmp_path / "root", doc, img)
+    data = bytearray((root / "dev/vdb").read_bytes())
+    at = data.find(b"address 198.51.100.20")
+    assert at > 0
+    data[at:at + 21] = b"address 198.51.100.66"
+    (root / "dev/vdb").write_bytes(bytes(data))
+    _assert_steps_aside(root, "sha256 mismatch for etc/network/interfaces")
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("../../etc/shadow", "is not an allowed guest path"),
+    ("etc/network/../../root/.ssh/authorized_keys", "is not an allowed guest path"),
+    ("/etc/network/interfaces", "is not an allowed guest path"),
+    ("etc/cron.d/evil", "is not an allowed guest path"),
+    ("etc/udev/rules.d/../../passwd", "is not an allowed guest path"),
+])
+def test_path_traversal_in_manifest(path: str, reason: str, tmp_path: Path) -> None:
+    doc = instance_doc()
+
+    def evil(m: dict[str, Any]) -> None:
+        m["files"][0]["path"] = path
+
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
+                                                         mutate_manifest=evil))
+    _assert_steps_aside(root, reason)
+
+
+def test_unknown_manifest_version(tmp_path: Path) -> None:
+    doc = instance_doc()
+
+    def v2(m: dict[str, Any]) -> None:
+        m["format"] = 2
+
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
+                                                         mutate_manifest=v2))
+    _assert_steps_aside(root, "unknown manifest format 2")
+
+
+def test_setuid_mode_refused(tmp_path: Path) -> None:
+    doc = instance_doc()
+
+    def suid(m: dict[str, Any]) -> None:
+        m["files"][0]["mode"] = "4755"
+
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
+                                                         mutate_manifest=suid))
+    _assert_steps_aside(root, "mode '4755' is not allowed")
+
+
+def test_symlinked_parent_directory_refused(tmp_path: Path) -> None:
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "etc/udev/rules.d").rmdir()
+    os.symlink(elsewhere, root / "etc/udev/rules.d")
+    _assert_steps_aside(root, "refusing to write through symlinked directory")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_rename_failure_rolls_back_files(tmp_path: Path) -> None:
+    """sysfs says eth0/eth1 carry each other's MACs, but no such kernel links exist in
+    this namespace: the rename fails, and every installed file is restored."""
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    a = (root / "sys/class/net/eth0/address").read_text()
+    b = (root / "sys/class/net/eth1/address").read_text()
+    (root / "sys/class/net/eth0/address").write_text(b)
+    (root / "sys/class/net/eth1/address").write_text(a)
+    before = snapshot(root, skip=("var/log/netinject.log", "var/lib/netinject"))
+    done = run_agent(root)
+    assert done.returncode == 0
+    after = snapshot(root, skip=("var/log/netinject.log", "var/lib/netinject"))
+    after = {k: v for k, v in after.items() if not k.startswith("var/lib/netinject")}
+    before = {k: v for k, v in before.items() if not k.startswith("var/lib/netinject")}
+    assert after == before
+    assert not (root / "var/lib/netinject/instance-id").exists()
+    log = agent_log(root)
+    assert "NIC rename failed" in log
+    assert "rolling back installed files" in log
+
+
+CRASH = """
+import os, sys
+sys.path.insert(0, {agent_dir!r})
+import agent
+def crash(path):
+    if path == {after!r}:
+        os._exit(9)   # power loss: no rollback, no cleanup
+agent.run({root!r}, wait=0, after_each=crash)
+"""
+
+
+def test_crash_between_installs_completes_on_next_boot(tmp_path: Path) -> None:
+    doc = instance_doc()
+    img = make_drive(tmp_path / "c.img", doc)
+    clean = make_guest(tmp_path / "clean", doc, img)
+    assert run_agent(clean).returncode == 0
+    root = make_guest(tmp_path / "root", doc, img)
+    code = CRASH.format(agent_dir=str(AGENT.parent), after="etc/network/interfaces",
+                        root=str(root))
+    crashed = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], check=False,
+                             capture_output=True, timeout=60)
+    assert crashed.returncode == 9
+    assert not (root / "var/lib/netinject/instance-id").exists()
+    assert (root / "etc/hostname").read_bytes() != b"debian\n"  # the crash was midway
+    assert run_agent(root).returncode == 0
+    # Same end state as an uninterrupted first boot, true originals in the backup.
+    assert snapshot(root) == snapshot(clean)
+
+
+def test_agent_runs_from_the_bundle(tmp_path: Path) -> None:
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    bundle = tmp_path / "netinject-guest.pyz"
+    assert main(["guest-bundle", "--out", str(bundle)]) == 0
+    done = subprocess.run([GUEST_PYTHON, str(bundle), "run", "--root", str(root), "--wait",
+                           "0"], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0
+    assert (root / "var/lib/netinject/instance-id").read_text() == UUID_A + "\n"
+
+
+def test_manifest_lists_hashes_the_agent_checks(tmp_path: Path) -> None:
+    """The drive's manifest hashes are sha256 of exactly what render writes."""
+    doc = instance_doc()
+    img = make_drive(tmp_path / "c.img", doc)
+    root = make_guest(tmp_path / "root", doc, img)
+    assert run_agent(root).returncode == 0
+    for rel, content in _rendered(tmp_path, doc).items():
+        assert hashlib.sha256((root / rel).read_bytes()).digest() == \
+            hashlib.sha256(content).digest()
