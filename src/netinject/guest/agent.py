@@ -659,8 +659,8 @@ def plan_renames(wanted: list[tuple[str, str]], current: dict[str, str]
             continue
         holder = owners.get(name)
         if holder is not None and holder not in ours:
-            raise AgentError("cannot name %s %s: that name belongs to %s, a NIC the "
-                             "manifest does not list" % (mac, name, holder))
+            raise AgentError("cannot rename %s (%s) to %s: %s is held by %s, a NIC the "
+                             "manifest does not list" % (have, mac, name, name, holder))
         moves.append((have, name))
     return moves
 
@@ -898,7 +898,7 @@ def _symlink(target: str, link: str) -> None:
     os.symlink(target, link)
 
 
-def install_agent(root: str, out: "Printer") -> int:
+def install_agent(root: str, out: Printer) -> int:
     r = root
     write_atomic(os.path.join(r, MODULE_PATH), own_source(), 0o644)
     write_atomic(os.path.join(r, LAUNCHER_PATH), LAUNCHER.encode(), 0o755)
@@ -919,7 +919,7 @@ def install_agent(root: str, out: "Printer") -> int:
     return 0
 
 
-def uninstall_agent(root: str, out: "Printer") -> int:
+def uninstall_agent(root: str, out: Printer) -> int:
     for rel in (WANTS_LINK, RCS_LINK, UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH,
                 "usr/lib/netinject/__pycache__/netinject_guest.cpython-%d%d.pyc"
                 % sys.version_info[:2]):
