@@ -37,7 +37,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from typing import BinaryIO, Callable
 
 VERSION = "0.1.0"
 MANIFEST_FORMATS = (1,)
@@ -898,7 +898,7 @@ def _symlink(target: str, link: str) -> None:
     os.symlink(target, link)
 
 
-def install_agent(root: str, out: Printer) -> int:
+def install_agent(root: str, out: Callable[[str], None]) -> int:
     r = root
     write_atomic(os.path.join(r, MODULE_PATH), own_source(), 0o644)
     write_atomic(os.path.join(r, LAUNCHER_PATH), LAUNCHER.encode(), 0o755)
@@ -919,7 +919,7 @@ def install_agent(root: str, out: Printer) -> int:
     return 0
 
 
-def uninstall_agent(root: str, out: Printer) -> int:
+def uninstall_agent(root: str, out: Callable[[str], None]) -> int:
     for rel in (WANTS_LINK, RCS_LINK, UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH,
                 "usr/lib/netinject/__pycache__/netinject_guest.cpython-%d%d.pyc"
                 % sys.version_info[:2]):

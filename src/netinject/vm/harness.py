@@ -1,0 +1,313 @@
+"""Boot a guest under QEMU with its NIC on a tap link inside a network namespace the
+harness creates (and removes), the config drive attached read-only as a virtio disk, a
+virtio-serial channel for qemu-guest-agent, a QMP socket, and the serial console captured
+to a file. Time-to-network is measured from QEMU's start until the guest answers an ARP
+request for its address (the prober in the namespace asks every 50 ms).
+
+Accelerator: KVM when a probe shows it can boot the kernel, else TCG. On the machines
+this was developed on, /dev/kvm exists but cannot boot a stock kernel, so it is TCG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import NetinjectError
+from . import instance as vm
+from .cache import cache_dir
+from .image import KERNEL_APPEND, VariantImage
+
+QEMU = "qemu-system-x86_64"
+REPORT_BEGIN = "=== NETINJECT-REPORT BEGIN ==="
+REPORT_END = "=== NETINJECT-REPORT END ==="
+
+
+class HarnessError(NetinjectError):
+    """The harness could not set up or run a boot."""
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False,
+                          timeout=30)
+    if done.returncode != 0:
+        raise HarnessError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def netns(links: tuple[tuple[str, str], ...] = (("tap0", f"{vm.HOST_IP}/{vm.PREFIX}"),)
+          ) -> Iterator[str]:
+    """A fresh network namespace with tap links (name, host address), removed on exit."""
+    if os.geteuid() != 0:
+        raise HarnessError("booting guests needs root (network namespaces, tap links)")
+    name = f"ni-{uuid.uuid4().hex[:10]}"
+    _ip("netns", "add", name)
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+        for tap, addr in links:
+            _ip("-n", name, "tuntap", "add", "dev", tap, "mode", "tap")
+            _ip("-n", name, "addr", "add", addr, "dev", tap)
+            _ip("-n", name, "link", "set", tap, "up")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "pids", name], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def kvm_usable(image: VariantImage, timeout: float = 20.0) -> bool:
+    """Can KVM boot this kernel here? Boots it with no init and waits for the panic that
+    proves the kernel ran; a hang (as on paravirtual KVM hosts) means no. Cached."""
+    forced = os.environ.get("NETINJECT_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced == "kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    marker = cache_dir() / f"kvm-probe-{image.kernel.name}"
+    if marker.exists():
+        return marker.read_text().strip() == "yes"
+    with tempfile.TemporaryDirectory() as tmp:
+        console = Path(tmp) / "console"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run([QEMU, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+                            "-display", "none", "-no-reboot", "-serial", f"file:{console}",
+                            "-kernel", str(image.kernel), "-append",
+                            "console=ttyS0 panic=-1 rdinit=/nonexistent"],
+                           capture_output=True, timeout=timeout, check=False)
+        text = console.read_text(errors="replace") if console.exists() else ""
+    ok = "Kernel panic" in text or "Run /" in text
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("yes\n" if ok else "no\n")
+    return ok
+
+
+@dataclass
+class BootSpec:
+    image: VariantImage
+    drive: Path | None = None
+    dhcp_server: bool = False
+    accel: str = "tcg"
+    memory_mb: int = 1024
+    timeout: float = 240.0
+    report_timeout: float = 120.0
+    extra_append: str = ""
+    qga: bool = False
+    extra_taps: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class BootResult:
+    time_to_network_s: float | None
+    first_garp_s: float | None
+    console: str
+    report: dict[str, str] = field(default_factory=dict)
+    accel: str = "tcg"
+
+    @property
+    def agent_log(self) -> str:
+        return self.report.get("netinject-log", "")
+
+    def agent_cost_ms(self) -> float | None:
+        """The agent's own time from its log (first line to 'done'/'nothing to do')."""
+        times = [float(m) for m in re.findall(r"netinject: \[\s*([0-9.]+) ms\]",
+                                              self.agent_log)]
+        return times[-1] if times else None
+
+    def json_section(self, name: str) -> Any:
+        text = self.report.get(name, "").strip()
+        return json.loads(text) if text else None
+
+
+def parse_report(console: str) -> dict[str, str]:
+    """The sections between the report markers on the console."""
+    start = console.rfind(REPORT_BEGIN)
+    end = console.find(REPORT_END, start)
+    if start < 0 or end < 0:
+        return {}
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in console[start + len(REPORT_BEGIN):end].splitlines():
+        line = line.rstrip("\r")
+        if line.startswith("--- "):
+            current = line[4:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return {k: "\n".join(v).strip() for k, v in sections.items()}
+
+
+def qemu_args(spec: BootSpec, workdir: Path, macs: tuple[str, ...] = (vm.GUEST_MAC,)
+              ) -> list[str]:
+    img = spec.image
+    append = f"{KERNEL_APPEND} netinject.poweroff {spec.extra_append}".strip()
+    args = [QEMU, "-accel", spec.accel, "-m", str(spec.memory_mb), "-smp", "1",
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-serial", f"file:{workdir / 'console.log'}",
+            "-kernel", str(img.kernel), "-initrd", str(img.initrd), "-append", append,
+            "-drive", f"file={img.image},if=virtio,format=raw,snapshot=on",
+            "-qmp", f"unix:{workdir / 'qmp.sock'},server=on,wait=off"]
+    if spec.accel == "kvm":
+        args[3:3] = ["-cpu", "host"]
+    if spec.drive is not None:
+        args += ["-drive", f"file={spec.drive},if=virtio,format=raw,readonly=on"]
+    for i, mac in enumerate(macs):
+        args += ["-netdev", f"tap,id=n{i},ifname=tap{i},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=n{i},mac={mac}"]
+    if spec.qga:
+        args += ["-device", "virtio-serial",
+                 "-chardev", f"socket,path={workdir / 'qga.sock'},server=on,wait=off,id=qga0",
+                 "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+    return args
+
+
+def _dnsmasq(ns: str, workdir: Path, tap: str = "tap0", ip: str = vm.GUEST_IP,
+             mac: str = vm.GUEST_MAC, router: str = vm.HOST_IP) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--no-resolv",
+         "--no-hosts", "--port=0", f"--interface={tap}", "--bind-interfaces",
+         "--dhcp-authoritative", f"--dhcp-range={ip},{ip},255.255.255.0,1h",
+         f"--dhcp-host={mac},{ip}", f"--dhcp-option=option:router,{router}",
+         f"--dhcp-leasefile={workdir / f'leases-{tap}'}", "--pid-file", "--log-facility=-"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+
+
+def start_prober(ns: str, tap: str, target: str, source: str, timeout: float
+                 ) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
+    """Start the ARP prober in the namespace; events are appended to the returned list."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "netinject.vm.prober",
+         "--iface", tap, "--target", target, "--source", source,
+         "--timeout", str(timeout)], stdout=subprocess.PIPE, text=True)
+    events: list[dict[str, Any]] = []
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    if not first:
+        raise HarnessError("ARP prober failed to start")
+    events.append(json.loads(first))
+
+    def pump(stream: IO[str]) -> None:
+        for line in stream:
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+
+    threading.Thread(target=pump, args=(proc.stdout,), daemon=True).start()
+    return proc, events
+
+
+def _stop(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Guest:
+    """A running guest: the namespace, QEMU, prober and (optionally) dnsmasq."""
+
+    def __init__(self, spec: BootSpec, workdir: Path, ns: str) -> None:
+        self.spec, self.workdir, self.ns = spec, workdir, ns
+        self.qemu: subprocess.Popen[str] | None = None
+        self.dnsmasq: subprocess.Popen[str] | None = None
+        self.prober: subprocess.Popen[str] | None = None
+        self.events: list[dict[str, Any]] = []
+        self.t0 = 0.0
+
+    @property
+    def qga_socket(self) -> Path:
+        return self.workdir / "qga.sock"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.workdir / "qmp.sock"
+
+    @property
+    def console_path(self) -> Path:
+        return self.workdir / "console.log"
+
+    def console(self) -> str:
+        p = self.console_path
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def start(self) -> None:
+        if self.spec.dhcp_server:
+            self.dnsmasq = _dnsmasq(self.ns, self.workdir)
+        self.prober, self.events = start_prober(self.ns, "tap0", vm.GUEST_IP, vm.HOST_IP,
+                                                self.spec.timeout)
+        self.t0 = time.monotonic()
+        self.qemu = subprocess.Popen(["ip", "netns", "exec", self.ns,
+                                      *qemu_args(self.spec, self.workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def wait_network(self) -> tuple[float | None, float | None]:
+        deadline = self.t0 + self.spec.timeout
+        while time.monotonic() < deadline:
+            if any(e["event"] in ("reply", "timeout") for e in self.events):
+                break
+            if self.qemu is not None and self.qemu.poll() is not None:
+                break
+            time.sleep(0.05)
+        reply = next((e["t"] - self.t0 for e in self.events if e["event"] == "reply"), None)
+        # The prober lingers briefly after the answer for a gratuitous ARP.
+        linger_end = time.monotonic() + 3.5
+        while reply is not None and time.monotonic() < linger_end and not any(
+                e["event"] == "garp" for e in self.events) and self.prober is not None \
+                and self.prober.poll() is None:
+            time.sleep(0.05)
+        garp = next((e["t"] - self.t0 for e in self.events if e["event"] == "garp"), None)
+        return reply, garp
+
+    def wait_report(self) -> dict[str, str]:
+        deadline = time.monotonic() + self.spec.report_timeout
+        while time.monotonic() < deadline:
+            text = self.console()
+            if REPORT_END in text:
+                return parse_report(text)
+            if self.qemu is not None and self.qemu.poll() is not None:
+                break
+            time.sleep(0.2)
+        return parse_report(self.console())
+
+    def stop(self) -> None:
+        for proc in (self.qemu, self.prober, self.dnsmasq):
+            _stop(proc)
+
+
+@contextlib.contextmanager
+def running(spec: BootSpec) -> Iterator[Guest]:
+    for tool in (QEMU, "ip", *(["dnsmasq"] if spec.dhcp_server else [])):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise HarnessError(f"{tool} not found: run scripts/setup.sh")
+    with tempfile.TemporaryDirectory(prefix="netinject-boot-") as tmp, \
+            netns(((f"tap{0}", f"{vm.HOST_IP}/{vm.PREFIX}"), *spec.extra_taps)) as ns:
+        guest = Guest(spec, Path(tmp), ns)
+        try:
+            guest.start()
+            yield guest
+        finally:
+            guest.stop()
+
+
+def boot(spec: BootSpec) -> BootResult:
+    """One boot: time-to-network, first gratuitous ARP, console and in-guest report."""
+    with running(spec) as guest:
+        reply, garp = guest.wait_network()
+        report = guest.wait_report() if reply is not None or spec.dhcp_server else {}
+        return BootResult(reply, garp, guest.console(), report, spec.accel)

@@ -1,0 +1,289 @@
+"""Debian bookworm guest images built from Debian packages, without root-only mounts.
+
+One base tree per recipe (mmdebstrap, with the mirrors this machine's apt already uses),
+cached; each variant is a copy of it with a few files changed, packed into a raw ext4
+image by ``mkfs.ext4 -d`` (no loop mount). The kernel and initrd boot it directly.
+
+Variants:
+
+* ``dhcp``: ``iface eth0 inet dhcp``, the stock image.
+* ``baked-static``: the static config written into the image: the floor.
+* ``inject``: ``dhcp`` plus the netinject agent (``netinject-guest install``).
+* ``cloud-init``: Debian's cloud-init (ConfigDrive datasource); ENI sources interfaces.d.
+
+All variants carry a small report service that prints in-guest facts (systemd-analyze,
+addresses, routes, resolv.conf, the agent log) to the serial console after boot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import NetinjectError
+from ..render import FORMATS, Options, render_all
+from ..sources.neutron import parse_document
+from . import instance as vm
+from .cache import cache_dir
+
+SUITE = "bookworm"
+RECIPE_VERSION = 2
+PACKAGES = (
+    "systemd", "systemd-sysv", "udev", "ifupdown", "iproute2", "isc-dhcp-client",
+    "linux-image-amd64", "initramfs-tools", "python3-minimal", "qemu-guest-agent",
+    "cloud-init", "procps",
+)
+# A small initramfs (virtio + ext4) instead of MODULES=most: seconds less to unpack
+# under emulation, for every variant alike.
+INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console",
+                     "virtio_scsi", "ext4", "crc32c_generic")
+DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*",
+                 "/usr/share/info/*")
+VARIANTS = ("dhcp", "baked-static", "inject", "cloud-init")
+KERNEL_APPEND = "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 panic=-1"
+
+DHCP_ENI = """\
+# The loopback network interface
+auto lo
+iface lo inet loopback
+
+# The primary network interface (a stock cloud image: ask DHCP)
+auto eth0
+allow-hotplug eth0
+iface eth0 inet dhcp
+"""
+CLOUD_INIT_ENI = """\
+# The loopback network interface
+auto lo
+iface lo inet loopback
+
+source /etc/network/interfaces.d/*
+"""
+CLOUD_INIT_CFG = """\
+# netinject benchmark: read the config drive only.
+datasource_list: [ ConfigDrive, None ]
+"""
+REPORT_SCRIPT = """\
+#!/bin/sh
+# Prints in-guest facts to the serial console once boot has finished (netinject bench).
+systemctl is-system-running --wait >/dev/null 2>&1
+{
+echo "=== NETINJECT-REPORT BEGIN ==="
+echo "--- systemd-analyze"; systemd-analyze 2>&1
+echo "--- blame"; systemd-analyze blame 2>&1 | head -n 12
+echo "--- ip-addr"; ip -j addr
+echo "--- ip-route"; ip -j route
+echo "--- ip-link"; ip -j link
+echo "--- resolv"; cat /etc/resolv.conf 2>&1
+echo "--- hostname"; cat /etc/hostname 2>&1
+echo "--- udev-rules"; cat /etc/udev/rules.d/70-persistent-net.rules 2>&1
+echo "--- netinject-log"; cat /var/log/netinject.log 2>&1
+echo "--- networking"; systemctl show -p ActiveState -p Result networking.service 2>&1
+echo "=== NETINJECT-REPORT END ==="
+} >/dev/ttyS0 2>&1
+if grep -q netinject.poweroff /proc/cmdline; then systemctl poweroff; fi
+"""
+REPORT_UNIT = """\
+[Unit]
+Description=netinject bench: report in-guest facts on the serial console
+After=multi-user.target
+
+[Service]
+Type=simple
+ExecStart=/usr/local/sbin/netinject-report
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+class ImageBuildError(NetinjectError):
+    """The guest image could not be built."""
+
+
+@dataclass(frozen=True)
+class Base:
+    root: Path
+    kernel: Path
+    initrd: Path
+    key: str
+
+
+@dataclass(frozen=True)
+class VariantImage:
+    name: str
+    image: Path
+    kernel: Path
+    initrd: Path
+
+
+Progress = Callable[[str], None]
+
+
+def apt_sources() -> list[Path]:
+    """The apt source files this machine uses (mmdebstrap takes them as mirrors)."""
+    files = [Path("/etc/apt/sources.list")] if Path("/etc/apt/sources.list").is_file() else []
+    d = Path("/etc/apt/sources.list.d")
+    if d.is_dir():
+        files += sorted(p for p in d.iterdir() if p.suffix in (".list", ".sources"))
+    return [p for p in files if p.read_text().strip()]
+
+
+def _recipe() -> dict[str, object]:
+    return {"suite": SUITE, "version": RECIPE_VERSION, "packages": PACKAGES,
+            "modules": INITRAMFS_MODULES, "excludes": DPKG_EXCLUDES}
+
+
+def base_key() -> str:
+    h = hashlib.sha256(json.dumps(_recipe(), sort_keys=True).encode())
+    for src in apt_sources():
+        h.update(src.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _boot_files(root: Path) -> tuple[Path, Path]:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    initrds = sorted((root / "boot").glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise ImageBuildError(f"no kernel/initrd in {root}/boot")
+    return kernels[-1], initrds[-1]
+
+
+def _run(args: list[str], what: str, log: Path | None = None) -> None:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=1800)
+    except FileNotFoundError:
+        raise ImageBuildError(f"{args[0]} not found: run scripts/setup.sh") from None
+    if log is not None:
+        log.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise ImageBuildError(f"{what} failed (exit {done.returncode}):\n{tail}")
+
+
+def build_base(progress: Progress, cache: Path | None = None) -> Base:
+    """The cached base tree for the current recipe; built with mmdebstrap if missing."""
+    key = base_key()
+    top = (cache or cache_dir()) / f"base-{key}"
+    root = top / "root"
+    if (top / "done").exists():
+        kernel, initrd = _boot_files(root)
+        progress(f"base image {key}: cached")
+        return Base(root, kernel, initrd, key)
+    sources = apt_sources()
+    if not sources:
+        raise ImageBuildError("no apt sources configured on this machine (mmdebstrap uses "
+                              "them as its mirrors)")
+    top.mkdir(parents=True, exist_ok=True)
+    tmp = top / "root.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    modules = "\\n".join(INITRAMFS_MODULES)
+    hook = ('mkdir -p "$1/etc/initramfs-tools/conf.d" && '
+            'echo MODULES=list > "$1/etc/initramfs-tools/conf.d/netinject.conf" && '
+            f'printf "{modules}\\n" >> "$1/etc/initramfs-tools/modules"')
+    args = ["mmdebstrap", "--mode=root", "--variant=minbase",
+            "--aptopt=APT::Install-Recommends \"false\"",
+            *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
+            f"--include={','.join(PACKAGES)}",
+            f"--essential-hook={hook}",
+            SUITE, str(tmp), *map(str, sources)]
+    progress(f"building base image {key} with mmdebstrap ({SUITE}, {len(PACKAGES)} packages; "
+             "takes a few minutes, once)")
+    _run(args, "mmdebstrap", top / "mmdebstrap.log")
+    if root.exists():
+        shutil.rmtree(root)
+    tmp.rename(root)
+    (top / "done").write_text(key + "\n")
+    kernel, initrd = _boot_files(root)
+    progress(f"base image {key}: built ({kernel.name})")
+    return Base(root, kernel, initrd, key)
+
+
+def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
+    """Files (relative path -> (content, mode)) that make ``name`` out of the base."""
+    if name not in VARIANTS:
+        raise ImageBuildError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+    files: dict[str, tuple[bytes, int]] = {
+        "etc/hostname": (b"debian\n", 0o644),
+        "etc/hosts": (b"127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n", 0o644),
+        "etc/fstab": (b"/dev/vda / ext4 defaults 0 1\n", 0o644),
+        "usr/local/sbin/netinject-report": (REPORT_SCRIPT.encode(), 0o755),
+        "etc/systemd/system/netinject-report.service": (REPORT_UNIT.encode(), 0o644),
+        "etc/network/interfaces": (DHCP_ENI.encode(), 0o644),
+    }
+    if name != "cloud-init":
+        files["etc/cloud/cloud-init.disabled"] = (b"", 0o644)
+    if name == "baked-static":
+        instance = parse_document(vm.document()).instance
+        for path, text in render_all(instance, FORMATS, Options()).items():
+            files[str(path)] = (text.encode(), 0o644)
+    elif name == "cloud-init":
+        files["etc/network/interfaces"] = (CLOUD_INIT_ENI.encode(), 0o644)
+        files["etc/cloud/cloud.cfg.d/99-netinject-bench.cfg"] = (CLOUD_INIT_CFG.encode(), 0o644)
+    elif name == "inject":
+        from ..guest_bundle import agent_source
+
+        # Marker for the cache key: the agent's exact source is installed below.
+        files["usr/lib/netinject/.agent-sha256"] = (
+            hashlib.sha256(agent_source()).hexdigest().encode(), 0o644)
+    return files
+
+
+def _variant_key(base: Base, name: str) -> str:
+    h = hashlib.sha256(base.key.encode() + name.encode())
+    for path, (content, mode) in sorted(variant_files(name).items()):
+        h.update(f"{path}:{mode:o}:".encode() + hashlib.sha256(content).digest())
+    return h.hexdigest()[:16]
+
+
+def build_variant(name: str, progress: Progress, cache: Path | None = None) -> VariantImage:
+    base = build_base(progress, cache)
+    key = _variant_key(base, name)
+    out_dir = (cache or cache_dir()) / "variants"
+    image = out_dir / f"{name}-{key}.img"
+    if image.exists():
+        progress(f"image {name}: cached ({image.name})")
+        return VariantImage(name, image, base.kernel, base.initrd)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress(f"image {name}: building")
+    with tempfile.TemporaryDirectory(prefix=f"netinject-{name}-", dir=out_dir) as tmp:
+        staging = Path(tmp) / "root"
+        _run(["cp", "-a", "--reflink=auto", str(base.root), str(staging)], "copying the base")
+        for rel, (content, mode) in variant_files(name).items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink():
+                target.unlink()
+            target.write_bytes(content)
+            target.chmod(mode)
+        wants = staging / "etc/systemd/system/multi-user.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / "netinject-report.service"
+        if not link.is_symlink():
+            link.symlink_to("/etc/systemd/system/netinject-report.service")
+        if name == "inject":
+            from ..guest.agent import install_agent
+
+            install_agent(str(staging), lambda msg: progress(f"image {name}: {msg}"))
+        size_mb = _du_mb(staging) * 13 // 10 + 256
+        partial = Path(tmp) / "root.img"
+        _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(staging), str(partial),
+              f"{size_mb}M"], "mkfs.ext4 -d")
+        partial.rename(image)
+    for stale in out_dir.glob(f"{name}-*.img"):
+        if stale != image:
+            stale.unlink()
+    progress(f"image {name}: built ({image.stat().st_size // (1024 * 1024)} MiB)")
+    return VariantImage(name, image, base.kernel, base.initrd)
+
+
+def _du_mb(path: Path) -> int:
+    out = subprocess.run(["du", "-sm", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
