@@ -35,10 +35,9 @@ def make_drive(path: Path, doc: Any, fmt: drive.DriveFormat = "vfat",
     data = drive.contents(instance, Options())
     files = dict(data.files)
     if mutate_manifest is not None:
-        manifest = json.loads(files[drive.MANIFEST_PATH])
-        mutate_manifest(manifest)
-        files[drive.MANIFEST_PATH] = (json.dumps(manifest, indent=2, sort_keys=True)
-                                      + "\n").encode()
+        lines = files[drive.MANIFEST_PATH].decode().splitlines()
+        lines = mutate_manifest(lines)
+        files[drive.MANIFEST_PATH] = ("\n".join(lines) + "\n").encode()
     for name, content in (extra or {}).items():
         files[PurePosixPath(name)] = content
     contents = drive.DriveContents(files, data.payload)

@@ -15,6 +15,7 @@ import pytest
 from conftest import CASES, load_case, tree
 from drive_helpers import blkid, iso_files, vfat_files
 from netinject.cli import main
+from netinject.drive import parse_manifest
 
 CLOUD_INIT_PYTHON = "/usr/bin/python3"  # Debian's cloud-init lives in the system Python
 
@@ -39,12 +40,12 @@ def test_vfat_drive_matches_render(case: str, tmp_path: Path) -> None:
     assert img.stat().st_size == 64 * 1024 * 1024
     files = vfat_files(img, tmp_path / "x")
     rendered = _render_tree(src, tmp_path / "r")
-    manifest = json.loads(files["netinject/manifest.json"])
+    manifest = parse_manifest(files["netinject/manifest"].decode())
     payload = {e["path"]: files[f"netinject/{e['source']}"] for e in manifest["files"]}
     assert payload == rendered
     doc = load_case(case)
     assert manifest["format"] == 1
-    assert manifest["instance_uuid"] == doc["instance"]["uuid"]
+    assert manifest["instance"] == doc["instance"]["uuid"]
     assert {e["path"]: e["sha256"] for e in manifest["files"]} == {
         k: hashlib.sha256(v).hexdigest() for k, v in rendered.items()}
     assert all(e["mode"] == "0644" for e in manifest["files"])
@@ -54,7 +55,7 @@ def test_vfat_drive_matches_render(case: str, tmp_path: Path) -> None:
     assert meta["launch_index"] == 0
     assert "availability_zone" in meta
     assert sorted(files) == sorted(
-        ["netinject/manifest.json", "openstack/latest/meta_data.json",
+        ["netinject/manifest", "openstack/latest/meta_data.json",
          "openstack/latest/network_data.json", "openstack/latest/vendor_data.json",
          *(f"netinject/{e['source']}" for e in manifest["files"])])
 
@@ -158,7 +159,7 @@ def test_policy_accepts_system_metadata_form(value: str, tmp_path: Path,
     doc["image"] = {}
     doc["system_metadata"]["image_support_inject_ip"] = value
     assert _drive(write_json(doc), tmp_path / "c.img") == 0
-    assert "netinject/manifest.json" in vfat_files(tmp_path / "c.img", tmp_path / "x")
+    assert "netinject/manifest" in vfat_files(tmp_path / "c.img", tmp_path / "x")
 
 
 @pytest.mark.parametrize("value", ["false", "0", "no", "", "truthy"])
@@ -166,7 +167,7 @@ def test_policy_false_values(value: str, tmp_path: Path, write_json: Any) -> Non
     doc = load_case("seed")
     doc["image"]["properties"]["support_inject_ip"] = value
     assert _drive(write_json(doc), tmp_path / "c.img") == 0
-    assert "netinject/manifest.json" not in vfat_files(tmp_path / "c.img", tmp_path / "x")
+    assert "netinject/manifest" not in vfat_files(tmp_path / "c.img", tmp_path / "x")
 
 
 def test_bad_input_leaves_no_image(tmp_path: Path, write_json: Any,

@@ -29,6 +29,12 @@ UUID_A = "1e2d3c4b-5a69-4788-97a6-b5c4d3e2f1a0"
 UUID_B = "9b8a7c6d-5e4f-4321-8abc-def012345678"
 
 
+def _set_field(line: str, n: int, value: str) -> str:
+    fields = line.split(" ")
+    fields[n] = value
+    return " ".join(fields)
+
+
 def _rendered(tmp: Path, doc: Any) -> dict[str, bytes]:
     src = tmp / "doc.json"
     src.write_text(json.dumps(doc))
@@ -50,7 +56,7 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     changed = {k for k in after if after.get(k) != before.get(k)}
     files_changed = {k for k in changed if after[k][0] == "file"}
     expected_state = {"var/lib/netinject/instance-id",
-                      f"var/lib/netinject/backup/{UUID_A}/index.json",
+                      f"var/lib/netinject/backup/{UUID_A}/index",
                       f"var/lib/netinject/backup/{UUID_A}/etc%network%interfaces",
                       f"var/lib/netinject/backup/{UUID_A}/etc%hostname"}
     assert files_changed == set(rendered) | expected_state
@@ -63,10 +69,9 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     bdir = root / f"var/lib/netinject/backup/{UUID_A}"
     assert (bdir / "etc%network%interfaces").read_bytes() == ORIGINAL_ENI
     assert os.readlink(bdir / "etc%resolv.conf") == "../run/resolv.conf"
-    index = json.loads((bdir / "index.json").read_text())
-    assert index == {"etc/hostname": "file", "etc/network/interfaces": "file",
-                     "etc/resolv.conf": "symlink",
-                     "etc/udev/rules.d/70-persistent-net.rules": "absent"}
+    assert (bdir / "index").read_text() == (
+        "file etc/hostname\nfile etc/network/interfaces\nsymlink etc/resolv.conf\n"
+        "absent etc/udev/rules.d/70-persistent-net.rules\n")
     assert (root / "run/resolv.conf").read_bytes() == b"nameserver 127.0.0.53\n"
     log = agent_log(root)
     assert "first boot of instance " + UUID_A in log
@@ -152,8 +157,9 @@ def test_manifest_hash_mismatch(tmp_path: Path) -> None:
 def test_path_traversal_in_manifest(path: str, reason: str, tmp_path: Path) -> None:
     doc = instance_doc()
 
-    def evil(m: dict[str, Any]) -> None:
-        m["files"][0]["path"] = path
+    def evil(lines: list[str]) -> list[str]:
+        return [_set_field(line, 1, path) if line.startswith("file ") and i == 4 else line
+                for i, line in enumerate(lines)]
 
     root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
                                                          mutate_manifest=evil))
@@ -163,23 +169,35 @@ def test_path_traversal_in_manifest(path: str, reason: str, tmp_path: Path) -> N
 def test_unknown_manifest_version(tmp_path: Path) -> None:
     doc = instance_doc()
 
-    def v2(m: dict[str, Any]) -> None:
-        m["format"] = 2
+    def v2(lines: list[str]) -> list[str]:
+        return ["netinject-manifest 2", *lines[1:]]
 
     root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
                                                          mutate_manifest=v2))
-    _assert_steps_aside(root, "unknown manifest format 2")
+    _assert_steps_aside(root, "unknown manifest format '2'")
 
 
 def test_setuid_mode_refused(tmp_path: Path) -> None:
     doc = instance_doc()
 
-    def suid(m: dict[str, Any]) -> None:
-        m["files"][0]["mode"] = "4755"
+    def suid(lines: list[str]) -> list[str]:
+        return [_set_field(line, 3, "4755") if line.startswith("file ") else line
+                for line in lines]
 
     root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
                                                          mutate_manifest=suid))
     _assert_steps_aside(root, "mode '4755' is not allowed")
+
+
+def test_unknown_record_refused(tmp_path: Path) -> None:
+    doc = instance_doc()
+
+    def extra(lines: list[str]) -> list[str]:
+        return [*lines, "exec /bin/sh"]
+
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
+                                                         mutate_manifest=extra))
+    _assert_steps_aside(root, "unknown record 'exec'")
 
 
 def test_symlinked_parent_directory_refused(tmp_path: Path) -> None:
@@ -249,7 +267,8 @@ def test_agent_runs_from_the_bundle(tmp_path: Path) -> None:
     root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
     bundle = tmp_path / "netinject-guest.pyz"
     assert main(["guest-bundle", "--out", str(bundle)]) == 0
-    done = subprocess.run([GUEST_PYTHON, str(bundle), "run", "--root", str(root), "--wait",
+    # Executed directly: its shebang line must work as the kernel passes it.
+    done = subprocess.run([str(bundle), "run", "--root", str(root), "--wait",
                            "0"], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0
     assert (root / "var/lib/netinject/instance-id").read_text() == UUID_A + "\n"

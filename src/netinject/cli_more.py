@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .render import Options, Style
+from .vm.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +39,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="output file (default: %(default)s)")
     g.set_defaults(func=cmd_guest_bundle)
 
+    img = sub.add_parser(
+        "image", help="build Debian guest images (for the boot benchmark and tests)",
+        description="Guest images built from Debian packages with mmdebstrap (the mirrors "
+                    "this machine's apt uses) and packed with mkfs.ext4 -d: no loop mounts.")
+    isub = img.add_subparsers(dest="image_cmd", metavar="ACTION", required=True)
+    ib = isub.add_parser("build", help="build variant images into a directory",
+                         description="Build variants (sharing one cached base) and put "
+                                     "<variant>.img, vmlinuz and initrd.img into --out.")
+    ib.add_argument("--variant", action="append", metavar="NAME",
+                    help="dhcp, baked-static, inject, cloud-init (repeatable; default: all)")
+    ib.add_argument("--out", type=Path, required=True, metavar="DIR")
+    ib.set_defaults(func=cmd_image_build)
+
     bench = sub.add_parser(
         "bench", help="benchmarks that print figures (medians, ratios to the peer)",
         description="Benchmarks. Each prints medians of interleaved runs and the ratio to "
@@ -48,6 +62,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--runs", type=int, default=15, help="runs per contender (default 15)")
     b.add_argument("--json", type=Path, metavar="FILE", help="also write raw figures as JSON")
     b.set_defaults(func=cmd_bench_drive)
+    bb = bsub.add_parser(
+        "boot", help="time-to-network of real QEMU guests per scenario",
+        description="Boot real Debian guests under QEMU (KVM if usable, else TCG), scenarios "
+                    "interleaved, and print median/min/max time-to-network (QEMU start to "
+                    "the guest's first ARP answer) and each scenario's ratio to inject.")
+    bb.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS), metavar="LIST",
+                    help="comma-separated; known: " + ", ".join(SCENARIOS)
+                         + " (default: %(default)s)")
+    bb.add_argument("--runs", type=int, default=3, help="boots per scenario (default 3)")
+    bb.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
+    bb.add_argument("--plot", type=Path, metavar="PNG", help="write a chart")
+    bb.set_defaults(func=cmd_bench_boot)
+
+    demo = sub.add_parser(
+        "demo", help="the whole flow on the built-in example: render, drive, boot, measure",
+        description="Render the built-in example instance, build its config drive, boot a "
+                    "Debian guest with the netinject agent under QEMU and show its "
+                    "time-to-network next to the same image asking DHCP.")
+    demo.add_argument("--skip-dhcp", action="store_true",
+                      help="boot only the inject guest (skip the ~80 s DHCP-timeout boot)")
+    demo.set_defaults(func=cmd_demo)
 
 
 def cmd_drive(args: argparse.Namespace) -> int:
@@ -86,4 +121,84 @@ def cmd_guest_bundle(args: argparse.Namespace) -> int:
     from . import guest_bundle
 
     print(guest_bundle.build(args.out))
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .vm import image
+    from .vm.progress import Progress
+
+    names = args.variant or list(image.VARIANTS)
+    for n in names:
+        if n not in image.VARIANTS:
+            from .cli import UsageError
+
+            raise UsageError(f"unknown variant {n!r} (known: {', '.join(image.VARIANTS)})")
+    progress = Progress()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        built = image.build_variant(n, progress)
+        for src, dst in ((built.image, args.out / f"{n}.img"),
+                         (built.kernel, args.out / "vmlinuz"),
+                         (built.initrd, args.out / "initrd.img")):
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+            print(dst)
+    return 0
+
+
+def cmd_bench_boot(args: argparse.Namespace) -> int:
+    from .vm import bench_boot
+    from .vm.progress import Progress
+
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names or args.runs < 1:
+        from .cli import UsageError
+
+        raise UsageError(f"unknown scenario(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(SCENARIOS)}" if unknown else "give scenarios and --runs >= 1")
+    data = bench_boot.run(names, args.runs, Progress())
+    print(bench_boot.format_table(data))
+    if args.json is not None:
+        bench_boot.save_json(data, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot is not None:
+        bench_boot.plot(data, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from . import drive
+    from .render import FORMATS, render_all
+    from .sources.neutron import parse_document
+    from .vm import bench_boot
+    from .vm import instance as vm
+    from .vm.progress import Progress
+
+    progress = Progress()
+    doc = vm.document()
+    instance = parse_document(doc).instance
+    print("== 1. render: the guest's network files from the example instance (Neutron data)")
+    print(json.dumps({"ports": doc["ports"], "subnets": doc["subnets"]}, indent=1)[:600] + " ...")
+    for path, text in sorted(render_all(instance, FORMATS, Options()).items()):
+        print(f"--- /{path}")
+        sys.stdout.write(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        img = Path(tmp) / "config.img"
+        built = drive.build(instance, img)
+        print(f"== 2. drive: {built.format} config drive, label {drive.LABEL}, "
+              f"{len(built.files)} files, volume id {built.volume_id:08x}")
+    print("== 3. boot: Debian bookworm guests under QEMU (first run builds the images)")
+    names = ["inject"] if args.skip_dhcp else ["inject", "dhcp-timeout"]
+    data = bench_boot.run(names, 1, progress)
+    print("== 4. time to network")
+    print(bench_boot.format_table(data))
     return 0

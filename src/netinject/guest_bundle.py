@@ -19,7 +19,7 @@ MAIN = b"""import sys
 import netinject_guest
 sys.exit(netinject_guest.main())
 """
-SHEBANG = b"#!/usr/bin/python3 -I -S\n"
+SHEBANG = b"#!/usr/bin/python3 -IS\n"
 
 
 def agent_source() -> bytes:

@@ -309,5 +309,5 @@ def boot(spec: BootSpec) -> BootResult:
     """One boot: time-to-network, first gratuitous ARP, console and in-guest report."""
     with running(spec) as guest:
         reply, garp = guest.wait_network()
-        report = guest.wait_report() if reply is not None or spec.dhcp_server else {}
+        report = guest.wait_report()
         return BootResult(reply, garp, guest.console(), report, spec.accel)

@@ -1,0 +1,158 @@
+"""Time-to-network benchmark: boot real guests, scenarios interleaved (A B C A B C ...) so
+this machine's drift hits all alike; medians, min, max, ratios to ``inject``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..bench.stats import table
+from .harness import boot, kvm_usable
+from .progress import Progress
+from .scenarios import SCENARIOS, Prepared
+
+
+def run(names: Sequence[str], runs: int, progress: Progress) -> dict[str, Any]:
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(SCENARIOS)}")
+    prepared = Prepared(tuple(names), progress)
+    try:
+        accel = "kvm" if kvm_usable(next(iter(prepared.images.values()))) else "tcg"
+        progress(f"accelerator: {accel}")
+        results: dict[str, dict[str, list[Any]]] = {
+            n: {"time_to_network_s": [], "first_garp_s": [], "agent_ms": [],
+                "agent_unit_ms": [], "userspace_s": []} for n in names}
+        total = runs * len(names)
+        k = 0
+        for r in range(runs):
+            for name in names:
+                k += 1
+                progress(f"boot {k}/{total} (run {r + 1}/{runs}): {name} ...")
+                res = boot(prepared.spec(name, accel))
+                out = results[name]
+                out["time_to_network_s"].append(res.time_to_network_s)
+                out["first_garp_s"].append(res.first_garp_s)
+                out["agent_ms"].append(res.agent_cost_ms())
+                out["agent_unit_ms"].append(_unit_ms(res.report.get("blame", ""),
+                                                     "netinject.service"))
+                out["userspace_s"].append(_userspace_s(res.report.get("systemd-analyze", "")))
+                ttn = res.time_to_network_s
+                progress(f"  {name}: network after "
+                         + (f"{ttn:.1f} s" if ttn is not None else "never (timeout)"))
+    finally:
+        prepared.close()
+    summary: dict[str, Any] = {}
+    for name, out in results.items():
+        values = [v for v in out["time_to_network_s"] if v is not None]
+        summary[name] = {
+            **out,
+            "about": SCENARIOS[name].about,
+            "median_s": statistics.median(values) if values else None,
+            "min_s": min(values) if values else None,
+            "max_s": max(values) if values else None,
+            "failures": len(out["time_to_network_s"]) - len(values),
+        }
+    return {"scenarios": summary, "accel": accel, "runs": runs,
+            "host": platform.node(), "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _unit_ms(blame: str, unit: str) -> float | None:
+    for line in blame.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[-1] == unit:
+            return _duration_ms(" ".join(parts[:-1]))
+    return None
+
+
+def _duration_ms(text: str) -> float | None:
+    total = 0.0
+    for tok in text.split():
+        for suffix, scale in (("ms", 1.0), ("us", 0.001), ("min", 60000.0), ("s", 1000.0)):
+            if tok.endswith(suffix):
+                try:
+                    total += float(tok[: -len(suffix)]) * scale
+                except ValueError:
+                    return None
+                break
+        else:
+            return None
+    return total
+
+
+def _userspace_s(analyze: str) -> float | None:
+    import re
+
+    m = re.search(r"\+ ([0-9.]+(?:min )?[0-9.]*m?s) \(userspace\)", analyze)
+    if not m:
+        return None
+    ms = _duration_ms(m.group(1))
+    return ms / 1000 if ms is not None else None
+
+
+def fmt(v: float | None) -> str:
+    return f"{v:.1f}" if v is not None else "-"
+
+
+def format_table(data: dict[str, Any]) -> str:
+    sc = data["scenarios"]
+    ref = sc.get("inject", {}).get("median_s")
+    rows = []
+    for name, s in sc.items():
+        med = s["median_s"]
+        ratio = f"{med / ref:.2f}x" if med is not None and ref else "-"
+        rows.append([name, fmt(med), fmt(s["min_s"]), fmt(s["max_s"]), ratio,
+                     f"{len(s['time_to_network_s']) - s['failures']}/"
+                     f"{len(s['time_to_network_s'])}"])
+    lines = [f"time to network (s) from QEMU start to the guest's first ARP answer; "
+             f"accel={data['accel']}, {data['runs']} interleaved run(s) per scenario",
+             table(["scenario", "median", "min", "max", "vs inject", "ok"], rows)]
+    if "inject" in sc and "baked-static" in sc and sc["baked-static"]["median_s"] and ref:
+        lines.append(f"cost of injection (inject - baked-static medians): "
+                     f"{ref - sc['baked-static']['median_s']:+.2f} s")
+    agent = [v for v in sc.get("inject", {}).get("agent_ms", []) if v is not None]
+    unit = [v for v in sc.get("inject", {}).get("agent_unit_ms", []) if v is not None]
+    if agent:
+        lines.append(f"agent's own work (its log, first boot): median "
+                     f"{statistics.median(agent):.1f} ms; netinject.service incl. Python "
+                     f"start (systemd-analyze blame): median "
+                     f"{statistics.median(unit):.0f} ms" if unit else
+                     f"agent's own work: median {statistics.median(agent):.1f} ms")
+    return "\n".join(lines)
+
+
+def plot(data: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sc = data["scenarios"]
+    names = [n for n in sc if sc[n]["median_s"] is not None][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.6))
+    colours = {"inject": "#2a9d8f", "baked-static": "#8ab17d", "cloud-init": "#e9c46a",
+               "dhcp": "#f4a261", "dhcp-timeout": "#e76f51"}
+    for i, n in enumerate(names):
+        s = sc[n]
+        ax.barh(i, s["median_s"], color=colours.get(n, "#999999"))
+        pts = [v for v in s["time_to_network_s"] if v is not None]
+        ax.scatter(pts, [i] * len(pts), color="black", s=12, zorder=3)
+        ax.text(s["median_s"] + 0.5, i, f"{s['median_s']:.1f} s", va="center")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("time to network (s): QEMU start -> first ARP answer (median; dots = runs)")
+    ax.set_title(f"netinject boot benchmark ({data['accel']}, {data['runs']} runs/scenario)")
+    ax.set_xlim(0, max(sc[n]["max_s"] for n in names) * 1.15)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def save_json(data: dict[str, Any], out: Path) -> None:
+    out.write_text(json.dumps(data, indent=2) + "\n")

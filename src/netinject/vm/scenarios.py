@@ -1,0 +1,82 @@
+"""Boot scenarios: which image, which config drive, whether a DHCP server answers."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import drive
+from ..render import Options
+from ..sources.neutron import parse_document
+from . import image as images
+from . import instance as vm
+from .harness import BootSpec
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    variant: str
+    drive: str  # "inject" (payload), "legacy" (no payload), "corrupt" (damaged payload)
+    dhcp_server: bool
+    about: str
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("dhcp-timeout", "dhcp", "legacy", False,
+             "stock image, no DHCP server answers: the seed's stall"),
+    Scenario("dhcp", "dhcp", "legacy", True, "stock image, dnsmasq answering in the namespace"),
+    Scenario("baked-static", "baked-static", "legacy", False,
+             "static config baked into the image: the floor"),
+    Scenario("inject", "inject", "inject", False, "netinject agent + config drive payload"),
+    Scenario("cloud-init", "cloud-init", "inject", False,
+             "Debian cloud-init reading the same drive's network_data.json"),
+    Scenario("legacy-image", "dhcp", "legacy", True,
+             "image without support_inject_ip: DHCP path still works"),
+    Scenario("corrupt-drive", "inject", "corrupt", True,
+             "inject image, damaged drive: the agent steps aside, DHCP brings it up"),
+)}
+DEFAULT_SCENARIOS = ("inject", "baked-static", "dhcp", "cloud-init", "dhcp-timeout")
+
+
+def build_drive(kind: str, out: Path) -> Path:
+    """The benchmark VM's config drive of the given kind."""
+    inject = kind != "legacy"
+    instance = parse_document(vm.document(support_inject_ip=inject)).instance
+    drive.build(instance, out, "vfat", Options())
+    if kind == "corrupt":
+        corrupt(out)
+    return out
+
+
+def corrupt(image: Path) -> None:
+    """Damage the payload's interfaces file on the drive (the manifest hash then fails)."""
+    data = bytearray(image.read_bytes())
+    at = data.find(b"iface eth0 inet static")
+    if at < 0:
+        raise ValueError(f"{image}: no payload to corrupt")
+    data[at:at + 5] = b"IFACE"
+    image.write_bytes(bytes(data))
+
+
+class Prepared:
+    """Images and drives for a set of scenarios, built once per run."""
+
+    def __init__(self, names: tuple[str, ...], progress: images.Progress,
+                 workdir: Path | None = None) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="netinject-drives-")
+        self.dir = workdir or Path(self._tmp.name)
+        self.scenarios = [SCENARIOS[n] for n in names]
+        self.images = {v: images.build_variant(v, progress)
+                       for v in dict.fromkeys(s.variant for s in self.scenarios)}
+        self.drives = {k: build_drive(k, self.dir / f"{k}.img")
+                       for k in dict.fromkeys(s.drive for s in self.scenarios)}
+
+    def spec(self, name: str, accel: str, **kw: object) -> BootSpec:
+        s = SCENARIOS[name]
+        return BootSpec(self.images[s.variant], self.drives[s.drive], s.dhcp_server, accel,
+                        **kw)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._tmp.cleanup()
