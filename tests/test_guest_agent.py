@@ -55,10 +55,9 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     after = snapshot(root)
     changed = {k for k in after if after.get(k) != before.get(k)}
     files_changed = {k for k in changed if after[k][0] == "file"}
-    expected_state = {"var/lib/netinject/instance-id",
-                      f"var/lib/netinject/backup/{UUID_A}/index",
-                      f"var/lib/netinject/backup/{UUID_A}/etc%network%interfaces",
-                      f"var/lib/netinject/backup/{UUID_A}/etc%hostname"}
+    b = f"var/lib/netinject/backup/{UUID_A}"
+    expected_state = {"var/lib/netinject/instance-id", f"{b}/etc%network%interfaces",
+                      f"{b}/etc%hostname", f"{b}/etc%udev%rules.d%70-persistent-net.rules.absent"}
     assert files_changed == set(rendered) | expected_state
     for rel, content in rendered.items():
         assert (root / rel).read_bytes() == content
@@ -69,9 +68,10 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     bdir = root / f"var/lib/netinject/backup/{UUID_A}"
     assert (bdir / "etc%network%interfaces").read_bytes() == ORIGINAL_ENI
     assert os.readlink(bdir / "etc%resolv.conf") == "../run/resolv.conf"
-    assert (bdir / "index").read_text() == (
-        "file etc/hostname\nfile etc/network/interfaces\nsymlink etc/resolv.conf\n"
-        "absent etc/udev/rules.d/70-persistent-net.rules\n")
+    assert sorted(os.listdir(bdir)) == [
+        "etc%hostname", "etc%network%interfaces", "etc%resolv.conf",
+        "etc%udev%rules.d%70-persistent-net.rules.absent"]
+    assert (bdir / "etc%hostname").read_bytes() == b"debian\n"
     assert (root / "run/resolv.conf").read_bytes() == b"nameserver 127.0.0.53\n"
     log = agent_log(root)
     assert "first boot of instance " + UUID_A in log

@@ -528,77 +528,85 @@ def write_atomic(path: str, data: bytes, mode: int) -> None:
 class Backup:
     """Originals of replaced files under /var/lib/netinject/backup/<uuid>/.
 
-    An index file (``index``: lines of '<kind> <path>') records, per guest path, whether
-    the original was a file, a symlink or absent. A path already in the index is never
-    backed up again, so a re-run after a crash keeps the true originals rather than our
-    half-installed files.
+    One entry per guest path (``/`` written as ``%``): a hard link to the original file
+    (or a copy when /var is another filesystem), a symlink for an original symlink, or
+    an empty ``<name>.absent`` marker when there was none. Hard links, symlinks and empty
+    markers are metadata only: no data to flush, and the filesystem journal commits them
+    before the later renames that replace the originals. A path already backed up is
+    never backed up again, so a re-run after a crash keeps the true originals rather
+    than our half-installed files.
     """
 
     def __init__(self, root: str, uuid: str) -> None:
         self.dir = os.path.join(root, STATE_DIR, "backup", uuid)
-        self.index_path = os.path.join(self.dir, "index")
         self.index: dict[str, str] = {}
         try:
-            with open(self.index_path) as fh:
-                for line in fh:
-                    kind, _, rel = line.rstrip("\n").partition(" ")
-                    if kind in ("file", "symlink", "absent") and is_allowed_path(rel):
-                        self.index[rel] = kind
+            names = os.listdir(self.dir)
         except OSError:
-            pass
+            names = []
+        for name in names:
+            kind = "absent" if name.endswith(".absent") else (
+                "symlink" if os.path.islink(os.path.join(self.dir, name)) else "file")
+            rel = name[:-len(".absent")] if kind == "absent" else name
+            rel = rel.replace("%", "/")
+            if is_allowed_path(rel):
+                self.index[rel] = kind
 
-    def save(self, rel: str, target: str, sync: bool = True) -> None:
-        """Keep the original of ``target`` (once per path); ``sync=False`` leaves the
-        flush to the caller (one os.sync for a batch)."""
+    def _entry(self, rel: str) -> str:
+        return os.path.join(self.dir, rel.replace("/", "%"))
+
+    def save(self, rel: str, target: str) -> None:
+        """Keep the original of ``target`` (once per path)."""
         if rel in self.index:
             return
-        write = write_atomic if sync else _write_plain
         os.makedirs(self.dir, exist_ok=True)
-        copy = os.path.join(self.dir, rel.replace("/", "%"))
+        entry = self._entry(rel)
         if os.path.islink(target):
-            link = os.readlink(target)
-            if os.path.lexists(copy):
-                os.unlink(copy)
-            os.symlink(link, copy)
+            os.symlink(os.readlink(target), entry)
             kind = "symlink"
         elif os.path.isfile(target):
-            st = os.stat(target)
-            with open(target, "rb") as fh:
-                write(copy, fh.read(), st.st_mode & 0o7777)
+            try:
+                os.link(target, entry)
+            except OSError:  # another filesystem: a durable copy instead
+                with open(target, "rb") as fh:
+                    write_atomic(entry, fh.read(), os.stat(target).st_mode & 0o7777)
             kind = "file"
         elif os.path.lexists(target):
             raise AgentError("%s exists and is not a regular file" % target)
         else:
+            _write_plain(entry + ".absent", b"", 0o600)
             kind = "absent"
         self.index[rel] = kind
-        text = "".join("%s %s\n" % (k, p) for p, k in sorted(self.index.items()))
-        tmp = self.index_path + ".tmp"
-        write(tmp, text.encode(), 0o600)
-        os.rename(tmp, self.index_path)
 
     def restore(self, root: str, rel: str) -> None:
         kind = self.index.get(rel)
         target = os.path.join(root, rel)
-        copy = os.path.join(self.dir, rel.replace("/", "%"))
+        entry = self._entry(rel)
+        tmp = target + ".netinject-restore"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
         if kind == "absent":
             if os.path.lexists(target):
                 os.unlink(target)
         elif kind == "symlink":
-            tmp = target + ".netinject-restore"
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            os.symlink(os.readlink(copy), tmp)
+            os.symlink(os.readlink(entry), tmp)
             os.rename(tmp, target)
         elif kind == "file":
-            with open(copy, "rb") as fh:
-                write_atomic(target, fh.read(), os.stat(copy).st_mode & 0o7777)
+            try:
+                os.link(entry, tmp)
+                os.rename(tmp, target)
+            except OSError:
+                with open(entry, "rb") as fh:
+                    write_atomic(target, fh.read(), os.stat(entry).st_mode & 0o7777)
 
 
-def _write_plain(path: str, data: bytes, mode: int) -> None:
+def _write_plain(path: str, data: bytes, mode: int, fsync: bool = False) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, data)
         os.fchmod(fd, mode)
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -606,10 +614,10 @@ def _write_plain(path: str, data: bytes, mode: int) -> None:
 def install(root: str, manifest: Manifest, log: Log, after_each: object = None) -> Backup:
     """Install every manifest file; on failure restore what was already replaced.
 
-    Three phases, each ended by one sync (per-file fsyncs cost ~10 ms each under
-    emulation): back up the originals; write every new file beside its target; rename
-    them all into place. A crash at any point leaves either the originals or complete
-    new files, and the backups of the true originals (the uuid is recorded only after).
+    Back up the originals (metadata only); write every new file beside its target and
+    fsync it; then rename them all into place. A crash at any point leaves either the
+    original or a complete new file at each path, and the true originals in the backup;
+    the instance uuid is recorded only after all of it, so the next boot finishes the job.
     """
     # Preflight: every target must be writable without following a symlinked directory
     # and must not be something other than a file or symlink, before anything changes.
@@ -622,22 +630,19 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None) 
     staged: list[str] = []
     try:
         for entry, target in zip(manifest.entries, targets):
-            backup.save(entry.path, target, sync=False)
-        os.sync()
+            backup.save(entry.path, target)
         for entry, target in zip(manifest.entries, targets):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = os.path.join(os.path.dirname(target),
                                ".%s.netinject-tmp" % os.path.basename(target))
-            _write_plain(tmp, entry.data, entry.mode)
+            _write_plain(tmp, entry.data, entry.mode, fsync=True)
             staged.append(tmp)
-        os.sync()
         for entry, target, tmp in zip(manifest.entries, targets, staged):
             os.rename(tmp, target)
             done.append(entry.path)
             log("installed /%s (%d bytes)" % (entry.path, len(entry.data)))
             if callable(after_each):
                 after_each(entry.path)
-        os.sync()
     except (OSError, AgentError) as exc:
         log("install failed (%s): rolling back %d file(s)" % (exc, len(done)))
         for tmp in staged[len(done):]:
@@ -861,6 +866,9 @@ ConditionPathExists=/usr/sbin/netinject-guest
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/sbin/netinject-guest run
+# On the boot's critical path (networking waits for it) while udev, journald and friends
+# compete for the CPU: let it finish first.
+Nice=-10
 StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=30

@@ -115,6 +115,7 @@ class BootResult:
     console: str
     report: dict[str, str] = field(default_factory=dict)
     accel: str = "tcg"
+    boot_s: float | None = None  # QEMU start -> boot finished (the report begins)
 
     @property
     def agent_log(self) -> str:
@@ -228,6 +229,7 @@ class Guest:
         self.prober: subprocess.Popen[str] | None = None
         self.events: list[dict[str, Any]] = []
         self.t0 = 0.0
+        self.boot_s: float | None = None
 
     @property
     def qga_socket(self) -> Path:
@@ -256,13 +258,24 @@ class Guest:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
 
+    def _watch_boot(self) -> None:
+        """Note when the guest's report starts (its boot has finished)."""
+        if self.boot_s is None and REPORT_BEGIN in self.console():
+            self.boot_s = time.monotonic() - self.t0
+
     def wait_network(self) -> tuple[float | None, float | None]:
         deadline = self.t0 + self.spec.timeout
+        k = 0
         while time.monotonic() < deadline:
             if any(e["event"] in ("reply", "timeout") for e in self.events):
                 break
             if self.qemu is not None and self.qemu.poll() is not None:
                 break
+            k += 1
+            if k % 4 == 0:
+                self._watch_boot()
+                if self.boot_s is not None and REPORT_END in self.console():
+                    break  # booted, reported, and never answered: no network
             time.sleep(0.05)
         reply = next((e["t"] - self.t0 for e in self.events if e["event"] == "reply"), None)
         # The prober lingers briefly after the answer for a gratuitous ARP.
@@ -277,6 +290,7 @@ class Guest:
     def wait_report(self) -> dict[str, str]:
         deadline = time.monotonic() + self.spec.report_timeout
         while time.monotonic() < deadline:
+            self._watch_boot()
             text = self.console()
             if REPORT_END in text:
                 return parse_report(text)
@@ -310,4 +324,4 @@ def boot(spec: BootSpec) -> BootResult:
     with running(spec) as guest:
         reply, garp = guest.wait_network()
         report = guest.wait_report()
-        return BootResult(reply, garp, guest.console(), report, spec.accel)
+        return BootResult(reply, garp, guest.console(), report, spec.accel, guest.boot_s)
