@@ -186,14 +186,19 @@ class FatReader:
     """Read-only FAT12/16/32 reader with long file names: just enough to read the
     netinject payload off a config drive without mounting it."""
 
+    WINDOW = 512 * 1024  # netinject's drives keep metadata and payload near the start
+
     def __init__(self, fh: BinaryIO) -> None:
         self.fh = fh
+        # One large read up front: every later read is served from memory (each separate
+        # device read is an emulated I/O round trip on a guest without KVM).
+        self.window = fh.read(self.WINDOW)
         bs = self._read(0, 512)
         (self.bps, self.spc, reserved, nfats, root_entries, total16, _media, fatsz16,
          _spt, _heads, _hidden, total32) = struct.unpack_from("<HBHBHHBHHHII", bs, 11)
         if self.bps not in (512, 1024, 2048, 4096) or self.spc == 0 or nfats == 0:
             raise AgentError("not a FAT filesystem (bad boot sector)")
-        fatsz = fatsz16 or struct.unpack_from("<I", bs, 36)[0]
+        fatsz = self.fatsz = fatsz16 or struct.unpack_from("<I", bs, 36)[0]
         total = total16 or total32
         self.fat_off = reserved * self.bps
         root_secs = (root_entries * 32 + self.bps - 1) // self.bps
@@ -207,6 +212,8 @@ class FatReader:
         self._fat: bytes | None = None
 
     def _read(self, off: int, size: int) -> bytes:
+        if off + size <= len(self.window):
+            return self.window[off:off + size]
         self.fh.seek(off)
         data = self.fh.read(size)
         if len(data) != size:
@@ -215,8 +222,8 @@ class FatReader:
 
     def _next(self, cluster: int) -> int:
         if self._fat is None:
-            # FAT size is bounded by the image (64 MiB drive: 32 KiB of FAT16).
-            self._fat = self._read(self.fat_off, self.root_off - self.fat_off)
+            # The first FAT (64 MiB drive: 32 KiB of FAT16).
+            self._fat = self._read(self.fat_off, self.fatsz * self.bps)
         fat = self._fat
         if self.bits == 16:
             return int(struct.unpack_from("<H", fat, cluster * 2)[0])

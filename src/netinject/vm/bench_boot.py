@@ -182,3 +182,41 @@ def plot(data: dict[str, Any], out: Path) -> None:
 
 def save_json(data: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
+    """The agent's own time on a first and a second boot of the same instance (its log:
+    from the start of its work to its last line), on a private writable copy of the
+    inject image per run."""
+    import dataclasses
+    import shutil
+    import subprocess
+    import tempfile
+
+    prepared = Prepared(("inject",), progress)
+    first: list[float | None] = []
+    second: list[float | None] = []
+    try:
+        accel = "kvm" if kvm_usable(prepared.images["inject"]) else "tcg"
+        for r in range(runs):
+            with tempfile.TemporaryDirectory(prefix="netinject-agent-") as tmp:
+                copy = Path(tmp) / "root.img"
+                subprocess.run(["cp", "--sparse=always", str(prepared.images["inject"].image),
+                                str(copy)], check=True)
+                image = dataclasses.replace(prepared.images["inject"], image=copy)
+                spec = dataclasses.replace(prepared.spec("inject", accel), image=image,
+                                           snapshot=False)
+                for n, out in ((1, first), (2, second)):
+                    progress(f"agent cost run {r + 1}/{runs}: boot {n} ...")
+                    res = boot(spec)
+                    out.append(res.agent_cost_ms())
+                    progress(f"  boot {n}: agent {fmt(res.agent_cost_ms())} ms "
+                             f"({res.agent_log.splitlines()[-1] if res.agent_log else 'no log'})")
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        prepared.close()
+    ok1 = [v for v in first if v is not None]
+    ok2 = [v for v in second if v is not None]
+    return {"accel": accel, "runs": runs, "first_boot_ms": first, "second_boot_ms": second,
+            "first_boot_median_ms": statistics.median(ok1) if ok1 else None,
+            "second_boot_median_ms": statistics.median(ok2) if ok2 else None}

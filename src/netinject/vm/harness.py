@@ -106,6 +106,7 @@ class BootSpec:
     extra_append: str = ""
     qga: bool = False
     extra_taps: tuple[tuple[str, str], ...] = ()
+    snapshot: bool = True  # False: boots write to the image (for second-boot runs)
 
 
 @dataclass
@@ -158,7 +159,8 @@ def qemu_args(spec: BootSpec, workdir: Path, macs: tuple[str, ...] = (vm.GUEST_M
             "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{workdir / 'console.log'}",
             "-kernel", str(img.kernel), "-initrd", str(img.initrd), "-append", append,
-            "-drive", f"file={img.image},if=virtio,format=raw,snapshot=on",
+            "-drive", f"file={img.image},if=virtio,format=raw,"
+                      f"snapshot={'on' if spec.snapshot else 'off'}",
             "-qmp", f"unix:{workdir / 'qmp.sock'},server=on,wait=off"]
     if spec.accel == "kvm":
         args[3:3] = ["-cpu", "host"]
