@@ -56,7 +56,8 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     changed = {k for k in after if after.get(k) != before.get(k)}
     files_changed = {k for k in changed if after[k][0] == "file"}
     b = f"var/lib/netinject/backup/{UUID_A}"
-    expected_state = {"var/lib/netinject/instance-id", f"{b}/etc%network%interfaces",
+    expected_state = {"var/lib/netinject/instance-id", "var/lib/netinject/drive-id",
+                      f"{b}/etc%network%interfaces",
                       f"{b}/etc%hostname", f"{b}/etc%udev%rules.d%70-persistent-net.rules.absent"}
     assert files_changed == set(rendered) | expected_state
     for rel, content in rendered.items():

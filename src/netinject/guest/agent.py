@@ -134,48 +134,75 @@ class Log:
 # -- finding and reading the drive -------------------------------------------------------
 
 
-def probe_label(dev: str) -> str | None:
-    """'vfat' or 'iso9660' if the device carries a config-2 label, else None."""
+class Drive:
+    """A found config drive: its device, filesystem and volume id (the FAT serial or the
+    ISO volume set id: netinject derives both from the instance uuid)."""
+
+    def __init__(self, path: str, kind: str, volume_id: str) -> None:
+        self.path = path
+        self.kind = kind
+        self.volume_id = volume_id
+
+    @property
+    def ident(self) -> str:
+        return "%s:%s" % (self.kind, self.volume_id)
+
+
+def probe_label(dev: str) -> Drive | None:
+    """The drive if the device carries a config-2 label (vfat or iso9660), else None."""
     try:
         with open(dev, "rb") as fh:
             boot = fh.read(512)
             if len(boot) == 512 and boot[510:512] == b"\x55\xaa":
-                # FAT12/16 keep the label at 43, FAT32 at 71 (with "FAT" at 54 / 82).
+                # FAT12/16 keep serial and label at 39/43, FAT32 at 67/71 ("FAT" at 54/82).
                 for off, fs_off in ((43, 54), (71, 82)):
                     if boot[fs_off:fs_off + 3] == b"FAT":
                         label = boot[off:off + 11].rstrip(b" \x00").decode("ascii", "replace")
                         if label in LABELS:
-                            return "vfat"
+                            serial = struct.unpack_from("<I", boot, off - 4)[0]
+                            return Drive(dev, "vfat", "%08x" % serial)
             fh.seek(32768)
             pvd = fh.read(2048)
             if pvd[0:6] == b"\x01CD001":
                 label = pvd[40:72].rstrip(b" \x00").decode("ascii", "replace")
                 if label in LABELS:
-                    return "iso9660"
+                    volset = pvd[190:318].rstrip(b" \x00").decode("ascii", "replace")
+                    return Drive(dev, "iso9660", volset)
     except OSError:
         return None
     return None
 
 
-def find_drive(sysfs: str, dev: str, wait: float, log: Log) -> tuple[str, str] | None:
-    """Probe whole block devices listed in /sys/class/block until one is config-2."""
+def _size(sysfs: str, name: str) -> int:
+    try:
+        with open(os.path.join(sysfs, "class/block", name, "size")) as fh:
+            return int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def find_drive(sysfs: str, dev: str, wait: float) -> Drive | None:
+    """Probe whole block devices listed in /sys/class/block until one is config-2.
+
+    Smallest first (a config drive is 64 MiB or less; the root disk is larger), so the
+    usual case reads one sector of one device.
+    """
     deadline = time.monotonic() + wait
     seen: set[str] = set()
     while True:
         try:
-            names = sorted(os.listdir(os.path.join(sysfs, "class/block")))
+            names = os.listdir(os.path.join(sysfs, "class/block"))
         except OSError:
             names = []
-        for name in names:
-            if name in seen or name.startswith(("loop", "ram", "zram", "dm-", "md")):
-                continue
+        candidates = [n for n in names if n not in seen
+                      and not n.startswith(("loop", "ram", "zram", "dm-", "md"))
+                      and not os.path.exists(os.path.join(sysfs, "class/block", n,
+                                                          "partition"))]
+        for name in sorted(candidates, key=lambda n: (_size(sysfs, n) or 1 << 62, n)):
             seen.add(name)
-            if os.path.exists(os.path.join(sysfs, "class/block", name, "partition")):
-                continue
-            path = os.path.join(dev, name)
-            kind = probe_label(path)
-            if kind is not None:
-                return path, kind
+            found = probe_label(os.path.join(dev, name))
+            if found is not None:
+                return found
         if time.monotonic() >= deadline:
             return None
         time.sleep(POLL)
@@ -792,10 +819,11 @@ def rename_nics(wanted: list[tuple[str, str]], sysfs: str, log: Log,
 # -- the boot service ---------------------------------------------------------------------
 
 
-def read_instance_id(root: str) -> str | None:
+def read_state(root: str, name: str) -> str | None:
+    """A recorded value under /var/lib/netinject (instance-id, drive-id)."""
     try:
-        with open(os.path.join(root, STATE_DIR, "instance-id")) as fh:
-            return fh.read().strip()
+        with open(os.path.join(root, STATE_DIR, name)) as fh:
+            return fh.read().strip() or None
     except OSError:
         return None
 
@@ -808,25 +836,24 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
     sysfs = sysfs or os.path.join(root, "sys")
     dev = dev or os.path.join(root, "dev")
     try:
-        if drive:
-            kind = probe_label(drive)
-            found = (drive, kind) if kind else None
-        else:
-            found = find_drive(sysfs, dev, wait, log)
+        found = probe_label(drive) if drive else find_drive(sysfs, dev, wait)
         if found is None:
             log("no config drive (label config-2) found: leaving the image's network "
                 "config in place")
             return 0
-        path, kind = found
-        log("config drive %s (%s)" % (path, kind))
-        recorded = read_instance_id(root)
+        log("config drive %s (%s, volume %s)" % (found.path, found.kind, found.volume_id))
+        recorded = read_state(root, "instance-id")
+        if recorded is not None and read_state(root, "drive-id") == found.ident:
+            # Same drive as the boot that applied it: nothing new (no drive reads).
+            log("not the first boot of instance %s: nothing to do" % recorded)
+            return 0
         if recorded is not None:
-            head = read_payload(path, kind, MANIFEST_NAMES)
+            head = read_payload(found.path, found.kind, MANIFEST_NAMES)
             raw = head.get("manifest") or head.get("MANIFEST") or b""
             if manifest_instance(raw) == recorded:
                 log("not the first boot of instance %s: nothing to do" % recorded)
                 return 0
-        payload = read_payload(path, kind)
+        payload = read_payload(found.path, found.kind)
         manifest = verify(payload)
         log("manifest ok: instance %s, %d file(s), %d NIC(s)"
             % (manifest.uuid, len(manifest.entries), len(manifest.nics)))
@@ -842,6 +869,8 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
             for entry in reversed(manifest.entries):
                 backup.restore(root, entry.path)
             raise
+        write_atomic(os.path.join(root, STATE_DIR, "drive-id"),
+                     (found.ident + "\n").encode(), 0o644)
         write_atomic(os.path.join(root, STATE_DIR, "instance-id"),
                      (manifest.uuid + "\n").encode(), 0o644)
         log("done: %d file(s) installed, %d NIC(s) renamed" % (len(manifest.entries), count))
