@@ -1,0 +1,151 @@
+"""The guest-agent client against a real qemu-ga (Debian package qemu-guest-agent) the
+test starts on a unix socket with a temporary state dir; file operations act on this
+test's temporary directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from netinject.qga import GuestAgent, QgaError, QgaTimeout, QgaUnavailable, SocketTransport
+
+QEMU_GA = "/usr/sbin/qemu-ga"
+
+
+class Agent:
+    def __init__(self, tmp: Path) -> None:
+        self.sock = tmp / "qga.sock"
+        self.state = tmp / "state"
+        self.state.mkdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if self.sock.exists():
+            self.sock.unlink()
+        self.proc = subprocess.Popen(
+            [QEMU_GA, "-m", "unix-listen", "-p", str(self.sock), "-t", str(self.state),
+             "-f", str(self.state / "pid")], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.sock.exists():
+            assert time.monotonic() < deadline, "qemu-ga did not create its socket"
+            assert self.proc.poll() is None, "qemu-ga exited"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def qga(tmp_path: Path) -> Iterator[Agent]:
+    agent = Agent(tmp_path)
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+def test_ping_and_interfaces(qga: Agent) -> None:
+    with GuestAgent.unix(qga.sock) as ga:
+        ga.ping()
+        names = {i["name"] for i in ga.network_interfaces()}
+        assert "lo" in names
+
+
+def test_sync_discards_garbage_and_stale_replies(qga: Agent) -> None:
+    # A client that sent commands and left without reading the replies, plus garbage.
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(str(qga.sock))
+    raw.sendall(b'{"execute": "guest-ping"}\n{"execute": "guest-info"}\n')
+    time.sleep(0.2)
+    raw.sendall(b"}}{garbage\xfe\n")
+    transport = SocketTransport(qga.sock)
+    transport.sock = raw  # reuse the dirty channel, as after an abandoned exchange
+    transport._sync(time.monotonic() + 5)
+    assert transport.command("guest-ping", None, 5) == {}
+    info = transport.command("guest-info", None, 5)
+    assert "version" in info
+    transport.close()
+
+
+def test_file_write_read_back_and_large_chunked_write(qga: Agent, tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    data = os.urandom(300 * 1024 + 17)  # several chunks, last one partial
+    chunks: list[int] = []
+    with GuestAgent.unix(qga.sock) as ga:
+        ga.write_file(str(target), data, between_chunks=chunks.append)
+        assert target.read_bytes() == data
+        assert ga.read_file(str(target)) == data
+    assert len(chunks) == 7
+
+
+def test_exec_exit_code_and_output(qga: Agent) -> None:
+    with GuestAgent.unix(qga.sock) as ga:
+        ok = ga.exec("/bin/echo", ["hello", "agent"])
+        assert ok.exitcode == 0
+        assert ok.stdout == b"hello agent\n"
+        bad = ga.exec("/bin/sh", ["-c", "echo oops >&2; exit 3"])
+        assert bad.exitcode == 3
+        assert bad.stderr == b"oops\n"
+        fed = ga.exec("/bin/cat", [], input_data=b"from stdin")
+        assert fed.stdout == b"from stdin"
+
+
+def test_agent_error_becomes_typed_exception(qga: Agent, tmp_path: Path) -> None:
+    with GuestAgent.unix(qga.sock) as ga, pytest.raises(QgaError) as exc:
+        ga.write_file(str(tmp_path / "no/such/dir/file"), b"x")
+    assert "No such file or directory" in str(exc.value)
+    assert not isinstance(exc.value, (QgaTimeout, QgaUnavailable))
+
+
+def test_silent_agent_times_out_without_hanging(qga: Agent) -> None:
+    assert qga.proc is not None
+    with GuestAgent.unix(qga.sock, timeout=1.0) as ga:
+        ga.ping()
+        os.kill(qga.proc.pid, signal.SIGSTOP)   # alive, but never answers
+        t0 = time.monotonic()
+        with pytest.raises(QgaTimeout):
+            ga.ping()
+        assert time.monotonic() - t0 < 3
+
+
+def test_agent_killed_mid_write_reports_and_leaves_target_alone(qga: Agent,
+                                                                tmp_path: Path) -> None:
+    target = tmp_path / "config"
+    target.write_bytes(b"original\n")
+    assert qga.proc is not None
+    proc = qga.proc
+
+    def kill_after_first(n: int) -> None:
+        if n == 0:
+            proc.kill()
+            proc.wait()
+
+    from netinject.hotplug import write_files_atomic
+
+    with GuestAgent.unix(qga.sock, timeout=2.0) as ga, pytest.raises(QgaUnavailable) as exc:
+        write_files_atomic(ga, {str(target): os.urandom(200 * 1024)},
+                           between_chunks=kill_after_first)
+    assert "connection" in str(exc.value) or "closed" in str(exc.value)
+    assert target.read_bytes() == b"original\n"
+
+
+def test_no_agent_is_unavailable(tmp_path: Path) -> None:
+    with GuestAgent.unix(tmp_path / "absent.sock", timeout=1.0) as ga, \
+            pytest.raises(QgaUnavailable):
+        ga.ping()
