@@ -56,7 +56,7 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     changed = {k for k in after if after.get(k) != before.get(k)}
     files_changed = {k for k in changed if after[k][0] == "file"}
     b = f"var/lib/netinject/backup/{UUID_A}"
-    expected_state = {"var/lib/netinject/instance-id", "var/lib/netinject/drive-id",
+    expected_state = {"var/lib/netinject/instance-id",
                       f"{b}/etc%network%interfaces",
                       f"{b}/etc%hostname", f"{b}/etc%udev%rules.d%70-persistent-net.rules.absent"}
     assert files_changed == set(rendered) | expected_state
@@ -64,7 +64,13 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
         assert (root / rel).read_bytes() == content
         assert not (root / rel).is_symlink()
         assert (root / rel).stat().st_mode & 0o777 == 0o644
-    assert (root / "var/lib/netinject/instance-id").read_text() == UUID_A + "\n"
+    from netinject.drive import volume_id
+    from netinject.model import parse_uuid
+
+    vfat = f"vfat:{volume_id(parse_uuid(UUID_A)):08x}"
+    iso = f"iso9660:{volume_id(parse_uuid(UUID_A)):08x}"
+    assert (root / "var/lib/netinject/instance-id").read_text() == \
+        f"{UUID_A}\n{vfat if fmt == 'vfat' else iso}\n"
     # Originals kept: a file, a symlink, and "absent" for the new udev rules.
     bdir = root / f"var/lib/netinject/backup/{UUID_A}"
     assert (bdir / "etc%network%interfaces").read_bytes() == ORIGINAL_ENI
@@ -106,7 +112,7 @@ def test_new_instance_uuid_reapplies(tmp_path: Path) -> None:
     assert run_agent(root).returncode == 0
     eni = (root / "etc/network/interfaces").read_bytes()
     assert b"address 198.51.100.99" in eni
-    assert (root / "var/lib/netinject/instance-id").read_text() == UUID_B + "\n"
+    assert (root / "var/lib/netinject/instance-id").read_text().split()[0] == UUID_B
     bdir = root / f"var/lib/netinject/backup/{UUID_B}"
     assert (bdir / "etc%network%interfaces").read_bytes() == first
     assert (root / f"var/lib/netinject/backup/{UUID_A}/etc%network%interfaces"
@@ -272,7 +278,7 @@ def test_agent_runs_from_the_bundle(tmp_path: Path) -> None:
     done = subprocess.run([str(bundle), "run", "--root", str(root), "--wait",
                            "0"], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0
-    assert (root / "var/lib/netinject/instance-id").read_text() == UUID_A + "\n"
+    assert (root / "var/lib/netinject/instance-id").read_text().split()[0] == UUID_A
 
 
 def test_manifest_lists_hashes_the_agent_checks(tmp_path: Path) -> None:

@@ -213,7 +213,7 @@ class FatReader:
     """Read-only FAT12/16/32 reader with long file names: just enough to read the
     netinject payload off a config drive without mounting it."""
 
-    WINDOW = 512 * 1024  # netinject's drives keep metadata and payload near the start
+    WINDOW = 128 * 1024  # netinject's drives keep metadata and payload near the start
 
     def __init__(self, fh: BinaryIO) -> None:
         self.fh = fh
@@ -819,13 +819,14 @@ def rename_nics(wanted: list[tuple[str, str]], sysfs: str, log: Log,
 # -- the boot service ---------------------------------------------------------------------
 
 
-def read_state(root: str, name: str) -> str | None:
-    """A recorded value under /var/lib/netinject (instance-id, drive-id)."""
+def read_state(root: str) -> list[str]:
+    """/var/lib/netinject/instance-id: the applied instance uuid, then the drive it came
+    from ('vfat:<serial>'), one per line (one small file: one read on later boots)."""
     try:
-        with open(os.path.join(root, STATE_DIR, name)) as fh:
-            return fh.read().strip() or None
+        with open(os.path.join(root, STATE_DIR, "instance-id")) as fh:
+            return fh.read().split()
     except OSError:
-        return None
+        return []
 
 
 def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
@@ -842,8 +843,9 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
                 "config in place")
             return 0
         log("config drive %s (%s, volume %s)" % (found.path, found.kind, found.volume_id))
-        recorded = read_state(root, "instance-id")
-        if recorded is not None and read_state(root, "drive-id") == found.ident:
+        state = read_state(root)
+        recorded = state[0] if state else None
+        if recorded is not None and state[1:2] == [found.ident]:
             # Same drive as the boot that applied it: nothing new (no drive reads).
             log("not the first boot of instance %s: nothing to do" % recorded)
             return 0
@@ -869,10 +871,8 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
             for entry in reversed(manifest.entries):
                 backup.restore(root, entry.path)
             raise
-        write_atomic(os.path.join(root, STATE_DIR, "drive-id"),
-                     (found.ident + "\n").encode(), 0o644)
         write_atomic(os.path.join(root, STATE_DIR, "instance-id"),
-                     (manifest.uuid + "\n").encode(), 0o644)
+                     ("%s\n%s\n" % (manifest.uuid, found.ident)).encode(), 0o644)
         log("done: %d file(s) installed, %d NIC(s) renamed" % (len(manifest.entries), count))
     except AgentError as exc:
         log("stepping aside: %s" % exc)
