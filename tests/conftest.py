@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +48,49 @@ def write_json(tmp_path: Path) -> Any:
         path.write_text(json.dumps(doc))
         return path
     return _write
+
+
+QEMU_GA = "/usr/sbin/qemu-ga"
+
+
+class QgaAgent:
+    """A real qemu-ga listening on a unix socket in a temporary directory."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.sock = tmp / "qga.sock"
+        self.state = tmp / "state"
+        self.state.mkdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if self.sock.exists():
+            self.sock.unlink()
+        self.proc = subprocess.Popen(
+            [QEMU_GA, "-m", "unix-listen", "-p", str(self.sock), "-t", str(self.state),
+             "-f", str(self.state / "pid")], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.sock.exists():
+            assert time.monotonic() < deadline, "qemu-ga did not create its socket"
+            assert self.proc.poll() is None, "qemu-ga exited"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def qga(tmp_path: Path) -> Iterator[QgaAgent]:
+    agent = QgaAgent(tmp_path)
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()

@@ -7,57 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import QgaAgent as Agent
 from netinject.qga import GuestAgent, QgaError, QgaTimeout, QgaUnavailable, SocketTransport
-
-QEMU_GA = "/usr/sbin/qemu-ga"
-
-
-class Agent:
-    def __init__(self, tmp: Path) -> None:
-        self.sock = tmp / "qga.sock"
-        self.state = tmp / "state"
-        self.state.mkdir()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        if self.sock.exists():
-            self.sock.unlink()
-        self.proc = subprocess.Popen(
-            [QEMU_GA, "-m", "unix-listen", "-p", str(self.sock), "-t", str(self.state),
-             "-f", str(self.state / "pid")], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not self.sock.exists():
-            assert time.monotonic() < deadline, "qemu-ga did not create its socket"
-            assert self.proc.poll() is None, "qemu-ga exited"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def qga(tmp_path: Path) -> Iterator[Agent]:
-    agent = Agent(tmp_path)
-    agent.start()
-    try:
-        yield agent
-    finally:
-        agent.stop()
 
 
 def test_ping_and_interfaces(qga: Agent) -> None:

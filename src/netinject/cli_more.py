@@ -39,6 +39,49 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="output file (default: %(default)s)")
     g.set_defaults(func=cmd_guest_bundle)
 
+    hp = sub.add_parser(
+        "hotplug", help="hot-plug a NIC: config and udev rule into the guest first, then attach",
+        description="NIC hot-plug through qemu-guest-agent: the guest's files (all NICs) are "
+                    "re-rendered and written into the running guest before the NIC is "
+                    "attached, so it comes up with its static address without DHCP.")
+    hsub = hp.add_subparsers(dest="hotplug_cmd", metavar="ACTION", required=True)
+    for action in ("attach", "detach"):
+        a = hsub.add_parser(action, help=f"{action} a NIC",
+                            description="attach: allocate the NIC index (ports_pattern), "
+                                        "write the guest's files through the agent, attach "
+                                        "the NIC, wait for its address. detach: remove the "
+                                        "NIC, its config and rule, free its index."
+                            if action == "attach" else
+                            "Detach the port's NIC, rewrite the guest's files without it "
+                            "and free its index in ports_pattern.")
+        a.add_argument("instance", type=Path, metavar="INSTANCE.json",
+                       help="the instance document with its current ports")
+        if action == "attach":
+            a.add_argument("--port", type=Path, required=True, metavar="PORT.json",
+                           help="the new Neutron port (object, or {\"port\": {...}})")
+            a.add_argument("--subnet", type=Path, action="append", default=[],
+                           metavar="SUBNET.json", help="its subnet, if not in INSTANCE.json")
+            a.add_argument("--network", type=Path, action="append", default=[],
+                           metavar="NETWORK.json", help="its network, if not in INSTANCE.json")
+            a.add_argument("--tap", metavar="IFNAME",
+                           help="host tap device for the NIC (default: tap<index>)")
+            a.add_argument("--allow-dhcp-fallback", action="store_true",
+                           help="attach even if the agent cannot take the config (the "
+                                "guest then needs DHCP)")
+            a.add_argument("--timeout", type=float, default=60.0,
+                           help="seconds to wait for the address (default 60)")
+        else:
+            a.add_argument("--port-id", required=True, metavar="UUID")
+        a.add_argument("--qga", required=True, metavar="SOCKET",
+                       help="qemu-guest-agent socket (host end of org.qemu.guest_agent.0)")
+        how = a.add_mutually_exclusive_group(required=True)
+        how.add_argument("--qmp", metavar="SOCKET", help="QEMU's QMP socket")
+        how.add_argument("--libvirt", metavar="DOMAIN", help="libvirt domain name")
+        a.add_argument("--system-metadata-out", type=Path, metavar="FILE",
+                       help="write the updated system metadata (ports_pattern) as JSON")
+        a.add_argument("--style", choices=[x.value for x in Style], default="default")
+        a.set_defaults(func=cmd_hotplug)
+
     img = sub.add_parser(
         "image", help="build Debian guest images (for the boot benchmark and tests)",
         description="Guest images built from Debian packages with mmdebstrap (the mirrors "
@@ -226,3 +269,64 @@ def cmd_bench_agent(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(data, indent=2) + "\n")
     return 0
+
+
+def _load_obj(path: Path, key: str) -> dict[str, object]:
+    from .errors import MISSING, FieldError, InvalidInput
+    from .sources.neutron import read_json
+
+    obj = read_json(path)
+    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+        obj = obj[key]  # the API's {"port": {...}} envelope
+    if not isinstance(obj, dict):
+        raise InvalidInput([FieldError("", MISSING, f"is not a Neutron {key} object")],
+                           str(path))
+    return obj
+
+
+def cmd_hotplug(args: argparse.Namespace) -> int:
+    import json
+
+    from . import hotplug
+    from .hostio import write_atomic
+    from .qga import GuestAgent
+    from .sources.neutron import read_json
+
+    doc = read_json(args.instance)
+    attacher: hotplug.NicAttacher = (hotplug.QmpAttacher(args.qmp) if args.qmp
+                                     else hotplug.LibvirtAttacher(args.libvirt))
+    options = Options(Style(args.style))
+    with GuestAgent.unix(args.qga) as ga:
+        if args.hotplug_cmd == "attach":
+            port = _load_obj(args.port, "port")
+            from .sources.neutron import parse_document
+
+            preview = parse_document(hotplug.with_port(
+                doc, port, [_load_obj(p, "subnet") for p in args.subnet],
+                [_load_obj(p, "network") for p in args.network])).instance
+            index = next(n.index for n in preview.nics if n.port_id == port.get("id"))
+            result = hotplug.attach(
+                doc, port, ga, attacher, args.tap or f"tap{index}",
+                [_load_obj(p, "subnet") for p in args.subnet],
+                [_load_obj(p, "network") for p in args.network],
+                args.allow_dhcp_fallback, args.timeout, options)
+            if result.seconds_to_address is not None:
+                print(f"{result.nic.name} ({result.nic.mac}) up with its address "
+                      f"{result.seconds_to_address:.2f} s after the request")
+            elif not result.configured:
+                print(f"{result.nic.name} attached WITHOUT injected config (agent "
+                      "unreachable, --allow-dhcp-fallback): the guest needs DHCP",
+                      file=sys.stderr)
+            else:
+                print(f"{result.nic.name} attached, but the agent did not report its "
+                      f"address within {args.timeout:.0f} s", file=sys.stderr)
+        else:
+            result = hotplug.detach(doc, args.port_id, ga, attacher, options)
+            print(f"{result.nic.name} ({result.nic.mac}) detached; index "
+                  f"{result.nic.index} freed")
+    if args.system_metadata_out is not None:
+        write_atomic(args.system_metadata_out,
+                     (json.dumps(result.system_metadata, indent=2, sort_keys=True)
+                      + "\n").encode())
+    return 0 if (result.seconds_to_address is not None or args.hotplug_cmd == "detach") \
+        else 1

@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 from .errors import NetinjectError
 from .model import Instance, Nic
-from .naming import PortsPattern
 from .qga import GuestAgent, QgaError
 from .render import Options, render_all
 from .sources.neutron import LoadedInstance, parse_document
@@ -257,6 +256,5 @@ def detach(doc: Mapping[str, Any], port_id: str, ga: GuestAgent, attacher: NicAt
     after = parse_document(without_port(doc, port_id))
     attacher.detach(nic)
     write_files_atomic(ga, guest_files(after.instance, options))
-    pattern = PortsPattern.from_system_metadata(after.system_metadata)
-    return HotplugResult(nic, dict(after.system_metadata)
-                         | pattern.without(port_id).to_system_metadata(), None, True)
+    # Parsing the document without the port already dropped it from ports_pattern.
+    return HotplugResult(nic, dict(after.system_metadata), None, True)
