@@ -4,15 +4,23 @@ report from its serial console."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from netinject.cli import main
+from netinject.hotplug import QmpAttacher, with_port, write_files_atomic
+from netinject.qga import GuestAgent, QgaError
 from netinject.render import FORMATS, Options, render_all
 from netinject.sources.neutron import parse_document
 from netinject.vm import instance as vm
-from netinject.vm.harness import BootResult, boot, kvm_usable
+from netinject.vm.harness import BootResult, _dnsmasq, boot, kvm_usable, running, start_prober
+from netinject.vm.image import DHCP_ENI
 from netinject.vm.progress import Progress
 from netinject.vm.scenarios import Prepared
 
@@ -77,3 +85,111 @@ def test_corrupt_drive_steps_aside_and_dhcp_brings_the_network_up(
     assert [a["local"] for a in v4] == [vm.GUEST_IP]
     assert v4[0].get("dynamic") is True  # leased from dnsmasq in the namespace
     assert "ActiveState=active" in res.report["networking"]
+
+
+def _wait_agent(ga: GuestAgent, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ga.ping()
+            return
+        except QgaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _arp_time(events: list[dict[str, Any]], t0: float, timeout: float = 90.0) -> float | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = next((e for e in events if e["event"] in ("reply", "timeout")), None)
+        if reply is not None:
+            return float(reply["t"]) - t0 if reply["event"] == "reply" else None
+        time.sleep(0.02)
+    return None
+
+
+def test_hotplug_second_nic_comes_up_static_without_dhcp(
+        prepared: tuple[Prepared, str], tmp_path: Path) -> None:
+    """Boot inject with the agent channel; hot-plug eth1 (config first, then QMP attach):
+    it answers ARP with its static address and no DHCP server exists on its link. Then,
+    for comparison, the same NIC hot-plugged with a DHCP config and dnsmasq answering."""
+    p, accel = prepared
+    spec = dataclasses.replace(
+        p.spec("inject", accel), qga=True,
+        extra_taps=(("tap1", f"{vm.HOTPLUG_HOST_IP}/24"),))
+    port, subnet, network = vm.hotplug_port()
+    files = {}
+    for name, obj in (("doc", vm.document()), ("port", port), ("subnet", subnet),
+                      ("network", network),
+                      ("doc_with_port", with_port(vm.document(), port, [subnet], [network]))):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(obj))
+    with running(spec) as guest:
+        reply, _ = guest.wait_network()
+        assert reply is not None, guest.console()[-3000:]
+        with GuestAgent.unix(guest.qga_socket, timeout=10) as ga:
+            _wait_agent(ga)
+            prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP,
+                                          vm.HOTPLUG_HOST_IP, 120)
+            try:
+                t0 = time.monotonic()
+                rc = main(["hotplug", "attach", str(files["doc"]), "--port",
+                           str(files["port"]), "--subnet", str(files["subnet"]), "--network",
+                           str(files["network"]), "--qga", str(guest.qga_socket), "--qmp",
+                           str(guest.qmp_socket), "--tap", "tap1", "--system-metadata-out",
+                           str(tmp_path / "sm.json")])
+                assert rc == 0
+                static_s = _arp_time(events, t0)
+            finally:
+                prober.terminate()
+            assert static_s is not None
+            names = {i["name"]: i for i in ga.network_interfaces()}
+            assert "eth1" in names
+            assert vm.HOTPLUG_IP in {a["ip-address"] for a in names["eth1"]["ip-addresses"]}
+            assert names["eth1"]["hardware-address"] == vm.HOTPLUG_MAC
+            sysmeta = json.loads((tmp_path / "sm.json").read_text())
+            assert json.loads(sysmeta["ports_pattern"]) == {vm.PORT_ID: "0",
+                                                           vm.HOTPLUG_PORT_ID: "1"}
+            eni = ga.read_file("/etc/network/interfaces").decode()
+            assert "iface eth1 inet static" in eni
+            # No DHCP client ever ran for eth1.
+            assert ga.exec("/usr/bin/pgrep", ["-f", "dhclient.*eth1"]).exitcode == 1
+
+            # Detach: NIC gone, its config and rule gone, its index freed.
+            assert main(["hotplug", "detach", str(files["doc_with_port"]), "--port-id",
+                         vm.HOTPLUG_PORT_ID, "--qga", str(guest.qga_socket), "--qmp",
+                         str(guest.qmp_socket), "--system-metadata-out",
+                         str(tmp_path / "sm2.json")]) == 0
+            sysmeta = json.loads((tmp_path / "sm2.json").read_text())
+            assert json.loads(sysmeta["ports_pattern"]) == {vm.PORT_ID: "0"}
+            assert "eth1" not in ga.read_file("/etc/network/interfaces").decode()
+            assert vm.HOTPLUG_MAC not in ga.read_file(
+                "/etc/udev/rules.d/70-persistent-net.rules").decode()
+            deadline = time.monotonic() + 30
+            while "eth1" in {i["name"] for i in ga.network_interfaces()}:
+                assert time.monotonic() < deadline, "eth1 still present after detach"
+                time.sleep(0.2)
+
+            # The same NIC hot-plugged the DHCP way, for comparison.
+            attacher = QmpAttacher(str(guest.qmp_socket))
+            instance = parse_document(json.loads(files["doc_with_port"].read_text())).instance
+            nic = next(n for n in instance.nics if n.name == "eth1")
+            write_files_atomic(ga, {"/etc/network/interfaces": (
+                DHCP_ENI + "\nallow-hotplug eth1\niface eth1 inet dhcp\n").encode()})
+            dnsmasq = _dnsmasq(guest.ns, guest.workdir, tap="tap1", ip=vm.HOTPLUG_IP,
+                               mac=vm.HOTPLUG_MAC, router=vm.HOTPLUG_HOST_IP)
+            prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP,
+                                          vm.HOTPLUG_HOST_IP, 120)
+            try:
+                t0 = time.monotonic()
+                attacher.attach(nic, "tap1")
+                dhcp_s = _arp_time(events, t0)
+            finally:
+                prober.terminate()
+                dnsmasq.terminate()
+            assert dhcp_s is not None
+            print(f"\nhot-plug to first ARP answer: static {static_s:.2f} s "
+                  f"(incl. writing the config), DHCP {dhcp_s:.2f} s")
+            (tmp_path.parent / "hotplug-times.json").write_text(json.dumps(
+                {"static_s": static_s, "dhcp_s": dhcp_s, "accel": accel}))

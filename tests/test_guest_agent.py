@@ -154,57 +154,40 @@ def test_manifest_hash_mismatch(tmp_path: Path) -> None:
     _assert_steps_aside(root, "sha256 mismatch for etc/network/interfaces")
 
 
-@pytest.mark.parametrize(("path", "reason"), [
-    ("../../etc/shadow", "is not an allowed guest path"),
-    ("etc/network/../../root/.ssh/authorized_keys", "is not an allowed guest path"),
-    ("/etc/network/interfaces", "is not an allowed guest path"),
-    ("etc/cron.d/evil", "is not an allowed guest path"),
-    ("etc/udev/rules.d/../../passwd", "is not an allowed guest path"),
-])
-def test_path_traversal_in_manifest(path: str, reason: str, tmp_path: Path) -> None:
+def _file_field(n: int, value: str, only_first: bool = False) -> Any:
+    def mutate(lines: list[str]) -> list[str]:
+        out, done = [], False
+        for line in lines:
+            if line.startswith("file ") and not (only_first and done):
+                line, done = _set_field(line, n, value), True
+            out.append(line)
+        return out
+    return mutate
+
+
+TAMPERED = [
+    ("traversal", _file_field(1, "../../etc/shadow", True), "is not an allowed guest path"),
+    ("traversal-mid", _file_field(1, "etc/network/../../root/.ssh/authorized_keys", True),
+     "is not an allowed guest path"),
+    ("absolute", _file_field(1, "/etc/network/interfaces", True),
+     "is not an allowed guest path"),
+    ("other-dir", _file_field(1, "etc/cron.d/evil", True), "is not an allowed guest path"),
+    ("rules-escape", _file_field(1, "etc/udev/rules.d/../../passwd", True),
+     "is not an allowed guest path"),
+    ("setuid", _file_field(3, "4755"), "mode '4755' is not allowed"),
+    ("version", lambda lines: ["netinject-manifest 2", *lines[1:]],
+     "unknown manifest format '2'"),
+    ("unknown-record", lambda lines: [*lines, "exec /bin/sh"], "unknown record 'exec'"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [t[1:] for t in TAMPERED],
+                         ids=[t[0] for t in TAMPERED])
+def test_tampered_manifest_refused(mutate: Any, reason: str, tmp_path: Path) -> None:
     doc = instance_doc()
-
-    def evil(lines: list[str]) -> list[str]:
-        return [_set_field(line, 1, path) if line.startswith("file ") and i == 4 else line
-                for i, line in enumerate(lines)]
-
     root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
-                                                         mutate_manifest=evil))
+                                                         mutate_manifest=mutate))
     _assert_steps_aside(root, reason)
-
-
-def test_unknown_manifest_version(tmp_path: Path) -> None:
-    doc = instance_doc()
-
-    def v2(lines: list[str]) -> list[str]:
-        return ["netinject-manifest 2", *lines[1:]]
-
-    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
-                                                         mutate_manifest=v2))
-    _assert_steps_aside(root, "unknown manifest format '2'")
-
-
-def test_setuid_mode_refused(tmp_path: Path) -> None:
-    doc = instance_doc()
-
-    def suid(lines: list[str]) -> list[str]:
-        return [_set_field(line, 3, "4755") if line.startswith("file ") else line
-                for line in lines]
-
-    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
-                                                         mutate_manifest=suid))
-    _assert_steps_aside(root, "mode '4755' is not allowed")
-
-
-def test_unknown_record_refused(tmp_path: Path) -> None:
-    doc = instance_doc()
-
-    def extra(lines: list[str]) -> list[str]:
-        return [*lines, "exec /bin/sh"]
-
-    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc,
-                                                         mutate_manifest=extra))
-    _assert_steps_aside(root, "unknown record 'exec'")
 
 
 def test_symlinked_parent_directory_refused(tmp_path: Path) -> None:
