@@ -47,10 +47,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hsub = hp.add_subparsers(dest="hotplug_cmd", metavar="ACTION", required=True)
     for action in ("attach", "detach"):
         a = hsub.add_parser(action, help=f"{action} a NIC",
-                            description="attach: allocate the NIC index (ports_pattern), "
-                                        "write the guest's files through the agent, attach "
-                                        "the NIC, wait for its address. detach: remove the "
-                                        "NIC, its config and rule, free its index."
+                            description="Allocate the NIC index (ports_pattern, lowest "
+                                        "free), write the guest's files through the agent, "
+                                        "then attach the NIC and wait for its address. "
+                                        "Exit 1 (nothing attached) if the agent cannot take "
+                                        "the config."
                             if action == "attach" else
                             "Detach the port's NIC, rewrite the guest's files without it "
                             "and free its index in ports_pattern.")

@@ -57,6 +57,8 @@ def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instanc
     uuid: uuidlib.UUID | None = None
     hostname: Hostname | None = None
     name: str | None = None
+    zone: str | None = None
+    launch_index = 0
     props: dict[str, str] = {}
     if md is not None:
         uuid = f.as_uuid(f.get(md, "uuid", "meta_data.uuid", errors), "meta_data.uuid", errors)
@@ -67,6 +69,9 @@ def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instanc
             except ValueError as exc:
                 errors.add("meta_data.hostname", hn, str(exc))
         name = f.as_str(md.get("name"), "meta_data.name", errors)
+        zone = f.as_str(md.get("availability_zone"), "meta_data.availability_zone", errors)
+        launch_index = f.as_int(md.get("launch_index", 0), "meta_data.launch_index", errors,
+                                0, 1 << 31) or 0
         props = f.as_str_map(md.get("meta"), "meta_data.meta", errors)
 
     links: dict[str, tuple[int, str]] = {}  # link id -> (index, path)
@@ -123,7 +128,8 @@ def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instanc
     dns = tuple(dict.fromkeys([*global_dns, *(ip for n in nics for a in n.addresses
                                               for ip in a.dns)]))
     return Instance(uuid=uuid, nics=nics, hostname=hostname, name=name, dns=dns,
-                    inject=inject_enabled(props, {}))
+                    inject=inject_enabled(props, {}), availability_zone=zone,
+                    launch_index=launch_index)
 
 
 def _network(obj: Mapping[str, Any], path: str, errors: ErrorCollector) -> IfAddress | None:
