@@ -128,41 +128,46 @@ def test_hotplug_second_nic_comes_up_static_without_dhcp(
     with running(spec) as guest:
         reply, _ = guest.wait_network()
         assert reply is not None, guest.console()[-3000:]
-        with GuestAgent.unix(guest.qga_socket, timeout=10) as ga:
+        # QEMU's agent socket takes one client at a time: each step opens its own.
+
+        def agent() -> GuestAgent:
+            return GuestAgent.unix(guest.qga_socket, timeout=10)
+
+        with agent() as ga:
             _wait_agent(ga)
-            prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP,
-                                          vm.HOTPLUG_HOST_IP, 120)
-            try:
-                t0 = time.monotonic()
-                rc = main(["hotplug", "attach", str(files["doc"]), "--port",
-                           str(files["port"]), "--subnet", str(files["subnet"]), "--network",
-                           str(files["network"]), "--qga", str(guest.qga_socket), "--qmp",
-                           str(guest.qmp_socket), "--tap", "tap1", "--system-metadata-out",
-                           str(tmp_path / "sm.json")])
-                assert rc == 0
-                static_s = _arp_time(events, t0)
-            finally:
-                prober.terminate()
-            assert static_s is not None
+        prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP, vm.HOTPLUG_HOST_IP, 120)
+        try:
+            t0 = time.monotonic()
+            rc = main(["hotplug", "attach", str(files["doc"]), "--port", str(files["port"]),
+                       "--subnet", str(files["subnet"]), "--network", str(files["network"]),
+                       "--qga", str(guest.qga_socket), "--qmp", str(guest.qmp_socket),
+                       "--tap", "tap1", "--system-metadata-out", str(tmp_path / "sm.json")])
+            assert rc == 0
+            static_s = _arp_time(events, t0)
+        finally:
+            prober.terminate()
+        assert static_s is not None
+        with agent() as ga:
             names = {i["name"]: i for i in ga.network_interfaces()}
             assert "eth1" in names
             assert vm.HOTPLUG_IP in {a["ip-address"] for a in names["eth1"]["ip-addresses"]}
             assert names["eth1"]["hardware-address"] == vm.HOTPLUG_MAC
-            sysmeta = json.loads((tmp_path / "sm.json").read_text())
-            assert json.loads(sysmeta["ports_pattern"]) == {vm.PORT_ID: "0",
-                                                           vm.HOTPLUG_PORT_ID: "1"}
             eni = ga.read_file("/etc/network/interfaces").decode()
             assert "iface eth1 inet static" in eni
             # No DHCP client ever ran for eth1.
             assert ga.exec("/usr/bin/pgrep", ["-f", "dhclient.*eth1"]).exitcode == 1
+        sysmeta = json.loads((tmp_path / "sm.json").read_text())
+        assert json.loads(sysmeta["ports_pattern"]) == {vm.PORT_ID: "0",
+                                                       vm.HOTPLUG_PORT_ID: "1"}
 
-            # Detach: NIC gone, its config and rule gone, its index freed.
-            assert main(["hotplug", "detach", str(files["doc_with_port"]), "--port-id",
-                         vm.HOTPLUG_PORT_ID, "--qga", str(guest.qga_socket), "--qmp",
-                         str(guest.qmp_socket), "--system-metadata-out",
-                         str(tmp_path / "sm2.json")]) == 0
-            sysmeta = json.loads((tmp_path / "sm2.json").read_text())
-            assert json.loads(sysmeta["ports_pattern"]) == {vm.PORT_ID: "0"}
+        # Detach: NIC gone, its config and rule gone, its index freed.
+        assert main(["hotplug", "detach", str(files["doc_with_port"]), "--port-id",
+                     vm.HOTPLUG_PORT_ID, "--qga", str(guest.qga_socket), "--qmp",
+                     str(guest.qmp_socket), "--system-metadata-out",
+                     str(tmp_path / "sm2.json")]) == 0
+        sysmeta = json.loads((tmp_path / "sm2.json").read_text())
+        assert json.loads(sysmeta["ports_pattern"]) == {vm.PORT_ID: "0"}
+        with agent() as ga:
             assert "eth1" not in ga.read_file("/etc/network/interfaces").decode()
             assert vm.HOTPLUG_MAC not in ga.read_file(
                 "/etc/udev/rules.d/70-persistent-net.rules").decode()
@@ -177,19 +182,18 @@ def test_hotplug_second_nic_comes_up_static_without_dhcp(
             nic = next(n for n in instance.nics if n.name == "eth1")
             write_files_atomic(ga, {"/etc/network/interfaces": (
                 DHCP_ENI + "\nallow-hotplug eth1\niface eth1 inet dhcp\n").encode()})
-            dnsmasq = _dnsmasq(guest.ns, guest.workdir, tap="tap1", ip=vm.HOTPLUG_IP,
-                               mac=vm.HOTPLUG_MAC, router=vm.HOTPLUG_HOST_IP)
-            prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP,
-                                          vm.HOTPLUG_HOST_IP, 120)
-            try:
-                t0 = time.monotonic()
-                attacher.attach(nic, "tap1")
-                dhcp_s = _arp_time(events, t0)
-            finally:
-                prober.terminate()
-                dnsmasq.terminate()
-            assert dhcp_s is not None
-            print(f"\nhot-plug to first ARP answer: static {static_s:.2f} s "
-                  f"(incl. writing the config), DHCP {dhcp_s:.2f} s")
-            (tmp_path.parent / "hotplug-times.json").write_text(json.dumps(
-                {"static_s": static_s, "dhcp_s": dhcp_s, "accel": accel}))
+        dnsmasq = _dnsmasq(guest.ns, guest.workdir, tap="tap1", ip=vm.HOTPLUG_IP,
+                           mac=vm.HOTPLUG_MAC, router=vm.HOTPLUG_HOST_IP)
+        prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP, vm.HOTPLUG_HOST_IP, 120)
+        try:
+            t0 = time.monotonic()
+            attacher.attach(nic, "tap1")
+            dhcp_s = _arp_time(events, t0)
+        finally:
+            prober.terminate()
+            dnsmasq.terminate()
+        assert dhcp_s is not None
+        print(f"\nhot-plug to first ARP answer: static {static_s:.2f} s "
+              f"(incl. writing the config), DHCP {dhcp_s:.2f} s")
+        (tmp_path.parent / "hotplug-times.json").write_text(json.dumps(
+            {"static_s": static_s, "dhcp_s": dhcp_s, "accel": accel}))

@@ -157,7 +157,7 @@ def plot(data: dict[str, Any], out: Path) -> None:
                     label="time to network" if i == 0 else None)
             pts = [v for v in s["time_to_network_s"] if v is not None]
             ax.scatter(pts, [i + 0.2] * len(pts), color="black", s=10, zorder=3)
-            ax.text(med + 0.5, i + 0.2, f"{med:.1f} s", va="center", fontsize=8)
+            ax.text(max(med, *pts) + 0.8, i + 0.2, f"{med:.1f} s", va="center", fontsize=8)
             top = max(top, max(pts))
         else:
             ax.text(0.5, i + 0.2, "network never came up", va="center", fontsize=8,
