@@ -70,7 +70,7 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     vfat = f"vfat:{volume_id(parse_uuid(UUID_A)):08x}"
     iso = f"iso9660:{volume_id(parse_uuid(UUID_A)):08x}"
     assert (root / "var/lib/netinject/instance-id").read_text() == \
-        f"{UUID_A}\n{vfat if fmt == 'vfat' else iso}\n"
+        f"{UUID_A}\n{vfat if fmt == 'vfat' else iso}\n/dev/vdb\n"
     # Originals kept: a file, a symlink, and "absent" for the new udev rules.
     bdir = root / f"var/lib/netinject/backup/{UUID_A}"
     assert (bdir / "etc%network%interfaces").read_bytes() == ORIGINAL_ENI

@@ -314,6 +314,8 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
             if result.seconds_to_address is not None:
                 print(f"{result.nic.name} ({result.nic.mac}) up with its address "
                       f"{result.seconds_to_address:.2f} s after the request")
+                if result.attached_at is not None:
+                    print(f"attached at t={result.attached_at:.3f} (CLOCK_MONOTONIC)")
             elif not result.configured:
                 print(f"{result.nic.name} attached WITHOUT injected config (agent "
                       "unreachable, --allow-dhcp-fallback): the guest needs DHCP",

@@ -176,8 +176,9 @@ class LibvirtAttacher:
 class HotplugResult:
     nic: Nic
     system_metadata: dict[str, str]
-    seconds_to_address: float | None
+    seconds_to_address: float | None  # from the request (config writes included)
     configured: bool  # False when the DHCP fallback was taken
+    attached_at: float | None = None  # time.monotonic() when the NIC was attached
 
 
 def with_port(doc: Mapping[str, Any], port: Mapping[str, Any],
@@ -241,10 +242,11 @@ def attach(doc: Mapping[str, Any], port: Mapping[str, Any], ga: GuestAgent,
             raise HotplugError(f"guest agent: {exc}; {nic.name} was not attached and the "
                                "guest's files are unchanged") from None
         configured = False
+    attached_at = time.monotonic()
     attacher.attach(nic, tap)
     ok = configured and wait_for_address(ga, nic, timeout)
     return HotplugResult(nic, dict(loaded.system_metadata),
-                         time.monotonic() - t0 if ok else None, configured)
+                         time.monotonic() - t0 if ok else None, configured, attached_at)
 
 
 def detach(doc: Mapping[str, Any], port_id: str, ga: GuestAgent, attacher: NicAttacher,

@@ -820,8 +820,9 @@ def rename_nics(wanted: list[tuple[str, str]], sysfs: str, log: Log,
 
 
 def read_state(root: str) -> list[str]:
-    """/var/lib/netinject/instance-id: the applied instance uuid, then the drive it came
-    from ('vfat:<serial>'), one per line (one small file: one read on later boots)."""
+    """/var/lib/netinject/instance-id: the applied instance uuid, the drive it came from
+    ('vfat:<serial>') and the device it was on, one per line (one small file: one read
+    on later boots)."""
     try:
         with open(os.path.join(root, STATE_DIR, "instance-id")) as fh:
             return fh.read().split()
@@ -837,14 +838,23 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
     sysfs = sysfs or os.path.join(root, "sys")
     dev = dev or os.path.join(root, "dev")
     try:
-        found = probe_label(drive) if drive else find_drive(sysfs, dev, wait)
+        state = read_state(root)
+        recorded = state[0] if state else None
+        found = None
+        if drive:
+            found = probe_label(drive)
+        elif len(state) >= 3 and state[2].startswith("/"):
+            # Later boots: try the device the drive was on last time first (one read).
+            last = probe_label(os.path.join(root, state[2].lstrip("/")))
+            if last is not None and last.ident == state[1]:
+                found = last
+        if found is None and not drive:
+            found = find_drive(sysfs, dev, wait)
         if found is None:
             log("no config drive (label config-2) found: leaving the image's network "
                 "config in place")
             return 0
         log("config drive %s (%s, volume %s)" % (found.path, found.kind, found.volume_id))
-        state = read_state(root)
-        recorded = state[0] if state else None
         if recorded is not None and state[1:2] == [found.ident]:
             # Same drive as the boot that applied it: nothing new (no drive reads).
             log("not the first boot of instance %s: nothing to do" % recorded)
@@ -871,8 +881,13 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
             for entry in reversed(manifest.entries):
                 backup.restore(root, entry.path)
             raise
-        write_atomic(os.path.join(root, STATE_DIR, "instance-id"),
-                     ("%s\n%s\n" % (manifest.uuid, found.ident)).encode(), 0o644)
+        # Recorded last, and not fsynced: if a crash loses it, the next boot simply
+        # applies the same files again (idempotent; the backups already exist).
+        record = os.path.join(root, STATE_DIR, "instance-id")
+        _write_plain(record + ".tmp", ("%s\n%s\n/%s\n" % (
+            manifest.uuid, found.ident,
+            os.path.relpath(found.path, root))).encode(), 0o644)
+        os.rename(record + ".tmp", record)
         log("done: %d file(s) installed, %d NIC(s) renamed" % (len(manifest.entries), count))
     except AgentError as exc:
         log("stepping aside: %s" % exc)
