@@ -43,7 +43,12 @@ def write_files_atomic(ga: GuestAgent, files: Mapping[str, bytes], mode: str = "
     fails, the files already replaced get their originals back."""
     originals: dict[str, bytes | None] = {}
     for path in files:
-        originals[path] = ga.read_file(path) if ga.exists(path) else None
+        try:
+            originals[path] = ga.read_file(path)
+        except QgaError as exc:
+            if "No such file" not in str(exc):
+                raise
+            originals[path] = None
     staged: list[tuple[str, str]] = []
     try:
         for path, data in files.items():
