@@ -99,6 +99,27 @@ def test_second_boot_changes_nothing(tmp_path: Path) -> None:
     assert "not the first boot of instance " + UUID_A in agent_log(root)
 
 
+def test_later_boot_recognises_the_drive_from_udev_link_without_reading_it(
+        tmp_path: Path) -> None:
+    """With udev's /dev/disk/by-uuid link for the recorded serial present, the later-boot
+    check reads no device (here the device node is gone; only the link remains)."""
+    from netinject.drive import volume_id
+    from netinject.model import parse_uuid
+
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    assert run_agent(root).returncode == 0
+    serial = f"{volume_id(parse_uuid(UUID_A)):08X}"
+    (root / "dev/disk/by-uuid").mkdir(parents=True)
+    os.symlink("../../vdb", root / f"dev/disk/by-uuid/{serial[:4]}-{serial[4:]}")
+    (root / "dev/vdb").unlink()
+    before = snapshot(root)
+    assert run_agent(root).returncode == 0
+    assert snapshot(root) == before
+    assert agent_log(root).splitlines()[-1].endswith(
+        f"not the first boot of instance {UUID_A}: nothing to do")
+
+
 def test_new_instance_uuid_reapplies(tmp_path: Path) -> None:
     """A disk cloned into a new instance is a first boot."""
     doc = instance_doc()

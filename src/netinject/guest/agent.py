@@ -173,6 +173,11 @@ def probe_label(dev: str) -> Drive | None:
     return None
 
 
+def _fat_uuid(serial: str) -> str:
+    """blkid's UUID for a FAT volume serial ('3c598fc9' -> '3C59-8FC9')."""
+    return "%s-%s" % (serial[:4].upper(), serial[4:8].upper())
+
+
 def _size(sysfs: str, name: str) -> int:
     try:
         with open(os.path.join(sysfs, "class/block", name, "size")) as fh:
@@ -843,6 +848,10 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
         found = None
         if drive:
             found = probe_label(drive)
+        elif len(state) >= 3 and state[1].startswith("vfat:") and os.path.lexists(
+                os.path.join(dev, "disk/by-uuid", _fat_uuid(state[1][5:]))):
+            # udev already probed a drive with the recorded serial: no device read at all.
+            found = Drive(state[2], "vfat", state[1][5:])
         elif len(state) >= 3 and state[2].startswith("/"):
             # Later boots: try the device the drive was on last time first (one read).
             last = probe_label(os.path.join(root, state[2].lstrip("/")))
