@@ -117,7 +117,8 @@ def test_later_boot_recognises_the_drive_from_udev_link_without_reading_it(
     assert run_agent(root).returncode == 0
     assert snapshot(root) == before
     assert agent_log(root).splitlines()[-1].endswith(
-        f"not the first boot of instance {UUID_A}: nothing to do")
+        f"not the first boot of instance {UUID_A} (drive vfat:{serial.lower()} on "
+        "/dev/vdb): nothing to do")
 
 
 def test_new_instance_uuid_reapplies(tmp_path: Path) -> None:
