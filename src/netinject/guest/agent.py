@@ -226,13 +226,12 @@ class FatReader:
     """Read-only FAT12/16/32 reader with long file names: just enough to read the
     netinject payload off a config drive without mounting it."""
 
-    WINDOW = 128 * 1024  # netinject's drives keep metadata and payload near the start
+    WINDOW = 96 * 1024  # root directory + the first data clusters (netinject's payload)
 
     def __init__(self, fh: BinaryIO) -> None:
         self.fh = fh
-        # One large read up front: every later read is served from memory (each separate
-        # device read is an emulated I/O round trip on a guest without KVM).
-        self.window = fh.read(self.WINDOW)
+        self.window = b""
+        self.window_off = 0
         bs = self._read(0, 512)
         (self.bps, self.spc, reserved, nfats, root_entries, total16, _media, fatsz16,
          _spt, _heads, _hidden, total32) = struct.unpack_from("<HBHBHHBHHHII", bs, 11)
@@ -249,27 +248,47 @@ class FatReader:
         self.bits = 12 if clusters < 4085 else 16 if clusters < 65525 else 32
         self.root_cluster = struct.unpack_from("<I", bs, 44)[0] if self.bits == 32 else 0
         self.csize = self.bps * self.spc
-        self._fat: bytes | None = None
+        self._fat_sectors: dict[int, bytes] = {}
+        # One read for the root directory and the first data clusters, where netinject
+        # writes the payload: later reads come from memory (each device read is an
+        # emulated I/O round trip in a guest without KVM). The FAT itself is read only
+        # for chains longer than one cluster, a sector at a time.
+        self.window_off = min(self.root_off, self.data_off)
+        self.fh.seek(self.window_off)
+        self.window = self.fh.read(self.WINDOW)
 
     def _read(self, off: int, size: int) -> bytes:
-        if off + size <= len(self.window):
-            return self.window[off:off + size]
+        rel = off - self.window_off
+        if rel >= 0 and rel + size <= len(self.window):
+            return self.window[rel:rel + size]
         self.fh.seek(off)
         data = self.fh.read(size)
         if len(data) != size:
             raise AgentError("drive truncated (short read at offset %d)" % off)
         return data
 
+    def _fat_bytes(self, off: int, size: int) -> bytes:
+        """``size`` bytes at ``off`` within the first FAT, read a sector at a time."""
+        out = b""
+        while size > 0:
+            sector, within = divmod(off, self.bps)
+            if sector >= self.fatsz:
+                raise AgentError("FAT entry out of range")
+            if sector not in self._fat_sectors:
+                self._fat_sectors[sector] = self._read(self.fat_off + sector * self.bps,
+                                                       self.bps)
+            chunk = self._fat_sectors[sector][within:within + size]
+            out += chunk
+            off += len(chunk)
+            size -= len(chunk)
+        return out
+
     def _next(self, cluster: int) -> int:
-        if self._fat is None:
-            # The first FAT (64 MiB drive: 32 KiB of FAT16).
-            self._fat = self._read(self.fat_off, self.fatsz * self.bps)
-        fat = self._fat
         if self.bits == 16:
-            return int(struct.unpack_from("<H", fat, cluster * 2)[0])
+            return int(struct.unpack("<H", self._fat_bytes(cluster * 2, 2))[0])
         if self.bits == 32:
-            return int(struct.unpack_from("<I", fat, cluster * 4)[0]) & 0x0FFFFFFF
-        pair = struct.unpack_from("<H", fat, cluster + cluster // 2)[0]
+            return int(struct.unpack("<I", self._fat_bytes(cluster * 4, 4))[0]) & 0x0FFFFFFF
+        pair = struct.unpack("<H", self._fat_bytes(cluster + cluster // 2, 2))[0]
         return int(pair >> 4 if cluster & 1 else pair & 0xFFF)
 
     def _chain(self, cluster: int, limit: int) -> bytes:
