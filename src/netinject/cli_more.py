@@ -299,15 +299,8 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
     options = Options(Style(args.style))
     with GuestAgent.unix(args.qga) as ga:
         if args.hotplug_cmd == "attach":
-            port = _load_obj(args.port, "port")
-            from .sources.neutron import parse_document
-
-            preview = parse_document(hotplug.with_port(
-                doc, port, [_load_obj(p, "subnet") for p in args.subnet],
-                [_load_obj(p, "network") for p in args.network])).instance
-            index = next(n.index for n in preview.nics if n.port_id == port.get("id"))
             result = hotplug.attach(
-                doc, port, ga, attacher, args.tap or f"tap{index}",
+                doc, _load_obj(args.port, "port"), ga, attacher, args.tap,
                 [_load_obj(p, "subnet") for p in args.subnet],
                 [_load_obj(p, "network") for p in args.network],
                 args.allow_dhcp_fallback, args.timeout, options)

@@ -65,10 +65,6 @@ class ErrorCollector:
     def missing(self, path: str) -> None:
         self.errors.append(FieldError(path, MISSING, "is required but missing"))
 
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
     def raise_if_any(self, source: str = "") -> None:
         if self.errors:
             raise InvalidInput(self.errors, source)

@@ -230,7 +230,7 @@ def wait_for_address(ga: GuestAgent, nic: Nic, timeout: float) -> bool:
 
 
 def attach(doc: Mapping[str, Any], port: Mapping[str, Any], ga: GuestAgent,
-           attacher: NicAttacher, tap: str, subnets: list[Mapping[str, Any]] | None = None,
+           attacher: NicAttacher, tap: str | None, subnets: list[Mapping[str, Any]] | None = None,
            networks: list[Mapping[str, Any]] | None = None, allow_dhcp_fallback: bool = False,
            timeout: float = 60.0, options: Options | None = None) -> HotplugResult:
     t0 = time.monotonic()
@@ -248,7 +248,7 @@ def attach(doc: Mapping[str, Any], port: Mapping[str, Any], ga: GuestAgent,
                                "guest's files are unchanged") from None
         configured = False
     attached_at = time.monotonic()
-    attacher.attach(nic, tap)
+    attacher.attach(nic, tap or f"tap{nic.index}")  # default: the host tap for ethN
     ok = configured and wait_for_address(ga, nic, timeout)
     return HotplugResult(nic, dict(loaded.system_metadata),
                          time.monotonic() - t0 if ok else None, configured, attached_at)

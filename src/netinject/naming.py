@@ -123,11 +123,6 @@ class PortsPattern:
         return cls(merged)
 
 
-def stale_keys(sysmeta: Mapping[str, object]) -> list[str]:
-    """All ports_pattern* keys present in ``sysmeta`` (to be replaced on write)."""
-    return [k for k in sysmeta if _KEY_RE.match(k)]
-
-
 def updated_system_metadata(sysmeta: Mapping[str, str], pattern: PortsPattern
                             ) -> dict[str, str]:
     """``sysmeta`` with every ports_pattern* key replaced by ``pattern``'s stored form."""
@@ -186,4 +181,4 @@ def _index(raw: object, path: str, errors: ErrorCollector) -> int | None:
     return value
 
 
-__all__ = ["KEY", "InvalidInput", "PortsPattern", "stale_keys", "updated_system_metadata"]
+__all__ = ["KEY", "InvalidInput", "PortsPattern", "updated_system_metadata"]

@@ -19,7 +19,7 @@ import json
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -290,9 +290,6 @@ class GuestAgent:
             self._close_handle(handle)
         return b"".join(out)
 
-    def exists(self, path: str) -> bool:
-        return self.exec("/usr/bin/test", ["-e", path]).exitcode == 0
-
     # -- processes -------------------------------------------------------------------
 
     def exec(self, path: str, args: list[str] | None = None, input_data: bytes | None = None,
@@ -327,12 +324,3 @@ class GuestAgent:
 
     def network_interfaces(self) -> list[dict[str, Any]]:
         return list(self.call("guest-network-get-interfaces"))
-
-
-@contextlib.contextmanager
-def connect(path: Path | str, timeout: float = DEFAULT_TIMEOUT) -> Iterator[GuestAgent]:
-    agent = GuestAgent.unix(path, timeout)
-    try:
-        yield agent
-    finally:
-        agent.close()

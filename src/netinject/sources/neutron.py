@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,10 +61,6 @@ class LoadedInstance:
 
     instance: Instance
     system_metadata: Mapping[str, str]
-    image_properties: Mapping[str, str] = field(default_factory=dict)
-    ports: tuple[Port, ...] = ()
-    subnets: Mapping[str, Subnet] = field(default_factory=dict)
-    networks: Mapping[str, int | None] = field(default_factory=dict)
 
 
 def load_file(path: Path) -> LoadedInstance:
@@ -319,8 +315,7 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
         dns=_dedup(ip for nic in nics for a in nic.addresses for ip in a.dns),
         inject=inject_enabled(props, sysmeta), availability_zone=zone,
         launch_index=launch_index or 0)
-    return LoadedInstance(instance, updated_system_metadata(sysmeta, pattern), props,
-                          tuple(ports), subnets, networks)
+    return LoadedInstance(instance, updated_system_metadata(sysmeta, pattern))
 
 
 def build_nic(port: Port, index: int, subnets: Mapping[str, Subnet],
