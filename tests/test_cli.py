@@ -1,0 +1,40 @@
+"""Command-line behaviour that needs no guest: help, usage errors, exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netinject.cli import main
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["render", "--help"], ["drive", "--help"],
+                                  ["hotplug", "attach", "--help"], ["bench", "boot", "--help"],
+                                  ["image", "build", "--help"], ["demo", "--help"]])
+def test_help_answers(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "usage: netinject" in capsys.readouterr().out
+
+
+def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "boot", "--scenarios", "inject,warp-speed"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown scenario(s) warp-speed" in err
+    assert "dhcp-timeout" in err  # the known ones are listed
+
+
+def test_unknown_variant_is_a_usage_error(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["image", "build", "--variant", "gentoo", "--out", str(tmp_path)]) == 2
+    assert "unknown variant 'gentoo'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_format_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["render", "x.json", "--format", "eni,netplan", "--print"])
+    assert exc.value.code == 2
+    assert "unknown format(s) 'netplan'" in capsys.readouterr().err
