@@ -41,6 +41,8 @@ def write_files_atomic(ga: GuestAgent, files: Mapping[str, bytes], mode: str = "
     """Write every file into the guest all-or-nothing: each goes to a temporary name
     beside its target and is renamed over it only when all are written; if a rename
     fails, the files already replaced get their originals back."""
+    # Temporary files a killed agent may have left from an interrupted earlier write.
+    _remove_quietly(ga, [_tmp_name(p) for p in files])
     originals: dict[str, bytes | None] = {}
     for path in files:
         try:
@@ -52,8 +54,7 @@ def write_files_atomic(ga: GuestAgent, files: Mapping[str, bytes], mode: str = "
     staged: list[tuple[str, str]] = []
     try:
         for path, data in files.items():
-            d, name = path.rsplit("/", 1)
-            tmp = f"{d}/.{name}.netinject-tmp"
+            tmp = _tmp_name(path)
             staged.append((tmp, path))
             ga.write_file(tmp, data, between_chunks)
             ga.check("/bin/chmod", [mode, tmp])
@@ -77,6 +78,11 @@ def write_files_atomic(ga: GuestAgent, files: Mapping[str, bytes], mode: str = "
                 ga.write_file(tmp, original)
                 ga.check("/bin/mv", ["-fT", tmp, path])
         raise
+
+
+def _tmp_name(path: str) -> str:
+    d, name = path.rsplit("/", 1)
+    return f"{d}/.{name}.netinject-tmp"
 
 
 def _remove_quietly(ga: GuestAgent, paths: list[str]) -> None:
