@@ -14,6 +14,7 @@ APT_PACKAGES=(
   mmdebstrap e2fsprogs
   cloud-init
   systemd insserv sysvinit-utils initscripts
+  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
 )
 
 need=()
@@ -30,6 +31,9 @@ if ((${#need[@]})); then
   # used as a reference in tests); never let it configure this machine.
   $SUDO touch /etc/cloud/cloud-init.disabled 2>/dev/null || true
 fi
+# libvirtd is used by the tests (agent and hot-plug through libvirt) on domains without
+# host networking: never let it bring up its NAT network on this machine.
+rm -f /etc/libvirt/qemu/networks/autostart/default.xml 2>/dev/null || true
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {

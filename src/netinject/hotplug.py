@@ -158,6 +158,8 @@ class LibvirtAttacher:
         except ImportError:
             raise HotplugError("libvirt-python is not installed") from None
         self._libvirt = libvirt
+        # Errors become exceptions here; libvirt's default handler also prints them.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         self.dom = libvirt.open(uri).lookupByName(domain)
 
     @staticmethod

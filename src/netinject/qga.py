@@ -190,6 +190,8 @@ class LibvirtTransport:
             raise QgaUnavailable("libvirt-python is not installed (pip install "
                                  "libvirt-python, or use --qga SOCKET)") from None
         self._libvirt = libvirt
+        # Errors become exceptions here; libvirt's default handler also prints them.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         self._qemu = libvirt_qemu
         try:
             self.conn = libvirt.open(uri)
