@@ -16,7 +16,7 @@ import pytest
 
 from netinject.cli import main
 from netinject.hotplug import QmpAttacher, with_port, write_files_atomic
-from netinject.qga import GuestAgent, QgaError
+from netinject.qga import GuestAgent
 from netinject.render import FORMATS, Options, render_all
 from netinject.sources.neutron import parse_document
 from netinject.vm import instance as vm
@@ -88,17 +88,6 @@ def test_corrupt_drive_steps_aside_and_dhcp_brings_the_network_up(
     assert "ActiveState=active" in res.report["networking"]
 
 
-def _wait_agent(ga: GuestAgent, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ga.ping()
-            return
-        except QgaError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
 
 def _arp_time(events: list[dict[str, Any]], t0: float, timeout: float = 90.0) -> float | None:
     deadline = time.monotonic() + timeout
@@ -136,7 +125,7 @@ def test_hotplug_second_nic_comes_up_static_without_dhcp(
             return GuestAgent.unix(guest.qga_socket, timeout=10)
 
         with agent() as ga:
-            _wait_agent(ga)
+            ga.wait_ready()
         prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP, vm.HOTPLUG_HOST_IP, 120)
         try:
             t0 = time.monotonic()

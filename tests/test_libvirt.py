@@ -22,7 +22,7 @@ import pytest
 
 from netinject import drive
 from netinject.hotplug import LibvirtAttacher, attach, detach, with_port
-from netinject.qga import GuestAgent, LibvirtTransport, QgaError
+from netinject.qga import GuestAgent, LibvirtTransport
 from netinject.render import Options
 from netinject.sources.neutron import parse_document
 from netinject.vm import instance as vm
@@ -94,17 +94,6 @@ def domain(libvirtd: None) -> Iterator[tuple[str, Path]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _wait_agent(ga: GuestAgent, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ga.ping()
-            return
-        except QgaError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-
 
 def test_agent_and_hotplug_through_libvirt(domain: tuple[str, Path]) -> None:
     name, work = domain
@@ -114,7 +103,7 @@ def test_agent_and_hotplug_through_libvirt(domain: tuple[str, Path]) -> None:
     subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
     try:
         ga = GuestAgent(LibvirtTransport(name, URI), timeout=10)
-        _wait_agent(ga)
+        ga.wait_ready()
         # File and exec round trips through libvirt.
         ga.write_file("/run/netinject-libvirt-test", b"via libvirt\n")
         assert ga.read_file("/run/netinject-libvirt-test") == b"via libvirt\n"

@@ -112,3 +112,22 @@ def test_no_agent_is_unavailable(tmp_path: Path) -> None:
     with GuestAgent.unix(tmp_path / "absent.sock", timeout=1.0) as ga, \
             pytest.raises(QgaUnavailable):
         ga.ping()
+
+
+def test_wait_ready_waits_for_an_agent_that_starts_late(tmp_path: Path) -> None:
+    import threading
+
+    late = Agent(tmp_path)
+    timer = threading.Timer(1.0, late.start)
+    timer.start()
+    try:
+        with GuestAgent.unix(late.sock, timeout=2.0) as ga:
+            t0 = time.monotonic()
+            ga.wait_ready(timeout=20, interval=0.1)
+            assert time.monotonic() - t0 >= 0.5
+    finally:
+        timer.join()
+        late.stop()
+    with GuestAgent.unix(tmp_path / "never.sock", timeout=1.0) as ga, \
+            pytest.raises(QgaUnavailable):
+        ga.wait_ready(timeout=0.5, interval=0.1)

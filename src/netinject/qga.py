@@ -252,6 +252,19 @@ class GuestAgent:
     def ping(self) -> None:
         self.call("guest-ping")
 
+    def wait_ready(self, timeout: float = 120.0, interval: float = 0.5) -> None:
+        """Ping until the agent answers (a guest that is still booting), at most
+        ``timeout`` seconds; the last error is raised if it never does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.ping()
+                return
+            except QgaError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(interval)
+
     # -- files -----------------------------------------------------------------------
 
     def _open(self, path: str, mode: str) -> int:
