@@ -295,3 +295,14 @@ def test_manifest_lists_hashes_the_agent_checks(tmp_path: Path) -> None:
     for rel, content in _rendered(tmp_path, doc).items():
         assert hashlib.sha256((root / rel).read_bytes()).digest() == \
             hashlib.sha256(content).digest()
+
+
+def test_payload_directory_spanning_several_clusters(tmp_path: Path) -> None:
+    """The reader follows a directory's FAT chain past its first cluster: 100 extra files
+    sorted before the payload push the manifest and payload entries into later clusters."""
+    doc = instance_doc()
+    extra = {f"netinject/aaa-{n:03d}": b"x" for n in range(100)}
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc, extra=extra))
+    assert run_agent(root).returncode == 0
+    assert "done: 4 file(s) installed" in agent_log(root)
+    assert (root / "var/lib/netinject/instance-id").read_text().split()[0] == UUID_A
