@@ -196,6 +196,7 @@ def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
     prepared = Prepared(("inject",), progress)
     first: list[float | None] = []
     second: list[float | None] = []
+    logs: list[str] = []
     try:
         accel = "kvm" if kvm_usable(prepared.images["inject"]) else "tcg"
         for r in range(runs):
@@ -210,6 +211,7 @@ def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
                     progress(f"agent cost run {r + 1}/{runs}: boot {n} ...")
                     res = boot(spec)
                     out.append(res.agent_cost_ms())
+                    logs.append(res.agent_log)
                     progress(f"  boot {n}: agent {fmt(res.agent_cost_ms())} ms "
                              f"({res.agent_log.splitlines()[-1] if res.agent_log else 'no log'})")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -219,4 +221,5 @@ def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
     ok2 = [v for v in second if v is not None]
     return {"accel": accel, "runs": runs, "first_boot_ms": first, "second_boot_ms": second,
             "first_boot_median_ms": statistics.median(ok1) if ok1 else None,
-            "second_boot_median_ms": statistics.median(ok2) if ok2 else None}
+            "second_boot_median_ms": statistics.median(ok2) if ok2 else None,
+            "logs": logs}

@@ -326,4 +326,9 @@ def boot(spec: BootSpec) -> BootResult:
     with running(spec) as guest:
         reply, garp = guest.wait_network()
         report = guest.wait_report()
+        if not spec.snapshot and guest.qemu is not None:
+            # A writable image: let the guest finish its own poweroff (it syncs), so the
+            # next boot of the same image sees everything this one wrote.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                guest.qemu.wait(timeout=60)
         return BootResult(reply, garp, guest.console(), report, spec.accel, guest.boot_s)
