@@ -66,6 +66,12 @@ class DriveContents:
     def size(self) -> int:
         return sum(len(b) for b in self.files.values())
 
+    @property
+    def directories(self) -> list[PurePosixPath]:
+        """Every directory the files need, parents first, in a fixed order."""
+        return sorted({p for path in self.files for p in path.parents if str(p) != "."},
+                      key=lambda p: (len(p.parts), str(p)))
+
 
 # -- what goes on the drive --------------------------------------------------------------
 
@@ -285,10 +291,8 @@ def build_vfat(data: DriveContents, out: Path, vol_id: int) -> None:
         # sets our volume serial (order matters). Label lower-case, as nova writes it.
         _run([mkfs, "-C", "--invariant", "-i", f"{vol_id:08x}", "-n", LABEL, str(out),
               str(size_kib)], env)
-        dirs = sorted({p for path in data.files for p in path.parents if str(p) != "."},
-                      key=lambda p: (len(p.parts), str(p)))
-        if dirs:
-            _run([mmd, "-i", str(out), *(f"::/{d}" for d in dirs)], env)
+        if data.directories:
+            _run([mmd, "-i", str(out), *(f"::/{d}" for d in data.directories)], env)
         by_dir: dict[PurePosixPath, list[Path]] = {}
         for path, content in sorted(data.files.items()):
             local = staging / path.as_posix()
@@ -321,9 +325,7 @@ def build_iso(data: DriveContents, out: Path, vol_id: int) -> None:
     with _frozen_clock(FIXED_EPOCH):
         iso.new(interchange_level=4, joliet=3, rock_ridge="1.09", vol_ident=LABEL,
                 vol_set_ident=f"{vol_id:08x}", sys_ident="LINUX")
-        dirs = sorted({p for path in data.files for p in path.parents if str(p) != "."},
-                      key=lambda p: (len(p.parts), str(p)))
-        for d in dirs:
+        for d in data.directories:
             iso.add_directory(_iso_name(d), rr_name=d.name, joliet_path=f"/{d}")
         for path, content in sorted(data.files.items()):
             iso.add_fp(io.BytesIO(content), len(content), _iso_name(path) + ";1",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
@@ -82,6 +83,11 @@ class Hostname:
 
     def __str__(self) -> str:
         return self.value
+
+
+def unique_dns(servers: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
+    """Name servers de-duplicated, first occurrence wins (the order resolvers try)."""
+    return tuple(dict.fromkeys(servers))
 
 
 def parse_uuid(text: str) -> uuid.UUID:

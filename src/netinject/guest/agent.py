@@ -291,37 +291,28 @@ class FatReader:
         pair = struct.unpack("<H", self._fat_bytes(cluster + cluster // 2, 2))[0]
         return int(pair >> 4 if cluster & 1 else pair & 0xFFF)
 
-    def _chain(self, cluster: int, limit: int) -> bytes:
+    def _chain(self, cluster: int, limit: int, directory: bool = False) -> bytes:
+        """Up to ``limit`` bytes of a cluster chain. A directory stops at the cluster
+        holding its end marker, so one that fits a cluster costs no FAT read at all."""
         end = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.bits]
-        out = []
+        out: list[bytes] = []
         total = 0
         while 2 <= cluster < end:
-            out.append(self._read(self.data_off + (cluster - 2) * self.csize, self.csize))
+            data = self._read(self.data_off + (cluster - 2) * self.csize, self.csize)
+            out.append(data)
             total += self.csize
-            if total >= limit:
+            if total >= limit or (directory and any(
+                    data[i] == 0 for i in range(0, len(data), 32))):
                 break
             cluster = self._next(cluster)
         return b"".join(out)[:limit]
 
-    def _dir_chain(self, cluster: int) -> bytes:
-        """A directory's clusters, up to the one holding its end marker: a directory that
-        fits one cluster costs no FAT read at all."""
-        end = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.bits]
-        out: list[bytes] = []
-        while 2 <= cluster < end and len(out) < 4096:
-            data = self._read(self.data_off + (cluster - 2) * self.csize, self.csize)
-            out.append(data)
-            if any(data[i] == 0 for i in range(0, len(data), 32)):
-                break
-            cluster = self._next(cluster)
-        return b"".join(out)
-
     def _entries(self, cluster: int | None) -> dict[str, tuple[int, int, bool]]:
         if cluster is None:
             raw = (self._read(self.root_off, self.root_size) if self.bits != 32
-                   else self._dir_chain(self.root_cluster))
+                   else self._chain(self.root_cluster, 1 << 23, directory=True))
         else:
-            raw = self._dir_chain(cluster)
+            raw = self._chain(cluster, 1 << 23, directory=True)
         entries: dict[str, tuple[int, int, bool]] = {}
         lfn: list[str] = []
         for i in range(0, len(raw), 32):

@@ -28,6 +28,7 @@ from ..model import (
     MacAddress,
     Nic,
     Route,
+    unique_dns,
 )
 from ..policy import inject_enabled
 from . import _fields as f
@@ -125,8 +126,7 @@ def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instanc
     nics = tuple(
         Nic(index, mac, port, tuple(per_link[index]), mtu)
         for index, (mac, port, mtu) in enumerate(link_info))
-    dns = tuple(dict.fromkeys([*global_dns, *(ip for n in nics for a in n.addresses
-                                              for ip in a.dns)]))
+    dns = unique_dns([*global_dns, *(ip for n in nics for a in n.addresses for ip in a.dns)])
     return Instance(uuid=uuid, nics=nics, hostname=hostname, name=name, dns=dns,
                     inject=inject_enabled(props, {}), availability_zone=zone,
                     launch_index=launch_index)

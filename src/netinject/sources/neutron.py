@@ -26,6 +26,7 @@ from ..model import (
     MacAddress,
     Nic,
     Route,
+    unique_dns,
 )
 from ..naming import PortsPattern, updated_system_metadata
 from ..policy import inject_enabled
@@ -312,7 +313,7 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
         key=lambda n: n.index))
     instance = Instance(
         uuid=uuid, nics=nics, hostname=hostname, name=name,
-        dns=_dedup(ip for nic in nics for a in nic.addresses for ip in a.dns),
+        dns=unique_dns(ip for nic in nics for a in nic.addresses for ip in a.dns),
         inject=inject_enabled(props, sysmeta), availability_zone=zone,
         launch_index=launch_index or 0)
     return LoadedInstance(instance, updated_system_metadata(sysmeta, pattern))
@@ -344,7 +345,3 @@ def _hostname(raw: Any, path: str, errors: ErrorCollector) -> Hostname | None:
     except ValueError as exc:
         errors.add(path, text, str(exc))
         return None
-
-
-def _dedup(items: Any) -> tuple[IPAddress, ...]:
-    return tuple(dict.fromkeys(items))

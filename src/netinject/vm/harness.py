@@ -64,7 +64,6 @@ def netns(links: tuple[tuple[str, str], ...] = (("tap0", f"{vm.HOST_IP}/{vm.PREF
             _ip("-n", name, "link", "set", tap, "up")
         yield name
     finally:
-        subprocess.run(["ip", "netns", "pids", name], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
