@@ -121,6 +121,33 @@ def test_later_boot_recognises_the_drive_from_udev_link_without_reading_it(
         "/dev/vdb): nothing to do")
 
 
+def test_first_boot_finds_the_drive_through_udevs_by_label_link(tmp_path: Path) -> None:
+    """With /dev/disk/by-label/config-2 present, the agent probes its target and skips
+    the scan of /sys/class/block (here the scan could not find the drive: vdb is not
+    listed there)."""
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    (root / "sys/class/block/vdb").rmdir()
+    (root / "dev/disk/by-label").mkdir(parents=True)
+    os.symlink("../../vdb", root / "dev/disk/by-label/config-2")
+    assert run_agent(root).returncode == 0
+    log = agent_log(root)
+    assert f"config drive {root}/dev/vdb (vfat" in log, log
+    assert (root / "var/lib/netinject/instance-id").read_text().split()[0] == UUID_A
+
+
+def test_by_label_link_leading_out_of_dev_is_not_followed(tmp_path: Path) -> None:
+    """A by-label link udev did not make (pointing out of /dev) is ignored: the scan of
+    /sys/class/block finds the real drive."""
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    decoy = make_drive(tmp_path / "decoy.img", instance_doc(uuid=UUID_B))
+    (root / "dev/disk/by-label").mkdir(parents=True)
+    os.symlink(decoy, root / "dev/disk/by-label/config-2")
+    assert run_agent(root).returncode == 0
+    assert (root / "var/lib/netinject/instance-id").read_text().split()[0] == UUID_A
+
+
 def test_new_instance_uuid_reapplies(tmp_path: Path) -> None:
     """A disk cloned into a new instance is a first boot."""
     doc = instance_doc()
@@ -243,6 +270,31 @@ def test_rename_failure_rolls_back_files(tmp_path: Path) -> None:
     log = agent_log(root)
     assert "NIC rename failed" in log
     assert "rolling back installed files" in log
+
+
+def test_failure_while_staging_removes_the_staged_files(tmp_path: Path) -> None:
+    """The last file cannot be staged (its temporary name is taken by a directory):
+    nothing is renamed into place, the files staged before it are removed, no uuid is
+    recorded."""
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    (root / "etc/udev/rules.d/.70-persistent-net.rules.netinject-tmp").mkdir()
+    before = snapshot(root, skip=("var/log/netinject.log", "var/lib/netinject"))
+    assert run_agent(root).returncode == 0
+    after = snapshot(root, skip=("var/log/netinject.log", "var/lib/netinject"))
+    assert {k: v for k, v in after.items() if not k.startswith("var/lib/netinject")} == \
+        {k: v for k, v in before.items() if not k.startswith("var/lib/netinject")}
+    assert not (root / "var/lib/netinject/instance-id").exists()
+    assert "install failed" in agent_log(root)
+
+
+def test_unreadable_target_parent_steps_aside_before_any_change(tmp_path: Path) -> None:
+    """etc/udev/rules.d is a file here: the preflight refuses before writing anything."""
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    (root / "etc/udev/rules.d").rmdir()
+    (root / "etc/udev/rules.d").write_bytes(b"not a directory\n")
+    _assert_steps_aside(root, "cannot look at")
 
 
 CRASH = """

@@ -50,6 +50,8 @@ def test_systemd_install_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "enabled netinject.service (systemd)" in done.stdout
     unit = root / "lib/systemd/system/netinject.service"
+    # The backup directory exists before the first boot (no mkdirs on the boot path).
+    assert (root / "var/lib/netinject/backup").stat().st_mode & 0o777 == 0o700
     assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/netinject.service") \
         == "/lib/systemd/system/netinject.service"
     verify = subprocess.run(["systemd-analyze", "verify", f"--root={root}",
@@ -120,6 +122,7 @@ def test_generator_fix_and_uninstall_restores_the_tree(tmp_path: Path) -> None:
         GENERATOR
     done = _agent("uninstall", "--root", str(root))
     assert done.returncode == 0, done.stderr
+    assert not (root / "var/lib/netinject").exists()
     leftover = {k: v for k, v in snapshot(root).items() if k not in pristine}
     assert all(v == ("dir",) for v in leftover.values()), leftover
     assert {k: v for k, v in snapshot(root).items() if k in pristine} == pristine

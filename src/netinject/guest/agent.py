@@ -32,13 +32,15 @@ from __future__ import annotations
 # the boot path uses none of them (a line-format manifest, hand-written checks, the
 # built-in _sha256). argparse is imported only for the non-boot commands.
 import os
+import stat
 import struct
 import sys
 import time
+from _codecs import utf_16_le_decode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import BinaryIO, Callable
+    from typing import Callable
 
 VERSION = "0.1.0"
 MANIFEST_FORMATS = (1,)
@@ -133,8 +135,11 @@ class Log:
         try:
             path = os.path.join(self.root, LOG_FILE)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "a") as fh:
-                fh.write("\n".join(self.lines) + "\n")
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                os.write(fd, ("\n".join(self.lines) + "\n").encode("utf-8", "replace"))
+            finally:
+                os.close(fd)
         except OSError:
             pass  # a read-only or full /var must not break boot
 
@@ -146,10 +151,16 @@ class Drive:
     """A found config drive: its device, filesystem and volume id (the FAT serial or the
     ISO volume set id: netinject derives both from the instance uuid)."""
 
-    def __init__(self, path: str, kind: str, volume_id: str) -> None:
+    def __init__(self, path: str, kind: str, volume_id: str, fd: int = -1) -> None:
         self.path = path
         self.kind = kind
         self.volume_id = volume_id
+        self.fd = fd  # kept open from the probe to the payload read (one open per boot)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     @property
     def ident(self) -> str:
@@ -157,27 +168,69 @@ class Drive:
 
 
 def probe_label(dev: str) -> Drive | None:
-    """The drive if the device carries a config-2 label (vfat or iso9660), else None."""
+    """The drive if the device carries a config-2 label (vfat or iso9660), else None.
+
+    A found drive keeps its file descriptor open for read_payload: closing the last
+    descriptor of a block device drops its page cache, so a second open would read the
+    boot sector from the device again.
+    """
     try:
-        with open(dev, "rb") as fh:
-            boot = fh.read(512)
-            if len(boot) == 512 and boot[510:512] == b"\x55\xaa":
-                # FAT12/16 keep serial and label at 39/43, FAT32 at 67/71 ("FAT" at 54/82).
-                for off, fs_off in ((43, 54), (71, 82)):
-                    if boot[fs_off:fs_off + 3] == b"FAT":
-                        label = boot[off:off + 11].rstrip(b" \x00").decode("ascii", "replace")
-                        if label in LABELS:
-                            serial = struct.unpack_from("<I", boot, off - 4)[0]
-                            return Drive(dev, "vfat", "%08x" % serial)
-            fh.seek(32768)
-            pvd = fh.read(2048)
-            if pvd[0:6] == b"\x01CD001":
-                label = pvd[40:72].rstrip(b" \x00").decode("ascii", "replace")
-                if label in LABELS:
-                    volset = pvd[190:318].rstrip(b" \x00").decode("ascii", "replace")
-                    return Drive(dev, "iso9660", volset)
+        fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        boot = os.pread(fd, 512, 0)
+        if len(boot) == 512 and boot[510:512] == b"\x55\xaa":
+            # FAT12/16 keep serial and label at 39/43, FAT32 at 67/71 ("FAT" at 54/82).
+            for off, fs_off in ((43, 54), (71, 82)):
+                if boot[fs_off:fs_off + 3] == b"FAT":
+                    label = boot[off:off + 11].rstrip(b" \x00").decode("ascii", "replace")
+                    if label in LABELS:
+                        serial = struct.unpack_from("<I", boot, off - 4)[0]
+                        found = Drive(dev, "vfat", "%08x" % serial, fd)
+                        fd = -1
+                        return found
+        pvd = os.pread(fd, 2048, 32768)
+        if pvd[0:6] == b"\x01CD001":
+            label = pvd[40:72].rstrip(b" \x00").decode("ascii", "replace")
+            if label in LABELS:
+                volset = pvd[190:318].rstrip(b" \x00").decode("ascii", "replace")
+                found = Drive(dev, "iso9660", volset, fd)
+                fd = -1
+                return found
+    except OSError:
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return None
+
+
+def read_small(path: str, limit: int = 4096) -> bytes:
+    """The start of a small file (sysfs attributes, the state file): three system calls,
+    no file object."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def probe_by_label(dev: str) -> Drive | None:
+    """The drive udev already linked as /dev/disk/by-label/config-2, if it did: one
+    readlink instead of listing and sizing every block device."""
+    for label in LABELS:
+        link = os.path.join(dev, "disk/by-label", label)
+        try:
+            target = os.readlink(link)
+        except OSError:
+            continue
+        path = os.path.normpath(os.path.join(os.path.dirname(link), target))
+        if not path.startswith(dev.rstrip("/") + "/"):
+            continue  # points outside the device directory: not udev's link
+        found = probe_label(path)
+        if found is not None:
+            return found
     return None
 
 
@@ -188,8 +241,7 @@ def _fat_uuid(serial: str) -> str:
 
 def _size(sysfs: str, name: str) -> int:
     try:
-        with open(os.path.join(sysfs, "class/block", name, "size")) as fh:
-            return int(fh.read().strip() or 0)
+        return int(read_small(os.path.join(sysfs, "class/block", name, "size")).strip() or 0)
     except (OSError, ValueError):
         return 0
 
@@ -228,8 +280,8 @@ class FatReader:
 
     WINDOW = 96 * 1024  # root directory + the first data clusters (netinject's payload)
 
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh = fh
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
         self.window = b""
         self.window_off = 0
         bs = self._read(0, 512)
@@ -254,15 +306,13 @@ class FatReader:
         # emulated I/O round trip in a guest without KVM). The FAT itself is read only
         # for chains longer than one cluster, a sector at a time.
         self.window_off = min(self.root_off, self.data_off)
-        self.fh.seek(self.window_off)
-        self.window = self.fh.read(self.WINDOW)
+        self.window = os.pread(self.fd, self.WINDOW, self.window_off)
 
     def _read(self, off: int, size: int) -> bytes:
         rel = off - self.window_off
         if rel >= 0 and rel + size <= len(self.window):
             return self.window[rel:rel + size]
-        self.fh.seek(off)
-        data = self.fh.read(size)
+        data = os.pread(self.fd, size, off)
         if len(data) != size:
             raise AgentError("drive truncated (short read at offset %d)" % off)
         return data
@@ -324,7 +374,9 @@ class FatReader:
                 continue
             attr = e[11]
             if attr == 0x0F:
-                part = (e[1:11] + e[14:26] + e[28:32]).decode("utf-16-le", "replace")
+                # _codecs is built in: str.decode("utf-16-le") would import a codec
+                # module from disk on the boot path.
+                part = utf_16_le_decode(e[1:11] + e[14:26] + e[28:32], "replace")[0]
                 lfn.insert(0, part.split("\x00")[0])
                 continue
             if attr & 0x08:
@@ -369,8 +421,8 @@ class FatReader:
 class IsoReader:
     """Read-only ISO9660 reader (primary volume names, as netinject writes them)."""
 
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh = fh
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
         pvd = self._read(16 * 2048, 2048)
         if pvd[1:6] != b"CD001":
             raise AgentError("not an ISO9660 filesystem")
@@ -378,8 +430,7 @@ class IsoReader:
         self.root = self._record(pvd[156:156 + 34])
 
     def _read(self, off: int, size: int) -> bytes:
-        self.fh.seek(off)
-        data = self.fh.read(size)
+        data = os.pread(self.fd, size, off)
         if len(data) != size:
             raise AgentError("drive truncated (short read at offset %d)" % off)
         return data
@@ -437,16 +488,16 @@ MAX_FILE = 1 << 20
 MANIFEST_NAMES = ("manifest", "MANIFEST")
 
 
-def read_payload(path: str, kind: str, only: tuple[str, ...] | None = None
-                 ) -> dict[str, bytes]:
+def read_payload(drive: Drive, only: tuple[str, ...] | None = None) -> dict[str, bytes]:
     """Files of the drive's netinject/ directory (all, or just the names in ``only``),
     read without mounting. On iso9660 the names are the primary-volume names."""
     try:
-        with open(path, "rb") as fh:
-            reader = FatReader(fh) if kind == "vfat" else IsoReader(fh)
-            return reader.read_dir_files("netinject", MAX_FILE, only)
+        if drive.fd < 0:
+            drive.fd = os.open(drive.path, os.O_RDONLY | os.O_CLOEXEC)
+        reader = FatReader(drive.fd) if drive.kind == "vfat" else IsoReader(drive.fd)
+        return reader.read_dir_files("netinject", MAX_FILE, only)
     except (OSError, struct.error, IndexError, UnicodeError, ValueError) as exc:
-        raise AgentError("cannot read the drive %s: %s" % (path, exc)) from None
+        raise AgentError("cannot read the drive %s: %s" % (drive.path, exc)) from None
 
 
 def _lookup(payload: dict[str, bytes], name: str) -> bytes | None:
@@ -551,14 +602,35 @@ def verify(payload: dict[str, bytes]) -> Manifest:
 # -- installing files ---------------------------------------------------------------------
 
 
-def _safe_target(root: str, rel: str) -> str:
-    """root/rel, refusing any existing parent below root that is a symlink."""
+def _safe_target(root: str, rel: str, checked: set[str] | None = None) -> str:
+    """root/rel, refusing any existing parent below root that is a symlink (``checked``:
+    directories already found safe, so shared parents are looked at once)."""
     cur = root
     for part in rel.split("/")[:-1]:
         cur = os.path.join(cur, part)
+        if checked is not None and cur in checked:
+            continue
         if os.path.islink(cur):
             raise AgentError("refusing to write through symlinked directory %s" % cur)
+        if checked is not None:
+            checked.add(cur)
     return os.path.join(root, rel)
+
+
+def target_kind(target: str) -> str:
+    """'file', 'symlink' or 'absent' (one lstat); AgentError for anything else."""
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return "absent"
+    except OSError as exc:
+        raise AgentError("cannot look at %s: %s" % (target, os.strerror(exc.errno or 5))
+                         ) from None
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISREG(mode):
+        return "file"
+    raise AgentError("%s exists and is not a regular file" % target)
 
 
 def _fsync_dir(path: str) -> None:
@@ -612,8 +684,10 @@ class Backup:
         self.index: dict[str, str] = {}
         try:
             names = os.listdir(self.dir)
+            self.made = True
         except OSError:
             names = []
+            self.made = False
         for name in names:
             kind = "absent" if name.endswith(".absent") else (
                 "symlink" if os.path.islink(os.path.join(self.dir, name)) else "file")
@@ -625,27 +699,31 @@ class Backup:
     def _entry(self, rel: str) -> str:
         return os.path.join(self.dir, rel.replace("/", "%"))
 
-    def save(self, rel: str, target: str) -> None:
-        """Keep the original of ``target`` (once per path)."""
+    def save(self, rel: str, target: str, kind: str | None = None) -> None:
+        """Keep the original of ``target`` (once per path); ``kind`` as target_kind
+        gives it, when the caller already looked."""
         if rel in self.index:
             return
-        os.makedirs(self.dir, exist_ok=True)
+        kind = kind or target_kind(target)
+        if not self.made:
+            try:
+                os.mkdir(self.dir, 0o700)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                os.makedirs(self.dir, 0o700, exist_ok=True)
+            self.made = True
         entry = self._entry(rel)
-        if os.path.islink(target):
+        if kind == "symlink":
             os.symlink(os.readlink(target), entry)
-            kind = "symlink"
-        elif os.path.isfile(target):
+        elif kind == "file":
             try:
                 os.link(target, entry)
             except OSError:  # another filesystem: a durable copy instead
                 with open(target, "rb") as fh:
                     write_atomic(entry, fh.read(), os.stat(target).st_mode & 0o7777)
-            kind = "file"
-        elif os.path.lexists(target):
-            raise AgentError("%s exists and is not a regular file" % target)
         else:
             _write_plain(entry + ".absent", b"", 0o600)
-            kind = "absent"
         self.index[rel] = kind
 
     def restore(self, root: str, rel: str) -> None:
@@ -670,15 +748,48 @@ class Backup:
                     write_atomic(target, fh.read(), os.stat(entry).st_mode & 0o7777)
 
 
-def _write_plain(path: str, data: bytes, mode: int, fsync: bool = False) -> None:
+def _write_plain(path: str, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, data)
         os.fchmod(fd, mode)
-        if fsync:
-            os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def stage_files(files: list[tuple[Entry, str]], staged: list[str]) -> None:
+    """Write each file beside its target (appending the temporary path to ``staged`` as
+    it is created) and make them all durable before any rename.
+
+    Writeback of every file is started before the first fsync, so the first fsync's
+    journal commit carries the blocks of all of them and the later ones find their data
+    already on disk: one commit instead of one per file (each commit is a device flush,
+    milliseconds under emulation).
+    """
+    fds: list[int] = []
+    try:
+        for entry, target in files:
+            d = os.path.dirname(target)
+            if not os.path.isdir(d):
+                os.makedirs(d, exist_ok=True)
+            tmp = os.path.join(d, ".%s.netinject-tmp" % os.path.basename(target))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         entry.mode)
+            staged.append(tmp)
+            fds.append(fd)
+            view = memoryview(entry.data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, entry.mode)
+        if hasattr(os, "posix_fadvise"):
+            for fd in fds:
+                # Starts writeback without waiting for it (WB_SYNC_NONE).
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        for fd in fds:
+            os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def install(root: str, manifest: Manifest, log: Log, after_each: object = None) -> Backup:
@@ -691,22 +802,17 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None) 
     """
     # Preflight: every target must be writable without following a symlinked directory
     # and must not be something other than a file or symlink, before anything changes.
-    targets = [_safe_target(root, entry.path) for entry in manifest.entries]
-    for target in targets:
-        if os.path.lexists(target) and not (os.path.islink(target) or os.path.isfile(target)):
-            raise AgentError("%s exists and is not a regular file" % target)
+    checked: set[str] = set()
+    targets = [_safe_target(root, entry.path, checked) for entry in manifest.entries]
+    kinds = [target_kind(target) for target in targets]
     backup = Backup(root, manifest.uuid)
     done: list[str] = []
     staged: list[str] = []
     try:
-        for entry, target in zip(manifest.entries, targets):
-            backup.save(entry.path, target)
-        for entry, target in zip(manifest.entries, targets):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = os.path.join(os.path.dirname(target),
-                               ".%s.netinject-tmp" % os.path.basename(target))
-            _write_plain(tmp, entry.data, entry.mode, fsync=True)
-            staged.append(tmp)
+        for entry, target, kind in zip(manifest.entries, targets, kinds):
+            backup.save(entry.path, target, kind)
+        stage_files([(entry, target) for entry, target in zip(manifest.entries, targets)],
+                    staged)
         for entry, target, tmp in zip(manifest.entries, targets, staged):
             os.rename(tmp, target)
             done.append(entry.path)
@@ -742,9 +848,11 @@ class Netdev:
     (the same calls ``ip link set`` makes, without a subprocess)."""
 
     def __init__(self) -> None:
-        import socket
+        # _socket and fcntl are built in; the socket module would import enum and
+        # selectors on the boot path.
+        import _socket
 
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
 
     def close(self) -> None:
         self.sock.close()
@@ -777,10 +885,10 @@ def current_names(sysfs: str) -> dict[str, str]:
         return out
     for name in names:
         try:
-            with open(os.path.join(base, name, "address")) as fh:
-                out[fh.read().strip().lower()] = name
+            mac = read_small(os.path.join(base, name, "address"), 128)
         except OSError:
             continue
+        out[mac.decode("ascii", "replace").strip().lower()] = name
     return out
 
 
@@ -860,8 +968,8 @@ def read_state(root: str) -> list[str]:
     ('vfat:<serial>') and the device it was on, one per line (one small file: one read
     on later boots)."""
     try:
-        with open(os.path.join(root, STATE_DIR, "instance-id")) as fh:
-            return fh.read().split()
+        return read_small(os.path.join(root, STATE_DIR, "instance-id")).decode(
+            "ascii", "replace").split()
     except OSError:
         return []
 
@@ -873,10 +981,10 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
     log = Log(root, quiet)
     sysfs = sysfs or os.path.join(root, "sys")
     dev = dev or os.path.join(root, "dev")
+    found: Drive | None = None
     try:
         state = read_state(root)
         recorded = state[0] if state else None
-        found = None
         if drive:
             found = probe_label(drive)
         elif len(state) >= 3 and state[1].startswith("vfat:") and os.path.lexists(
@@ -888,8 +996,10 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
             last = probe_label(os.path.join(root, state[2].lstrip("/")))
             if last is not None and last.ident == state[1]:
                 found = last
+            elif last is not None:
+                last.close()
         if found is None and not drive:
-            found = find_drive(sysfs, dev, wait)
+            found = probe_by_label(dev) or find_drive(sysfs, dev, wait)
         if found is None:
             log("no config drive (label config-2) found: leaving the image's network "
                 "config in place")
@@ -901,12 +1011,13 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
             return 0
         log("config drive %s (%s, volume %s)" % (found.path, found.kind, found.volume_id))
         if recorded is not None:
-            head = read_payload(found.path, found.kind, MANIFEST_NAMES)
+            head = read_payload(found, MANIFEST_NAMES)
             raw = head.get("manifest") or head.get("MANIFEST") or b""
             if manifest_instance(raw) == recorded:
                 log("not the first boot of instance %s: nothing to do" % recorded)
                 return 0
-        payload = read_payload(found.path, found.kind)
+        payload = read_payload(found)
+        found.close()
         manifest = verify(payload)
         log("manifest ok: instance %s, %d file(s), %d NIC(s)"
             % (manifest.uuid, len(manifest.entries), len(manifest.nics)))
@@ -935,6 +1046,8 @@ def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
     except Exception as exc:  # never break boot, whatever went wrong
         log("stepping aside after an unexpected error: %s: %s" % (type(exc).__name__, exc))
     finally:
+        if found is not None:
+            found.close()
         log.flush()
     return 0
 
@@ -1091,6 +1204,9 @@ def install_agent(root: str, out: Callable[[str], None]) -> int:
     write_atomic(os.path.join(r, LAUNCHER_PATH), LAUNCHER.encode(), 0o755)
     write_atomic(os.path.join(r, UNIT_PATH), UNIT.encode(), 0o644)
     write_atomic(os.path.join(r, INIT_PATH), INIT_SCRIPT.encode(), 0o755)
+    # The state and backup directories exist before the first boot: two mkdirs fewer on
+    # the boot path.
+    os.makedirs(os.path.join(r, STATE_DIR, "backup"), 0o700, exist_ok=True)
     out("installed /%s, /%s, /%s, /%s" % (MODULE_PATH, LAUNCHER_PATH, UNIT_PATH, INIT_PATH))
     if cfile:
         out("precompiled /%s" % os.path.relpath(cfile, r))
@@ -1119,7 +1235,9 @@ def uninstall_agent(root: str, out: Callable[[str], None]) -> int:
         if os.path.lexists(path):
             os.unlink(path)
             out("removed /%s" % rel)
-    for d in (cache, os.path.join(root, os.path.dirname(MODULE_PATH))):
+    # Directories go only when empty: recorded state and backups of a booted image stay.
+    for d in (cache, os.path.join(root, os.path.dirname(MODULE_PATH)),
+              os.path.join(root, STATE_DIR, "backup"), os.path.join(root, STATE_DIR)):
         try:
             os.rmdir(d)
         except OSError:
