@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +72,8 @@ def test_inject_boot_reaches_network_with_injected_config(
     udev = next(v for k, v in rendered.items() if k.name == "70-persistent-net.rules")
     assert res.report["udev-rules"] == udev.strip()
     log = res.agent_log
+    # Timings count from the launcher's first line: loading the agent is included.
+    assert re.match(r"netinject: \[\s*[0-9.]+ ms\] netinject-guest \S+ loaded\n", log), log
     assert f"first boot of instance {vm.INSTANCE_UUID}" in log
     assert "done: 4 file(s) installed" in log
     assert "ActiveState=active" in res.report["networking"]
@@ -192,3 +198,48 @@ def test_hotplug_second_nic_comes_up_static_without_dhcp(
             print(f"\nhot-plug to first ARP answer: static {static_s:.2f} s from the request "
                   f"(config writes included), {static_attach_s:.2f} s from the attach; "
                   f"DHCP {dhcp_s:.2f} s from the attach")
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("ni-")}
+
+
+def _qemu_children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "qemu-system"], capture_output=True,
+                         text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_sigterm_during_a_boot_cleans_up(prepared: tuple[Prepared, str]) -> None:
+    """`netinject bench boot` killed with SIGTERM mid-boot (a CI timeout, systemd) stops
+    QEMU, dnsmasq and the prober and removes its network namespace, like Ctrl-C."""
+    before = _netns()
+    proc = subprocess.Popen([sys.executable, "-m", "netinject", "bench", "boot",
+                             "--scenarios", "dhcp", "--runs", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        qemu: list[int] = []
+        while time.monotonic() < deadline and not qemu:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            qemu = _qemu_children(proc.pid)
+            time.sleep(0.2)
+        assert qemu, "QEMU never started"
+        assert _netns() - before, "no namespace was created"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        left_ns = _netns() - before
+        left_qemu = [pid for pid in qemu if Path(f"/proc/{pid}").exists()]
+        for pid in left_qemu:  # leave the machine clean even when the test fails
+            os.kill(pid, signal.SIGKILL)
+        for ns in left_ns:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert proc.returncode == 130, err
+    assert "netinject: interrupted" in err
+    assert not left_ns
+    assert not left_qemu

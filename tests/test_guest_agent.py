@@ -336,6 +336,8 @@ def test_agent_runs_from_the_bundle(tmp_path: Path) -> None:
                            "0"], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0
     assert (root / "var/lib/netinject/instance-id").read_text().split()[0] == UUID_A
+    # The bundle's __main__ passes its start time: the log counts from there.
+    assert "netinject-guest 0.1.0 loaded" in agent_log(root).splitlines()[0]
 
 
 def test_manifest_lists_hashes_the_agent_checks(tmp_path: Path) -> None:

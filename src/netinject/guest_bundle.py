@@ -15,9 +15,11 @@ from pathlib import Path
 
 from .hostio import write_atomic
 
-MAIN = b"""import sys
+MAIN = b"""import time
+started = time.monotonic()
+import sys
 import netinject_guest
-sys.exit(netinject_guest.main())
+sys.exit(netinject_guest.main(started=started))
 """
 SHEBANG = b"#!/usr/bin/python3 -IS\n"
 

@@ -115,8 +115,8 @@ class Log:
     later-boot check itself. The run is short and always ends in flush().
     """
 
-    def __init__(self, root: str, quiet: bool = False) -> None:
-        self.t0 = time.monotonic()
+    def __init__(self, root: str, quiet: bool = False, t0: float | None = None) -> None:
+        self.t0 = time.monotonic() if t0 is None else t0
         self.root = root
         self.quiet = quiet
         self.lines: list[str] = []
@@ -976,9 +976,15 @@ def read_state(root: str) -> list[str]:
 
 def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
         drive: str | None = None, wait: float = DEFAULT_WAIT, quiet: bool = False,
-        after_each: object = None) -> int:
-    """The boot service. Always returns 0: boot goes on whatever happens here."""
-    log = Log(root, quiet)
+        after_each: object = None, started: float | None = None) -> int:
+    """The boot service. Always returns 0: boot goes on whatever happens here.
+
+    ``started``: time.monotonic() when the launcher began (the interpreter is up), so the
+    log's timings include loading this module; else they start here.
+    """
+    log = Log(root, quiet, started)
+    if started is not None:
+        log("netinject-guest %s loaded" % VERSION)
     sysfs = sysfs or os.path.join(root, "sys")
     dev = dev or os.path.join(root, "dev")
     found: Drive | None = None
@@ -1114,10 +1120,12 @@ exit 0
 
 LAUNCHER = """\
 #!/usr/bin/python3 -IS
+import time
+started = time.monotonic()
 import sys
 sys.path.insert(0, "/usr/lib/netinject")
 import netinject_guest
-sys.exit(netinject_guest.main())
+sys.exit(netinject_guest.main(started=started))
 """
 
 MODULE_PATH = "usr/lib/netinject/netinject_guest.py"
@@ -1295,11 +1303,12 @@ def _fast_run_args(argv: list[str]) -> dict[str, object] | None:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """``started``: when the launcher began (time.monotonic()), for the run log."""
     args_list = sys.argv[1:] if argv is None else argv
     fast = _fast_run_args(args_list)
     if fast is not None:
-        return run(**fast)  # type: ignore[arg-type]
+        return run(started=started, **fast)  # type: ignore[arg-type]
     import argparse
 
     p = argparse.ArgumentParser(
@@ -1322,7 +1331,8 @@ def main(argv: list[str] | None = None) -> int:
         i.add_argument("--root", default="/", help="image root (default: this system)")
     args = p.parse_args(args_list)
     if args.cmd == "run":
-        return run(args.root, args.sysfs, args.dev, args.drive, args.wait, args.quiet)
+        return run(args.root, args.sysfs, args.dev, args.drive, args.wait, args.quiet,
+                   started=started)
     if args.cmd == "install":
         return install_agent(args.root, Printer())
     if args.cmd == "uninstall":
