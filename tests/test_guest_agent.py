@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -360,3 +361,44 @@ def test_payload_directory_spanning_several_clusters(tmp_path: Path) -> None:
     assert run_agent(root).returncode == 0
     assert "done: 4 file(s) installed" in agent_log(root)
     assert (root / "var/lib/netinject/instance-id").read_text().split()[0] == UUID_A
+
+
+def test_installed_launcher_decides_later_boots_without_loading_the_agent(
+        tmp_path: Path) -> None:
+    """The launcher /usr/sbin/netinject-guest handles the later-boot check itself (built-in
+    modules only). First boot: no state, it hands over to the agent module it finds in the
+    tree. Later boot with udev's by-uuid link: it answers alone; the agent module is made
+    unreadable to prove it is not loaded. Without the link: back to the agent."""
+    from netinject.drive import volume_id
+    from netinject.model import parse_uuid
+
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "install", "--root",
+                           str(root)], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    launcher = [str(root / "usr/sbin/netinject-guest"), "run", "--root", str(root)]
+    first = subprocess.run(launcher, capture_output=True, text=True, check=False, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "netinject-guest 0.1.0 loaded" in first.stderr
+    assert f"first boot of instance {UUID_A}" in first.stderr
+    serial = f"{volume_id(parse_uuid(UUID_A)):08X}"
+    (root / "dev/disk/by-uuid").mkdir(parents=True)
+    os.symlink("../../vdb", root / f"dev/disk/by-uuid/{serial[:4]}-{serial[4:]}")
+    module = root / "usr/lib/netinject/netinject_guest.py"
+    saved = module.read_bytes()
+    module.write_bytes(b"raise SystemExit('the agent module was loaded')\n")
+    shutil.rmtree(root / "usr/lib/netinject/__pycache__", ignore_errors=True)
+    before = snapshot(root)
+    later = subprocess.run(launcher, capture_output=True, text=True, check=False, timeout=60)
+    assert later.returncode == 0, later.stderr
+    assert snapshot(root) == before
+    assert later.stderr.endswith(f"not the first boot of instance {UUID_A} (drive "
+                                 f"vfat:{serial.lower()} on /dev/vdb): nothing to do\n")
+    assert agent_log(root).endswith(later.stderr)
+    module.write_bytes(saved)
+    os.unlink(root / f"dev/disk/by-uuid/{serial[:4]}-{serial[4:]}")
+    again = subprocess.run(launcher, capture_output=True, text=True, check=False, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "netinject-guest 0.1.0 loaded" in again.stderr
+    assert f"not the first boot of instance {UUID_A}" in again.stderr

@@ -25,18 +25,18 @@ Every path goes through ``--root`` (and ``--sysfs``/``--dev``) so tests run it a
 directory tree shaped like a guest.
 """
 
-from __future__ import annotations
-
 # Boot-path imports only: os, sys, time, struct are cheap (mostly built in). Measured in
 # a TCG guest, importing json costs ~90 ms, re ~100 ms cold, hashlib ~50 ms (OpenSSL):
 # the boot path uses none of them (a line-format manifest, hand-written checks, the
 # built-in _sha256). argparse is imported only for the non-boot commands.
+import _struct as struct  # built in (struct.py is a module to load)
 import os
 import stat
-import struct
 import sys
 import time
 from _codecs import utf_16_le_decode
+
+STRUCT_ERROR: type[Exception] = getattr(struct, "error", ValueError)  # not in the stubs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class Log:
     later-boot check itself. The run is short and always ends in flush().
     """
 
-    def __init__(self, root: str, quiet: bool = False, t0: float | None = None) -> None:
+    def __init__(self, root: str, quiet: bool = False, t0: "float | None" = None) -> None:
         self.t0 = time.monotonic() if t0 is None else t0
         self.root = root
         self.quiet = quiet
@@ -167,7 +167,7 @@ class Drive:
         return "%s:%s" % (self.kind, self.volume_id)
 
 
-def probe_label(dev: str) -> Drive | None:
+def probe_label(dev: str) -> "Drive | None":
     """The drive if the device carries a config-2 label (vfat or iso9660), else None.
 
     A found drive keeps its file descriptor open for read_payload: closing the last
@@ -216,7 +216,7 @@ def read_small(path: str, limit: int = 4096) -> bytes:
         os.close(fd)
 
 
-def probe_by_label(dev: str) -> Drive | None:
+def probe_by_label(dev: str) -> "Drive | None":
     """The drive udev already linked as /dev/disk/by-label/config-2, if it did: one
     readlink instead of listing and sizing every block device."""
     for label in LABELS:
@@ -246,7 +246,7 @@ def _size(sysfs: str, name: str) -> int:
         return 0
 
 
-def find_drive(sysfs: str, dev: str, wait: float) -> Drive | None:
+def find_drive(sysfs: str, dev: str, wait: float) -> "Drive | None":
     """Probe whole block devices listed in /sys/class/block until one is config-2.
 
     Smallest first (a config drive is 64 MiB or less; the root disk is larger), so the
@@ -357,7 +357,7 @@ class FatReader:
             cluster = self._next(cluster)
         return b"".join(out)[:limit]
 
-    def _entries(self, cluster: int | None) -> dict[str, tuple[int, int, bool]]:
+    def _entries(self, cluster: "int | None") -> dict[str, tuple[int, int, bool]]:
         if cluster is None:
             raw = (self._read(self.root_off, self.root_size) if self.bits != 32
                    else self._chain(self.root_cluster, 1 << 23, directory=True))
@@ -403,7 +403,7 @@ class FatReader:
             cluster = entry[0]
         return self._entries(cluster)
 
-    def read_dir_files(self, path: str, max_size: int, only: tuple[str, ...] | None = None
+    def read_dir_files(self, path: str, max_size: int, only: "tuple[str, ...] | None" = None
                        ) -> dict[str, bytes]:
         files = {}
         for name, (cluster, size, is_dir) in self.listdir(path).items():
@@ -459,7 +459,7 @@ class IsoReader:
             i += length
         return out
 
-    def read_dir_files(self, path: str, max_size: int, only: tuple[str, ...] | None = None
+    def read_dir_files(self, path: str, max_size: int, only: "tuple[str, ...] | None" = None
                        ) -> dict[str, bytes]:
         extent, size = self.root[0], self.root[1]
         for part in [p for p in path.split("/") if p]:
@@ -488,7 +488,7 @@ MAX_FILE = 1 << 20
 MANIFEST_NAMES = ("manifest", "MANIFEST")
 
 
-def read_payload(drive: Drive, only: tuple[str, ...] | None = None) -> dict[str, bytes]:
+def read_payload(drive: Drive, only: "tuple[str, ...] | None" = None) -> dict[str, bytes]:
     """Files of the drive's netinject/ directory (all, or just the names in ``only``),
     read without mounting. On iso9660 the names are the primary-volume names."""
     try:
@@ -496,11 +496,11 @@ def read_payload(drive: Drive, only: tuple[str, ...] | None = None) -> dict[str,
             drive.fd = os.open(drive.path, os.O_RDONLY | os.O_CLOEXEC)
         reader = FatReader(drive.fd) if drive.kind == "vfat" else IsoReader(drive.fd)
         return reader.read_dir_files("netinject", MAX_FILE, only)
-    except (OSError, struct.error, IndexError, UnicodeError, ValueError) as exc:
+    except (OSError, STRUCT_ERROR, IndexError, UnicodeError, ValueError) as exc:
         raise AgentError("cannot read the drive %s: %s" % (drive.path, exc)) from None
 
 
-def _lookup(payload: dict[str, bytes], name: str) -> bytes | None:
+def _lookup(payload: dict[str, bytes], name: str) -> "bytes | None":
     data = payload.get(name)
     return data if data is not None else payload.get(iso_name(name))
 
@@ -522,7 +522,7 @@ class Manifest:
         self.nics = nics
 
 
-def manifest_instance(raw: bytes) -> str | None:
+def manifest_instance(raw: bytes) -> "str | None":
     """The instance uuid a manifest names (its 'instance' record), without checking the
     rest: the later-boot fast path only needs to know whether anything is new."""
     for line in raw.split(b"\n")[:8]:
@@ -602,7 +602,7 @@ def verify(payload: dict[str, bytes]) -> Manifest:
 # -- installing files ---------------------------------------------------------------------
 
 
-def _safe_target(root: str, rel: str, checked: set[str] | None = None) -> str:
+def _safe_target(root: str, rel: str, checked: "set[str] | None" = None) -> str:
     """root/rel, refusing any existing parent below root that is a symlink (``checked``:
     directories already found safe, so shared parents are looked at once)."""
     cur = root
@@ -699,7 +699,7 @@ class Backup:
     def _entry(self, rel: str) -> str:
         return os.path.join(self.dir, rel.replace("/", "%"))
 
-    def save(self, rel: str, target: str, kind: str | None = None) -> None:
+    def save(self, rel: str, target: str, kind: "str | None" = None) -> None:
         """Keep the original of ``target`` (once per path); ``kind`` as target_kind
         gives it, when the caller already looked."""
         if rel in self.index:
@@ -914,7 +914,7 @@ def plan_renames(wanted: list[tuple[str, str]], current: dict[str, str]
 
 
 def rename_nics(wanted: list[tuple[str, str]], sysfs: str, log: Log,
-                netdev: Netdev | None = None) -> int:
+                netdev: "Netdev | None" = None) -> int:
     """Rename NICs via temporary names (so eth0 <-> eth1 swaps work); links are down
     while renamed and come back up if they were up. All-or-nothing: on error, every
     NIC gets its old name back."""
@@ -974,9 +974,9 @@ def read_state(root: str) -> list[str]:
         return []
 
 
-def run(root: str = "/", sysfs: str | None = None, dev: str | None = None,
-        drive: str | None = None, wait: float = DEFAULT_WAIT, quiet: bool = False,
-        after_each: object = None, started: float | None = None) -> int:
+def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
+        drive: "str | None" = None, wait: float = DEFAULT_WAIT, quiet: bool = False,
+        after_each: object = None, started: "float | None" = None) -> int:
     """The boot service. Always returns 0: boot goes on whatever happens here.
 
     ``started``: time.monotonic() when the launcher began (the interpreter is up), so the
@@ -1120,10 +1120,42 @@ exit 0
 
 LAUNCHER = """\
 #!/usr/bin/python3 -IS
+# netinject-guest: the boot service's launcher (the agent: ../lib/netinject/).
 import time
 started = time.monotonic()
+import posix
 import sys
-sys.path.insert(0, "/usr/lib/netinject")
+
+# Later boots are decided here, with built-in modules only, so they do not load the
+# agent: if udev linked the drive the recorded boot applied ('vfat:<serial>' in the
+# state file) in /dev/disk/by-uuid, nothing is new. Everything else goes to the agent.
+args = sys.argv[1:]
+root = args[2].rstrip("/") if args[:2] == ["run", "--root"] and len(args) == 3 else ""
+if args == ["run"] or root:
+    try:
+        fd = posix.open(root + "/var/lib/netinject/instance-id", posix.O_RDONLY)
+        try:
+            state = posix.read(fd, 4096).decode("ascii").split()
+        finally:
+            posix.close(fd)
+        if len(state) == 3 and state[1].startswith("vfat:") and len(state[1]) == 13:
+            serial = state[1][5:].upper()
+            posix.lstat("%s/dev/disk/by-uuid/%s-%s" % (root, serial[:4], serial[4:]))
+            line = ("netinject: [%7.1f ms] not the first boot of instance %s (drive %s on "
+                    "%s): nothing to do\\n" % ((time.monotonic() - started) * 1000,
+                                               state[0], state[1], state[2]))
+            fd = posix.open(root + "/var/log/netinject.log",
+                            posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT, 0o644)
+            try:
+                posix.write(fd, line.encode())
+            finally:
+                posix.close(fd)
+            sys.stderr.write(line)
+            sys.exit(0)
+    except (OSError, UnicodeError):
+        pass  # the agent decides, and logs why
+prefix = sys.argv[0].rpartition("/sbin/")[0]  # /usr, or an image tree's usr
+sys.path.insert(0, prefix + "/lib/netinject" if prefix else "/usr/lib/netinject")
 import netinject_guest
 sys.exit(netinject_guest.main(started=started))
 """
@@ -1157,7 +1189,7 @@ def uses_systemd(root: str) -> bool:
         os.path.join(root, "sbin/init"))
 
 
-def fix_generator(root: str) -> str | None:
+def fix_generator(root: str) -> "str | None":
     """The seed's Debian fix: let the persistent-net generator honour KVM NICs."""
     for rel in (GENERATOR_OVERRIDE, GENERATOR_RULES):
         path = os.path.join(root, rel)
@@ -1185,7 +1217,7 @@ def _symlink(target: str, link: str) -> None:
     os.symlink(target, link)
 
 
-def precompile(root: str) -> str | None:
+def precompile(root: str) -> "str | None":
     """Byte-compile the installed module when the image's Python has this interpreter's
     bytecode format (same minor version), so no boot pays for compiling it."""
     tag = "python%d.%d" % sys.version_info[:2]
@@ -1197,11 +1229,11 @@ def precompile(root: str) -> str | None:
     cfile = os.path.join(os.path.dirname(src), "__pycache__",
                          "netinject_guest.%s.pyc" % sys.implementation.cache_tag)
     py_compile.compile(src, cfile=cfile, dfile="/" + MODULE_PATH, doraise=True,
-                       invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
     return cfile
 
 
-def install_agent(root: str, out: Callable[[str], None]) -> int:
+def install_agent(root: str, out: "Callable[[str], None]") -> int:
     r = root
     write_atomic(os.path.join(r, MODULE_PATH), own_source(), 0o644)
     try:
@@ -1232,7 +1264,7 @@ def install_agent(root: str, out: Callable[[str], None]) -> int:
     return 0
 
 
-def uninstall_agent(root: str, out: Callable[[str], None]) -> int:
+def uninstall_agent(root: str, out: "Callable[[str], None]") -> int:
     cache = os.path.join(root, os.path.dirname(MODULE_PATH), "__pycache__")
     compiled = [os.path.relpath(os.path.join(cache, f), root)
                 for f in (os.listdir(cache) if os.path.isdir(cache) else [])
@@ -1271,7 +1303,7 @@ RUN_OPTIONS = {"--root": "root", "--sysfs": "sysfs", "--dev": "dev", "--drive": 
                "--wait": "wait"}
 
 
-def _fast_run_args(argv: list[str]) -> dict[str, object] | None:
+def _fast_run_args(argv: list[str]) -> "dict[str, object] | None":
     """Parse ``run [--opt VALUE]... [--quiet]`` without argparse (it costs tens of ms
     under emulation on the boot path). None for anything else: argparse handles it."""
     if not argv or argv[0] != "run":
@@ -1303,7 +1335,7 @@ def _fast_run_args(argv: list[str]) -> dict[str, object] | None:
     return out
 
 
-def main(argv: list[str] | None = None, started: float | None = None) -> int:
+def main(argv: "list[str] | None" = None, started: "float | None" = None) -> int:
     """``started``: when the launcher began (time.monotonic()), for the run log."""
     args_list = sys.argv[1:] if argv is None else argv
     fast = _fast_run_args(args_list)
