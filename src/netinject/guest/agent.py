@@ -178,6 +178,7 @@ def probe_label(dev: str) -> "Drive | None":
         fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    found = None
     try:
         boot = os.pread(fd, 512, 0)
         if len(boot) == 512 and boot[510:512] == b"\x55\xaa":
@@ -188,22 +189,18 @@ def probe_label(dev: str) -> "Drive | None":
                     if label in LABELS:
                         serial = struct.unpack_from("<I", boot, off - 4)[0]
                         found = Drive(dev, "vfat", "%08x" % serial, fd)
-                        fd = -1
-                        return found
-        pvd = os.pread(fd, 2048, 32768)
-        if pvd[0:6] == b"\x01CD001":
-            label = pvd[40:72].rstrip(b" \x00").decode("ascii", "replace")
-            if label in LABELS:
-                volset = pvd[190:318].rstrip(b" \x00").decode("ascii", "replace")
-                found = Drive(dev, "iso9660", volset, fd)
-                fd = -1
-                return found
+        if found is None:
+            pvd = os.pread(fd, 2048, 32768)
+            if pvd[0:6] == b"\x01CD001":
+                label = pvd[40:72].rstrip(b" \x00").decode("ascii", "replace")
+                if label in LABELS:
+                    volset = pvd[190:318].rstrip(b" \x00").decode("ascii", "replace")
+                    found = Drive(dev, "iso9660", volset, fd)
     except OSError:
-        return None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    return None
+        pass
+    if found is None:
+        os.close(fd)
+    return found
 
 
 def read_small(path: str, limit: int = 4096) -> bytes:
@@ -646,16 +643,34 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _tmp_beside(path: str) -> str:
+    """The temporary name a file is staged under, beside its target."""
+    return os.path.join(os.path.dirname(path), ".%s.netinject-tmp" % os.path.basename(path))
+
+
+def _create(path: str, data: bytes, mode: int) -> int:
+    """Create (or truncate) ``path`` without following a symlink, write ``data`` with
+    ``mode``; the open descriptor, for the caller to fsync and close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def write_atomic(path: str, data: bytes, mode: int) -> None:
     """Write beside the target, fsync, rename over it (a symlink is replaced, never
     followed)."""
     d = os.path.dirname(path)
     os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, ".%s.netinject-tmp" % os.path.basename(path))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    tmp = _tmp_beside(path)
+    fd = _create(tmp, data, mode)
     try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -699,19 +714,12 @@ class Backup:
     def _entry(self, rel: str) -> str:
         return os.path.join(self.dir, rel.replace("/", "%"))
 
-    def save(self, rel: str, target: str, kind: "str | None" = None) -> None:
-        """Keep the original of ``target`` (once per path); ``kind`` as target_kind
-        gives it, when the caller already looked."""
+    def save(self, rel: str, target: str, kind: str) -> None:
+        """Keep the original of ``target`` (once per path); ``kind`` is target_kind's."""
         if rel in self.index:
             return
-        kind = kind or target_kind(target)
         if not self.made:
-            try:
-                os.mkdir(self.dir, 0o700)
-            except FileExistsError:
-                pass
-            except FileNotFoundError:
-                os.makedirs(self.dir, 0o700, exist_ok=True)
+            os.makedirs(self.dir, 0o700, exist_ok=True)
             self.made = True
         entry = self._entry(rel)
         if kind == "symlink":
@@ -749,12 +757,7 @@ class Backup:
 
 
 def _write_plain(path: str, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
+    os.close(_create(path, data, mode))
 
 
 def stage_files(files: list[tuple[Entry, str]], staged: list[str]) -> None:
@@ -772,15 +775,9 @@ def stage_files(files: list[tuple[Entry, str]], staged: list[str]) -> None:
             d = os.path.dirname(target)
             if not os.path.isdir(d):
                 os.makedirs(d, exist_ok=True)
-            tmp = os.path.join(d, ".%s.netinject-tmp" % os.path.basename(target))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                         entry.mode)
+            tmp = _tmp_beside(target)
             staged.append(tmp)
-            fds.append(fd)
-            view = memoryview(entry.data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, entry.mode)
+            fds.append(_create(tmp, entry.data, entry.mode))
         if hasattr(os, "posix_fadvise"):
             for fd in fds:
                 # Starts writeback without waiting for it (WB_SYNC_NONE).
