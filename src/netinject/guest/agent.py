@@ -25,13 +25,15 @@ Every path goes through ``--root`` (and ``--sysfs``/``--dev``) so tests run it a
 directory tree shaped like a guest.
 """
 
-# Boot-path imports only: os, sys, time, struct are cheap (mostly built in). Measured in
-# a TCG guest, importing json costs ~90 ms, re ~100 ms cold, hashlib ~50 ms (OpenSSL):
-# the boot path uses none of them (a line-format manifest, hand-written checks, the
-# built-in _sha256). argparse is imported only for the non-boot commands.
-import _struct as struct  # built in (struct.py is a module to load)
-import os
-import stat
+# Built-in modules only (compiled into the interpreter: nothing to read from disk). Measured
+# in a TCG guest on a first boot, ``import os`` costs ~40-47 ms (its frozen code and
+# _collections_abc are paged in from the interpreter binary), json ~90 ms, re ~100 ms,
+# hashlib ~50 ms (OpenSSL): the agent uses posix with its own few path helpers, a
+# line-format manifest, hand-written checks and the built-in _sha256. argparse is
+# imported only for the non-boot commands.
+import _stat
+import _struct as struct  # struct.py would be a module to load
+import posix
 import sys
 import time
 from _codecs import utf_16_le_decode
@@ -56,6 +58,101 @@ ALLOWED_DIRS = ("etc/network/interfaces.d/", "etc/udev/rules.d/")
 ALLOWED_MODES = (0o644, 0o640, 0o600, 0o444)
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _HEX = frozenset("0123456789abcdef")
+
+
+# -- paths (posixpath's behaviour for the cases the agent has; posixpath needs os) --------
+
+
+def join(path: str, *parts: str) -> str:
+    for part in parts:
+        if part.startswith("/"):
+            path = part
+        elif not path or path.endswith("/"):
+            path += part
+        else:
+            path += "/" + part
+    return path
+
+
+def dirname(path: str) -> str:
+    head = path[:path.rfind("/") + 1]
+    stripped = head.rstrip("/")
+    return stripped if stripped else head
+
+
+def basename(path: str) -> str:
+    return path[path.rfind("/") + 1:]
+
+
+def normpath(path: str) -> str:
+    """'.' and '..' resolved lexically, as posixpath.normpath ('/..' is '/')."""
+    absolute = path.startswith("/")
+    out: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part != "..":
+            out.append(part)
+        elif out and out[-1] != "..":
+            out.pop()
+        elif not absolute:
+            out.append(part)
+    text = "/".join(out)
+    return ("/" + text) if absolute else (text or ".")
+
+
+def _mode(path: str, follow: bool = True) -> int:
+    """The file's st_mode, 0 if it cannot be looked at."""
+    try:
+        return (posix.stat(path) if follow else posix.lstat(path)).st_mode
+    except (OSError, ValueError):
+        return 0
+
+
+def lexists(path: str) -> bool:
+    return _mode(path, False) != 0
+
+
+def exists(path: str) -> bool:
+    return _mode(path) != 0
+
+
+def isdir(path: str) -> bool:
+    return _stat.S_ISDIR(_mode(path))
+
+
+def isfile(path: str) -> bool:
+    return _stat.S_ISREG(_mode(path))
+
+
+def islink(path: str) -> bool:
+    return _stat.S_ISLNK(_mode(path, False))
+
+
+def makedirs(path: str, mode: int = 0o777) -> None:
+    """mkdir -p (an existing directory is fine)."""
+    try:
+        posix.mkdir(path, mode)
+    except FileNotFoundError:
+        parent = dirname(path.rstrip("/"))
+        if not parent or parent == path:
+            raise
+        makedirs(parent, mode)
+        try:
+            posix.mkdir(path, mode)
+        except FileExistsError:
+            if not isdir(path):
+                raise
+    except FileExistsError:
+        if not isdir(path):
+            raise
+
+
+def relative_to(root: str, path: str) -> str:
+    """``path`` below ``root`` without the root ('/' -> 'dev/vdb'); other paths without
+    their leading '/'."""
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
 
 
 def is_plain_name(name: str) -> bool:
@@ -133,13 +230,14 @@ class Log:
             except OSError:
                 pass
         try:
-            path = os.path.join(self.root, LOG_FILE)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            path = join(self.root, LOG_FILE)
+            makedirs(dirname(path))
+            fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT
+                            | posix.O_NOFOLLOW, 0o644)
             try:
-                os.write(fd, ("\n".join(self.lines) + "\n").encode("utf-8", "replace"))
+                posix.write(fd, ("\n".join(self.lines) + "\n").encode("utf-8", "replace"))
             finally:
-                os.close(fd)
+                posix.close(fd)
         except OSError:
             pass  # a read-only or full /var must not break boot
 
@@ -159,7 +257,7 @@ class Drive:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            posix.close(self.fd)
             self.fd = -1
 
     @property
@@ -175,12 +273,12 @@ def probe_label(dev: str) -> "Drive | None":
     boot sector from the device again.
     """
     try:
-        fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+        fd = posix.open(dev, posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError:
         return None
     found = None
     try:
-        boot = os.pread(fd, 512, 0)
+        boot = posix.pread(fd, 512, 0)
         if len(boot) == 512 and boot[510:512] == b"\x55\xaa":
             # FAT12/16 keep serial and label at 39/43, FAT32 at 67/71 ("FAT" at 54/82).
             for off, fs_off in ((43, 54), (71, 82)):
@@ -190,7 +288,7 @@ def probe_label(dev: str) -> "Drive | None":
                         serial = struct.unpack_from("<I", boot, off - 4)[0]
                         found = Drive(dev, "vfat", "%08x" % serial, fd)
         if found is None:
-            pvd = os.pread(fd, 2048, 32768)
+            pvd = posix.pread(fd, 2048, 32768)
             if pvd[0:6] == b"\x01CD001":
                 label = pvd[40:72].rstrip(b" \x00").decode("ascii", "replace")
                 if label in LABELS:
@@ -199,30 +297,30 @@ def probe_label(dev: str) -> "Drive | None":
     except OSError:
         pass
     if found is None:
-        os.close(fd)
+        posix.close(fd)
     return found
 
 
 def read_small(path: str, limit: int = 4096) -> bytes:
     """The start of a small file (sysfs attributes, the state file): three system calls,
     no file object."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
     try:
-        return os.read(fd, limit)
+        return posix.read(fd, limit)
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def probe_by_label(dev: str) -> "Drive | None":
     """The drive udev already linked as /dev/disk/by-label/config-2, if it did: one
     readlink instead of listing and sizing every block device."""
     for label in LABELS:
-        link = os.path.join(dev, "disk/by-label", label)
+        link = join(dev, "disk/by-label", label)
         try:
-            target = os.readlink(link)
+            target = posix.readlink(link)
         except OSError:
             continue
-        path = os.path.normpath(os.path.join(os.path.dirname(link), target))
+        path = normpath(join(dirname(link), target))
         if not path.startswith(dev.rstrip("/") + "/"):
             continue  # points outside the device directory: not udev's link
         found = probe_label(path)
@@ -238,7 +336,7 @@ def _fat_uuid(serial: str) -> str:
 
 def _size(sysfs: str, name: str) -> int:
     try:
-        return int(read_small(os.path.join(sysfs, "class/block", name, "size")).strip() or 0)
+        return int(read_small(join(sysfs, "class/block", name, "size")).strip() or 0)
     except (OSError, ValueError):
         return 0
 
@@ -253,16 +351,16 @@ def find_drive(sysfs: str, dev: str, wait: float) -> "Drive | None":
     seen: set[str] = set()
     while True:
         try:
-            names = os.listdir(os.path.join(sysfs, "class/block"))
+            names = posix.listdir(join(sysfs, "class/block"))
         except OSError:
             names = []
         candidates = [n for n in names if n not in seen
                       and not n.startswith(("loop", "ram", "zram", "dm-", "md"))
-                      and not os.path.exists(os.path.join(sysfs, "class/block", n,
+                      and not exists(join(sysfs, "class/block", n,
                                                           "partition"))]
         for name in sorted(candidates, key=lambda n: (_size(sysfs, n) or 1 << 62, n)):
             seen.add(name)
-            found = probe_label(os.path.join(dev, name))
+            found = probe_label(join(dev, name))
             if found is not None:
                 return found
         if time.monotonic() >= deadline:
@@ -303,13 +401,13 @@ class FatReader:
         # emulated I/O round trip in a guest without KVM). The FAT itself is read only
         # for chains longer than one cluster, a sector at a time.
         self.window_off = min(self.root_off, self.data_off)
-        self.window = os.pread(self.fd, self.WINDOW, self.window_off)
+        self.window = posix.pread(self.fd, self.WINDOW, self.window_off)
 
     def _read(self, off: int, size: int) -> bytes:
         rel = off - self.window_off
         if rel >= 0 and rel + size <= len(self.window):
             return self.window[rel:rel + size]
-        data = os.pread(self.fd, size, off)
+        data = posix.pread(self.fd, size, off)
         if len(data) != size:
             raise AgentError("drive truncated (short read at offset %d)" % off)
         return data
@@ -427,7 +525,7 @@ class IsoReader:
         self.root = self._record(pvd[156:156 + 34])
 
     def _read(self, off: int, size: int) -> bytes:
-        data = os.pread(self.fd, size, off)
+        data = posix.pread(self.fd, size, off)
         if len(data) != size:
             raise AgentError("drive truncated (short read at offset %d)" % off)
         return data
@@ -490,7 +588,7 @@ def read_payload(drive: Drive, only: "tuple[str, ...] | None" = None) -> dict[st
     read without mounting. On iso9660 the names are the primary-volume names."""
     try:
         if drive.fd < 0:
-            drive.fd = os.open(drive.path, os.O_RDONLY | os.O_CLOEXEC)
+            drive.fd = posix.open(drive.path, posix.O_RDONLY | posix.O_CLOEXEC)
         reader = FatReader(drive.fd) if drive.kind == "vfat" else IsoReader(drive.fd)
         return reader.read_dir_files("netinject", MAX_FILE, only)
     except (OSError, STRUCT_ERROR, IndexError, UnicodeError, ValueError) as exc:
@@ -604,61 +702,61 @@ def _safe_target(root: str, rel: str, checked: "set[str] | None" = None) -> str:
     directories already found safe, so shared parents are looked at once)."""
     cur = root
     for part in rel.split("/")[:-1]:
-        cur = os.path.join(cur, part)
+        cur = join(cur, part)
         if checked is not None and cur in checked:
             continue
-        if os.path.islink(cur):
+        if islink(cur):
             raise AgentError("refusing to write through symlinked directory %s" % cur)
         if checked is not None:
             checked.add(cur)
-    return os.path.join(root, rel)
+    return join(root, rel)
 
 
 def target_kind(target: str) -> str:
     """'file', 'symlink' or 'absent' (one lstat); AgentError for anything else."""
     try:
-        mode = os.lstat(target).st_mode
+        mode = posix.lstat(target).st_mode
     except FileNotFoundError:
         return "absent"
     except OSError as exc:
-        raise AgentError("cannot look at %s: %s" % (target, os.strerror(exc.errno or 5))
+        raise AgentError("cannot look at %s: %s" % (target, posix.strerror(exc.errno or 5))
                          ) from None
-    if stat.S_ISLNK(mode):
+    if _stat.S_ISLNK(mode):
         return "symlink"
-    if stat.S_ISREG(mode):
+    if _stat.S_ISREG(mode):
         return "file"
     raise AgentError("%s exists and is not a regular file" % target)
 
 
 def _fsync_dir(path: str) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_DIRECTORY)
     except OSError:
         return
     try:
-        os.fsync(fd)
+        posix.fsync(fd)
     except OSError:
         pass
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _tmp_beside(path: str) -> str:
     """The temporary name a file is staged under, beside its target."""
-    return os.path.join(os.path.dirname(path), ".%s.netinject-tmp" % os.path.basename(path))
+    return join(dirname(path), ".%s.netinject-tmp" % basename(path))
 
 
 def _create(path: str, data: bytes, mode: int) -> int:
     """Create (or truncate) ``path`` without following a symlink, write ``data`` with
     ``mode``; the open descriptor, for the caller to fsync and close."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW, mode)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, mode)
+            view = view[posix.write(fd, view):]
+        posix.fchmod(fd, mode)
     except OSError:
-        os.close(fd)
+        posix.close(fd)
         raise
     return fd
 
@@ -666,18 +764,18 @@ def _create(path: str, data: bytes, mode: int) -> int:
 def write_atomic(path: str, data: bytes, mode: int) -> None:
     """Write beside the target, fsync, rename over it (a symlink is replaced, never
     followed)."""
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
+    d = dirname(path)
+    makedirs(d)
     tmp = _tmp_beside(path)
     fd = _create(tmp, data, mode)
     try:
-        os.fsync(fd)
+        posix.fsync(fd)
     finally:
-        os.close(fd)
+        posix.close(fd)
     try:
-        os.rename(tmp, path)
+        posix.rename(tmp, path)
     except OSError:
-        os.unlink(tmp)
+        posix.unlink(tmp)
         raise
     _fsync_dir(d)
 
@@ -695,69 +793,69 @@ class Backup:
     """
 
     def __init__(self, root: str, uuid: str) -> None:
-        self.dir = os.path.join(root, STATE_DIR, "backup", uuid)
+        self.dir = join(root, STATE_DIR, "backup", uuid)
         self.index: dict[str, str] = {}
         try:
-            names = os.listdir(self.dir)
+            names = posix.listdir(self.dir)
             self.made = True
         except OSError:
             names = []
             self.made = False
         for name in names:
             kind = "absent" if name.endswith(".absent") else (
-                "symlink" if os.path.islink(os.path.join(self.dir, name)) else "file")
+                "symlink" if islink(join(self.dir, name)) else "file")
             rel = name[:-len(".absent")] if kind == "absent" else name
             rel = rel.replace("%", "/")
             if is_allowed_path(rel):
                 self.index[rel] = kind
 
     def _entry(self, rel: str) -> str:
-        return os.path.join(self.dir, rel.replace("/", "%"))
+        return join(self.dir, rel.replace("/", "%"))
 
     def save(self, rel: str, target: str, kind: str) -> None:
         """Keep the original of ``target`` (once per path); ``kind`` is target_kind's."""
         if rel in self.index:
             return
         if not self.made:
-            os.makedirs(self.dir, 0o700, exist_ok=True)
+            makedirs(self.dir, 0o700)
             self.made = True
         entry = self._entry(rel)
         if kind == "symlink":
-            os.symlink(os.readlink(target), entry)
+            posix.symlink(posix.readlink(target), entry)
         elif kind == "file":
             try:
-                os.link(target, entry)
+                posix.link(target, entry)
             except OSError:  # another filesystem: a durable copy instead
                 with open(target, "rb") as fh:
-                    write_atomic(entry, fh.read(), os.stat(target).st_mode & 0o7777)
+                    write_atomic(entry, fh.read(), posix.stat(target).st_mode & 0o7777)
         else:
             _write_plain(entry + ".absent", b"", 0o600)
         self.index[rel] = kind
 
     def restore(self, root: str, rel: str) -> None:
         kind = self.index.get(rel)
-        target = os.path.join(root, rel)
+        target = join(root, rel)
         entry = self._entry(rel)
         tmp = target + ".netinject-restore"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        if lexists(tmp):
+            posix.unlink(tmp)
         if kind == "absent":
-            if os.path.lexists(target):
-                os.unlink(target)
+            if lexists(target):
+                posix.unlink(target)
         elif kind == "symlink":
-            os.symlink(os.readlink(entry), tmp)
-            os.rename(tmp, target)
+            posix.symlink(posix.readlink(entry), tmp)
+            posix.rename(tmp, target)
         elif kind == "file":
             try:
-                os.link(entry, tmp)
-                os.rename(tmp, target)
+                posix.link(entry, tmp)
+                posix.rename(tmp, target)
             except OSError:
                 with open(entry, "rb") as fh:
-                    write_atomic(target, fh.read(), os.stat(entry).st_mode & 0o7777)
+                    write_atomic(target, fh.read(), posix.stat(entry).st_mode & 0o7777)
 
 
 def _write_plain(path: str, data: bytes, mode: int) -> None:
-    os.close(_create(path, data, mode))
+    posix.close(_create(path, data, mode))
 
 
 def stage_files(files: list[tuple[Entry, str]], staged: list[str]) -> None:
@@ -772,21 +870,21 @@ def stage_files(files: list[tuple[Entry, str]], staged: list[str]) -> None:
     fds: list[int] = []
     try:
         for entry, target in files:
-            d = os.path.dirname(target)
-            if not os.path.isdir(d):
-                os.makedirs(d, exist_ok=True)
+            d = dirname(target)
+            if not isdir(d):
+                makedirs(d)
             tmp = _tmp_beside(target)
             staged.append(tmp)
             fds.append(_create(tmp, entry.data, entry.mode))
-        if hasattr(os, "posix_fadvise"):
+        if hasattr(posix, "posix_fadvise"):
             for fd in fds:
                 # Starts writeback without waiting for it (WB_SYNC_NONE).
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                posix.posix_fadvise(fd, 0, 0, posix.POSIX_FADV_DONTNEED)
         for fd in fds:
-            os.fsync(fd)
+            posix.fsync(fd)
     finally:
         for fd in fds:
-            os.close(fd)
+            posix.close(fd)
 
 
 def install(root: str, manifest: Manifest, log: Log, after_each: object = None) -> Backup:
@@ -811,7 +909,7 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None) 
         stage_files([(entry, target) for entry, target in zip(manifest.entries, targets)],
                     staged)
         for entry, target, tmp in zip(manifest.entries, targets, staged):
-            os.rename(tmp, target)
+            posix.rename(tmp, target)
             done.append(entry.path)
             log("installed /%s (%d bytes)" % (entry.path, len(entry.data)))
             if callable(after_each):
@@ -820,7 +918,7 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None) 
         log("install failed (%s): rolling back %d file(s)" % (exc, len(done)))
         for tmp in staged[len(done):]:
             try:
-                os.unlink(tmp)
+                posix.unlink(tmp)
             except OSError:
                 pass
         for rel in reversed(done):
@@ -875,14 +973,14 @@ class Netdev:
 def current_names(sysfs: str) -> dict[str, str]:
     """MAC -> current interface name, read from /sys/class/net."""
     out: dict[str, str] = {}
-    base = os.path.join(sysfs, "class/net")
+    base = join(sysfs, "class/net")
     try:
-        names = os.listdir(base)
+        names = posix.listdir(base)
     except OSError:
         return out
     for name in names:
         try:
-            mac = read_small(os.path.join(base, name, "address"), 128)
+            mac = read_small(join(base, name, "address"), 128)
         except OSError:
             continue
         out[mac.decode("ascii", "replace").strip().lower()] = name
@@ -950,7 +1048,7 @@ def rename_nics(wanted: list[tuple[str, str]], sysfs: str, log: Log,
                 except OSError:
                     pass
         raise AgentError("NIC rename failed (%s); names restored"
-                         % os.strerror(exc.errno or 5)) from None
+                         % posix.strerror(exc.errno or 5)) from None
     finally:
         if netdev is None:
             nd.close()
@@ -965,7 +1063,7 @@ def read_state(root: str) -> list[str]:
     ('vfat:<serial>') and the device it was on, one per line (one small file: one read
     on later boots)."""
     try:
-        return read_small(os.path.join(root, STATE_DIR, "instance-id")).decode(
+        return read_small(join(root, STATE_DIR, "instance-id")).decode(
             "ascii", "replace").split()
     except OSError:
         return []
@@ -982,21 +1080,21 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
     log = Log(root, quiet, started)
     if started is not None:
         log("netinject-guest %s loaded" % VERSION)
-    sysfs = sysfs or os.path.join(root, "sys")
-    dev = dev or os.path.join(root, "dev")
+    sysfs = sysfs or join(root, "sys")
+    dev = dev or join(root, "dev")
     found: Drive | None = None
     try:
         state = read_state(root)
         recorded = state[0] if state else None
         if drive:
             found = probe_label(drive)
-        elif len(state) >= 3 and state[1].startswith("vfat:") and os.path.lexists(
-                os.path.join(dev, "disk/by-uuid", _fat_uuid(state[1][5:]))):
+        elif len(state) >= 3 and state[1].startswith("vfat:") and lexists(
+                join(dev, "disk/by-uuid", _fat_uuid(state[1][5:]))):
             # udev already probed a drive with the recorded serial: no device read at all.
             found = Drive(state[2], "vfat", state[1][5:])
         elif len(state) >= 3 and state[2].startswith("/"):
             # Later boots: try the device the drive was on last time first (one read).
-            last = probe_label(os.path.join(root, state[2].lstrip("/")))
+            last = probe_label(join(root, state[2].lstrip("/")))
             if last is not None and last.ident == state[1]:
                 found = last
             elif last is not None:
@@ -1038,11 +1136,11 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
             raise
         # Recorded last, and not fsynced: if a crash loses it, the next boot simply
         # applies the same files again (idempotent; the backups already exist).
-        record = os.path.join(root, STATE_DIR, "instance-id")
+        record = join(root, STATE_DIR, "instance-id")
         _write_plain(record + ".tmp", ("%s\n%s\n/%s\n" % (
             manifest.uuid, found.ident,
-            os.path.relpath(found.path, root))).encode(), 0o644)
-        os.rename(record + ".tmp", record)
+            relative_to(root, found.path))).encode(), 0o644)
+        posix.rename(record + ".tmp", record)
         log("done: %d file(s) installed, %d NIC(s) renamed" % (len(manifest.entries), count))
     except AgentError as exc:
         log("stepping aside: %s" % exc)
@@ -1179,18 +1277,18 @@ def own_source() -> bytes:
 
 
 def uses_systemd(root: str) -> bool:
-    init = os.path.join(root, "sbin/init")
-    if os.path.islink(init):
-        return "systemd" in os.readlink(init)
-    return os.path.exists(os.path.join(root, "lib/systemd/systemd")) and not os.path.exists(
-        os.path.join(root, "sbin/init"))
+    init = join(root, "sbin/init")
+    if islink(init):
+        return "systemd" in posix.readlink(init)
+    return exists(join(root, "lib/systemd/systemd")) and not exists(
+        join(root, "sbin/init"))
 
 
 def fix_generator(root: str) -> "str | None":
     """The seed's Debian fix: let the persistent-net generator honour KVM NICs."""
     for rel in (GENERATOR_OVERRIDE, GENERATOR_RULES):
-        path = os.path.join(root, rel)
-        if not os.path.isfile(path):
+        path = join(root, rel)
+        if not isfile(path):
             continue
         with open(path) as fh:
             text = fh.read()
@@ -1202,28 +1300,28 @@ def fix_generator(root: str) -> "str | None":
                        flags=re.MULTILINE)
         if fixed == text:
             return None
-        write_atomic(os.path.join(root, GENERATOR_OVERRIDE), fixed.encode(), 0o644)
+        write_atomic(join(root, GENERATOR_OVERRIDE), fixed.encode(), 0o644)
         return GENERATOR_OVERRIDE
     return None
 
 
 def _symlink(target: str, link: str) -> None:
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if os.path.lexists(link):
-        os.unlink(link)
-    os.symlink(target, link)
+    makedirs(dirname(link))
+    if lexists(link):
+        posix.unlink(link)
+    posix.symlink(target, link)
 
 
 def precompile(root: str) -> "str | None":
     """Byte-compile the installed module when the image's Python has this interpreter's
     bytecode format (same minor version), so no boot pays for compiling it."""
     tag = "python%d.%d" % sys.version_info[:2]
-    if root != "/" and not os.path.isdir(os.path.join(root, "usr/lib", tag)):
+    if root != "/" and not isdir(join(root, "usr/lib", tag)):
         return None
     import py_compile
 
-    src = os.path.join(root, MODULE_PATH)
-    cfile = os.path.join(os.path.dirname(src), "__pycache__",
+    src = join(root, MODULE_PATH)
+    cfile = join(dirname(src), "__pycache__",
                          "netinject_guest.%s.pyc" % sys.implementation.cache_tag)
     py_compile.compile(src, cfile=cfile, dfile="/" + MODULE_PATH, doraise=True,
                        invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
@@ -1232,28 +1330,28 @@ def precompile(root: str) -> "str | None":
 
 def install_agent(root: str, out: "Callable[[str], None]") -> int:
     r = root
-    write_atomic(os.path.join(r, MODULE_PATH), own_source(), 0o644)
+    write_atomic(join(r, MODULE_PATH), own_source(), 0o644)
     try:
         cfile = precompile(r)
     except (OSError, SyntaxError) as exc:
         cfile = None
         out("could not precompile the agent (%s); it compiles on first use" % exc)
-    write_atomic(os.path.join(r, LAUNCHER_PATH), LAUNCHER.encode(), 0o755)
-    write_atomic(os.path.join(r, UNIT_PATH), UNIT.encode(), 0o644)
-    write_atomic(os.path.join(r, INIT_PATH), INIT_SCRIPT.encode(), 0o755)
+    write_atomic(join(r, LAUNCHER_PATH), LAUNCHER.encode(), 0o755)
+    write_atomic(join(r, UNIT_PATH), UNIT.encode(), 0o644)
+    write_atomic(join(r, INIT_PATH), INIT_SCRIPT.encode(), 0o755)
     # The state and backup directories exist before the first boot: two mkdirs fewer on
     # the boot path.
-    os.makedirs(os.path.join(r, STATE_DIR, "backup"), 0o700, exist_ok=True)
+    makedirs(join(r, STATE_DIR, "backup"), 0o700)
     out("installed /%s, /%s, /%s, /%s" % (MODULE_PATH, LAUNCHER_PATH, UNIT_PATH, INIT_PATH))
     if cfile:
-        out("precompiled /%s" % os.path.relpath(cfile, r))
+        out("precompiled /%s" % relative_to(r, cfile))
     if uses_systemd(r):
-        _symlink("/" + UNIT_PATH, os.path.join(r, WANTS_LINK))
+        _symlink("/" + UNIT_PATH, join(r, WANTS_LINK))
         out("enabled %s (systemd)" % UNIT_NAME)
     else:
         # insserv orders rcS by the LSB header; with --root we place the link ourselves
         # at the front of rcS (X-Start-Before: networking holds trivially).
-        _symlink("../init.d/netinject", os.path.join(r, RCS_LINK))
+        _symlink("../init.d/netinject", join(r, RCS_LINK))
         out("enabled /%s (sysvinit rcS)" % RCS_LINK)
     fixed = fix_generator(r)
     if fixed:
@@ -1262,28 +1360,28 @@ def install_agent(root: str, out: "Callable[[str], None]") -> int:
 
 
 def uninstall_agent(root: str, out: "Callable[[str], None]") -> int:
-    cache = os.path.join(root, os.path.dirname(MODULE_PATH), "__pycache__")
-    compiled = [os.path.relpath(os.path.join(cache, f), root)
-                for f in (os.listdir(cache) if os.path.isdir(cache) else [])
+    cache = join(root, dirname(MODULE_PATH), "__pycache__")
+    compiled = [relative_to(root, join(cache, f))
+                for f in (posix.listdir(cache) if isdir(cache) else [])
                 if f.startswith("netinject_guest.")]
     for rel in (WANTS_LINK, RCS_LINK, UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH,
                 *compiled):
-        path = os.path.join(root, rel)
-        if os.path.lexists(path):
-            os.unlink(path)
+        path = join(root, rel)
+        if lexists(path):
+            posix.unlink(path)
             out("removed /%s" % rel)
     # Directories go only when empty: recorded state and backups of a booted image stay.
-    for d in (cache, os.path.join(root, os.path.dirname(MODULE_PATH)),
-              os.path.join(root, STATE_DIR, "backup"), os.path.join(root, STATE_DIR)):
+    for d in (cache, join(root, dirname(MODULE_PATH)),
+              join(root, STATE_DIR, "backup"), join(root, STATE_DIR)):
         try:
-            os.rmdir(d)
+            posix.rmdir(d)
         except OSError:
             pass
-    override = os.path.join(root, GENERATOR_OVERRIDE)
-    if os.path.isfile(override):
+    override = join(root, GENERATOR_OVERRIDE)
+    if isfile(override):
         with open(override) as fh:
             if 'GOTO="globally_administered_whitelist"' in fh.read():
-                os.unlink(override)
+                posix.unlink(override)
                 out("removed /%s" % GENERATOR_OVERRIDE)
     return 0
 
