@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -402,3 +403,30 @@ def test_installed_launcher_decides_later_boots_without_loading_the_agent(
     assert again.returncode == 0, again.stderr
     assert "netinject-guest 0.1.0 loaded" in again.stderr
     assert f"not the first boot of instance {UUID_A}" in again.stderr
+
+
+def test_installed_launcher_prefetches_the_labelled_drive(tmp_path: Path) -> None:
+    """On a first boot the launcher opens udev's by-label link and starts readahead of the
+    drive before loading the agent; the agent then reads the same device. A by-label
+    entry that is a FIFO (nothing udev makes) must not block the launcher: it opens with
+    O_NONBLOCK, and the agent ignores what is not a link."""
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "install", "--root",
+                           str(root)], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    by_label = root / "dev/disk/by-label"
+    by_label.mkdir(parents=True)
+    os.mkfifo(by_label / "CONFIG-2")
+    os.symlink("../../vdb", by_label / "config-2")
+    launcher = [str(root / "usr/sbin/netinject-guest"), "run", "--root", str(root)]
+    first = subprocess.run(launcher, capture_output=True, text=True, check=False, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert f"first boot of instance {UUID_A}" in first.stderr
+    assert re.search(r"done: 4 file\(s\) installed, 0 NIC\(s\) renamed \(cpu [0-9.]+ ms\)",
+                     first.stderr), first.stderr
+    os.unlink(by_label / "config-2")  # only the FIFO: the agent scans, finds vdb
+    os.unlink(root / "var/lib/netinject/instance-id")
+    again = subprocess.run(launcher, capture_output=True, text=True, check=False, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert f"first boot of instance {UUID_A}" in again.stderr

@@ -82,3 +82,47 @@ def test_arbitrary_input_renders_parseable_eni_or_is_rejected(doc: Any, style: s
         assert result.returncode == 0, result.stdout
         for content in files.values():
             assert b"\x00" not in content
+
+
+# The guest agent's own path helpers (it cannot import os on the boot path) against
+# posixpath, on paths made of the parts that matter: '', '.', '..', names, slashes.
+PATH_PARTS = st.lists(st.sampled_from(["", ".", "..", "a", "dev", "vdb", "/", "//"]),
+                      max_size=7).map("/".join)
+
+
+@given(PATH_PARTS, st.lists(PATH_PARTS, max_size=3))
+def test_agent_path_helpers_match_posixpath(path: str, parts: list[str]) -> None:
+    import posixpath
+
+    from netinject.guest import agent
+
+    assert agent.join(path, *parts) == posixpath.join(path, *parts)
+    assert agent.dirname(path) == posixpath.dirname(path)
+    assert agent.basename(path) == posixpath.basename(path)
+    assert agent.normpath(path) == posixpath.normpath(path)
+
+
+def test_agent_makedirs_and_predicates(tmp_path: Path) -> None:
+    import pytest
+
+    from netinject.guest import agent
+
+    deep = str(tmp_path / "a" / "b" / "c")
+    agent.makedirs(deep, 0o700)
+    agent.makedirs(deep)  # exists: fine
+    assert agent.isdir(deep)
+    assert not agent.isfile(deep)
+    assert agent.exists(deep)
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert agent.isfile(str(tmp_path / "f"))
+    assert agent.islink(str(tmp_path / "dangling"))
+    assert agent.lexists(str(tmp_path / "dangling"))
+    assert not agent.exists(str(tmp_path / "dangling"))
+    with pytest.raises(NotADirectoryError):
+        agent.makedirs(str(tmp_path / "f" / "sub"))
+    with pytest.raises(FileExistsError):
+        agent.makedirs(str(tmp_path / "f"))
+    assert agent.relative_to("/", "/dev/vdb") == "dev/vdb"
+    assert agent.relative_to("/x/root/", "/x/root/dev/vdb") == "dev/vdb"
+    assert agent.relative_to("/x/root", "/elsewhere/img") == "elsewhere/img"

@@ -17,9 +17,10 @@ from .hostio import write_atomic
 
 MAIN = b"""import time
 started = time.monotonic()
+cpu_started = time.process_time()
 import sys
 import netinject_guest
-sys.exit(netinject_guest.main(started=started))
+sys.exit(netinject_guest.main(started=started, cpu_started=cpu_started))
 """
 SHEBANG = b"#!/usr/bin/python3 -IS\n"
 

@@ -85,8 +85,10 @@ def basename(path: str) -> str:
 
 
 def normpath(path: str) -> str:
-    """'.' and '..' resolved lexically, as posixpath.normpath ('/..' is '/')."""
+    """'.' and '..' resolved lexically, as posixpath.normpath ('/..' is '/'; POSIX keeps
+    exactly two leading slashes)."""
     absolute = path.startswith("/")
+    lead = "//" if path.startswith("//") and not path.startswith("///") else "/"
     out: list[str] = []
     for part in path.split("/"):
         if part in ("", "."):
@@ -98,7 +100,7 @@ def normpath(path: str) -> str:
         elif not absolute:
             out.append(part)
     text = "/".join(out)
-    return ("/" + text) if absolute else (text or ".")
+    return (lead + text) if absolute else (text or ".")
 
 
 def _mode(path: str, follow: bool = True) -> int:
@@ -212,8 +214,10 @@ class Log:
     later-boot check itself. The run is short and always ends in flush().
     """
 
-    def __init__(self, root: str, quiet: bool = False, t0: "float | None" = None) -> None:
+    def __init__(self, root: str, quiet: bool = False, t0: "float | None" = None,
+                 cpu0: "float | None" = None) -> None:
         self.t0 = time.monotonic() if t0 is None else t0
+        self.cpu0 = time.process_time() if cpu0 is None else cpu0
         self.root = root
         self.quiet = quiet
         self.lines: list[str] = []
@@ -221,6 +225,11 @@ class Log:
     def __call__(self, msg: str) -> None:
         self.lines.append("netinject: [%7.1f ms] %s"
                           % ((time.monotonic() - self.t0) * 1000, msg))
+
+    def cpu_ms(self) -> float:
+        """CPU time this process spent since t0 (the rest of the elapsed time went to
+        waiting: I/O, and other tasks on the CPU)."""
+        return (time.process_time() - self.cpu0) * 1000
 
     def flush(self) -> None:
         if not self.quiet and self.lines:
@@ -1071,13 +1080,14 @@ def read_state(root: str) -> list[str]:
 
 def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
         drive: "str | None" = None, wait: float = DEFAULT_WAIT, quiet: bool = False,
-        after_each: object = None, started: "float | None" = None) -> int:
+        after_each: object = None, started: "float | None" = None,
+        cpu_started: "float | None" = None) -> int:
     """The boot service. Always returns 0: boot goes on whatever happens here.
 
     ``started``: time.monotonic() when the launcher began (the interpreter is up), so the
     log's timings include loading this module; else they start here.
     """
-    log = Log(root, quiet, started)
+    log = Log(root, quiet, started, cpu_started)
     if started is not None:
         log("netinject-guest %s loaded" % VERSION)
     sysfs = sysfs or join(root, "sys")
@@ -1141,7 +1151,8 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
             manifest.uuid, found.ident,
             relative_to(root, found.path))).encode(), 0o644)
         posix.rename(record + ".tmp", record)
-        log("done: %d file(s) installed, %d NIC(s) renamed" % (len(manifest.entries), count))
+        log("done: %d file(s) installed, %d NIC(s) renamed (cpu %.1f ms)"
+            % (len(manifest.entries), count, log.cpu_ms()))
     except AgentError as exc:
         log("stepping aside: %s" % exc)
     except Exception as exc:  # never break boot, whatever went wrong
@@ -1174,8 +1185,15 @@ Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/sbin/netinject-guest run
 # On the boot's critical path (networking waits for it) while udev, journald and friends
-# compete for the CPU: let it finish first.
+# compete for the CPU: let it finish first. Measured on a 1-vCPU TCG guest, its ~60 ms of
+# CPU took 107-142 ms of wall time at Nice=-10 alone (the rest went to udev workers) and
+# 67-71 ms with the lowest real-time priority. It runs for tens of milliseconds, never
+# spins (its only waits sleep or block on I/O), TimeoutStartSec bounds it, and the
+# kernel's real-time throttling leaves other tasks their share even if it did.
 Nice=-10
+CPUSchedulingPolicy=fifo
+CPUSchedulingPriority=1
+CPUSchedulingResetOnFork=yes
 StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=30
@@ -1201,7 +1219,13 @@ INIT_SCRIPT = """\
 
 case "$1" in
   start)
-    [ -x /usr/sbin/netinject-guest ] && /usr/sbin/netinject-guest run
+    [ -x /usr/sbin/netinject-guest ] || exit 0
+    # The lowest real-time priority, as in the systemd unit (see there), where chrt can.
+    if chrt --fifo 1 true 2>/dev/null; then
+      chrt --fifo 1 /usr/sbin/netinject-guest run
+    else
+      /usr/sbin/netinject-guest run
+    fi
     ;;
   stop|restart|force-reload|status)
     ;;
@@ -1218,6 +1242,7 @@ LAUNCHER = """\
 # netinject-guest: the boot service's launcher (the agent: ../lib/netinject/).
 import time
 started = time.monotonic()
+cpu_started = time.process_time()
 import posix
 import sys
 
@@ -1249,10 +1274,25 @@ if args == ["run"] or root:
             sys.exit(0)
     except (OSError, UnicodeError):
         pass  # the agent decides, and logs why
+    # Not a later boot: start reading the config drive udev linked, so its first 256 KiB
+    # (boot sector, FAT, root directory and the payload netinject writes right after it)
+    # arrive while the agent loads. The descriptor stays open until the agent is done:
+    # a block device's page cache is dropped when its last descriptor closes.
+    for label in ("config-2", "CONFIG-2"):
+        try:
+            drive_fd = posix.open(root + "/dev/disk/by-label/" + label,
+                                  posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            posix.posix_fadvise(drive_fd, 0, 1 << 18, posix.POSIX_FADV_WILLNEED)
+        except (OSError, AttributeError):
+            pass
+        break
 prefix = sys.argv[0].rpartition("/sbin/")[0]  # /usr, or an image tree's usr
 sys.path.insert(0, prefix + "/lib/netinject" if prefix else "/usr/lib/netinject")
 import netinject_guest
-sys.exit(netinject_guest.main(started=started))
+sys.exit(netinject_guest.main(started=started, cpu_started=cpu_started))
 """
 
 MODULE_PATH = "usr/lib/netinject/netinject_guest.py"
@@ -1430,12 +1470,14 @@ def _fast_run_args(argv: list[str]) -> "dict[str, object] | None":
     return out
 
 
-def main(argv: "list[str] | None" = None, started: "float | None" = None) -> int:
-    """``started``: when the launcher began (time.monotonic()), for the run log."""
+def main(argv: "list[str] | None" = None, started: "float | None" = None,
+         cpu_started: "float | None" = None) -> int:
+    """``started``, ``cpu_started``: time.monotonic() and time.process_time() when the
+    launcher began, for the run log."""
     args_list = sys.argv[1:] if argv is None else argv
     fast = _fast_run_args(args_list)
     if fast is not None:
-        return run(started=started, **fast)  # type: ignore[arg-type]
+        return run(started=started, cpu_started=cpu_started, **fast)  # type: ignore[arg-type]
     import argparse
 
     p = argparse.ArgumentParser(
@@ -1459,7 +1501,7 @@ def main(argv: "list[str] | None" = None, started: "float | None" = None) -> int
     args = p.parse_args(args_list)
     if args.cmd == "run":
         return run(args.root, args.sysfs, args.dev, args.drive, args.wait, args.quiet,
-                   started=started)
+                   started=started, cpu_started=cpu_started)
     if args.cmd == "install":
         return install_agent(args.root, Printer())
     if args.cmd == "uninstall":
