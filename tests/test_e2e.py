@@ -76,6 +76,11 @@ def test_inject_boot_reaches_network_with_injected_config(
     assert re.match(r"netinject: \[\s*[0-9.]+ ms\] netinject-guest \S+ loaded\n", log), log
     assert f"first boot of instance {vm.INSTANCE_UUID}" in log
     assert "done: 4 file(s) installed" in log
+    # The done line reports the agent's CPU time, part of its elapsed time (one thread).
+    cpu, elapsed = res.agent_cpu_ms(), res.agent_cost_ms()
+    assert cpu is not None, log
+    assert elapsed is not None, log
+    assert 0 < cpu <= elapsed, log
     assert "ActiveState=active" in res.report["networking"]
     assert res.first_garp_s is not None  # the kernel announced the address (arp_notify)
 

@@ -265,7 +265,9 @@ def cmd_bench_agent(args: argparse.Namespace) -> int:
     data = bench_boot.agent_costs(args.runs, Progress())
     f1, f2 = data["first_boot_ms"], data["second_boot_ms"]
     print(f"agent's own work ({data['accel']}, {data['runs']} run(s)): first boot median "
-          f"{bench_boot.fmt(data['first_boot_median_ms'])} ms {f1}; second boot median "
+          f"{bench_boot.fmt(data['first_boot_median_ms'])} ms {f1} (of it CPU: median "
+          f"{bench_boot.fmt(data['first_boot_cpu_median_ms'])} ms "
+          f"{data['first_boot_cpu_ms']}); second boot median "
           f"{bench_boot.fmt(data['second_boot_median_ms'])} ms {f2}")
     if args.json is not None:
         args.json.write_text(json.dumps(data, indent=2) + "\n")

@@ -195,6 +195,7 @@ def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
 
     prepared = Prepared(("inject",), progress)
     first: list[float | None] = []
+    first_cpu: list[float | None] = []
     second: list[float | None] = []
     logs: list[str] = []
     try:
@@ -211,6 +212,8 @@ def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
                     progress(f"agent cost run {r + 1}/{runs}: boot {n} ...")
                     res = boot(spec)
                     out.append(res.agent_cost_ms())
+                    if n == 1:
+                        first_cpu.append(res.agent_cpu_ms())
                     logs.append(res.agent_log)
                     progress(f"  boot {n}: agent {fmt(res.agent_cost_ms())} ms "
                              f"({res.agent_log.splitlines()[-1] if res.agent_log else 'no log'})")
@@ -219,7 +222,10 @@ def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
         prepared.close()
     ok1 = [v for v in first if v is not None]
     ok2 = [v for v in second if v is not None]
+    okc = [v for v in first_cpu if v is not None]
     return {"accel": accel, "runs": runs, "first_boot_ms": first, "second_boot_ms": second,
             "first_boot_median_ms": statistics.median(ok1) if ok1 else None,
+            "first_boot_cpu_ms": first_cpu,
+            "first_boot_cpu_median_ms": statistics.median(okc) if okc else None,
             "second_boot_median_ms": statistics.median(ok2) if ok2 else None,
             "logs": logs}

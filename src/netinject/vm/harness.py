@@ -127,6 +127,12 @@ class BootResult:
                                               self.agent_log)]
         return times[-1] if times else None
 
+    def agent_cpu_ms(self) -> float | None:
+        """The agent's CPU time on a first boot (its 'done' line: '(cpu N ms)'); the rest
+        of agent_cost_ms is waiting (I/O, other tasks)."""
+        found = re.findall(r"\(cpu ([0-9.]+) ms\)", self.agent_log)
+        return float(found[-1]) if found else None
+
     def json_section(self, name: str) -> Any:
         text = self.report.get(name, "").strip()
         return json.loads(text) if text else None
