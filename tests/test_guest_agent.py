@@ -430,3 +430,17 @@ def test_installed_launcher_prefetches_the_labelled_drive(tmp_path: Path) -> Non
     again = subprocess.run(launcher, capture_output=True, text=True, check=False, timeout=60)
     assert again.returncode == 0, again.stderr
     assert f"first boot of instance {UUID_A}" in again.stderr
+
+
+def test_priority_note_tells_whether_the_run_has_real_time_priority() -> None:
+    """The 'loaded' line says when the boot run got the lowest real-time priority the
+    launcher asks for (chrt gives it here, as the launcher does in the guest; the e2e
+    boot checks the launcher's own request)."""
+    code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); import agent; "
+            "print(repr(agent.priority_note()))")
+    plain = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], capture_output=True,
+                           text=True, check=True, timeout=60)
+    assert plain.stdout.strip() == "''"
+    rt = subprocess.run(["chrt", "--fifo", "1", GUEST_PYTHON, "-I", "-S", "-c", code],
+                        capture_output=True, text=True, check=True, timeout=60)
+    assert rt.stdout.strip() == "' (real-time priority)'"

@@ -1067,6 +1067,15 @@ def rename_nics(wanted: list[tuple[str, str]], sysfs: str, log: Log,
 # -- the boot service ---------------------------------------------------------------------
 
 
+def priority_note() -> str:
+    """' (real-time priority)' when the launcher got it for this boot run, else ''."""
+    try:
+        policy = posix.sched_getscheduler(0) & ~posix.SCHED_RESET_ON_FORK
+    except (AttributeError, OSError):
+        return ""
+    return " (real-time priority)" if policy == posix.SCHED_FIFO else ""
+
+
 def read_state(root: str) -> list[str]:
     """/var/lib/netinject/instance-id: the applied instance uuid, the drive it came from
     ('vfat:<serial>') and the device it was on, one per line (one small file: one read
@@ -1089,7 +1098,7 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
     """
     log = Log(root, quiet, started, cpu_started)
     if started is not None:
-        log("netinject-guest %s loaded" % VERSION)
+        log("netinject-guest %s loaded%s" % (VERSION, priority_note()))
     sysfs = sysfs or join(root, "sys")
     dev = dev or join(root, "dev")
     found: Drive | None = None
@@ -1185,15 +1194,10 @@ Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/sbin/netinject-guest run
 # On the boot's critical path (networking waits for it) while udev, journald and friends
-# compete for the CPU: let it finish first. Measured on a 1-vCPU TCG guest, its ~60 ms of
-# CPU took 107-142 ms of wall time at Nice=-10 alone (the rest went to udev workers) and
-# 67-71 ms with the lowest real-time priority. It runs for tens of milliseconds, never
-# spins (its only waits sleep or block on I/O), TimeoutStartSec bounds it, and the
-# kernel's real-time throttling leaves other tasks their share even if it did.
+# compete for the CPU: let it finish first. (`run` also asks for the lowest real-time
+# priority itself, best effort: a unit setting that cannot be applied would fail the
+# unit, and the agent would not run at all.)
 Nice=-10
-CPUSchedulingPolicy=fifo
-CPUSchedulingPriority=1
-CPUSchedulingResetOnFork=yes
 StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=30
@@ -1219,13 +1223,7 @@ INIT_SCRIPT = """\
 
 case "$1" in
   start)
-    [ -x /usr/sbin/netinject-guest ] || exit 0
-    # The lowest real-time priority, as in the systemd unit (see there), where chrt can.
-    if chrt --fifo 1 true 2>/dev/null; then
-      chrt --fifo 1 /usr/sbin/netinject-guest run
-    else
-      /usr/sbin/netinject-guest run
-    fi
+    [ -x /usr/sbin/netinject-guest ] && /usr/sbin/netinject-guest run
     ;;
   stop|restart|force-reload|status)
     ;;
@@ -1246,10 +1244,24 @@ cpu_started = time.process_time()
 import posix
 import sys
 
+args = sys.argv[1:]
+if args == ["run"]:
+    # The boot service is on the boot's critical path (networking waits for it) and
+    # shares the CPU with udev workers and friends. Measured on a 1-vCPU TCG guest, the
+    # agent's ~60 ms of CPU took 107-142 ms of elapsed time at nice -10 and 67-71 ms at
+    # the lowest real-time priority, which it therefore asks for, best effort. It runs
+    # for tens of milliseconds and never spins (its waits sleep or block on I/O), the
+    # unit's timeout bounds it, the kernel's real-time throttling leaves other tasks
+    # their share regardless, and nothing it might start inherits the priority.
+    try:
+        posix.sched_setscheduler(0, posix.SCHED_FIFO | posix.SCHED_RESET_ON_FORK,
+                                 posix.sched_param(1))
+    except (AttributeError, OSError):
+        pass
+
 # Later boots are decided here, with built-in modules only, so they do not load the
 # agent: if udev linked the drive the recorded boot applied ('vfat:<serial>' in the
 # state file) in /dev/disk/by-uuid, nothing is new. Everything else goes to the agent.
-args = sys.argv[1:]
 root = args[2].rstrip("/") if args[:2] == ["run", "--root"] and len(args) == 3 else ""
 if args == ["run"] or root:
     try:
