@@ -6,8 +6,9 @@ Standard library only, Python >= 3.9, one file: an image builder drops it in wit
 
 ``netinject-guest run`` runs early in boot, before any network service:
 
-1. find the config drive (label config-2/CONFIG-2, vfat or iso9660) by probing the block
-   devices the kernel lists in /sys/class/block, with a short bounded wait;
+1. find the config drive (label config-2/CONFIG-2, vfat or iso9660) through udev's
+   /dev/disk/by-label link, else by probing the block devices the kernel lists in
+   /sys/class/block, with a short bounded wait;
 2. read the netinject payload straight off the device (a small read-only FAT and
    ISO9660 reader: no mount, no kernel vfat module, nothing to unmount);
 3. verify the manifest: known format, every file's sha256, every guest path inside an
@@ -1245,20 +1246,6 @@ import posix
 import sys
 
 args = sys.argv[1:]
-if args == ["run"]:
-    # The boot service is on the boot's critical path (networking waits for it) and
-    # shares the CPU with udev workers and friends. Measured on a 1-vCPU TCG guest, the
-    # agent's ~60 ms of CPU took 107-142 ms of elapsed time at nice -10 and 67-71 ms at
-    # the lowest real-time priority, which it therefore asks for, best effort. It runs
-    # for tens of milliseconds and never spins (its waits sleep or block on I/O), the
-    # unit's timeout bounds it, the kernel's real-time throttling leaves other tasks
-    # their share regardless, and nothing it might start inherits the priority.
-    try:
-        posix.sched_setscheduler(0, posix.SCHED_FIFO | posix.SCHED_RESET_ON_FORK,
-                                 posix.sched_param(1))
-    except (AttributeError, OSError):
-        pass
-
 # Later boots are decided here, with built-in modules only, so they do not load the
 # agent: if udev linked the drive the recorded boot applied ('vfat:<serial>' in the
 # state file) in /dev/disk/by-uuid, nothing is new. Everything else goes to the agent.
@@ -1286,6 +1273,20 @@ if args == ["run"] or root:
             sys.exit(0)
     except (OSError, UnicodeError):
         pass  # the agent decides, and logs why
+    if not root:
+        # The boot service is on the boot's critical path (networking waits for it) and
+        # shares the CPU with udev workers and friends. Measured on a 1-vCPU TCG guest,
+        # the agent's ~60 ms of CPU took 107-142 ms of elapsed time at nice -10 and
+        # 67-71 ms at the lowest real-time priority, which it therefore asks for, best
+        # effort (not for the later-boot check above: it is done in a few ms anyway). It
+        # runs for tens of milliseconds and never spins (its waits sleep or block on
+        # I/O), the unit's timeout bounds it, the kernel's real-time throttling leaves
+        # other tasks their share regardless, and nothing it starts inherits it.
+        try:
+            posix.sched_setscheduler(0, posix.SCHED_FIFO | posix.SCHED_RESET_ON_FORK,
+                                     posix.sched_param(1))
+        except (AttributeError, OSError):
+            pass
     # Not a later boot: start reading the config drive udev linked, so its first 256 KiB
     # (boot sector, FAT, root directory and the payload netinject writes right after it)
     # arrive while the agent loads. The descriptor stays open until the agent is done:
