@@ -366,8 +366,7 @@ def find_drive(sysfs: str, dev: str, wait: float) -> "Drive | None":
             names = []
         candidates = [n for n in names if n not in seen
                       and not n.startswith(("loop", "ram", "zram", "dm-", "md"))
-                      and not exists(join(sysfs, "class/block", n,
-                                                          "partition"))]
+                      and not exists(join(sysfs, "class/block", n, "partition"))]
         for name in sorted(candidates, key=lambda n: (_size(sysfs, n) or 1 << 62, n)):
             seen.add(name)
             found = probe_label(join(dev, name))
