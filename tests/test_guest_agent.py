@@ -444,3 +444,17 @@ def test_priority_note_tells_whether_the_run_has_real_time_priority() -> None:
     rt = subprocess.run(["chrt", "--fifo", "1", GUEST_PYTHON, "-I", "-S", "-c", code],
                         capture_output=True, text=True, check=True, timeout=60)
     assert rt.stdout.strip() == "' (real-time priority)'"
+
+
+def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    """An image without /etc/udev/rules.d or /var/log: the agent creates the rules
+    directory when it stages the rule, and the log directory when it writes its log."""
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    shutil.rmtree(root / "etc/udev")
+    shutil.rmtree(root / "var/log")
+    assert run_agent(root).returncode == 0
+    rendered = _rendered(tmp_path, doc)
+    rule = "etc/udev/rules.d/70-persistent-net.rules"
+    assert (root / rule).read_bytes() == rendered[rule]
+    assert "done: 4 file(s) installed" in agent_log(root)

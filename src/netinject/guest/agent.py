@@ -233,19 +233,23 @@ class Log:
         return (time.process_time() - self.cpu0) * 1000
 
     def flush(self) -> None:
+        text = "\n".join(self.lines) + "\n"
         if not self.quiet and self.lines:
             try:
-                sys.stderr.write("\n".join(self.lines) + "\n")
+                sys.stderr.write(text)
                 sys.stderr.flush()
             except OSError:
                 pass
+        path = join(self.root, LOG_FILE)
+        flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_NOFOLLOW
         try:
-            path = join(self.root, LOG_FILE)
-            makedirs(dirname(path))
-            fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT
-                            | posix.O_NOFOLLOW, 0o644)
             try:
-                posix.write(fd, ("\n".join(self.lines) + "\n").encode("utf-8", "replace"))
+                fd = posix.open(path, flags, 0o644)
+            except FileNotFoundError:  # no log directory yet (an image tree)
+                makedirs(dirname(path))
+                fd = posix.open(path, flags, 0o644)
+            try:
+                posix.write(fd, text.encode("utf-8", "replace"))
             finally:
                 posix.close(fd)
         except OSError:
@@ -706,18 +710,20 @@ def verify(payload: dict[str, bytes]) -> Manifest:
 # -- installing files ---------------------------------------------------------------------
 
 
-def _safe_target(root: str, rel: str, checked: "set[str] | None" = None) -> str:
-    """root/rel, refusing any existing parent below root that is a symlink (``checked``:
-    directories already found safe, so shared parents are looked at once)."""
+def _safe_target(root: str, rel: str, dirs: "set[str]") -> str:
+    """root/rel, refusing any existing parent below root that is a symlink. ``dirs``
+    collects the parents found to be real directories: shared parents are looked at once,
+    and staging creates only the ones missing from it."""
     cur = root
     for part in rel.split("/")[:-1]:
         cur = join(cur, part)
-        if checked is not None and cur in checked:
+        if cur in dirs:
             continue
-        if islink(cur):
+        mode = _mode(cur, follow=False)
+        if _stat.S_ISLNK(mode):
             raise AgentError("refusing to write through symlinked directory %s" % cur)
-        if checked is not None:
-            checked.add(cur)
+        if _stat.S_ISDIR(mode):
+            dirs.add(cur)
     return join(root, rel)
 
 
@@ -867,9 +873,10 @@ def _write_plain(path: str, data: bytes, mode: int) -> None:
     posix.close(_create(path, data, mode))
 
 
-def stage_files(files: list[tuple[Entry, str]], staged: list[str]) -> None:
+def stage_files(files: list[tuple[Entry, str]], staged: list[str], dirs: "set[str]") -> None:
     """Write each file beside its target (appending the temporary path to ``staged`` as
-    it is created) and make them all durable before any rename.
+    it is created) and make them all durable before any rename. Parent directories not in
+    ``dirs`` (those _safe_target found) are created.
 
     Writeback of every file is started before the first fsync, so the first fsync's
     journal commit carries the blocks of all of them and the later ones find their data
@@ -880,8 +887,9 @@ def stage_files(files: list[tuple[Entry, str]], staged: list[str]) -> None:
     try:
         for entry, target in files:
             d = dirname(target)
-            if not isdir(d):
+            if d not in dirs:
                 makedirs(d)
+                dirs.add(d)
             tmp = _tmp_beside(target)
             staged.append(tmp)
             fds.append(_create(tmp, entry.data, entry.mode))
@@ -906,8 +914,8 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None) 
     """
     # Preflight: every target must be writable without following a symlinked directory
     # and must not be something other than a file or symlink, before anything changes.
-    checked: set[str] = set()
-    targets = [_safe_target(root, entry.path, checked) for entry in manifest.entries]
+    dirs: set[str] = set()
+    targets = [_safe_target(root, entry.path, dirs) for entry in manifest.entries]
     kinds = [target_kind(target) for target in targets]
     backup = Backup(root, manifest.uuid)
     done: list[str] = []
@@ -916,7 +924,7 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None) 
         for entry, target, kind in zip(manifest.entries, targets, kinds):
             backup.save(entry.path, target, kind)
         stage_files([(entry, target) for entry, target in zip(manifest.entries, targets)],
-                    staged)
+                    staged, dirs)
         for entry, target, tmp in zip(manifest.entries, targets, staged):
             posix.rename(tmp, target)
             done.append(entry.path)
