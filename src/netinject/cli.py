@@ -17,7 +17,7 @@ from types import FrameType
 
 from . import __version__
 from .errors import InvalidInput, NetinjectError
-from .hostio import write_atomic, write_tree
+from .hostio import OutputError, check_output, check_tree, write_atomic, write_tree
 from .model import Instance
 from .render import FORMATS, Options, Style, render_all
 from .render import resolv as resolv_renderer
@@ -113,6 +113,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     files = render_all(instance, args.format, Options(Style(args.style)))
     for warning in resolv_renderer.warnings(instance):
         print(f"netinject: warning: {warning}", file=sys.stderr)
+    if not args.print_only:
+        # Every output path is checked before the first write: a conflict found later
+        # would leave some files written.
+        check_tree(args.out, files, "--out")
+    if args.system_metadata_out is not None:
+        check_output(args.system_metadata_out, "--system-metadata-out")
     if args.print_only:
         for path, content in sorted(files.items()):
             print(f"==> {path} <==")
@@ -148,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
         return EXIT_USAGE
-    except UsageError as exc:
+    except (UsageError, OutputError) as exc:
         print(f"netinject: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NetinjectError as exc:

@@ -140,8 +140,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_drive(args: argparse.Namespace) -> int:
     from . import drive, policy
     from .cli import load_instance
+    from .hostio import check_output
 
     instance, _ = load_instance(args)
+    check_output(args.out, "--out")
     result = drive.build(instance, args.out, args.drive_format, Options(Style(args.style)))
     print(f"{result.path}: {result.format} config drive, label {drive.LABEL}, "
           f"{result.size // (1024 * 1024) or result.size} "

@@ -37,12 +37,13 @@ from typing import Any, Literal
 from xml.etree import ElementTree as ET
 
 from . import __version__
-from .errors import NetinjectError
+from .errors import MISSING, FieldError, InvalidInput, NetinjectError
+from .guest import agent as guest
 from .model import AddrMode, IfAddress, Instance, Nic
 from .render import FORMATS, Files, Options, render_all
 
-LABEL = "config-2"
-MANIFEST_FORMAT = 1
+LABEL = guest.LABELS[0]
+MANIFEST_FORMAT = guest.MANIFEST_FORMATS[-1]
 MANIFEST_PATH = PurePosixPath("netinject/manifest")
 PAYLOAD_DIR = PurePosixPath("netinject")
 OPENSTACK_DIR = PurePosixPath("openstack/latest")
@@ -242,10 +243,28 @@ def contents(instance: Instance, options: Options | None = None,
     }
     if instance.inject:
         rendered = render_all(instance, formats, opts)
+        for path in rendered:
+            if not guest.is_allowed_path(str(path)):
+                raise AssertionError(f"renderer produced {path}, outside the guest "
+                                     "agent's allowlist")
         files[MANIFEST_PATH] = manifest(instance, rendered, opts.style.value).encode()
         for path, name in source_names(rendered).items():
             files[PAYLOAD_DIR / name] = rendered[path].encode()
+        check_limits(files)
     return DriveContents(files, instance.inject)
+
+
+def check_limits(files: Mapping[PurePosixPath, bytes]) -> None:
+    """Refuse (InvalidInput, exit 2) a payload the guest agent would refuse at boot: the
+    limit is the agent's own constant, so the two sides cannot disagree."""
+    errors = [FieldError(
+        f"drive:{path}", MISSING,
+        f"is {len(data)} bytes, over the guest agent's limit of {guest.MAX_FILE} bytes "
+        "per payload file (too many NICs, routes or DNS servers for one instance)")
+        for path, data in sorted(files.items())
+        if path.parts[0] == PAYLOAD_DIR.name and len(data) > guest.MAX_FILE]
+    if errors:
+        raise InvalidInput(errors)
 
 
 def volume_id(instance_uuid: uuidlib.UUID) -> int:

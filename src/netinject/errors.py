@@ -29,7 +29,22 @@ class FieldError:
         where = self.path or "<document>"
         if self.value is _MISSING:
             return f"{where}: {self.message}"
-        return f"{where}: {self.value!r} {self.message}"
+        return f"{where}: {quote(self.value)} {self.message}"
+
+
+QUOTE_MAX = 200
+
+
+def quote(value: object) -> str:
+    """repr() of a bad value for a message: shortened past QUOTE_MAX characters, and
+    safe for values nested too deeply to repr."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply to show>"
+    if len(text) > QUOTE_MAX:
+        text = f"{text[:QUOTE_MAX - 20]}...<{len(text)} characters>"
+    return text
 
 
 class _Missing:

@@ -13,6 +13,41 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+from .errors import NetinjectError
+
+
+class OutputError(NetinjectError):
+    """An output path cannot be written (a file where a directory must be, a directory
+    where a file must be, no permission). Raised before anything is written."""
+
+
+def check_output(path: Path, option: str) -> None:
+    """Raise OutputError unless ``path`` can be created or replaced as a regular file:
+    every existing parent is a directory we may write into, and ``path`` itself is not
+    a directory. Looks only; writes nothing."""
+    if path.is_dir():
+        raise OutputError(f"{option}: {str(path)!r} is a directory, not a file")
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling symlink: mkdir would fail on it
+            raise OutputError(f"{option}: {str(parent)!r} is a dangling symlink")
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{option}: {str(parent)!r} is not a directory (needed for "
+                          f"{str(path)!r})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{option}: cannot write into {str(parent)!r} (permission denied)")
+
+
+def check_tree(root: Path, files: Mapping[PurePosixPath, object], option: str) -> None:
+    """check_output for every file a write_tree(root, files) would write."""
+    for rel in sorted(files):
+        if rel.is_absolute() or ".." in rel.parts:
+            raise OutputError(f"{option}: refusing to write outside {root}: {rel}")
+        check_output(root.joinpath(*rel.parts), option)
+
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from ipaddress import (
     IPv6Address,
     IPv6Interface,
     IPv6Network,
+    ip_address,
+    ip_network,
 )
 from typing import Literal
 
@@ -30,8 +32,58 @@ IPInterface = IPv4Interface | IPv6Interface
 MTU_MIN = 68
 MTU_MAX = 65535
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
+# fullmatch + re.ASCII everywhere: ``$`` also matches before a trailing newline, and
+# IGNORECASE without ASCII lets non-ASCII letters (the Kelvin sign) match ``[a-z]``.
+_MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}", re.ASCII)
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+# What an address or a network may look like before ipaddress sees it: hex digits, dots
+# and colons (and one prefix). No '%': ipaddress accepts IPv6 zone ids ("fe80::1%<any
+# text>") and str() gives that text back verbatim, into files that run as root.
+_IP_TEXT_RE = re.compile(r"[0-9A-Fa-f:.]{2,45}", re.ASCII)
+_NET_TEXT_RE = re.compile(r"[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}", re.ASCII)
+
+
+class ZoneIdError(ValueError):
+    """An IPv6 address with a zone id ('%...') reached the model."""
+
+
+def parse_ip(text: object) -> IPv4Address | IPv6Address:
+    """An IP address from its text: ASCII digits, dots and colons only (no zone id, no
+    whitespace, no newline). ValueError with a reason otherwise."""
+    if not isinstance(text, str):
+        raise ValueError("is not an IP address")
+    if "%" in text:
+        raise ZoneIdError("is an IPv6 address with a zone id ('%...'), which is not allowed")
+    if not _IP_TEXT_RE.fullmatch(text):
+        raise ValueError("is not an IP address")
+    try:
+        return ip_address(text)
+    except ValueError:
+        raise ValueError("is not an IP address") from None
+
+
+def parse_network(text: object) -> IPv4Network | IPv6Network:
+    """A network in CIDR form with no host bits set (same character rules as parse_ip)."""
+    if not isinstance(text, str) or "/" not in text:
+        raise ValueError("is not a CIDR (address/prefix)")
+    if "%" in text:
+        raise ZoneIdError("is an IPv6 network with a zone id ('%...'), which is not allowed")
+    if not _NET_TEXT_RE.fullmatch(text):
+        raise ValueError("is not a CIDR")
+    try:
+        return ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError("has host bits set" if "host bits" in str(exc)
+                         else "is not a CIDR") from None
+
+
+def check_no_zone(value: IPv4Address | IPv6Address | IPv4Network | IPv6Network
+                  | IPv4Interface | IPv6Interface) -> None:
+    """The model's own guard: no address, network or interface carries a zone id,
+    however it was built (ZoneIdError). str() is what reaches a file, so that is what
+    is checked."""
+    if "%" in str(value):
+        raise ZoneIdError(f"{value!s} has an IPv6 zone id")
 
 
 @dataclass(frozen=True, order=True)
@@ -41,13 +93,13 @@ class MacAddress:
     value: str
 
     def __post_init__(self) -> None:
-        if not _MAC_RE.match(self.value):
+        if not _MAC_RE.fullmatch(self.value):
             raise ValueError(f"not a MAC address in canonical form: {self.value!r}")
 
     @classmethod
     def parse(cls, text: str) -> MacAddress:
         candidate = text.lower()
-        if not _MAC_RE.match(candidate):
+        if not _MAC_RE.fullmatch(candidate):
             raise ValueError("is not a MAC address (want six hex octets like fa:16:3e:00:00:01)")
         if candidate == "00:00:00:00:00:00":
             raise ValueError("is the null MAC address")
@@ -71,7 +123,7 @@ class Hostname:
         if not name or len(name) > 253:
             raise ValueError("is not an RFC 1123 host name (1 to 253 characters)")
         for label in name.split("."):
-            if not _LABEL_RE.match(label):
+            if not _LABEL_RE.fullmatch(label):
                 raise ValueError(
                     "is not an RFC 1123 host name (labels of 1-63 letters, digits or "
                     "hyphens, not starting or ending with a hyphen)")
@@ -115,6 +167,10 @@ class Route:
     destination: IPNetwork
     gateway: IPAddress
 
+    def __post_init__(self) -> None:
+        check_no_zone(self.destination)
+        check_no_zone(self.gateway)
+
     @property
     def version(self) -> int:
         return self.destination.version
@@ -135,6 +191,11 @@ class IfAddress:
     routes: tuple[Route, ...] = ()
     dns: tuple[IPAddress, ...] = ()
     subnet_id: str | None = None
+
+    def __post_init__(self) -> None:
+        for value in (self.interface, self.gateway, *self.dns):
+            if value is not None:
+                check_no_zone(value)
 
     @property
     def is_static(self) -> bool:
@@ -169,6 +230,10 @@ class Instance:
     inject: bool = True
     availability_zone: str | None = None
     launch_index: int = 0
+
+    def __post_init__(self) -> None:
+        for server in self.dns:
+            check_no_zone(server)
 
     def gateway_nic(self, version: int) -> Nic | None:
         """The NIC that carries the default route for an address family.

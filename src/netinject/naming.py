@@ -29,7 +29,7 @@ from .errors import ErrorCollector, InvalidInput
 KEY = "ports_pattern"
 VALUE_MAX = 255
 MAX_INDEX = 4095
-_KEY_RE = re.compile(r"^ports_pattern(?:_([1-9][0-9]*))?$")
+_KEY_RE = re.compile(r"ports_pattern(?:_([1-9][0-9]{0,3}))?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ class PortsPattern:
         errors = ErrorCollector()
         merged: dict[str, int] = {}
         owner: dict[int, str] = {}
-        keys = sorted((k for k in sysmeta if _KEY_RE.match(k)),
-                      key=lambda k: int(_KEY_RE.match(k).group(1) or 0))  # type: ignore[union-attr]
+        keys = sorted((k for k in sysmeta if _KEY_RE.fullmatch(k)),
+                      key=lambda k: int(_KEY_RE.fullmatch(k).group(1) or 0))  # type: ignore[union-attr]
         for key in keys:
             kpath = f"{path}.{key}"
             raw = sysmeta[key]
@@ -126,7 +126,7 @@ class PortsPattern:
 def updated_system_metadata(sysmeta: Mapping[str, str], pattern: PortsPattern
                             ) -> dict[str, str]:
     """``sysmeta`` with every ports_pattern* key replaced by ``pattern``'s stored form."""
-    out = {k: v for k, v in sysmeta.items() if not _KEY_RE.match(k)}
+    out = {k: v for k, v in sysmeta.items() if not _KEY_RE.fullmatch(k)}
     out.update(pattern.to_system_metadata())
     return out
 
@@ -149,7 +149,7 @@ def _decode(raw: object, path: str, errors: ErrorCollector) -> dict[str, object]
                 # The seed's form is a Python literal with single quotes. literal_eval
                 # evaluates literals only, never code.
                 value = ast.literal_eval(text)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 errors.add(path, raw, "is neither a JSON object nor a Python dict literal")
                 return None
     else:
@@ -170,7 +170,7 @@ def _index(raw: object, path: str, errors: ErrorCollector) -> int | None:
         return None
     if isinstance(raw, int):
         value = raw
-    elif isinstance(raw, str) and re.fullmatch(r"0|[1-9][0-9]{0,4}", raw):
+    elif isinstance(raw, str) and re.fullmatch(r"0|[1-9][0-9]{0,4}", raw, re.ASCII):
         value = int(raw)
     else:
         errors.add(path, raw, "is not a NIC index (a non-negative integer)")

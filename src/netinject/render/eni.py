@@ -8,7 +8,8 @@ network where the address lives now, so switches and peers converge at once.
 
 Two styles:
 
-* ``seed``: exactly the seed's lines (net-tools ``route``; ``arping -A -U -c 120 &``).
+* ``seed``: exactly the seed's lines (net-tools ``route``; ``arping -A -U -c 120 &``;
+  no ``dns-nameservers``: DNS goes to resolv.conf only).
 * ``default``: iproute2 only, for a minimal Debian image. Gratuitous ARP comes from the
   kernel (``arp_notify``: ifupdown adds the address before it sets the link up, and the
   kernel then announces it), plus an ``arping`` burst run in the background when arping
@@ -107,7 +108,9 @@ def _nic(nic: Nic, style: Style, gateway_versions: set[int],
             if nic.mtu is not None and not mtu_done:
                 hooks.append(f"pre-up ip link set dev {name} mtu {nic.mtu}")
                 mtu_done = True
-        if dns and not dns_done and addr.is_static:
+        # The seed's file has no dns-nameservers line (its DNS is in resolv.conf alone);
+        # the default style also hands it to resolvconf where that is installed.
+        if dns and not dns_done and addr.is_static and style is not Style.SEED:
             body.append("dns-nameservers " + " ".join(str(s) for s in dns))
             dns_done = True
         if addr.mode is not AddrMode.DHCP:

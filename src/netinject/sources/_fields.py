@@ -7,13 +7,12 @@ quotes the value. Parsers call them for every field, so one run reports every pr
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import MISSING, ErrorCollector
-from ..model import IPAddress, IPNetwork, MacAddress, parse_uuid
+from ..model import IPAddress, IPNetwork, MacAddress, parse_ip, parse_network, parse_uuid
 
 _ABSENT = object()
 
@@ -58,27 +57,20 @@ def as_str(value: Any, path: str, errors: ErrorCollector) -> str | None:
 def as_ip(value: Any, path: str, errors: ErrorCollector) -> IPAddress | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        errors.add(path, value, "is not an IP address")
-        return None
     try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        errors.add(path, value, "is not an IP address")
+        return parse_ip(value)
+    except ValueError as exc:
+        errors.add(path, value, str(exc))
         return None
 
 
 def as_network(value: Any, path: str, errors: ErrorCollector) -> IPNetwork | None:
     if value is None:
         return None
-    if not isinstance(value, str) or "/" not in value:
-        errors.add(path, value, "is not a CIDR (address/prefix)")
-        return None
     try:
-        return ipaddress.ip_network(value, strict=True)
+        return parse_network(value)
     except ValueError as exc:
-        detail = "has host bits set" if "host bits" in str(exc) else "is not a CIDR"
-        errors.add(path, value, detail)
+        errors.add(path, value, str(exc))
         return None
 
 

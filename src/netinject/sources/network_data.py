@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import uuid as uuidlib
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -44,6 +45,8 @@ NETWORK_TYPES: dict[str, tuple[Literal[4, 6], AddrMode]] = {
     "ipv6_dhcpv6-stateless": (6, AddrMode.DHCPV6_STATELESS),
 }
 UNSUPPORTED_LINK_TYPES = {"bond", "vlan"}
+# A prefix length, or a dotted (IPv4) or colon (IPv6) netmask: ASCII only, no zone id.
+_MASK_RE = re.compile(r"[0-9]{1,3}|[0-9.]{7,15}|[0-9A-Fa-f:]{2,39}", re.ASCII)
 
 
 def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instance:
@@ -52,6 +55,9 @@ def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instanc
     nd = f.as_obj(network_data, "", errors)
     md = f.as_obj(meta_data, "meta_data", errors) if meta_data is not None else None
     if nd is None:
+        if not errors.errors:
+            errors.add("", network_data, "is not a network_data.json document (want a JSON "
+                       "object)")
         errors.raise_if_any(source)
         raise AssertionError  # unreachable
 
@@ -213,7 +219,7 @@ def _net_from_mask(ip: IPAddress, mask: Any, path: str, errors: ErrorCollector,
     """A network from an address and a dotted/expanded netmask or a prefix length."""
     if isinstance(mask, int) and not isinstance(mask, bool):
         mask = str(mask)
-    if not isinstance(mask, str) or not mask:
+    if not isinstance(mask, str) or not _MASK_RE.fullmatch(mask):
         errors.add(path, mask, "is not a netmask")
         return None
     try:

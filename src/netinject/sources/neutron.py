@@ -69,18 +69,39 @@ def load_file(path: Path) -> LoadedInstance:
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON file; a syntax error becomes an InvalidInput naming the position."""
+    """Read a JSON file. Anything that is not a readable JSON document (a directory, bad
+    UTF-8, a syntax error, nesting too deep, an integer too long to convert) becomes an
+    InvalidInput naming the file; nothing here raises anything else."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput([FieldError("", MISSING, f"is not UTF-8 text ({exc.reason})")],
                            str(path)) from None
+    except FileNotFoundError:
+        raise InvalidInput([FieldError("", MISSING, "no such file")], str(path)) from None
+    except IsADirectoryError:
+        raise InvalidInput([FieldError("", MISSING, "is a directory, not a JSON file")],
+                           str(path)) from None
+    except OSError as exc:
+        raise InvalidInput([FieldError("", MISSING, f"cannot be read ({exc.strerror})")],
+                           str(path)) from None
+    return parse_json(text, str(path))
+
+
+def parse_json(text: str, source: str = "") -> Any:
+    """json.loads with every failure as an InvalidInput (exit 2), never a traceback."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput([FieldError(
             "", MISSING, f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        )], str(path)) from None
+        )], source) from None
+    except RecursionError:
+        raise InvalidInput([FieldError("", MISSING, "is not usable JSON: nested too deeply")],
+                           source) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise InvalidInput([FieldError("", MISSING, f"is not usable JSON: {exc}")],
+                           source) from None
 
 
 def parse_subnet(raw: Any, path: str, errors: ErrorCollector) -> Subnet | None:
@@ -205,6 +226,8 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
     errors = ErrorCollector()
     top = f.as_obj(doc, "", errors)
     if top is None:
+        if not errors.errors:
+            errors.add("", doc, "is not an instance document (want a JSON object)")
         errors.raise_if_any(source)
         raise AssertionError  # unreachable
     raw_inst = f.get(top, "instance", "instance", errors)
