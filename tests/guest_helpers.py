@@ -64,8 +64,10 @@ def make_guest(root: Path, doc: Any, drive_image: Path | None) -> Path:
     os.symlink("../run/resolv.conf", root / "etc/resolv.conf")
     (root / "etc/udev/rules.d").mkdir(parents=True)
     (root / "dev").mkdir()
-    for name in ("vda", "vdb"):
+    for name, ro in (("vda", "0"), ("vdb", "1")):
         (root / "sys/class/block" / name).mkdir(parents=True)
+        # The config drive is attached read-only, as nova attaches it.
+        (root / "sys/class/block" / name / "ro").write_text(f"{ro}\n")
     (root / "sys/class/block/vda1").mkdir()
     (root / "sys/class/block/vda1/partition").write_text("1\n")
     with (root / "dev/vda").open("wb") as fh:
@@ -73,6 +75,9 @@ def make_guest(root: Path, doc: Any, drive_image: Path | None) -> Path:
     if drive_image is not None:
         shutil.copyfile(drive_image, root / "dev/vdb")
     instance = parse_document(doc).instance
+    # The SMBIOS system UUID nova/libvirt set to the instance uuid.
+    (root / "sys/class/dmi/id").mkdir(parents=True)
+    (root / "sys/class/dmi/id/product_uuid").write_text(f"{instance.uuid}\n")
     for nic in instance.nics:
         d = root / "sys/class/net" / nic.name
         d.mkdir(parents=True)

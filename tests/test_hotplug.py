@@ -1,50 +1,51 @@
-"""Hot-plug flow pieces against a real qemu-ga on this host (its file system stands in
-for the guest's)."""
+"""Hot-plug against a real qemu-ga on this host: its file system stands in for the guest's
+(a guest-shaped tree under tmp_path, the agent run with --root through guest-exec).
+
+The fault matrix kills, stops or restarts the real qemu-ga right before each guest
+command of an attach and checks that the guest's files are never a mix of old and new,
+and that what the command says about them is true.
+"""
 
 from __future__ import annotations
 
+import collections
 import json
-import stat
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import QgaAgent as Agent
+from guest_helpers import AGENT, GUEST_PYTHON, make_guest
 from netinject.cli import main
-from netinject.hotplug import HotplugError, attach, write_files_atomic
+from netinject.hotplug import (
+    ApplyOutcome,
+    GuestSide,
+    HotplugError,
+    apply_in_guest,
+    attach,
+    bundle_for,
+    with_port,
+)
 from netinject.model import Nic
-from netinject.qga import GuestAgent, QgaError
+from netinject.qga import GuestAgent, SocketTransport
+from netinject.render import Options
+from netinject.sources.neutron import parse_document
 from netinject.vm import instance as vm
 
-
-def test_atomic_write_installs_every_file(qga: Agent, tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.write_bytes(b"old a")
-    with GuestAgent.unix(qga.sock) as ga:
-        write_files_atomic(ga, {str(a): b"new a", str(b): b"new b"})
-    assert a.read_bytes() == b"new a"
-    assert b.read_bytes() == b"new b"
-    assert stat.S_IMODE(b.stat().st_mode) == 0o644
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
-
-
-def test_failed_rename_restores_the_files_already_replaced(qga: Agent,
-                                                           tmp_path: Path) -> None:
-    a = tmp_path / "a"
-    a.write_bytes(b"old a")
-    blocker = tmp_path / "b"
-    blocker.mkdir()
-    (blocker / "keep").write_text("x")  # mv cannot replace a non-empty directory
-    with GuestAgent.unix(qga.sock) as ga, pytest.raises(QgaError):
-        write_files_atomic(ga, {str(a): b"new a", str(blocker): b"new b"})
-    assert a.read_bytes() == b"old a"
-    assert (blocker / "keep").read_text() == "x"
-    assert [p.name for p in tmp_path.iterdir() if "netinject" in p.name] == []
+FILES = ("etc/network/interfaces", "etc/udev/rules.d/70-persistent-net.rules",
+         "etc/resolv.conf")
 
 
 class RecordingAttacher:
-    """Stands in for QEMU/libvirt only to prove that nothing gets attached (the real QMP
-    attach runs in the end-to-end hot-plug test)."""
+    """Stands in for QEMU/libvirt only to record whether anything got attached (the real
+    QMP attach runs in the end-to-end hot-plug test, the libvirt one in test_libvirt)."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -56,13 +57,110 @@ class RecordingAttacher:
         self.calls.append(f"detach {nic.name}")
 
 
+def _guest(tmp_path: Path) -> tuple[Path, GuestSide]:
+    root = make_guest(tmp_path / "root", vm.document(), None)
+    # A plain resolv.conf (as in the Debian guest images), so all three files take part.
+    (root / "etc/resolv.conf").unlink()
+    (root / "etc/resolv.conf").write_text("nameserver 192.0.2.99\n")
+    side = GuestSide(command=(GUEST_PYTHON, "-I", "-S", str(AGENT)), root=str(root),
+                     sysfs=str(root / "sys"), recovery_timeout=2.5)
+    return root, side
+
+
+def _new_files() -> dict[str, bytes]:
+    port, subnet, network = vm.hotplug_port()
+    instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
+    _, files = bundle_for(instance, Options())
+    return files
+
+
+def _state(root: Path, old: dict[str, bytes | None], new: dict[str, bytes]) -> str:
+    now = _snapshot(root)
+    if all(now[p] == new[p] for p in FILES):
+        return "new"
+    if all(now[p] == old[p] for p in FILES):
+        return "old"
+    return "mixed"
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    return {p: (root / p).read_bytes() if (root / p).is_file() else None for p in FILES}
+
+
+def test_attach_installs_every_file_in_one_transaction(qga: Agent, tmp_path: Path) -> None:
+    root, side = _guest(tmp_path)
+    (root / "etc/network/interfaces").chmod(0o600)  # an admin's mode survives
+    port, subnet, network = vm.hotplug_port()
+    rec = RecordingAttacher()
+    with GuestAgent.unix(qga.sock, timeout=5) as ga:
+        res = attach(vm.document(), port, ga, rec, "tap1", [subnet], [network],
+                     timeout=0.2, side=side)
+    assert rec.calls == ["attach eth1"]
+    assert res.applied is not None
+    assert res.applied.outcome is ApplyOutcome.APPLIED
+    new = _new_files()
+    assert {p: (root / p).read_bytes() for p in FILES} == new
+    assert (root / "etc/network/interfaces").stat().st_mode & 0o777 == 0o600
+    assert (root / FILES[1]).stat().st_mode & 0o777 == 0o644
+    # No staging, restore or backup leftovers; the outcome is recorded.
+    leftovers = [p for p in root.rglob("*") if "netinject-tmp" in p.name
+                 or "netinject-restore" in p.name]
+    assert leftovers == []
+    assert not (root / "var/lib/netinject/apply-backup").exists()
+    status = (root / "var/lib/netinject/apply-status").read_text()
+    assert status.endswith(" applied\n")
+
+
+def test_apply_keeps_a_resolv_conf_symlink(qga: Agent, tmp_path: Path) -> None:
+    root, side = _guest(tmp_path)
+    (root / "etc/resolv.conf").unlink()
+    os.symlink("../run/resolv.conf", root / "etc/resolv.conf")
+    port, subnet, network = vm.hotplug_port()
+    instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
+    with GuestAgent.unix(qga.sock, timeout=5) as ga:
+        res = apply_in_guest(ga, instance, Options(), side)
+    assert res.outcome is ApplyOutcome.APPLIED, res.detail
+    assert os.readlink(root / "etc/resolv.conf") == "../run/resolv.conf"
+    assert b"eth1" in (root / "etc/network/interfaces").read_bytes()
+
+
+def test_failed_install_rolls_back_every_file(qga: Agent, tmp_path: Path) -> None:
+    """The udev rules target is a directory: the preflight refuses before anything is
+    replaced, and the command says the files are unchanged (and they are)."""
+    root, side = _guest(tmp_path)
+    (root / FILES[1]).mkdir(parents=True)
+    (root / FILES[1] / "keep").write_text("x")
+    before = _snapshot(root)
+    port, subnet, network = vm.hotplug_port()
+    rec = RecordingAttacher()
+    with GuestAgent.unix(qga.sock, timeout=5) as ga, pytest.raises(HotplugError) as exc:
+        attach(vm.document(), port, ga, rec, "tap1", [subnet], [network], side=side)
+    assert "was not attached: the guest's files are unchanged" in str(exc.value)
+    assert "is not a regular file" in str(exc.value)
+    assert rec.calls == []
+    assert _snapshot(root) == before
+
+
+def test_bundle_for_another_instance_is_refused(qga: Agent, tmp_path: Path) -> None:
+    root, side = _guest(tmp_path)
+    (root / "sys/class/dmi/id/product_uuid").write_text(
+        "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6\n")
+    before = _snapshot(root)
+    instance = parse_document(vm.document()).instance
+    with GuestAgent.unix(qga.sock, timeout=5) as ga:
+        res = apply_in_guest(ga, instance, Options(), side)
+    assert res.outcome is ApplyOutcome.UNCHANGED
+    assert "not this machine" in res.detail
+    assert _snapshot(root) == before
+
+
 def test_unreachable_agent_means_no_attach(tmp_path: Path) -> None:
     port, subnet, network = vm.hotplug_port()
     rec = RecordingAttacher()
     with GuestAgent.unix(tmp_path / "none.sock", timeout=1) as ga, \
             pytest.raises(HotplugError) as exc:
         attach(vm.document(), port, ga, rec, "tap1", [subnet], [network])
-    assert "was not attached" in str(exc.value)
+    assert "was not attached: the guest's files are unchanged" in str(exc.value)
     assert rec.calls == []
 
 
@@ -78,14 +176,19 @@ def test_unreachable_agent_with_dhcp_fallback_attaches(tmp_path: Path) -> None:
         vm.PORT_ID: "0", vm.HOTPLUG_PORT_ID: "1"}
 
 
-def test_cli_reports_unreachable_agent(tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def _cli_files(tmp_path: Path) -> dict[str, Path]:
     port, subnet, network = vm.hotplug_port()
     files = {}
     for name, obj in (("doc", vm.document()), ("port", {"port": port}),
                       ("subnet", subnet), ("network", network)):
         files[name] = tmp_path / f"{name}.json"
         files[name].write_text(json.dumps(obj))
+    return files
+
+
+def test_cli_reports_unreachable_agent(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    files = _cli_files(tmp_path)
     rc = main(["hotplug", "attach", str(files["doc"]), "--port", str(files["port"]),
                "--subnet", str(files["subnet"]), "--network", str(files["network"]),
                "--qga", str(tmp_path / "none.sock"), "--qmp", str(tmp_path / "qmp.sock"),
@@ -93,3 +196,223 @@ def test_cli_reports_unreachable_agent(tmp_path: Path,
     assert rc == 1
     assert "no guest agent at" in capsys.readouterr().err
     assert not (tmp_path / "sm.json").exists()
+
+
+def test_cli_dhcp_fallback_that_attached_exits_0_with_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --allow-dhcp-fallback the NIC is attached although the agent is unreachable:
+    what was asked happened, so exit 0 with a warning (QMP is stood in for by the
+    recording attacher: no QEMU runs here)."""
+    import netinject.hotplug as hp
+
+    rec = RecordingAttacher()
+    monkeypatch.setattr(hp, "QmpAttacher", lambda _path: rec)
+    files = _cli_files(tmp_path)
+    rc = main(["hotplug", "attach", str(files["doc"]), "--port", str(files["port"]),
+               "--subnet", str(files["subnet"]), "--network", str(files["network"]),
+               "--qga", str(tmp_path / "none.sock"), "--qmp", str(tmp_path / "qmp.sock"),
+               "--allow-dhcp-fallback", "--system-metadata-out", str(tmp_path / "sm.json")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "warning: eth1 attached WITHOUT injected config" in err
+    assert "the guest's files are unchanged" in err
+    assert rec.calls == ["attach eth1"]
+    assert (tmp_path / "sm.json").exists()
+
+
+def test_cli_system_metadata_out_is_checked_before_the_guest_is_touched(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = _cli_files(tmp_path)
+    (tmp_path / "sm").mkdir()
+    rc = main(["hotplug", "attach", str(files["doc"]), "--port", str(files["port"]),
+               "--subnet", str(files["subnet"]), "--network", str(files["network"]),
+               "--qga", str(tmp_path / "none.sock"), "--qmp", str(tmp_path / "qmp.sock"),
+               "--system-metadata-out", str(tmp_path / "sm")])
+    assert rc == 2
+    assert "--system-metadata-out" in capsys.readouterr().err
+
+
+# -- the fault matrix ----------------------------------------------------------------------
+
+
+class FaultyTransport(SocketTransport):
+    """The real socket client; ``fault`` runs right before guest command number ``at``
+    (counting every command sent, the first being 0)."""
+
+    def __init__(self, path: Path, timeout: float, at: int,
+                 fault: Callable[[], None]) -> None:
+        super().__init__(path, timeout)
+        self.at = at
+        self.fault = fault
+        self.sent: list[str] = []
+
+    def command(self, execute: str, arguments: dict[str, Any] | None,
+                timeout: float) -> Any:
+        if len(self.sent) == self.at:
+            self.fault()
+        self.sent.append(execute)
+        return super().command(execute, arguments, timeout)
+
+
+def _faults(qga: Agent) -> dict[str, Callable[[], None]]:
+    def kill() -> None:
+        assert qga.proc is not None
+        qga.proc.kill()
+        qga.proc.wait()
+
+    def stop() -> None:
+        assert qga.proc is not None
+        proc = qga.proc
+        proc.send_signal(signal.SIGSTOP)
+        threading.Timer(1.5, lambda: proc.send_signal(signal.SIGCONT)).start()
+
+    def restart() -> None:
+        kill()
+        qga.start()
+
+    return {"kill": kill, "stop": stop, "restart": restart}
+
+
+def _quiesce(root: Path, stopped: bool, timeout: float = 20.0) -> None:
+    """Wait until no apply for this root runs (a killed qemu-ga's child goes on)."""
+    deadline = time.monotonic() + timeout
+    if stopped:
+        time.sleep(2.0)  # a stopped agent is resumed after 1.5 s and runs what it had
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-f", f"--root {root}"], capture_output=True,
+                               check=False).stdout
+        if not found:
+            return
+        time.sleep(0.1)
+    raise AssertionError("an apply kept running")
+
+
+def _clean_run_commands(tmp_path: Path) -> list[str]:
+    agent = Agent(tmp_path)
+    agent.start()
+    try:
+        _, side = _guest(tmp_path)
+        t = FaultyTransport(agent.sock, 5, -1, lambda: None)
+        port, subnet, network = vm.hotplug_port()
+        with GuestAgent(t, 5) as ga:
+            attach(vm.document(), port, ga, RecordingAttacher(), "tap1", [subnet], [network],
+                   timeout=0.01, side=side)
+        # Up to the apply's last exec-status: after that only the address is polled.
+        last = max(i for i, c in enumerate(t.sent) if c == "guest-exec-status")
+        return t.sent[:last + 1]
+    finally:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return _clean_run_commands(tmp_path_factory.mktemp("clean"))
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop", "restart"])
+def test_fault_before_each_guest_command_never_leaves_mixed_files_or_false_words(
+        fault: str, clean_run: list[str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """For every guest command of a clean attach (ping, reading the originals, the
+    apply's guest-exec and its status polls), a fresh guest tree and a fresh qemu-ga get
+    the fault right before that command. Then: the files are all old or all new; a
+    success means all new and the NIC attached; an error that says "unchanged" means all
+    old, and nothing attached; "UNKNOWN" is allowed only when the agent could not be
+    asked afterwards."""
+    port, subnet, network = vm.hotplug_port()
+    new = _new_files()
+    outcomes: collections.Counter[str] = collections.Counter()
+    for at, command in enumerate(clean_run):
+        case = tmp_path / f"{at}"
+        case.mkdir()
+        agent = Agent(case)
+        agent.start()
+        try:
+            root, side = _guest(case)
+            old = _snapshot(root)
+            rec = RecordingAttacher()
+            t = FaultyTransport(agent.sock, 1.0, at, _faults(agent)[fault])
+            message = ""
+            try:
+                with GuestAgent(t, 1.0) as ga:
+                    attach(vm.document(), port, ga, rec, "tap1", [subnet], [network],
+                           timeout=0.01, side=side)
+                said = "applied"
+            except HotplugError as exc:
+                message = str(exc)
+                said = ("unchanged" if "files are unchanged" in message else
+                        "unknown" if "UNKNOWN" in message else
+                        "mixed" if "PARTLY" in message else "other")
+            _quiesce(root, fault == "stop")
+            state = _state(root, old, new)
+        finally:
+            agent.stop()
+        where = f"{fault} before #{at} {command}: said {said}, files {state}: {message}"
+        assert state != "mixed", where
+        assert said != "other", where
+        if said == "applied":
+            assert state == "new", where
+            assert rec.calls == ["attach eth1"], where
+        else:
+            assert rec.calls == [], where
+        if said == "unchanged":
+            assert state == "old", where
+        outcomes[f"said {said}, files {state}"] += 1
+    with capsys.disabled():
+        print(f"\nhot-plug fault matrix, {fault} before each of {len(clean_run)} guest "
+              f"commands: {dict(sorted(outcomes.items()))}; mixed states 0, false "
+              "messages 0")
+
+
+def test_apply_status_fences_off_a_transaction_that_has_not_run(tmp_path: Path) -> None:
+    """The host asks first; an apply of the same transaction arriving later (a stopped
+    agent resumed) then changes nothing."""
+    root, _ = _guest(tmp_path)
+    port, subnet, network = vm.hotplug_port()
+    instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
+    raw, _ = bundle_for(instance, Options())
+    before = _snapshot(root)
+    base = [GUEST_PYTHON, "-I", "-S", str(AGENT)]
+    extra = ["--txid", "t1", "--root", str(root), "--sysfs", str(root / "sys")]
+    status = subprocess.run([*base, "apply-status", *extra], capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert status.returncode == 1
+    assert "cancelled" in status.stdout
+    late = subprocess.run([*base, "apply", *extra], input=raw, capture_output=True,
+                          check=False, timeout=60)
+    assert late.returncode == 1
+    assert b"cancelled" in late.stdout
+    assert _snapshot(root) == before
+    # A new transaction goes through.
+    done = subprocess.run([*base, "apply", *extra[:1], "t2", *extra[2:]], input=raw,
+                          capture_output=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stdout
+    assert _snapshot(root) != before
+
+
+def test_interrupted_apply_is_rolled_back_by_the_next_one(tmp_path: Path) -> None:
+    """An apply killed between its renames leaves its backup: the next apply (or
+    apply-status) restores every file first, so no mix survives."""
+    root, _ = _guest(tmp_path)
+    before = _snapshot(root)
+    base = [GUEST_PYTHON, "-I", "-S", str(AGENT)]
+    extra = ["--root", str(root), "--sysfs", str(root / "sys")]
+    port, subnet, network = vm.hotplug_port()
+    instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
+    raw, _ = bundle_for(instance, Options())
+    # Simulate the interruption: run the install by hand and stop after the first rename.
+    code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); import agent as a\n"
+            "class Stop(BaseException): pass\n"
+            "def stop(_p): raise Stop\n"
+            "m = a.verify(a.parse_bundle(sys.stdin.buffer.read()))\n"
+            f"try: a.install({str(root)!r}, m, a.Log({str(root)!r}, True), stop, "
+            f"a.join({str(root)!r}, a.APPLY_BACKUP))\n"
+            "except Stop: pass\n")
+    subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], input=raw, check=True, timeout=60)
+    assert _snapshot(root) != before  # one file replaced, the others not: a mix
+    status = subprocess.run([*base, "apply-status", "--txid", "t9", *extra],
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert status.returncode == 1
+    assert _snapshot(root) == before
+    assert "rolled back an interrupted apply" in (root / "var/log/netinject.log").read_text()

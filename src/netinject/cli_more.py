@@ -293,14 +293,17 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
     import json
 
     from . import hotplug
-    from .hostio import write_atomic
+    from .hostio import check_output, write_atomic
     from .qga import GuestAgent
     from .sources.neutron import read_json
 
     doc = read_json(args.instance)
+    if args.system_metadata_out is not None:
+        check_output(args.system_metadata_out, "--system-metadata-out")
     attacher: hotplug.NicAttacher = (hotplug.QmpAttacher(args.qmp) if args.qmp
                                      else hotplug.LibvirtAttacher(args.libvirt))
     options = Options(Style(args.style))
+    status = 0
     with GuestAgent.unix(args.qga) as ga:
         if args.hotplug_cmd == "attach":
             result = hotplug.attach(
@@ -314,12 +317,15 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
                 if result.attached_at is not None:
                     print(f"attached at t={result.attached_at:.3f} (CLOCK_MONOTONIC)")
             elif not result.configured:
-                print(f"{result.nic.name} attached WITHOUT injected config (agent "
-                      "unreachable, --allow-dhcp-fallback): the guest needs DHCP",
-                      file=sys.stderr)
+                # Attached as asked: a warning, not a failure.
+                assert result.applied is not None
+                print(f"netinject: warning: {result.nic.name} attached WITHOUT injected "
+                      f"config (--allow-dhcp-fallback): the guest needs DHCP for it; "
+                      f"{hotplug.describe(result.applied)}", file=sys.stderr)
             else:
                 print(f"{result.nic.name} attached, but the agent did not report its "
                       f"address within {args.timeout:.0f} s", file=sys.stderr)
+                status = 1
         else:
             result = hotplug.detach(doc, args.port_id, ga, attacher, options)
             print(f"{result.nic.name} ({result.nic.mac}) detached; index "
@@ -328,5 +334,4 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
         write_atomic(args.system_metadata_out,
                      (json.dumps(result.system_metadata, indent=2, sort_keys=True)
                       + "\n").encode())
-    return 0 if (result.seconds_to_address is not None or args.hotplug_cmd == "detach") \
-        else 1
+    return status

@@ -3,26 +3,31 @@ qemu-guest-agent *before* the NIC is attached, so udev names it and ifupdown
 (``allow-hotplug``) configures it statically the moment it appears.
 
 Order: allocate the index (ports_pattern, lowest free) -> re-render the guest's files for
-all NICs -> write them atomically through the agent (temporary file, then rename in the
-guest; originals restored if any step fails) -> attach the NIC (QMP ``netdev_add`` +
-``device_add`` via qemu.qmp, or libvirt) -> wait until the agent reports ``ethN`` with
-its address. If the agent is unreachable or a write fails, the NIC is not attached
-(unless DHCP fallback is allowed) and the guest's files are as they were.
+all NICs -> hand them to ``netinject-guest apply`` in the guest in one guest-exec (the
+agent installs them as one transaction: same allowlist, backups and rollback as a first
+boot) -> attach the NIC (QMP ``netdev_add`` + ``device_add`` via qemu.qmp, or libvirt)
+-> wait until the agent reports ``ethN`` with its address. If the reply is lost, the
+guest is asked what became of the transaction (``apply-status`` fences it off if it never
+ran) and the files are read back, so the error says truthfully whether they changed. The
+NIC is attached only when they all did (unless DHCP fallback is allowed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import enum
+import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from .errors import NetinjectError
+from .guest import agent as guest_agent
 from .model import Instance, Nic
-from .qga import GuestAgent, QgaError
+from .qga import GuestAgent, QgaError, QgaTimeout, QgaUnavailable
 from .render import Options, render_all
 from .sources.neutron import LoadedInstance, parse_document
 
@@ -35,62 +40,128 @@ class HotplugError(NetinjectError):
 
 # -- writing files into the guest ---------------------------------------------------------
 
+GUEST_AGENT = "/usr/sbin/netinject-guest"
 
-def write_files_atomic(ga: GuestAgent, files: Mapping[str, bytes], mode: str = "0644",
-                       between_chunks: Callable[[int], None] | None = None) -> None:
-    """Write every file into the guest all-or-nothing: each goes to a temporary name
-    beside its target and is renamed over it only when all are written; if a rename
-    fails, the files already replaced get their originals back."""
-    # Temporary files a killed agent may have left from an interrupted earlier write.
-    _remove_quietly(ga, [_tmp_name(p) for p in files])
-    originals: dict[str, bytes | None] = {}
-    for path in files:
+
+@dataclass(frozen=True)
+class GuestSide:
+    """How the guest's netinject-guest is run (its path, and for tests a root tree)."""
+
+    command: tuple[str, ...] = (GUEST_AGENT,)
+    root: str = "/"
+    sysfs: str | None = None
+    recovery_timeout: float = 30.0
+
+    def argv(self, action: str, txid: str) -> list[str]:
+        extra = ["--root", self.root] + (["--sysfs", self.sysfs] if self.sysfs else [])
+        return [*self.command[1:], action, "--txid", txid, *extra]
+
+    def path(self, guest_path: PurePosixPath) -> str:
+        return str(PurePosixPath(self.root) / guest_path)
+
+
+class ApplyOutcome(enum.Enum):
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    MIXED = "mixed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    outcome: ApplyOutcome
+    detail: str
+
+
+def bundle_for(instance: Instance, options: Options) -> tuple[bytes, dict[str, bytes]]:
+    """The bundle ``netinject-guest apply`` reads (manifest + payload, as on the drive),
+    and the files it installs by guest path."""
+    from . import drive
+
+    rendered = render_all(instance, HOTPLUG_FORMATS, options)
+    manifest = drive.manifest(instance, rendered, options.style.value).encode()
+    names = drive.source_names(rendered)
+    files = [("manifest", manifest), *((names[p], rendered[p].encode())
+                                       for p in sorted(rendered))]
+    return guest_agent.bundle(files), {str(p): c.encode() for p, c in rendered.items()}
+
+
+def _read_or_none(ga: GuestAgent, path: str) -> bytes | None:
+    """The file's bytes, or None when the agent answers that it cannot be read (absent,
+    a directory, ...). A transport failure (timeout, no agent) is raised."""
+    try:
+        return ga.read_file(path)
+    except (QgaTimeout, QgaUnavailable):
+        raise
+    except QgaError:
+        return None
+
+
+def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
+                   side: GuestSide) -> ApplyResult:
+    """Install the instance's files in the running guest as one transaction.
+
+    Returns what the guest's files are now, established from the guest itself: APPLIED
+    (all new), UNCHANGED (all as before), MIXED or UNKNOWN (the agent could not be asked).
+    A QgaError before the transaction was sent means UNCHANGED by construction.
+    """
+    raw, files = bundle_for(instance, options)
+    txid = secrets.token_hex(8)
+    # The originals, to tell "unchanged" from "applied" should the reply be lost.
+    originals = {p: _read_or_none(ga, side.path(PurePosixPath(p))) for p in files}
+    try:
+        res = ga.exec(side.command[0], side.argv("apply", txid), input_data=raw)
+    except QgaError as exc:
+        return _recover(ga, side, txid, files, originals, f"reply lost ({exc})")
+    text = res.stdout.decode(errors="replace").strip()
+    if res.exitcode == guest_agent.APPLY_OK:
+        return ApplyResult(ApplyOutcome.APPLIED, text)
+    if res.exitcode == guest_agent.APPLY_UNCHANGED:
+        return ApplyResult(ApplyOutcome.UNCHANGED, text or res.stderr.decode(errors="replace"))
+    return _readback(ga, side, files, originals,
+                     text or res.stderr.decode(errors="replace").strip()
+                     or f"exit {res.exitcode}")
+
+
+def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, bytes],
+             originals: Mapping[str, bytes | None], why: str) -> ApplyResult:
+    """After a lost reply: ask the guest what became of ``txid`` (fencing it off if it
+    never ran), then read the files back."""
+    deadline = time.monotonic() + side.recovery_timeout
+    last = why
+    while time.monotonic() < deadline:
         try:
-            originals[path] = ga.read_file(path)
+            ga.ping()
+            res = ga.exec(side.command[0], side.argv("apply-status", txid))
         except QgaError as exc:
-            if "No such file" not in str(exc):
-                raise
-            originals[path] = None
-    staged: list[tuple[str, str]] = []
+            last = str(exc)
+            time.sleep(0.2)
+            continue
+        if res.exitcode not in (guest_agent.APPLY_OK, guest_agent.APPLY_UNCHANGED):
+            last = res.stdout.decode(errors="replace") or f"exit {res.exitcode}"
+            break
+        return _readback(ga, side, files, originals,
+                         f"{why}; the guest says: "
+                         f"{res.stdout.decode(errors='replace').strip()}")
+    return ApplyResult(ApplyOutcome.UNKNOWN,
+                       f"{why}; the guest could not be asked afterwards ({last})")
+
+
+def _readback(ga: GuestAgent, side: GuestSide, files: Mapping[str, bytes],
+              originals: Mapping[str, bytes | None], why: str) -> ApplyResult:
     try:
-        for path, data in files.items():
-            tmp = _tmp_name(path)
-            staged.append((tmp, path))
-            ga.write_file(tmp, data, between_chunks)
-            ga.check("/bin/chmod", [mode, tmp])
-    except QgaError:
-        _remove_quietly(ga, [t for t, _ in staged])
-        raise
-    done: list[str] = []
-    try:
-        for tmp, path in staged:
-            ga.check("/bin/mv", ["-fT", tmp, path])
-            done.append(path)
-    except QgaError:
-        _remove_quietly(ga, [t for t, p in staged if p not in done])
-        for path in reversed(done):
-            original = originals[path]
-            if original is None:
-                _remove_quietly(ga, [path])
-            else:
-                d, name = path.rsplit("/", 1)
-                tmp = f"{d}/.{name}.netinject-restore"
-                ga.write_file(tmp, original)
-                ga.check("/bin/mv", ["-fT", tmp, path])
-        raise
-
-
-def _tmp_name(path: str) -> str:
-    d, name = path.rsplit("/", 1)
-    return f"{d}/.{name}.netinject-tmp"
-
-
-def _remove_quietly(ga: GuestAgent, paths: list[str]) -> None:
-    for p in paths:
-        try:
-            ga.exec("/bin/rm", ["-f", p])
-        except QgaError:
-            return  # the agent is gone: nothing more can be cleaned from here
+        now = {p: _read_or_none(ga, side.path(PurePosixPath(p))) for p in files}
+    except QgaError as exc:
+        return ApplyResult(ApplyOutcome.UNKNOWN, f"{why}; reading the files back failed "
+                                                 f"({exc})")
+    new = [p for p in files if now[p] == files[p]]
+    old = [p for p in files if now[p] == originals[p]]
+    if len(new) == len(files):
+        return ApplyResult(ApplyOutcome.APPLIED, why)
+    if len(old) == len(files):
+        return ApplyResult(ApplyOutcome.UNCHANGED, why)
+    return ApplyResult(ApplyOutcome.MIXED, f"{why}; new: {', '.join(new) or 'none'}; "
+                                           f"as before: {', '.join(old) or 'none'}")
 
 
 # -- attaching NICs -----------------------------------------------------------------------
@@ -192,6 +263,7 @@ class HotplugResult:
     seconds_to_address: float | None  # from the request (config writes included)
     configured: bool  # False when the DHCP fallback was taken
     attached_at: float | None = None  # time.monotonic() when the NIC was attached
+    applied: ApplyResult | None = None  # what became of the guest's files
 
 
 def with_port(doc: Mapping[str, Any], port: Mapping[str, Any],
@@ -215,11 +287,6 @@ def without_port(doc: Mapping[str, Any], port_id: str) -> dict[str, Any]:
     return out
 
 
-def guest_files(instance: Instance, options: Options | None = None) -> dict[str, bytes]:
-    rendered = render_all(instance, HOTPLUG_FORMATS, options or Options())
-    return {"/" + str(PurePosixPath(p)): c.encode() for p, c in rendered.items()}
-
-
 def wait_for_address(ga: GuestAgent, nic: Nic, timeout: float) -> bool:
     want = {str(a.interface.ip) for a in nic.addresses if a.interface is not None}
     deadline = time.monotonic() + timeout
@@ -237,39 +304,65 @@ def wait_for_address(ga: GuestAgent, nic: Nic, timeout: float) -> bool:
     return False
 
 
+def configure(ga: GuestAgent, instance: Instance, options: Options,
+              side: GuestSide) -> ApplyResult:
+    """apply_in_guest, with any agent error before the transaction was sent (the files
+    cannot have changed) as UNCHANGED."""
+    try:
+        ga.ping()
+        return apply_in_guest(ga, instance, options, side)
+    except QgaError as exc:
+        return ApplyResult(ApplyOutcome.UNCHANGED, f"guest agent: {exc}")
+
+
+def describe(result: ApplyResult) -> str:
+    """What the guest's files are now, in words a user can act on."""
+    return {
+        ApplyOutcome.APPLIED: "the guest's files were updated",
+        ApplyOutcome.UNCHANGED: "the guest's files are unchanged",
+        ApplyOutcome.MIXED: "the guest's files are PARTLY updated (check them)",
+        ApplyOutcome.UNKNOWN: "whether the guest's files changed is UNKNOWN (check them)",
+    }[result.outcome] + f" ({result.detail})"
+
+
 def attach(doc: Mapping[str, Any], port: Mapping[str, Any], ga: GuestAgent,
            attacher: NicAttacher, tap: str | None, subnets: list[Mapping[str, Any]] | None = None,
            networks: list[Mapping[str, Any]] | None = None, allow_dhcp_fallback: bool = False,
-           timeout: float = 60.0, options: Options | None = None) -> HotplugResult:
+           timeout: float = 60.0, options: Options | None = None,
+           side: GuestSide | None = None) -> HotplugResult:
+    """Configure the guest for the new NIC as one transaction, then attach the NIC.
+
+    Nothing is attached unless the guest's files are all new, except with
+    ``allow_dhcp_fallback``: then the NIC is attached whatever happened, and the result
+    says so (``configured`` False, ``applied`` the truth about the files).
+    """
     t0 = time.monotonic()
     loaded: LoadedInstance = parse_document(with_port(doc, port, subnets or [],
                                                       networks or []))
     port_id = str(port.get("id"))
     nic = next(n for n in loaded.instance.nics if n.port_id == port_id)
-    configured = True
-    try:
-        ga.ping()
-        write_files_atomic(ga, guest_files(loaded.instance, options))
-    except QgaError as exc:
-        if not allow_dhcp_fallback:
-            raise HotplugError(f"guest agent: {exc}; {nic.name} was not attached and the "
-                               "guest's files are unchanged") from None
-        configured = False
+    applied = configure(ga, loaded.instance, options or Options(), side or GuestSide())
+    configured = applied.outcome is ApplyOutcome.APPLIED
+    if not configured and not allow_dhcp_fallback:
+        raise HotplugError(f"{nic.name} was not attached: {describe(applied)}")
     attached_at = time.monotonic()
     attacher.attach(nic, tap or f"tap{nic.index}")  # default: the host tap for ethN
     ok = configured and wait_for_address(ga, nic, timeout)
     return HotplugResult(nic, dict(loaded.system_metadata),
-                         time.monotonic() - t0 if ok else None, configured, attached_at)
+                         time.monotonic() - t0 if ok else None, configured, attached_at,
+                         applied)
 
 
 def detach(doc: Mapping[str, Any], port_id: str, ga: GuestAgent, attacher: NicAttacher,
-           options: Options | None = None) -> HotplugResult:
+           options: Options | None = None, side: GuestSide | None = None) -> HotplugResult:
     before = parse_document(doc)
     nic = next((n for n in before.instance.nics if n.port_id == port_id), None)
     if nic is None:
         raise HotplugError(f"port {port_id!r} is not one of the instance's ports")
     after = parse_document(without_port(doc, port_id))
     attacher.detach(nic)
-    write_files_atomic(ga, guest_files(after.instance, options))
+    applied = configure(ga, after.instance, options or Options(), side or GuestSide())
+    if applied.outcome is not ApplyOutcome.APPLIED:
+        raise HotplugError(f"{nic.name} was detached, but {describe(applied)}")
     # Parsing the document without the port already dropped it from ports_pattern.
-    return HotplugResult(nic, dict(after.system_metadata), None, True)
+    return HotplugResult(nic, dict(after.system_metadata), None, True, None, applied)

@@ -241,19 +241,22 @@ class Log:
             except OSError:
                 pass
         path = join(self.root, LOG_FILE)
-        flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_NOFOLLOW
+        flags = (posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_NOFOLLOW
+                 | posix.O_NONBLOCK | posix.O_CLOEXEC)
         try:
+            no_symlink_parents(self.root, LOG_FILE)
             try:
                 fd = posix.open(path, flags, 0o644)
             except FileNotFoundError:  # no log directory yet (an image tree)
                 makedirs(dirname(path))
                 fd = posix.open(path, flags, 0o644)
             try:
-                posix.write(fd, text.encode("utf-8", "replace"))
+                if _stat.S_ISREG(posix.fstat(fd).st_mode):
+                    posix.write(fd, text.encode("utf-8", "replace"))
             finally:
                 posix.close(fd)
-        except OSError:
-            pass  # a read-only or full /var must not break boot
+        except (OSError, AgentError):
+            pass  # a read-only, full or tampered /var must not break boot
 
 
 # -- finding and reading the drive -------------------------------------------------------
@@ -287,11 +290,17 @@ def probe_label(dev: str) -> "Drive | None":
     boot sector from the device again.
     """
     try:
-        fd = posix.open(dev, posix.O_RDONLY | posix.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO (or a tty) put where a device should be must not hang boot
+        # in open(); only a block device (or an image file, for tests) is read.
+        fd = posix.open(dev, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
     except OSError:
         return None
     found = None
     try:
+        mode = posix.fstat(fd).st_mode
+        if not (_stat.S_ISBLK(mode) or _stat.S_ISREG(mode)):
+            posix.close(fd)
+            return None
         boot = posix.pread(fd, 512, 0)
         if len(boot) == 512 and boot[510:512] == b"\x55\xaa":
             # FAT12/16 keep serial and label at 39/43, FAT32 at 67/71 ("FAT" at 54/82).
@@ -316,13 +325,69 @@ def probe_label(dev: str) -> "Drive | None":
 
 
 def read_small(path: str, limit: int = 4096) -> bytes:
-    """The start of a small file (sysfs attributes, the state file): three system calls,
-    no file object."""
-    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+    """The start of a small regular file (sysfs attributes, the state file), no file
+    object. Opened non-blocking and checked to be a regular file: a FIFO put there
+    cannot hang the agent."""
+    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
     try:
+        if not _stat.S_ISREG(posix.fstat(fd).st_mode):
+            raise OSError(22, "not a regular file: %s" % path)
         return posix.read(fd, limit)
     finally:
         posix.close(fd)
+
+
+def no_symlink_parents(root: str, rel: str) -> None:
+    """AgentError if a directory on the way from ``root`` to ``root/rel`` is a symlink
+    (the agent's state, backups and log never leave the root through one)."""
+    cur = root
+    for part in rel.split("/")[:-1]:
+        cur = join(cur, part)
+        if islink(cur):
+            raise AgentError("refusing to use %s: it is a symlink" % cur)
+
+
+# -- where the drive came from ------------------------------------------------------------
+#
+# Integrity (the manifest's sha256s) is not origin: any volume can carry the label
+# config-2. nova attaches the real drive read-only and sets the SMBIOS system UUID to the
+# instance uuid (libvirt's <sysinfo>, QEMU's -uuid), which the guest reads in
+# /sys/class/dmi/id/product_uuid. A drive is trusted only if both hold.
+
+
+def ro_attribute(sysfs: str, drive: "Drive") -> str:
+    """The sysfs 'ro' attribute of the drive's device: /sys/dev/block/MAJ:MIN/ro for a
+    block device, else /sys/class/block/<name>/ro (an image file standing in for one)."""
+    if drive.fd >= 0:
+        st = posix.fstat(drive.fd)
+        if _stat.S_ISBLK(st.st_mode):
+            return join(sysfs, "dev/block", "%d:%d" % (posix.major(st.st_rdev),
+                                                       posix.minor(st.st_rdev)), "ro")
+    return join(sysfs, "class/block", basename(drive.path), "ro")
+
+
+def check_origin(sysfs: str, drive: "Drive", uuid: str) -> None:
+    """AgentError unless the drive is read-only and its manifest names this machine's
+    SMBIOS system UUID."""
+    attr = ro_attribute(sysfs, drive)
+    try:
+        ro = read_small(attr, 16).strip()
+    except OSError:
+        raise AgentError("cannot tell whether %s is read-only (no %s): not trusting it"
+                         % (drive.path, attr)) from None
+    if ro != b"1":
+        raise AgentError("%s is writable (%s is %r): nova attaches the config drive "
+                         "read-only, so this is not it" % (drive.path, attr,
+                                                           ro.decode("ascii", "replace")))
+    try:
+        system = read_small(join(sysfs, "class/dmi/id/product_uuid"), 64).decode(
+            "ascii", "replace").strip().lower()
+    except OSError:
+        raise AgentError("cannot read the system UUID (%s): not trusting the drive"
+                         % join(sysfs, "class/dmi/id/product_uuid")) from None
+    if system != uuid.lower():
+        raise AgentError("the drive is for instance %s but this machine's system UUID is "
+                         "%s: not trusting it" % (uuid, system or "empty"))
 
 
 def probe_by_label(dev: str) -> "Drive | None":
@@ -601,7 +666,12 @@ def read_payload(drive: Drive, only: "tuple[str, ...] | None" = None) -> dict[st
     read without mounting. On iso9660 the names are the primary-volume names."""
     try:
         if drive.fd < 0:
-            drive.fd = posix.open(drive.path, posix.O_RDONLY | posix.O_CLOEXEC)
+            fd = posix.open(drive.path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
+            if not _stat.S_ISBLK(posix.fstat(fd).st_mode) and not _stat.S_ISREG(
+                    posix.fstat(fd).st_mode):
+                posix.close(fd)
+                raise AgentError("%s is not a block device" % drive.path)
+            drive.fd = fd
         reader = FatReader(drive.fd) if drive.kind == "vfat" else IsoReader(drive.fd)
         return reader.read_dir_files("netinject", MAX_FILE, only)
     except (OSError, STRUCT_ERROR, IndexError, UnicodeError, ValueError) as exc:
@@ -729,17 +799,22 @@ def _safe_target(root: str, rel: str, dirs: "set[str]") -> str:
 
 def target_kind(target: str) -> str:
     """'file', 'symlink' or 'absent' (one lstat); AgentError for anything else."""
+    return target_stat(target)[0]
+
+
+def target_stat(target: str) -> "tuple[str, posix.stat_result | None]":
+    """target_kind and the lstat result (None when absent)."""
     try:
-        mode = posix.lstat(target).st_mode
+        st = posix.lstat(target)
     except FileNotFoundError:
-        return "absent"
+        return "absent", None
     except OSError as exc:
         raise AgentError("cannot look at %s: %s" % (target, posix.strerror(exc.errno or 5))
                          ) from None
-    if _stat.S_ISLNK(mode):
-        return "symlink"
-    if _stat.S_ISREG(mode):
-        return "file"
+    if _stat.S_ISLNK(st.st_mode):
+        return "symlink", st
+    if _stat.S_ISREG(st.st_mode):
+        return "file", st
     raise AgentError("%s exists and is not a regular file" % target)
 
 
@@ -761,17 +836,37 @@ def _tmp_beside(path: str) -> str:
     return join(dirname(path), ".%s.netinject-tmp" % basename(path))
 
 
-def _create(path: str, data: bytes, mode: int) -> int:
-    """Create (or truncate) ``path`` without following a symlink, write ``data`` with
-    ``mode``; the open descriptor, for the caller to fsync and close."""
-    fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW, mode)
+def _remove_stale(path: str) -> None:
+    """Make way for a new file at a name of ours (a staging or temporary name): a regular
+    file an interrupted run left is unlinked (only its name: a hard link to an outside
+    file leaves that file alone); anything else there is not ours to touch."""
+    kind = target_kind(path)
+    if kind == "file":
+        posix.unlink(path)
+    elif kind != "absent":
+        raise AgentError("%s is in the way (a %s, not a file netinject left)" % (path, kind))
+
+
+def _create(path: str, data: bytes, mode: int, owner: "tuple[int, int] | None" = None
+            ) -> int:
+    """Create ``path`` afresh (O_EXCL|O_NOFOLLOW: never through a symlink or into an
+    existing file), write ``data`` with ``mode`` (and ``owner``); the open descriptor,
+    for the caller to fsync and close."""
+    fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW
+                    | posix.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[posix.write(fd, view):]
+        if owner is not None:
+            posix.fchown(fd, owner[0], owner[1])
         posix.fchmod(fd, mode)
     except OSError:
         posix.close(fd)
+        try:
+            posix.unlink(path)
+        except OSError:
+            pass
         raise
     return fd
 
@@ -782,6 +877,7 @@ def write_atomic(path: str, data: bytes, mode: int) -> None:
     d = dirname(path)
     makedirs(d)
     tmp = _tmp_beside(path)
+    _remove_stale(tmp)
     fd = _create(tmp, data, mode)
     try:
         posix.fsync(fd)
@@ -807,9 +903,10 @@ class Backup:
     than our half-installed files.
     """
 
-    def __init__(self, root: str, uuid: str) -> None:
-        self.dir = join(root, STATE_DIR, "backup", uuid)
+    def __init__(self, root: str, uuid: str, directory: "str | None" = None) -> None:
+        self.dir = directory or join(root, STATE_DIR, "backup", uuid)
         self.index: dict[str, str] = {}
+        self.installed = 0  # how many files the install that made it replaced
         try:
             names = posix.listdir(self.dir)
             self.made = True
@@ -844,6 +941,7 @@ class Backup:
                 with open(target, "rb") as fh:
                     write_atomic(entry, fh.read(), posix.stat(target).st_mode & 0o7777)
         else:
+            _remove_stale(entry + ".absent")
             _write_plain(entry + ".absent", b"", 0o600)
         self.index[rel] = kind
 
@@ -851,9 +949,8 @@ class Backup:
         kind = self.index.get(rel)
         target = join(root, rel)
         entry = self._entry(rel)
-        tmp = target + ".netinject-restore"
-        if lexists(tmp):
-            posix.unlink(tmp)
+        tmp = join(dirname(target), ".%s.netinject-restore" % basename(target))
+        _remove_stale(tmp)
         if kind == "absent":
             if lexists(target):
                 posix.unlink(target)
@@ -873,10 +970,42 @@ def _write_plain(path: str, data: bytes, mode: int) -> None:
     posix.close(_create(path, data, mode))
 
 
-def stage_files(files: list[tuple[Entry, str]], staged: list[str], dirs: "set[str]") -> None:
-    """Write each file beside its target (appending the temporary path to ``staged`` as
-    it is created) and make them all durable before any rename. Parent directories not in
-    ``dirs`` (those _safe_target found) are created.
+class Target:
+    """One file to install: the manifest entry, where it goes, and what is there now
+    (kind and lstat), looked at once in the preflight."""
+
+    def __init__(self, entry: Entry, path: str, kind: str,
+                 st: "posix.stat_result | None") -> None:
+        self.entry = entry
+        self.path = path
+        self.kind = kind
+        self.st = st
+
+    @property
+    def mode(self) -> int:
+        """A replaced file keeps its mode (0600 stays 0600); a new one gets the
+        manifest's."""
+        if self.kind == "file" and self.st is not None:
+            return self.st.st_mode & 0o7777
+        return self.entry.mode
+
+    @property
+    def owner(self) -> "tuple[int, int] | None":
+        if self.kind == "file" and self.st is not None:
+            return self.st.st_uid, self.st.st_gid
+        return None
+
+
+KEEP_SYMLINKS = ("etc/resolv.conf",)
+"""Paths whose symlink is kept rather than replaced: resolv.conf pointing at resolvconf's
+or systemd-resolved's file means the image manages DNS itself (the ENI's
+dns-nameservers feeds resolvconf)."""
+
+
+def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") -> None:
+    """Write each file beside its target (appending the temporary path to ``staged``
+    once it is created) and make them all durable before any rename. Parent directories
+    not in ``dirs`` (those _safe_target found) are created.
 
     Writeback of every file is started before the first fsync, so the first fsync's
     journal commit carries the blocks of all of them and the later ones find their data
@@ -885,14 +1014,15 @@ def stage_files(files: list[tuple[Entry, str]], staged: list[str], dirs: "set[st
     """
     fds: list[int] = []
     try:
-        for entry, target in files:
-            d = dirname(target)
+        for t in targets:
+            d = dirname(t.path)
             if d not in dirs:
                 makedirs(d)
                 dirs.add(d)
-            tmp = _tmp_beside(target)
+            tmp = _tmp_beside(t.path)
+            _remove_stale(tmp)
+            fds.append(_create(tmp, t.entry.data, t.mode, t.owner))
             staged.append(tmp)
-            fds.append(_create(tmp, entry.data, entry.mode))
         if hasattr(posix, "posix_fadvise"):
             for fd in fds:
                 # Starts writeback without waiting for it (WB_SYNC_NONE).
@@ -904,8 +1034,10 @@ def stage_files(files: list[tuple[Entry, str]], staged: list[str], dirs: "set[st
             posix.close(fd)
 
 
-def install(root: str, manifest: Manifest, log: Log, after_each: object = None) -> Backup:
-    """Install every manifest file; on failure restore what was already replaced.
+def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
+            backup_dir: "str | None" = None) -> Backup:
+    """Install every manifest file as one transaction; on failure restore what was
+    already replaced.
 
     Back up the originals (metadata only); write every new file beside its target and
     fsync it; then rename them all into place. A crash at any point leaves either the
@@ -915,22 +1047,30 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None) 
     # Preflight: every target must be writable without following a symlinked directory
     # and must not be something other than a file or symlink, before anything changes.
     dirs: set[str] = set()
-    targets = [_safe_target(root, entry.path, dirs) for entry in manifest.entries]
-    kinds = [target_kind(target) for target in targets]
-    backup = Backup(root, manifest.uuid)
+    targets: list[Target] = []
+    for entry in manifest.entries:
+        path = _safe_target(root, entry.path, dirs)
+        kind, st = target_stat(path)
+        if kind == "symlink" and entry.path in KEEP_SYMLINKS:
+            log("kept /%s: a symlink (the image manages it)" % entry.path)
+            continue
+        targets.append(Target(entry, path, kind, st))
+    if backup_dir is None:
+        no_symlink_parents(root, join(STATE_DIR, "backup", manifest.uuid, "x"))
+    backup = Backup(root, manifest.uuid, backup_dir)
+    backup.installed = len(targets)
     done: list[str] = []
     staged: list[str] = []
     try:
-        for entry, target, kind in zip(manifest.entries, targets, kinds):
-            backup.save(entry.path, target, kind)
-        stage_files([(entry, target) for entry, target in zip(manifest.entries, targets)],
-                    staged, dirs)
-        for entry, target, tmp in zip(manifest.entries, targets, staged):
-            posix.rename(tmp, target)
-            done.append(entry.path)
-            log("installed /%s (%d bytes)" % (entry.path, len(entry.data)))
+        for t in targets:
+            backup.save(t.entry.path, t.path, t.kind)
+        stage_files(targets, staged, dirs)
+        for t, tmp in zip(targets, staged):
+            posix.rename(tmp, t.path)
+            done.append(t.entry.path)
+            log("installed /%s (%d bytes)" % (t.entry.path, len(t.entry.data)))
             if callable(after_each):
-                after_each(entry.path)
+                after_each(t.entry.path)
     except (OSError, AgentError) as exc:
         log("install failed (%s): rolling back %d file(s)" % (exc, len(done)))
         for tmp in staged[len(done):]:
@@ -938,12 +1078,16 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None) 
                 posix.unlink(tmp)
             except OSError:
                 pass
+        failed = []
         for rel in reversed(done):
             try:
                 backup.restore(root, rel)
             except OSError as rexc:
+                failed.append(rel)
                 log("rollback of /%s failed: %s" % (rel, rexc))
-        raise AgentError("install failed: %s" % exc) from None
+        raise AgentError("install failed: %s%s" % (
+            exc, "; rollback FAILED for /%s" % ", /".join(failed) if failed else
+            "; every file is as it was")) from None
     return backup
 
 
@@ -1075,23 +1219,15 @@ def rename_nics(wanted: list[tuple[str, str]], sysfs: str, log: Log,
 # -- the boot service ---------------------------------------------------------------------
 
 
-def priority_note() -> str:
-    """' (real-time priority)' when the launcher got it for this boot run, else ''."""
-    try:
-        policy = posix.sched_getscheduler(0) & ~posix.SCHED_RESET_ON_FORK
-    except (AttributeError, OSError):
-        return ""
-    return " (real-time priority)" if policy == posix.SCHED_FIFO else ""
-
-
 def read_state(root: str) -> list[str]:
     """/var/lib/netinject/instance-id: the applied instance uuid, the drive it came from
     ('vfat:<serial>') and the device it was on, one per line (one small file: one read
     on later boots)."""
     try:
+        no_symlink_parents(root, join(STATE_DIR, "instance-id"))
         return read_small(join(root, STATE_DIR, "instance-id")).decode(
             "ascii", "replace").split()
-    except OSError:
+    except (OSError, AgentError):
         return []
 
 
@@ -1106,7 +1242,7 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
     """
     log = Log(root, quiet, started, cpu_started)
     if started is not None:
-        log("netinject-guest %s loaded%s" % (VERSION, priority_note()))
+        log("netinject-guest %s loaded" % VERSION)
     sysfs = sysfs or join(root, "sys")
     dev = dev or join(root, "dev")
     found: Drive | None = None
@@ -1145,10 +1281,10 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
                 log("not the first boot of instance %s: nothing to do" % recorded)
                 return 0
         payload = read_payload(found)
-        found.close()
         manifest = verify(payload)
         log("manifest ok: instance %s, %d file(s), %d NIC(s)"
             % (manifest.uuid, len(manifest.entries), len(manifest.nics)))
+        check_origin(sysfs, found, manifest.uuid)
         if recorded == manifest.uuid:
             log("not the first boot of instance %s: nothing to do" % manifest.uuid)
             return 0
@@ -1164,12 +1300,14 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
         # Recorded last, and not fsynced: if a crash loses it, the next boot simply
         # applies the same files again (idempotent; the backups already exist).
         record = join(root, STATE_DIR, "instance-id")
+        no_symlink_parents(root, join(STATE_DIR, "instance-id"))
+        _remove_stale(record + ".tmp")
         _write_plain(record + ".tmp", ("%s\n%s\n/%s\n" % (
             manifest.uuid, found.ident,
             relative_to(root, found.path))).encode(), 0o644)
         posix.rename(record + ".tmp", record)
         log("done: %d file(s) installed, %d NIC(s) renamed (cpu %.1f ms)"
-            % (len(manifest.entries), count, log.cpu_ms()))
+            % (backup.installed, count, log.cpu_ms()))
     except AgentError as exc:
         log("stepping aside: %s" % exc)
     except Exception as exc:  # never break boot, whatever went wrong
@@ -1179,6 +1317,210 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
             found.close()
         log.flush()
     return 0
+
+
+# -- hot-plug: one transaction for a running guest -----------------------------------------
+#
+# The host pipes a bundle (the manifest and the files it lists) into
+# ``netinject-guest apply --txid T`` through qemu-guest-agent's guest-exec. The files are
+# installed with the same checks, backups and rollback as a first boot, under a lock, and
+# the outcome is recorded against T. If the host loses the reply (the agent was killed,
+# stopped or restarted), ``apply-status --txid T`` tells it what happened, and fences T
+# off if it has not run yet: a late-arriving apply of T then does nothing. So the host
+# always learns the truth and the guest's files are either all old or all new.
+
+BUNDLE_MAGIC = b"netinject-bundle 1\n"
+BUNDLE_MAX = 8 * MAX_FILE
+APPLY_LOCK = STATE_DIR + "/apply.lock"
+APPLY_STATUS = STATE_DIR + "/apply-status"
+APPLY_BACKUP = STATE_DIR + "/apply-backup"
+APPLY_STATUS_KEEP = 32
+APPLY_OK, APPLY_UNCHANGED, APPLY_BROKEN = 0, 1, 3
+
+
+def bundle(files: "list[tuple[str, bytes]]") -> bytes:
+    """The stdin of ``apply``: the magic line, then per file 'file NAME SIZE\n' + bytes."""
+    out = [BUNDLE_MAGIC]
+    for name, data in files:
+        out.append(("file %s %d\n" % (name, len(data))).encode("ascii"))
+        out.append(data)
+    return b"".join(out)
+
+
+def parse_bundle(raw: bytes) -> "dict[str, bytes]":
+    if not raw.startswith(BUNDLE_MAGIC):
+        raise AgentError("not a netinject bundle")
+    files: dict[str, bytes] = {}
+    pos = len(BUNDLE_MAGIC)
+    while pos < len(raw):
+        end = raw.find(b"\n", pos, pos + 200)
+        if end < 0:
+            raise AgentError("bundle: bad record at byte %d" % pos)
+        fields = raw[pos:end].decode("ascii", "replace").split(" ")
+        if len(fields) != 3 or fields[0] != "file" or not is_plain_name(fields[1]) \
+                or not fields[2].isdigit() or not fields[2].isascii() \
+                or len(fields[2]) > 8 or fields[1] in files:
+            raise AgentError("bundle: bad record at byte %d" % pos)
+        size = int(fields[2])
+        if size > MAX_FILE:
+            raise AgentError("bundle: %s is too large (%d bytes)" % (fields[1], size))
+        data = raw[end + 1:end + 1 + size]
+        if len(data) != size:
+            raise AgentError("bundle: %s is truncated" % fields[1])
+        files[fields[1]] = data
+        pos = end + 1 + size
+    return files
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = posix.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            raise AgentError("input over %d bytes" % limit)
+        chunks.append(chunk)
+
+
+class ApplyLock:
+    """flock on /var/lib/netinject/apply.lock: one apply or apply-status at a time."""
+
+    def __init__(self, root: str) -> None:
+        no_symlink_parents(root, APPLY_LOCK)
+        makedirs(join(root, STATE_DIR), 0o700)
+        self.fd = posix.open(join(root, APPLY_LOCK), posix.O_RDWR | posix.O_CREAT
+                             | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC, 0o600)
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def close(self) -> None:
+        posix.close(self.fd)  # releases the lock
+
+
+def read_apply_status(root: str) -> "list[tuple[str, str]]":
+    try:
+        text = read_small(join(root, APPLY_STATUS), 65536).decode("ascii", "replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.split("\n"):
+        txid, _, outcome = line.partition(" ")
+        if txid and outcome:
+            out.append((txid, outcome))
+    return out
+
+
+def record_apply_status(root: str, txid: str, outcome: str) -> None:
+    entries = [e for e in read_apply_status(root) if e[0] != txid]
+    entries.append((txid, outcome))
+    text = "".join("%s %s\n" % e for e in entries[-APPLY_STATUS_KEEP:])
+    write_atomic(join(root, APPLY_STATUS), text.encode("ascii", "replace"), 0o600)
+
+
+def _drop_backup(backup: Backup) -> None:
+    for name in (posix.listdir(backup.dir) if isdir(backup.dir) else []):
+        posix.unlink(join(backup.dir, name))
+    try:
+        posix.rmdir(backup.dir)
+    except OSError:
+        pass
+
+
+def _recover(root: str, log: Log) -> None:
+    """Roll back an apply that was interrupted midway (its backup is still there)."""
+    directory = join(root, APPLY_BACKUP)
+    if not isdir(directory):
+        return
+    backup = Backup(root, "", directory)
+    for rel in backup.index:
+        backup.restore(root, rel)
+    log("rolled back an interrupted apply (%d file(s))" % len(backup.index))
+    _drop_backup(backup)
+
+
+def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log) -> "tuple[int, str]":
+    """Install a bundle as one transaction; (exit status, outcome recorded for txid)."""
+    if not is_plain_name(txid) or len(txid) > 64:
+        return APPLY_UNCHANGED, "refused: bad transaction id"
+    lock = ApplyLock(root)
+    try:
+        known = dict(read_apply_status(root))
+        if txid in known:
+            outcome = known[txid]
+            log("transaction %s already ended: %s" % (txid, outcome))
+            return (APPLY_OK if outcome == "applied" else APPLY_UNCHANGED), outcome
+        _recover(root, log)
+        try:
+            manifest = verify(parse_bundle(raw))
+            try:
+                system = read_small(join(sysfs, "class/dmi/id/product_uuid"), 64).decode(
+                    "ascii", "replace").strip().lower()
+            except OSError:
+                raise AgentError("cannot read the system UUID") from None
+            if system != manifest.uuid:
+                raise AgentError("the bundle is for instance %s, not this machine (%s)"
+                                 % (manifest.uuid, system))
+            backup = install(root, manifest, log, backup_dir=join(root, APPLY_BACKUP))
+        except AgentError as exc:
+            outcome = "unchanged: %s" % exc
+            status = APPLY_BROKEN if "rollback FAILED" in str(exc) else APPLY_UNCHANGED
+            record_apply_status(root, txid, outcome.replace("\n", " "))
+            log("apply %s: %s" % (txid, outcome))
+            if status == APPLY_BROKEN:
+                return status, "broken: %s" % exc
+            _recover(root, log)
+            return status, outcome
+        record_apply_status(root, txid, "applied")
+        _drop_backup(backup)
+        log("apply %s: %d file(s) installed" % (txid, backup.installed))
+        return APPLY_OK, "applied"
+    finally:
+        lock.close()
+
+
+def apply_status(root: str, txid: str, log: Log) -> "tuple[int, str]":
+    """The outcome of transaction ``txid``; if it has not run, fence it off for good."""
+    if not is_plain_name(txid) or len(txid) > 64:
+        return APPLY_UNCHANGED, "refused: bad transaction id"
+    lock = ApplyLock(root)
+    try:
+        known = dict(read_apply_status(root))
+        if txid in known:
+            outcome = known[txid]
+        else:
+            _recover(root, log)
+            outcome = "cancelled: never ran"
+            record_apply_status(root, txid, outcome)
+            log("transaction %s cancelled before it ran" % txid)
+        return (APPLY_OK if outcome == "applied" else APPLY_UNCHANGED), outcome
+    finally:
+        lock.close()
+
+
+def _apply_main(cmd: str, root: str, sysfs: "str | None", txid: str) -> int:
+    log = Log(root, quiet=True)
+    sysfs = sysfs or join(root, "sys")
+    try:
+        if cmd == "apply":
+            raw = _read_all(0, BUNDLE_MAX)
+            status, outcome = apply(root, sysfs, txid, raw, log)
+        else:
+            status, outcome = apply_status(root, txid, log)
+    except (OSError, AgentError) as exc:
+        status, outcome = APPLY_BROKEN, "error: %s" % exc
+        log("%s %s: %s" % (cmd, txid, outcome))
+    finally:
+        log.flush()
+    try:
+        sys.stdout.write("netinject-%s %s %s\n" % (cmd, txid, outcome))
+        sys.stdout.flush()
+    except OSError:
+        pass  # the host's end is gone: the outcome is recorded for apply-status
+    return status
 
 
 # -- install into an image ----------------------------------------------------------------
@@ -1202,9 +1544,8 @@ Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/sbin/netinject-guest run
 # On the boot's critical path (networking waits for it) while udev, journald and friends
-# compete for the CPU: let it finish first. (`run` also asks for the lowest real-time
-# priority itself, best effort: a unit setting that cannot be applied would fail the
-# unit, and the agent would not run at all.)
+# compete for the CPU: let it finish first. (Not real-time: the agent parses data from
+# the host, and a looping bug at real-time priority would stall a 1-vCPU guest's boot.)
 Nice=-10
 StandardOutput=journal+console
 StandardError=journal+console
@@ -1259,7 +1600,8 @@ args = sys.argv[1:]
 root = args[2].rstrip("/") if args[:2] == ["run", "--root"] and len(args) == 3 else ""
 if args == ["run"] or root:
     try:
-        fd = posix.open(root + "/var/lib/netinject/instance-id", posix.O_RDONLY)
+        fd = posix.open(root + "/var/lib/netinject/instance-id",
+                        posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW)
         try:
             state = posix.read(fd, 4096).decode("ascii").split()
         finally:
@@ -1270,8 +1612,8 @@ if args == ["run"] or root:
             line = ("netinject: [%7.1f ms] not the first boot of instance %s (drive %s on "
                     "%s): nothing to do\\n" % ((time.monotonic() - started) * 1000,
                                                state[0], state[1], state[2]))
-            fd = posix.open(root + "/var/log/netinject.log",
-                            posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT, 0o644)
+            fd = posix.open(root + "/var/log/netinject.log", posix.O_WRONLY | posix.O_APPEND
+                            | posix.O_CREAT | posix.O_NOFOLLOW | posix.O_NONBLOCK, 0o644)
             try:
                 posix.write(fd, line.encode())
             finally:
@@ -1280,20 +1622,6 @@ if args == ["run"] or root:
             sys.exit(0)
     except (OSError, UnicodeError):
         pass  # the agent decides, and logs why
-    if not root:
-        # The boot service is on the boot's critical path (networking waits for it) and
-        # shares the CPU with udev workers and friends. Measured on a 1-vCPU TCG guest,
-        # the agent's ~60 ms of CPU took 107-142 ms of elapsed time at nice -10 and
-        # 67-71 ms at the lowest real-time priority, which it therefore asks for, best
-        # effort (not for the later-boot check above: it is done in a few ms anyway). It
-        # runs for tens of milliseconds and never spins (its waits sleep or block on
-        # I/O), the unit's timeout bounds it, the kernel's real-time throttling leaves
-        # other tasks their share regardless, and nothing it starts inherits it.
-        try:
-            posix.sched_setscheduler(0, posix.SCHED_FIFO | posix.SCHED_RESET_ON_FORK,
-                                     posix.sched_param(1))
-        except (AttributeError, OSError):
-            pass
     # Not a later boot: start reading the config drive udev linked, so its first 256 KiB
     # (boot sector, FAT, root directory and the payload netinject writes right after it)
     # arrive while the agent loads. The descriptor stays open until the agent is done:
@@ -1514,6 +1842,14 @@ def main(argv: "list[str] | None" = None, started: "float | None" = None,
     r.add_argument("--wait", type=float, default=DEFAULT_WAIT,
                    help="seconds to wait for the drive to appear (default %(default)s)")
     r.add_argument("--quiet", action="store_true", help="log to the file only")
+    for name, helptext in (("apply", "install a bundle from stdin as one transaction "
+                                     "(NIC hot-plug; exit 0 applied, 1 unchanged, 3 broken)"),
+                           ("apply-status", "the outcome of a transaction; fences it off if "
+                                            "it has not run")):
+        ap = sub.add_parser(name, help=helptext)
+        ap.add_argument("--txid", required=True, help="transaction id (letters, digits)")
+        ap.add_argument("--root", default="/", help="guest root (default /)")
+        ap.add_argument("--sysfs", help="sysfs to read (default ROOT/sys)")
     for name, helptext in (("install", "make this image run the agent at boot"),
                            ("uninstall", "remove what install added")):
         i = sub.add_parser(name, help=helptext)
@@ -1522,6 +1858,8 @@ def main(argv: "list[str] | None" = None, started: "float | None" = None,
     if args.cmd == "run":
         return run(args.root, args.sysfs, args.dev, args.drive, args.wait, args.quiet,
                    started=started, cpu_started=cpu_started)
+    if args.cmd in ("apply", "apply-status"):
+        return _apply_main(args.cmd, args.root, args.sysfs, args.txid)
     if args.cmd == "install":
         return install_agent(args.root, Printer())
     if args.cmd == "uninstall":

@@ -106,6 +106,9 @@ class BootSpec:
     qga: bool = False
     extra_taps: tuple[tuple[str, str], ...] = ()
     snapshot: bool = True  # False: boots write to the image (for second-boot runs)
+    # The SMBIOS system UUID, as nova/libvirt set it (the instance uuid): the agent trusts
+    # a drive only if its manifest names this uuid.
+    system_uuid: str | None = vm.INSTANCE_UUID
 
 
 @dataclass
@@ -169,6 +172,10 @@ def qemu_args(spec: BootSpec, workdir: Path, macs: tuple[str, ...] = (vm.GUEST_M
             "-qmp", f"unix:{workdir / 'qmp.sock'},server=on,wait=off"]
     if spec.accel == "kvm":
         args[3:3] = ["-cpu", "host"]
+    if spec.system_uuid is not None:
+        # What libvirt passes for <uuid> (nova: the instance uuid); the guest reads it in
+        # /sys/class/dmi/id/product_uuid.
+        args += ["-uuid", spec.system_uuid]
     if spec.drive is not None:
         args += ["-drive", f"file={spec.drive},if=virtio,format=raw,readonly=on"]
     for i, mac in enumerate(macs):
