@@ -7,6 +7,7 @@ quotes the value. Parsers call them for every field, so one run reports every pr
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +53,30 @@ def as_str(value: Any, path: str, errors: ErrorCollector) -> str | None:
         errors.add(path, value, "must be a non-empty string")
         return None
     return value
+
+
+_IDENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,254}", re.ASCII)
+
+
+def as_ident(value: Any, path: str, errors: ErrorCollector) -> str | None:
+    """An OpenStack object id (a UUID in practice; any ASCII token of letters, digits and
+    ._:- accepted): ids are copied into the drive's JSON, so nothing else gets through."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _IDENT_RE.fullmatch(value):
+        errors.add(path, value, "is not an id (letters, digits and ._:- only, at most 255)")
+        return None
+    return value
+
+
+def as_text(value: Any, path: str, errors: ErrorCollector) -> str | None:
+    """A display string (instance name, availability zone): at most 255 printable
+    characters, as nova stores them. It reaches only the drive's JSON (escaped there)."""
+    text = as_str(value, path, errors)
+    if text is not None and (len(text) > 255 or not text.isprintable()):
+        errors.add(path, value, "must be at most 255 printable characters")
+        return None
+    return text
 
 
 def as_ip(value: Any, path: str, errors: ErrorCollector) -> IPAddress | None:

@@ -75,8 +75,8 @@ def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instanc
                 hostname = Hostname.parse(hn)
             except ValueError as exc:
                 errors.add("meta_data.hostname", hn, str(exc))
-        name = f.as_str(md.get("name"), "meta_data.name", errors)
-        zone = f.as_str(md.get("availability_zone"), "meta_data.availability_zone", errors)
+        name = f.as_text(md.get("name"), "meta_data.name", errors)
+        zone = f.as_text(md.get("availability_zone"), "meta_data.availability_zone", errors)
         launch_index = f.as_int(md.get("launch_index", 0), "meta_data.launch_index", errors,
                                 0, 1 << 31) or 0
         props = f.as_str_map(md.get("meta"), "meta_data.meta", errors)
@@ -90,7 +90,7 @@ def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instanc
         if obj is None:
             continue
         n = len(errors.errors)
-        lid = f.as_str(f.get(obj, "id", f"{path}.id", errors), f"{path}.id", errors)
+        lid = f.as_ident(f.get(obj, "id", f"{path}.id", errors), f"{path}.id", errors)
         ltype = obj.get("type")
         if isinstance(ltype, str) and ltype in UNSUPPORTED_LINK_TYPES:
             errors.add(f"{path}.type", ltype, "links are not supported (physical NICs only)")
@@ -116,7 +116,7 @@ def parse(network_data: Any, meta_data: Any = None, source: str = "") -> Instanc
         if obj is None:
             continue
         addr = _network(obj, path, errors)
-        link = f.as_str(f.get(obj, "link", f"{path}.link", errors), f"{path}.link", errors)
+        link = f.as_ident(f.get(obj, "link", f"{path}.link", errors), f"{path}.link", errors)
         if link is not None and link not in links:
             errors.add(f"{path}.link", link, "refers to no link in links[]")
             continue

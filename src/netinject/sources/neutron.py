@@ -111,9 +111,9 @@ def parse_subnet(raw: Any, path: str, errors: ErrorCollector) -> Subnet | None:
             errors.missing(path)
         return None
     n = len(errors.errors)
-    sid = f.as_str(f.get(obj, "id", f"{path}.id", errors), f"{path}.id", errors)
-    netid = f.as_str(f.get(obj, "network_id", f"{path}.network_id", errors),
-                     f"{path}.network_id", errors)
+    sid = f.as_ident(f.get(obj, "id", f"{path}.id", errors), f"{path}.id", errors)
+    netid = f.as_ident(f.get(obj, "network_id", f"{path}.network_id", errors),
+                       f"{path}.network_id", errors)
     version = f.as_int(f.get(obj, "ip_version", f"{path}.ip_version", errors),
                        f"{path}.ip_version", errors, 4, 6)
     if version not in (None, 4, 6):
@@ -202,16 +202,16 @@ def parse_port(raw: Any, path: str, errors: ErrorCollector) -> Port | None:
     pid = f.as_uuid(f.get(obj, "id", f"{path}.id", errors), f"{path}.id", errors)
     mac = f.as_mac(f.get(obj, "mac_address", f"{path}.mac_address", errors),
                    f"{path}.mac_address", errors)
-    netid = f.as_str(f.get(obj, "network_id", f"{path}.network_id", errors),
-                     f"{path}.network_id", errors)
+    netid = f.as_ident(f.get(obj, "network_id", f"{path}.network_id", errors),
+                       f"{path}.network_id", errors)
     ips: list[tuple[str, IPAddress]] = []
     for i, item in enumerate(f.as_list(obj.get("fixed_ips"), f"{path}.fixed_ips", errors)):
         ipath = f"{path}.fixed_ips[{i}]"
         iobj = f.as_obj(item, ipath, errors)
         if iobj is None:
             continue
-        sid = f.as_str(f.get(iobj, "subnet_id", f"{ipath}.subnet_id", errors),
-                       f"{ipath}.subnet_id", errors)
+        sid = f.as_ident(f.get(iobj, "subnet_id", f"{ipath}.subnet_id", errors),
+                         f"{ipath}.subnet_id", errors)
         ip = f.as_ip(f.get(iobj, "ip_address", f"{ipath}.ip_address", errors),
                      f"{ipath}.ip_address", errors)
         if sid is not None and ip is not None:
@@ -235,8 +235,8 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
     uuid = f.as_uuid(f.get(inst, "uuid", "instance.uuid", errors) if raw_inst is not None
                      and isinstance(raw_inst, Mapping) else None, "instance.uuid", errors)
     hostname = _hostname(inst.get("hostname"), "instance.hostname", errors)
-    name = f.as_str(inst.get("name"), "instance.name", errors)
-    zone = f.as_str(inst.get("availability_zone"), "instance.availability_zone", errors)
+    name = f.as_text(inst.get("name"), "instance.name", errors)
+    zone = f.as_text(inst.get("availability_zone"), "instance.availability_zone", errors)
     launch_index = f.as_int(inst.get("launch_index", 0), "instance.launch_index", errors,
                             0, 1 << 31)
 
@@ -251,7 +251,7 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
         obj = f.as_obj(raw, path, errors)
         if obj is None:
             continue
-        nid = f.as_str(f.get(obj, "id", f"{path}.id", errors), f"{path}.id", errors)
+        nid = f.as_ident(f.get(obj, "id", f"{path}.id", errors), f"{path}.id", errors)
         mtu = f.as_int(obj.get("mtu"), f"{path}.mtu", errors, MTU_MIN, MTU_MAX)
         if nid is None:
             continue

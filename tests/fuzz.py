@@ -1,0 +1,598 @@
+"""The fuzz suite: hostile host inputs and hostile drives, with strict oracles.
+
+Three categories, each seeded (the same seed gives the same inputs):
+
+* ``neutron`` and ``network-data``: structural mutations of the golden documents in
+  tests/cases (keys deleted or set to null, wrong types, hostile strings: zone ids,
+  newlines, shell text, non-ASCII look-alikes, huge numbers, deep nesting, duplicates).
+  Every input goes through the real CLI (``render --out`` into a fresh directory, in
+  process). Oracle: exit 0 with every rendered file whole, or exit 2 with a message that
+  names a field and nothing written; never a traceback (any other exception or exit
+  status). Every file of an exit 0 is checked line by line against a strict grammar
+  (ENI, udev rules, resolv.conf, hostname), and the drive's manifest and JSON are checked
+  too: a line outside the grammar is an injection.
+* ``drive``: real drives (vfat and iso9660) built by netinject, then damaged: bit flips,
+  truncation, FAT loops, ISO extents and sizes. The agent's own reader and manifest
+  check run on each. Oracle: it raises AgentError or returns exactly the original
+  payload (the manifest's hashes cannot be fooled by a damaged copy); no other
+  exception, no hang (each input runs under a 5 s alarm); and the subset installed by
+  ``run`` on a guest-shaped tree installs only the original files.
+
+Run: ``.venv/bin/python tests/fuzz.py --inputs 50000`` (figures per category; exit 1 on
+any finding). The test suite runs a bounded sample (tests/test_fuzz.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import ipaddress
+import json
+import random
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CASES = HERE / "cases"
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from netinject import drive  # noqa: E402
+from netinject.cli import main  # noqa: E402
+from netinject.guest import agent  # noqa: E402
+from netinject.render import Options, Style  # noqa: E402
+from netinject.sources.neutron import parse_document  # noqa: E402
+
+# -- hostile values ------------------------------------------------------------------------
+
+HOSTILE_STRINGS = [
+    "", " ", "\n", "x\ny", "fe80::1%eth0", "fe80::1%$(touch /tmp/x)", "fe80::%1/64",
+    "10.0.0.1\n", "10.0.0.0/8\n", "10.0.0.1; reboot", "$(id)", "`id`", "a\"b", "a'b",
+    "\u212a", "web-\u212a", "\uff11\uff10.0.0.1", "10.0.0.\u0661", "\x00", "\x1b[2J",
+    "fa:16:3e:00:00:01\n", "FA:16:3E:00:00:01", "fa:16:3e:00:00:0g", "::", "::1",
+    "0.0.0.0/0", "::/0", "255.255.255.255", "224.0.0.1", "1" * 5000, "a" * 300,
+    "ffff:ffff:ffff::%x", "1.2.3.4/33", "2001:db8::/129", "true", "null", "-1",
+    "eth0", "../../etc/passwd", "etc/shadow", "%", "/", "0x10", "１２",
+    "{'a': {1, [2]}}", "{[1]: '0'}", "{'p': '99999999999'}", "{" * 2000,
+]
+SUFFIXES = ["\n", "%eth0", "%$(touch /tmp/x)", "\u212a", " ", ";id", "\x00", "\r", "/8",
+            "%25", "\u0661"]
+
+
+class RawText(str):
+    """A document given as raw text (not JSON-encodable as a value: too deep, too long)."""
+
+
+RAW_DOCS = [RawText("null"), RawText("[" * 100_000 + "]" * 100_000), RawText("9" * 5000),
+            RawText('{"instance": ' + "9" * 4301 + "}"), RawText("{"), RawText("\ud800"),
+            RawText('{"a": 1, "a": 2}'), RawText("[]"), RawText('""')]
+HOSTILE_VALUES: list[Any] = [
+    None, True, False, 0, -1, 1 << 64, 2 ** 200, 1.5,
+    float("inf"), [], {}, [None], {"a": None}, "x",
+]
+
+
+def hostile(rng: random.Random) -> Any:
+    roll = rng.random()
+    if roll < 0.55:
+        return rng.choice(HOSTILE_STRINGS)
+    if roll < 0.85:
+        return rng.choice(HOSTILE_VALUES)
+    depth = rng.randint(1, 60)
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value] if rng.random() < 0.5 else {"k": value}
+    return value
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, (*prefix, i))
+
+
+def _get(node: Any, path: tuple[Any, ...]) -> Any:
+    for p in path:
+        node = node[p]
+    return node
+
+
+def mutate(doc: Any, rng: random.Random) -> Any:
+    """One to four structural mutations of a copy of ``doc`` (now and then the whole
+    document replaced by hostile text)."""
+    if rng.random() < 0.03:
+        return rng.choice(RAW_DOCS)
+    out = copy.deepcopy(doc)
+    for _ in range(rng.randint(1, 4)):
+        if rng.random() < 0.45:
+            leaves = [p for p in _paths(out) if p and isinstance(_get(out, p), str)]
+            if leaves:
+                path = rng.choice(leaves)
+                parent = _get(out, path[:-1])
+                value = parent[path[-1]]
+                parent[path[-1]] = (value + rng.choice(SUFFIXES) if rng.random() < 0.7
+                                    else rng.choice(HOSTILE_STRINGS))
+                continue
+        paths = [p for p in _paths(out) if p]
+        if not paths:
+            return hostile(rng)
+        path = rng.choice(paths)
+        parent = _get(out, path[:-1])
+        key = path[-1]
+        op = rng.random()
+        if op < 0.45:
+            parent[key] = hostile(rng)
+        elif op < 0.6:
+            if isinstance(parent, dict):
+                del parent[key]
+            else:
+                parent.pop(key)
+        elif op < 0.7 and isinstance(parent, list):
+            parent.append(copy.deepcopy(parent[key]))  # a duplicate
+        elif op < 0.8:
+            # A value from elsewhere in the document (ids swapped, an IP where a CIDR is).
+            other = _get(out, rng.choice(paths))
+            parent[key] = copy.deepcopy(other)
+        elif op < 0.9 and isinstance(parent[key], str):
+            s = parent[key]
+            at = rng.randint(0, len(s))
+            parent[key] = s[:at] + rng.choice(["%", "\n", " ", ";", "$(x)", "\u212a", "::",
+                                               "/", "0", "f"]) + s[at:]
+        elif isinstance(parent, dict):
+            parent[rng.choice(["zzz", "gateway_ip", "mtu", "host_routes"])] = hostile(rng)
+    return out
+
+
+# -- grammar oracles -----------------------------------------------------------------------
+
+IP = r"[0-9a-f.:]{2,39}"
+NIC = r"eth[0-9]{1,4}"
+INDENT = " " * 8
+ENI_LINES = [re.compile(p, re.ASCII) for p in (
+    r"", r"# The loopback network interface", r"auto lo", r"iface lo inet loopback",
+    rf"auto {NIC}", rf"allow-hotplug {NIC}",
+    rf"iface {NIC} inet6? (static|dhcp|auto|manual)",
+    rf"{INDENT}address (?P<ip>{IP})", rf"{INDENT}netmask ([0-9.]{{7,15}}|[0-9]{{1,3}})",
+    rf"{INDENT}broadcast (?P<ip>{IP})", rf"{INDENT}gateway (?P<ip>{IP})",
+    rf"{INDENT}mtu [0-9]{{2,5}}", rf"{INDENT}dhcp 1",
+    rf"{INDENT}dns-nameservers {IP}( {IP})*",
+    rf"{INDENT}pre-up echo 1 > /proc/sys/net/ipv4/conf/{NIC}/arp_notify \|\| true",
+    rf"{INDENT}post-up /usr/bin/arping -q -U -c 3 -I {NIC} (?P<ip>{IP}) >/dev/null 2>&1 &",
+    rf"{INDENT}post-up arping -A -U -I {NIC} -c 120 (?P<ip>{IP}) &",
+    rf"{INDENT}pre-up ip link set dev {NIC} mtu [0-9]{{2,5}}",
+    rf"{INDENT}(up|down) ip (-6 )?route (add|del) (?P<net>{IP}/[0-9]{{1,3}}) via "
+    rf"(?P<ip>{IP}) dev {NIC}",
+    rf"{INDENT}(up|down) route (add|del) -net (?P<ip>{IP}) netmask [0-9.]{{7,15}} "
+    rf"gateway {IP} dev {NIC}",
+    rf"{INDENT}(up|down) route -A inet6 (add|del) (?P<net>{IP}/[0-9]{{1,3}}) gw {IP} "
+    rf"dev {NIC}",
+)]
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+MAC = r"[0-9a-f]{2}(:[0-9a-f]{2}){5}"
+UDEV_LINES = [re.compile(p, re.ASCII) for p in (
+    r"", r"# This file was generated by netinject: it pins each NIC's name to its MAC\.",
+    r"# NIC indices come from the instance's ports_pattern \(port id -> index\)\.",
+    rf"# {NIC}(: port {UUID})?",
+    rf'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="\?\*", ATTR\{{address\}}=="{MAC}", '
+    rf'ATTR\{{dev_id\}}=="0x0", ATTR\{{type\}}=="1", KERNEL=="eth\*", NAME="{NIC}"',
+)]
+RESOLV_LINES = [re.compile(p, re.ASCII) for p in (
+    r"# Generated by netinject from the instance's subnets\.",
+    r"# glibc reads at most 3 nameserver lines \(MAXNS\): the ones below are ignored by it\.",
+    rf"nameserver (?P<ip>{IP})",
+)]
+HOSTNAME_LINES = [re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)]
+MANIFEST_LINES = [re.compile(p, re.ASCII) for p in (
+    r"netinject-manifest 1", r"generator netinject [0-9.]+", r"style (default|seed)",
+    rf"instance {UUID}",
+    r"file (etc/network/interfaces|etc/resolv\.conf|etc/hostname|"
+    r"etc/udev/rules\.d/70-persistent-net\.rules) [A-Za-z0-9._-]{1,32} 0644 [0-9a-f]{64}",
+    rf"nic {NIC} {MAC}",
+)]
+GRAMMARS = {
+    "etc/network/interfaces": ENI_LINES,
+    "etc/udev/rules.d/70-persistent-net.rules": UDEV_LINES,
+    "etc/resolv.conf": RESOLV_LINES,
+    "etc/hostname": HOSTNAME_LINES,
+    "netinject/manifest": MANIFEST_LINES,
+}
+
+
+def _typed_ok(m: re.Match[str]) -> bool:
+    """Tokens named ip/net must parse as addresses/networks without a zone id."""
+    groups = m.groupdict()
+    try:
+        if groups.get("ip"):
+            ipaddress.ip_address(groups["ip"])
+        if groups.get("net"):
+            ipaddress.ip_network(groups["net"])
+    except ValueError:
+        return False
+    return True
+
+
+def check_file(name: str, text: str) -> list[str]:
+    """Lines of a rendered file outside its grammar (an empty list: all good)."""
+    if not text.endswith("\n"):
+        return [f"{name}: no final newline"]
+    bad = []
+    for n, line in enumerate(text[:-1].split("\n"), 1):
+        ok = False
+        for pattern in GRAMMARS[name]:
+            m = pattern.fullmatch(line)
+            if m is not None and _typed_ok(m):
+                ok = True
+                break
+        if not ok:
+            bad.append(f"{name}:{n}: {line!r}")
+    return bad
+
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,254}", re.ASCII)
+_ND_TYPES = {"ipv4", "ipv6", "ipv4_dhcp", "ipv6_dhcpv6-stateful", "ipv6_slaac",
+             "ipv6_dhcpv6-stateless"}
+
+
+def _ip_ok(text: Any) -> bool:
+    if not isinstance(text, str) or not re.fullmatch(IP, text, re.ASCII):
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_drive_json(files: dict[str, bytes]) -> list[str]:
+    """The drive's network_data.json and meta_data.json: every value of its type."""
+    bad: list[str] = []
+    nd = json.loads(files["openstack/latest/network_data.json"])
+    md = json.loads(files["openstack/latest/meta_data.json"])
+    if not re.fullmatch(UUID, md["uuid"]):
+        bad.append(f"meta_data.uuid {md['uuid']!r}")
+    hn = md["hostname"]
+    if hn is not None and not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", hn, re.ASCII):
+        bad.append(f"meta_data.hostname {hn!r}")
+    for key in ("name", "availability_zone"):
+        v = md[key]
+        if v is not None and (not isinstance(v, str) or not v.isprintable() or len(v) > 255):
+            bad.append(f"meta_data.{key} {v!r}")
+    for link in nd["links"]:
+        if not _ID.fullmatch(link["id"]) or not re.fullmatch(MAC, link["ethernet_mac_address"]):
+            bad.append(f"link {link!r}")
+        if link["vif_id"] is not None and not re.fullmatch(UUID, link["vif_id"]):
+            bad.append(f"link vif_id {link['vif_id']!r}")
+        if link["mtu"] is not None and not (isinstance(link["mtu"], int)
+                                            and 68 <= link["mtu"] <= 65535):
+            bad.append(f"link mtu {link['mtu']!r}")
+    for net in nd["networks"]:
+        if net["type"] not in _ND_TYPES or not _ID.fullmatch(net["link"]) \
+                or not _ID.fullmatch(net["network_id"]):
+            bad.append(f"network {net!r}")
+        for key in ("ip_address", "netmask"):
+            if key in net and not _ip_ok(net[key]):
+                bad.append(f"network {key} {net[key]!r}")
+        for r in net.get("routes", []):
+            if not all(_ip_ok(r[k]) for k in ("network", "netmask", "gateway")):
+                bad.append(f"route {r!r}")
+        for svc in net.get("services", []):
+            if not _ip_ok(svc["address"]):
+                bad.append(f"service {svc!r}")
+    for svc in nd["services"]:
+        if not _ip_ok(svc["address"]):
+            bad.append(f"service {svc!r}")
+    return bad
+
+
+# -- running one host input ----------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    inputs: int = 0
+    accepted: int = 0
+    refused: int = 0
+    tracebacks: int = 0
+    partial_writes: int = 0
+    injections: int = 0
+    findings: list[str] = field(default_factory=list)
+
+    def finding(self, kind: str, text: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        if len(self.findings) < 20:
+            self.findings.append(f"{kind}: {text}")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_host_input(doc: Any, form: str, work: Path, tally: Tally, n: int) -> None:
+    tally.inputs += 1
+    case = work / f"in{n}"
+    case.mkdir()
+    src = case / "input.json"
+    if isinstance(doc, RawText):
+        text = str(doc)
+    else:
+        try:
+            text = json.dumps(doc)
+        except (ValueError, RecursionError):
+            text = "[" * 100000
+    src.write_text(text, errors="surrogatepass")
+    out = case / "out"
+    args = (["render", str(src)] if form == "neutron"
+            else ["render", "--network-data", str(src)]) + ["--out", str(out)]
+    stderr = io.StringIO()
+    style = random.Random(n).choice(["default", "seed"])
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            rc = main([*args, "--style", style])
+    except BaseException as exc:
+        tally.finding("tracebacks", f"{form} input {n}: {type(exc).__name__}: {exc}"[:300])
+        return
+    written = _files(out) if out.exists() else {}
+    if rc == 2:
+        tally.refused += 1
+        if written:
+            tally.finding("partial_writes", f"{form} input {n}: exit 2 but wrote "
+                                            f"{sorted(written)}")
+        if "error(s)" not in stderr.getvalue() and "netinject:" not in stderr.getvalue():
+            tally.finding("tracebacks", f"{form} input {n}: exit 2 without a message")
+        return
+    if rc != 0:
+        tally.finding("tracebacks", f"{form} input {n}: exit {rc}: {stderr.getvalue()[:200]}")
+        return
+    tally.accepted += 1
+    bad: list[str] = []
+    for name, data in written.items():
+        bad += check_file(name, data.decode("utf-8", "replace"))
+    # The drive: manifest and JSON from the same model.
+    if isinstance(doc, RawText):
+        return
+    try:
+        if form == "neutron":
+            instance = parse_document(doc).instance
+        else:
+            from netinject.sources import network_data
+
+            instance = network_data.parse(doc)
+        contents = drive.contents(instance, Options(Style(style)))
+    except BaseException as exc:
+        tally.finding("tracebacks", f"{form} input {n}: drive: {type(exc).__name__}: {exc}")
+        return
+    files = {str(p): b for p, b in contents.files.items()}
+    if "netinject/manifest" in files:
+        bad += check_file("netinject/manifest", files["netinject/manifest"].decode())
+    bad += check_drive_json(files)
+    if bad:
+        tally.finding("injections", f"{form} input {n}: {bad[:3]}")
+
+
+def host_fuzz(form: str, count: int, seed: int) -> Tally:
+    rng = random.Random(seed)
+    if form == "neutron":
+        bases = [json.loads(p.read_text()) for p in sorted(CASES.glob("*/instance.json"))]
+    else:
+        bases = [json.loads(p.read_text()) for p in sorted(CASES.glob("*/network_data.json"))]
+        # network_data.json from every Neutron case too (as netinject writes it).
+        for p in sorted(CASES.glob("*/instance.json")):
+            bases.append(drive.network_data(parse_document(json.loads(p.read_text())).instance))
+    tally = Tally()
+    with tempfile.TemporaryDirectory(prefix="netinject-fuzz-") as tmp:
+        work = Path(tmp)
+        for n in range(count):
+            doc = mutate(rng.choice(bases), rng)
+            run_host_input(doc, form, work, tally, n)
+            if n % 200 == 199:  # keep the temporary tree small
+                for d in work.iterdir():
+                    for f in sorted(d.rglob("*"), reverse=True):
+                        f.rmdir() if f.is_dir() else f.unlink()
+                    d.rmdir()
+    return tally
+
+
+# -- drives --------------------------------------------------------------------------------
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(_signum: int, _frame: object) -> None:
+    raise Hang
+
+
+def _original_drives(work: Path) -> list[tuple[str, bytes, dict[str, bytes]]]:
+    """(format, image bytes, payload by name) for a vfat and an iso9660 drive."""
+    out = []
+    doc = json.loads((CASES / "multi-nic-reordered/instance.json").read_text())
+    instance = parse_document(doc).instance
+    data = drive.contents(instance, Options())
+    payload = {str(p.name): b for p, b in data.files.items() if p.parts[0] == "netinject"}
+    for fmt in ("vfat", "iso9660"):
+        img = work / f"orig.{fmt}"
+        (drive.build_vfat if fmt == "vfat" else drive.build_iso)(
+            data, img, drive.volume_id(instance.uuid))
+        raw = img.read_bytes()
+        # Only the part the reader can touch matters; the rest of a 64 MiB vfat is zeros.
+        out.append((fmt, raw[:1 << 20] if fmt == "vfat" else raw, payload))
+    return out
+
+
+def damage(fmt: str, raw: bytes, rng: random.Random) -> bytes:
+    data = bytearray(raw)
+    kind = rng.random()
+    hot = 256 * 1024 if fmt == "vfat" else len(data)  # where the vfat's metadata is
+    if kind < 0.35:
+        for _ in range(rng.randint(1, 16)):
+            at = rng.randrange(min(hot, len(data)))
+            data[at] ^= 1 << rng.randrange(8)
+    elif kind < 0.5:
+        return bytes(data[:rng.randrange(len(data))])
+    elif kind < 0.75 and fmt == "vfat":
+        # FAT entries: loops (pointing at themselves or back), bad and free clusters.
+        bps = int.from_bytes(data[11:13], "little") or 512
+        fat = int.from_bytes(data[14:16], "little") * bps
+        for _ in range(rng.randint(1, 8)):
+            cluster = rng.randrange(2, 64)
+            value = rng.choice([cluster, max(2, cluster - 1), 0, 0xFFF7, 1, 0xFFFF,
+                                rng.randrange(0x10000)])
+            data[fat + cluster * 2:fat + cluster * 2 + 2] = value.to_bytes(2, "little")
+    elif kind < 0.75:
+        # ISO directory records: extents and sizes past the end, zero, huge.
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(16 * 2048, min(len(data), 40 * 2048))
+            value = rng.choice([0, 0xFFFFFFFF, len(data) // 2048 + 5, rng.randrange(1 << 32)])
+            data[at:at + 4] = value.to_bytes(4, "little")
+    else:
+        # Boot sector / volume descriptor fields.
+        region = (0, 64) if fmt == "vfat" else (32768, 32768 + 256)
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(*region)
+            data[at] = rng.randrange(256)
+    return bytes(data)
+
+
+def drive_fuzz(count: int, seed: int, run_every: int = 50) -> Tally:
+    rng = random.Random(seed)
+    tally = Tally()
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        with tempfile.TemporaryDirectory(prefix="netinject-fuzz-drive-") as tmp:
+            work = Path(tmp)
+            originals = _original_drives(work)
+            for n in range(count):
+                fmt, raw, payload = rng.choice(originals)
+                damaged = damage(fmt, raw, rng)
+                img = work / "damaged.img"
+                img.write_bytes(damaged)
+                tally.inputs += 1
+                signal.alarm(5)
+                try:
+                    outcome = _read_and_verify(img, fmt)
+                except Hang:
+                    tally.finding("tracebacks", f"drive {n} ({fmt}): hung")
+                    continue
+                except BaseException as exc:
+                    tally.finding("tracebacks", f"drive {n} ({fmt}): {type(exc).__name__}: "
+                                                f"{exc}"[:300])
+                    continue
+                finally:
+                    signal.alarm(0)
+                if outcome is None:
+                    tally.refused += 1
+                else:
+                    tally.accepted += 1
+                    want = {n: b for n, b in payload.items() if n != "manifest"}
+                    got = {e.path.rsplit("/", 1)[-1]: e.data for e in outcome.entries}
+                    if sorted(got.values()) != sorted(want.values()):
+                        tally.finding("injections", f"drive {n} ({fmt}): a damaged drive "
+                                                    "passed with other content")
+                if n % run_every == 0:
+                    _run_agent(work, img, payload, tally, n)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    return tally
+
+
+def _read_and_verify(img: Path, fmt: str) -> agent.Manifest | None:
+    found = agent.probe_label(str(img))
+    if found is None:
+        return None
+    try:
+        return agent.verify(agent.read_payload(found))
+    except agent.AgentError:
+        return None
+    finally:
+        found.close()
+
+
+def _run_agent(work: Path, img: Path, payload: dict[str, bytes], tally: Tally,
+               n: int) -> None:
+    """The whole boot service on a guest-shaped tree: whatever it installed must be
+    exactly the original payload's files."""
+    import shutil
+
+    root = work / "guest"
+    if root.exists():
+        shutil.rmtree(root)
+    for d in ("etc/network", "var/log", "var/lib", "dev", "sys/class/block/vdb",
+              "sys/class/dmi/id"):
+        (root / d).mkdir(parents=True)
+    (root / "etc/network/interfaces").write_bytes(b"iface eth0 inet dhcp\n")
+    (root / "sys/class/block/vdb/ro").write_text("1\n")
+    doc = json.loads((CASES / "multi-nic-reordered/instance.json").read_text())
+    (root / "sys/class/dmi/id/product_uuid").write_text(doc["instance"]["uuid"] + "\n")
+    shutil.copyfile(img, root / "dev/vdb")
+    signal.alarm(10)
+    try:
+        rc = agent.run(str(root), wait=0, quiet=True)
+    except BaseException as exc:
+        tally.finding("tracebacks", f"agent run {n}: {type(exc).__name__}: {exc}")
+        return
+    finally:
+        signal.alarm(0)
+    if rc != 0:
+        tally.finding("tracebacks", f"agent run {n}: exit {rc}")
+    originals = set(payload.values())
+    for p, before in (("etc/network/interfaces", b"iface eth0 inet dhcp\n"),
+                      ("etc/hostname", None), ("etc/resolv.conf", None),
+                      ("etc/udev/rules.d/70-persistent-net.rules", None)):
+        f = root / p
+        now = f.read_bytes() if f.is_file() else None
+        if now != before and now not in originals:
+            tally.finding("injections", f"agent run {n}: installed a foreign /{p}")
+
+
+# -- command line --------------------------------------------------------------------------
+
+CATEGORIES: dict[str, Callable[[int, int], Tally]] = {
+    "neutron": lambda count, seed: host_fuzz("neutron", count, seed),
+    "network-data": lambda count, seed: host_fuzz("network-data", count, seed),
+    "drive": drive_fuzz,
+}
+
+
+def run_all(total: int, seed: int, out: Any = sys.stdout) -> dict[str, Tally]:
+    share = {"neutron": 0.4, "network-data": 0.3, "drive": 0.3}
+    results = {}
+    for name, fn in CATEGORIES.items():
+        count = max(1, int(total * share[name]))
+        t0 = time.monotonic()
+        results[name] = tally = fn(count, seed)
+        print(f"{name:13} {tally.inputs:7} inputs  {tally.accepted:6} accepted  "
+              f"{tally.refused:6} refused  tracebacks {tally.tracebacks}  partial writes "
+              f"{tally.partial_writes}  injections {tally.injections}  "
+              f"({time.monotonic() - t0:.0f} s)", file=out, flush=True)
+        for f in tally.findings:
+            print(f"  {f}", file=out)
+    return results
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="netinject's fuzz suite (see the module doc)")
+    p.add_argument("--inputs", type=int, default=50_000, help="inputs in all (default 50000)")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    results = run_all(args.inputs, args.seed)
+    bad = sum(t.tracebacks + t.partial_writes + t.injections for t in results.values())
+    print(f"total {sum(t.inputs for t in results.values())} inputs, {bad} finding(s)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
