@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -47,8 +48,16 @@ def _veth(ns: str, name: str, mac: str, peer: str) -> None:
 
 
 def _run_in(ns: str, root: Path) -> subprocess.CompletedProcess[str]:
+    """The agent in the namespace. Its sysfs is the guest tree's (the drive's 'ro' and the
+    SMBIOS uuid as the test set them) with class/net leading to the real /sys/class/net,
+    which `ip netns exec` mounts for the namespace: the renames are real."""
+    net = root / "sys/class/net"
+    if not net.is_symlink():
+        shutil.rmtree(net)
+        net.symlink_to("/sys/class/net")
     return subprocess.run(["ip", "netns", "exec", ns, GUEST_PYTHON, "-I", "-S", str(AGENT),
-                           "run", "--root", str(root), "--sysfs", "/sys", "--wait", "0",
+                           "run", "--root", str(root), "--sysfs", str(root / "sys"), "--wait",
+                           "0",
                            "--drive", str(root / "dev/vdb")],
                           capture_output=True, text=True, check=False, timeout=60)
 

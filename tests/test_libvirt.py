@@ -66,6 +66,7 @@ def domain(libvirtd: None) -> Iterator[tuple[str, Path]]:
         name = f"netinject-test-{uuid.uuid4().hex[:8]}"
         xml = f"""<domain type='qemu'>
   <name>{name}</name>
+  <uuid>{vm.INSTANCE_UUID}</uuid>
   <memory unit='MiB'>1024</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type>
