@@ -5,6 +5,8 @@ tests/fuzz.py --inputs 50000`` runs the full suite."""
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +42,27 @@ def test_fuzz_sample_finds_no_traceback_partial_write_or_injection(
 def test_grammar_oracle_rejects_injected_lines(name: str, text: str) -> None:
     """The oracle itself can fail: hostile lines are outside every grammar."""
     assert check_file(name, text) != []
+
+
+def test_iso_with_a_zero_block_size_is_refused_cleanly(tmp_path: Path) -> None:
+    """Found by the 50,000-input run: an ISO volume descriptor with a logical block size
+    of 0 made the reader divide by zero (the boot service still stepped aside, through its
+    catch-all); the reader now refuses it as not an ISO9660 filesystem."""
+    from fuzz import CASES
+    from netinject import drive
+    from netinject.guest import agent
+    from netinject.render import Options
+    from netinject.sources.neutron import parse_document
+
+    instance = parse_document(json.loads(
+        (CASES / "multi-nic-reordered/instance.json").read_text())).instance
+    img = tmp_path / "c.iso"
+    drive.build_iso(drive.contents(instance, Options()), img, drive.volume_id(instance.uuid))
+    data = bytearray(img.read_bytes())
+    data[32768 + 128:32768 + 130] = b"\x00\x00"
+    img.write_bytes(bytes(data))
+    found = agent.probe_label(str(img))
+    assert found is not None
+    with pytest.raises(agent.AgentError, match="logical block size 0"):
+        agent.read_payload(found)
+    found.close()

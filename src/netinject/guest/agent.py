@@ -600,6 +600,8 @@ class IsoReader:
         if pvd[1:6] != b"CD001":
             raise AgentError("not an ISO9660 filesystem")
         self.block = struct.unpack_from("<H", pvd, 128)[0]
+        if self.block not in (512, 1024, 2048):
+            raise AgentError("not an ISO9660 filesystem (logical block size %d)" % self.block)
         self.root = self._record(pvd[156:156 + 34])
 
     def _read(self, off: int, size: int) -> bytes:
@@ -674,7 +676,7 @@ def read_payload(drive: Drive, only: "tuple[str, ...] | None" = None) -> dict[st
             drive.fd = fd
         reader = FatReader(drive.fd) if drive.kind == "vfat" else IsoReader(drive.fd)
         return reader.read_dir_files("netinject", MAX_FILE, only)
-    except (OSError, STRUCT_ERROR, IndexError, UnicodeError, ValueError) as exc:
+    except (OSError, STRUCT_ERROR, IndexError, UnicodeError, ValueError, ArithmeticError) as exc:
         raise AgentError("cannot read the drive %s: %s" % (drive.path, exc)) from None
 
 
