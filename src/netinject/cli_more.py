@@ -42,16 +42,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hp = sub.add_parser(
         "hotplug", help="hot-plug a NIC: config and udev rule into the guest first, then attach",
         description="NIC hot-plug through qemu-guest-agent: the guest's files (all NICs) are "
-                    "re-rendered and written into the running guest before the NIC is "
-                    "attached, so it comes up with its static address without DHCP.")
+                    "re-rendered and installed in the running guest as one transaction "
+                    "(netinject-guest apply, which the image must carry) before the NIC "
+                    "is attached, so it comes up with its static address without DHCP. "
+                    "On a lost reply the guest is asked what happened and the files are "
+                    "read back: the error says truthfully whether they changed.")
     hsub = hp.add_subparsers(dest="hotplug_cmd", metavar="ACTION", required=True)
     for action in ("attach", "detach"):
         a = hsub.add_parser(action, help=f"{action} a NIC",
                             description="Allocate the NIC index (ports_pattern, lowest "
-                                        "free), write the guest's files through the agent, "
-                                        "then attach the NIC and wait for its address. "
-                                        "Exit 1 (nothing attached) if the agent cannot take "
-                                        "the config."
+                                        "free), install the guest's files in one "
+                                        "transaction, then attach the NIC and wait for its "
+                                        "address. Exit 1 (nothing attached) unless every "
+                                        "file was installed; with --allow-dhcp-fallback the "
+                                        "NIC is attached anyway (exit 0, a warning)."
                             if action == "attach" else
                             "Detach the port's NIC, rewrite the guest's files without it "
                             "and free its index in ports_pattern.")
@@ -68,7 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                            help="host tap device for the NIC (default: tap<index>)")
             a.add_argument("--allow-dhcp-fallback", action="store_true",
                            help="attach even if the agent cannot take the config (the "
-                                "guest then needs DHCP)")
+                                "guest then needs DHCP; exit 0 with a warning)")
             a.add_argument("--timeout", type=float, default=60.0,
                            help="seconds to wait for the address (default 60)")
         else:
