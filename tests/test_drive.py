@@ -13,9 +13,9 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from conftest import CASES, load_case, tree
-from drive_helpers import blkid, iso_files, vfat_files
+from helpers.drive import blkid, iso_files, vfat_files
 from netinject.cli import main
-from netinject.drive import parse_manifest
+from netinject.guest.contract import parse_manifest
 
 CLOUD_INIT_PYTHON = "/usr/bin/python3"  # Debian's cloud-init lives in the system Python
 
@@ -40,15 +40,15 @@ def test_vfat_drive_matches_render(case: str, tmp_path: Path) -> None:
     assert img.stat().st_size == 64 * 1024 * 1024
     files = vfat_files(img, tmp_path / "x")
     rendered = _render_tree(src, tmp_path / "r")
-    manifest = parse_manifest(files["netinject/manifest"].decode())
-    payload = {e["path"]: files[f"netinject/{e['source']}"] for e in manifest["files"]}
+    manifest = parse_manifest(files["netinject/manifest"])  # the agent's own parser
+    payload = {e.path: files[f"netinject/{e.source}"] for e in manifest.files}
     assert payload == rendered
     doc = load_case(case)
-    assert manifest["format"] == 1
-    assert manifest["instance"] == doc["instance"]["uuid"]
-    assert {e["path"]: e["sha256"] for e in manifest["files"]} == {
+    assert manifest.format == 1
+    assert manifest.uuid == doc["instance"]["uuid"]
+    assert {e.path: e.sha256 for e in manifest.files} == {
         k: hashlib.sha256(v).hexdigest() for k, v in rendered.items()}
-    assert all(e["mode"] == "0644" for e in manifest["files"])
+    assert all(e.mode == 0o644 for e in manifest.files)
     meta = json.loads(files["openstack/latest/meta_data.json"])
     assert meta["uuid"] == doc["instance"]["uuid"]
     assert meta["hostname"] == doc["instance"]["hostname"]
@@ -57,7 +57,7 @@ def test_vfat_drive_matches_render(case: str, tmp_path: Path) -> None:
     assert sorted(files) == sorted(
         ["netinject/manifest", "openstack/latest/meta_data.json",
          "openstack/latest/network_data.json", "openstack/latest/vendor_data.json",
-         *(f"netinject/{e['source']}" for e in manifest["files"])])
+         *(f"netinject/{e.source}" for e in manifest.files)])
 
 
 def test_iso9660_drive_matches_vfat_drive(tmp_path: Path) -> None:

@@ -81,7 +81,14 @@ def test_inject_boot_reaches_network_with_injected_config(
     assert res.report["udev-rules"] == udev.strip()
     log = res.agent_log
     # Timings count from the launcher's first line: loading the agent is included.
-    assert re.match(r"netinject: \[\s*[0-9.]+ ms\] netinject-guest \S+ loaded\n", log), log
+    # The launcher asked for the lowest real-time priority under the unit's RLIMIT_RTTIME
+    # bound, and got it.
+    assert re.match(r"netinject: \[\s*[0-9.]+ ms\] netinject-guest \S+ loaded \(real-time "
+                    r"priority, bounded\)\n", log), log
+    result = res.agent_result
+    assert result is not None, log
+    assert result["outcome"] == "installed", result
+    assert result["files"] == "4", result
     assert f"first boot of instance {vm.INSTANCE_UUID}" in log
     assert "done: 4 file(s) installed" in log
     # The done line reports the agent's CPU time, part of its elapsed time (one thread).

@@ -1,6 +1,6 @@
-"""A bounded sample of the fuzz suite (tests/fuzz.py) on every run: 3,000 inputs over
+"""A bounded sample of the fuzz suite (tests/helpers/fuzz.py) on every run: 3,000 inputs over
 both input forms and damaged drives, with the suite's oracles. ``.venv/bin/python
-tests/fuzz.py --inputs 50000`` runs the full suite."""
+tests/helpers/fuzz.py --inputs 50000`` runs the full suite."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import check_file, run_all
+from helpers.fuzz import check_file, run_all
 
 SAMPLE = 3000
 
@@ -48,9 +48,9 @@ def test_iso_with_a_zero_block_size_is_refused_cleanly(tmp_path: Path) -> None:
     """Found by the 50,000-input run: an ISO volume descriptor with a logical block size
     of 0 made the reader divide by zero (the boot service still stepped aside, through its
     catch-all); the reader now refuses it as not an ISO9660 filesystem."""
-    from fuzz import CASES
+    from helpers.fuzz import CASES
     from netinject import drive
-    from netinject.guest import agent
+    from netinject.guest import contract, discovery
     from netinject.render import Options
     from netinject.sources.neutron import parse_document
 
@@ -61,8 +61,8 @@ def test_iso_with_a_zero_block_size_is_refused_cleanly(tmp_path: Path) -> None:
     data = bytearray(img.read_bytes())
     data[32768 + 128:32768 + 130] = b"\x00\x00"
     img.write_bytes(bytes(data))
-    found = agent.probe_label(str(img))
+    found = discovery.probe_label(str(img))
     assert found is not None
-    with pytest.raises(agent.AgentError, match="logical block size 0"):
-        agent.read_payload(found)
+    with pytest.raises(contract.AgentError, match="logical block size 0"):
+        discovery.read_payload(found)
     found.close()

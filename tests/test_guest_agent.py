@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from conftest import tree
-from guest_helpers import (
+from helpers.guest import (
     AGENT,
+    BUNDLE,
     GUEST_PYTHON,
     ORIGINAL_ENI,
     agent_log,
@@ -122,9 +123,11 @@ def test_later_boot_recognises_the_drive_from_udev_link_without_reading_it(
     before = snapshot(root)
     assert run_agent(root).returncode == 0
     assert snapshot(root) == before
-    assert agent_log(root).splitlines()[-1].endswith(
-        f"not the first boot of instance {UUID_A} (drive vfat:{serial.lower()} on "
-        "/dev/vdb): nothing to do")
+    *_, said, result = agent_log(root).splitlines()
+    assert said.endswith(f"not the first boot of instance {UUID_A} (drive "
+                         f"vfat:{serial.lower()} on /dev/vdb): nothing to do")
+    assert result.startswith("netinject-result outcome=unchanged elapsed_ms=")
+    assert result.endswith(f" instance={UUID_A}")
 
 
 def test_first_boot_finds_the_drive_through_udevs_by_label_link(tmp_path: Path) -> None:
@@ -309,7 +312,7 @@ def test_unreadable_target_parent_steps_aside_before_any_change(tmp_path: Path) 
 CRASH = """
 import os, sys
 sys.path.insert(0, {agent_dir!r})
-import agent
+import netinject_guest as agent
 def crash(path):
     if path == {after!r}:
         os._exit(9)   # power loss: no rollback, no cleanup
@@ -384,7 +387,7 @@ def test_installed_launcher_decides_later_boots_without_loading_the_agent(
 
     doc = instance_doc()
     root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
-    done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "install", "--root",
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(BUNDLE), "install", "--root",
                            str(root)], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     launcher = [str(root / "usr/sbin/netinject-guest"), "run", "--root", str(root)]
@@ -403,8 +406,14 @@ def test_installed_launcher_decides_later_boots_without_loading_the_agent(
     later = subprocess.run(launcher, capture_output=True, text=True, check=False, timeout=60)
     assert later.returncode == 0, later.stderr
     assert snapshot(root) == before
-    assert later.stderr.endswith(f"not the first boot of instance {UUID_A} (drive "
-                                 f"vfat:{serial.lower()} on /dev/vdb): nothing to do\n")
+    said, result = later.stderr.splitlines()
+    # The launcher's own result line: the contract's format, read by its parser.
+    from netinject.guest.contract import parse_result
+
+    assert parse_result(result) == {"outcome": "unchanged", "instance": UUID_A,
+                                    "elapsed_ms": result.split("elapsed_ms=")[1].split()[0]}
+    assert said.endswith(f"not the first boot of instance {UUID_A} (drive "
+                         f"vfat:{serial.lower()} on /dev/vdb): nothing to do")
     assert agent_log(root).endswith(later.stderr)
     module.write_bytes(saved)
     os.unlink(root / f"dev/disk/by-uuid/{serial[:4]}-{serial[4:]}")
@@ -421,7 +430,7 @@ def test_installed_launcher_prefetches_the_labelled_drive(tmp_path: Path) -> Non
     O_NONBLOCK, and the agent ignores what is not a link."""
     doc = instance_doc()
     root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
-    done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "install", "--root",
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(BUNDLE), "install", "--root",
                            str(root)], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     by_label = root / "dev/disk/by-label"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from guest_helpers import (
-    AGENT,
+from helpers.guest import (
+    BUNDLE,
     GUEST_PYTHON,
     ORIGINAL_ENI,
     agent_log,
@@ -190,12 +190,42 @@ def test_replaced_files_keep_their_mode_and_owner(tmp_path: Path) -> None:
     assert (rules.st_mode & 0o7777, rules.st_uid) == (0o644, 0)
 
 
-def test_agent_runs_without_real_time_priority(tmp_path: Path) -> None:
-    """The launcher no longer asks for SCHED_FIFO: a looping bug could stall a 1-vCPU
-    boot. The installed launcher's source has no such request."""
+def _launcher_says(*prefix: str) -> str:
+    from netinject.guest import launcher
+
+    code = (f"import sys; sys.path.insert(0, {str(Path(launcher.__file__).parent)!r}); "
+            "import launcher; print(launcher.realtime_bounded())")
+    return subprocess.run([*prefix, GUEST_PYTHON, "-I", "-S", "-c", code], check=True,
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def test_launcher_asks_for_real_time_priority_only_when_bounded() -> None:
+    """Without RLIMIT_RTTIME (sysvinit, or a unit without LimitRTTIME=) no real-time
+    priority; with the unit's bound, yes."""
+    assert _launcher_says() == "False"
+    assert _launcher_says("prlimit", "--rttime=200000:400000") == "True"
+    assert _launcher_says("prlimit", "--rttime=5000000:6000000") == "False"  # too loose
+
+
+def test_the_bound_stops_a_looping_real_time_process() -> None:
+    """What the bound buys: a loop at SCHED_FIFO 1 under the unit's LimitRTTIME is killed
+    by the kernel (SIGXCPU at 200 ms of CPU without a blocking call), instead of holding
+    a 1-vCPU guest's CPU until the unit's 30 s timeout."""
+    import time
+
+    t0 = time.monotonic()
+    done = subprocess.run(["prlimit", "--rttime=200000:400000", "chrt", "--fifo", "1",
+                           GUEST_PYTHON, "-I", "-S", "-c", "while True: pass"],
+                          capture_output=True, check=False, timeout=30)
+    assert done.returncode in (-24, -9, 128 + 24, 128 + 9), done  # SIGXCPU or SIGKILL
+    assert time.monotonic() - t0 < 10
+
+
+def test_installed_unit_bounds_real_time(tmp_path: Path) -> None:
     root = tmp_path / "img"
-    subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "install", "--root", str(root)],
+    subprocess.run([GUEST_PYTHON, "-I", "-S", str(BUNDLE), "install", "--root", str(root)],
                    check=True, capture_output=True, timeout=60)
+    unit = (root / "lib/systemd/system/netinject.service").read_text()
+    assert "LimitRTTIME=200ms:400ms" in unit
     launcher = (root / "usr/sbin/netinject-guest").read_text()
-    assert "sched_setscheduler" not in launcher
-    assert "SCHED_FIFO" not in AGENT.read_text()
+    assert "realtime_bounded()" in launcher

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from guest_helpers import AGENT, GUEST_PYTHON, snapshot
+from helpers.guest import AGENT, BUNDLE, GUEST_PYTHON, snapshot
 
 # Debian's generator rule (the part the seed's fix touches), as shipped up to Debian 8.
 GENERATOR = """\
@@ -27,7 +27,8 @@ LABEL="persistent_net_generator_end"
 
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), *args], capture_output=True,
+    """The bundle an image builder runs (python3 netinject-guest.pyz install ...)."""
+    return subprocess.run([GUEST_PYTHON, "-I", "-S", str(BUNDLE), *args], capture_output=True,
                           text=True, check=False, timeout=60)
 
 

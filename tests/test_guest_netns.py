@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from guest_helpers import AGENT, GUEST_PYTHON, agent_log, instance_doc, make_drive, make_guest
+from helpers.guest import AGENT, GUEST_PYTHON, agent_log, instance_doc, make_drive, make_guest
 
 pytestmark = pytest.mark.root
 

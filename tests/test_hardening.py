@@ -19,7 +19,7 @@ import pytest
 
 from conftest import CASES, ifup_no_act, load_case, tree
 from netinject.cli import main
-from netinject.guest import agent as guest
+from netinject.guest import contract as guest
 
 Doc = dict[str, Any]
 ZONE = "fe80::1%$(touch /tmp/netinject-pwned)"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import QgaAgent as Agent
-from guest_helpers import AGENT, GUEST_PYTHON, make_guest
+from helpers.guest import AGENT, GUEST_PYTHON, make_guest
 from netinject.cli import main
 from netinject.hotplug import (
     ApplyOutcome,
@@ -402,7 +402,8 @@ def test_interrupted_apply_is_rolled_back_by_the_next_one(tmp_path: Path) -> Non
     instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
     raw, _ = bundle_for(instance, Options())
     # Simulate the interruption: run the install by hand and stop after the first rename.
-    code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); import agent as a\n"
+    code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
+            "import netinject_guest as a\n"
             "class Stop(BaseException): pass\n"
             "def stop(_p): raise Stop\n"
             "m = a.verify(a.parse_bundle(sys.stdin.buffer.read()))\n"

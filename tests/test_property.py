@@ -94,7 +94,7 @@ PATH_PARTS = st.lists(st.sampled_from(["", ".", "..", "a", "dev", "vdb", "/", "/
 def test_agent_path_helpers_match_posixpath(path: str, parts: list[str]) -> None:
     import posixpath
 
-    from netinject.guest import agent
+    from netinject.guest import paths as agent
 
     assert agent.join(path, *parts) == posixpath.join(path, *parts)
     assert agent.dirname(path) == posixpath.dirname(path)
@@ -105,7 +105,7 @@ def test_agent_path_helpers_match_posixpath(path: str, parts: list[str]) -> None
 def test_agent_makedirs_and_predicates(tmp_path: Path) -> None:
     import pytest
 
-    from netinject.guest import agent
+    from netinject.guest import paths as agent
 
     deep = str(tmp_path / "a" / "b" / "c")
     agent.makedirs(deep, 0o700)

@@ -38,18 +38,18 @@ from xml.etree import ElementTree as ET
 
 from . import __version__
 from .errors import MISSING, FieldError, InvalidInput, NetinjectError
-from .guest import agent as guest
+from .guest import contract
 from .model import AddrMode, IfAddress, Instance, Nic
 from .render import FORMATS, Files, Options, render_all
 
-LABEL = guest.LABELS[0]
-MANIFEST_FORMAT = guest.MANIFEST_FORMATS[-1]
-MANIFEST_PATH = PurePosixPath("netinject/manifest")
-PAYLOAD_DIR = PurePosixPath("netinject")
+LABEL = contract.LABELS[0]
+MANIFEST_FORMAT = contract.MANIFEST_FORMAT
+PAYLOAD_DIR = PurePosixPath(contract.PAYLOAD_DIR)
+MANIFEST_PATH = PAYLOAD_DIR / contract.MANIFEST_NAME
 OPENSTACK_DIR = PurePosixPath("openstack/latest")
 DEFAULT_SIZE = 64 * 1024 * 1024  # nova's vfat config drive size
 FIXED_EPOCH = 1262304000  # 2010-01-01T00:00:00Z: every timestamp on the drive
-FILE_MODE = 0o644
+FILE_MODE = contract.FILE_MODE
 
 DriveFormat = Literal["vfat", "iso9660"]
 
@@ -185,48 +185,15 @@ def source_names(files: Files) -> dict[PurePosixPath, str]:
 
 
 def manifest(instance: Instance, files: Files, style: str) -> str:
-    """What the guest agent may install: each file's guest path, source, mode, sha256.
-
-    A line format, one record per line, fields separated by one space, so the agent
-    reads it with str.split: no JSON or regex module to import on the boot path (each
-    costs ~0.1 s under emulation)::
-
-        netinject-manifest 1
-        generator netinject 0.1.0
-        style default
-        instance <uuid>
-        file <guest path> <source name> <mode> <sha256>
-        nic <ethN> <mac>
-    """
+    """What the guest agent may install (the contract's grammar: see
+    ``contract.format_manifest``): each file's guest path, source name, mode and sha256,
+    and each NIC's pinned name and MAC."""
     names = source_names(files)
-    lines = [f"netinject-manifest {MANIFEST_FORMAT}",
-             f"generator netinject {__version__}",
-             f"style {style}",
-             f"instance {instance.uuid}"]
-    lines += [f"file {path} {names[path]} {FILE_MODE:04o} "
-              f"{hashlib.sha256(content.encode()).hexdigest()}"
-              for path, content in sorted(files.items())]
-    lines += [f"nic {nic.name} {nic.mac}" for nic in instance.nics]
-    return "\n".join(lines) + "\n"
-
-
-def parse_manifest(text: str) -> dict[str, Any]:
-    """The manifest's records as a dict (for tools and tests; the agent has its own)."""
-    out: dict[str, Any] = {"files": [], "nics": []}
-    for line in text.splitlines():
-        key, _, rest = line.partition(" ")
-        if key == "netinject-manifest":
-            out["format"] = int(rest)
-        elif key == "file":
-            path, source, mode, digest = rest.split(" ")
-            out["files"].append({"path": path, "source": source, "mode": mode,
-                                 "sha256": digest})
-        elif key == "nic":
-            name, mac = rest.split(" ")
-            out["nics"].append({"name": name, "mac": mac})
-        else:
-            out[key] = rest
-    return out
+    return contract.format_manifest(
+        str(instance.uuid), style, f"netinject {__version__}",
+        [(str(path), names[path], FILE_MODE, hashlib.sha256(content.encode()).hexdigest())
+         for path, content in sorted(files.items())],
+        [(nic.name, str(nic.mac)) for nic in instance.nics])
 
 
 def _json(obj: Any) -> bytes:
@@ -243,10 +210,7 @@ def contents(instance: Instance, options: Options | None = None,
     }
     if instance.inject:
         rendered = render_all(instance, formats, opts)
-        for path in rendered:
-            if not guest.is_allowed_path(str(path)):
-                raise AssertionError(f"renderer produced {path}, outside the guest "
-                                     "agent's allowlist")
+        # format_manifest refuses any path outside the guest agent's allowlist.
         files[MANIFEST_PATH] = manifest(instance, rendered, opts.style.value).encode()
         for path, name in source_names(rendered).items():
             files[PAYLOAD_DIR / name] = rendered[path].encode()
@@ -259,10 +223,10 @@ def check_limits(files: Mapping[PurePosixPath, bytes]) -> None:
     limit is the agent's own constant, so the two sides cannot disagree."""
     errors = [FieldError(
         f"drive:{path}", MISSING,
-        f"is {len(data)} bytes, over the guest agent's limit of {guest.MAX_FILE} bytes "
+        f"is {len(data)} bytes, over the guest agent's limit of {contract.MAX_FILE} bytes "
         "per payload file (too many NICs, routes or DNS servers for one instance)")
         for path, data in sorted(files.items())
-        if path.parts[0] == PAYLOAD_DIR.name and len(data) > guest.MAX_FILE]
+        if path.parts[0] == PAYLOAD_DIR.name and len(data) > contract.MAX_FILE]
     if errors:
         raise InvalidInput(errors)
 
@@ -355,9 +319,9 @@ def build_iso(data: DriveContents, out: Path, vol_id: int) -> None:
 
 
 def _iso_name(path: PurePosixPath) -> str:
-    """An ISO9660 level-4 identifier for a path (upper-case; Rock Ridge/Joliet keep the
-    real names)."""
-    return "/" + "/".join(part.upper().replace("-", "_") for part in path.parts)
+    """An ISO9660 level-4 identifier for a path (the contract's iso_name per part; Rock
+    Ridge/Joliet keep the real names)."""
+    return "/" + "/".join(contract.iso_name(part) for part in path.parts)
 
 
 @dataclass(frozen=True)

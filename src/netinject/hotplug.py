@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from .errors import NetinjectError
-from .guest import agent as guest_agent
+from .guest import contract
 from .model import Instance, Nic
 from .qga import GuestAgent, QgaError, QgaTimeout, QgaUnavailable
 from .render import Options, render_all
@@ -83,7 +83,7 @@ def bundle_for(instance: Instance, options: Options) -> tuple[bytes, dict[str, b
     names = drive.source_names(rendered)
     files = [("manifest", manifest), *((names[p], rendered[p].encode())
                                        for p in sorted(rendered))]
-    return guest_agent.bundle(files), {str(p): c.encode() for p, c in rendered.items()}
+    return contract.bundle(files), {str(p): c.encode() for p, c in rendered.items()}
 
 
 def _read_or_none(ga: GuestAgent, path: str) -> bytes | None:
@@ -114,9 +114,9 @@ def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
     except QgaError as exc:
         return _recover(ga, side, txid, files, originals, f"reply lost ({exc})")
     text = res.stdout.decode(errors="replace").strip()
-    if res.exitcode == guest_agent.APPLY_OK:
+    if res.exitcode == contract.APPLY_OK:
         return ApplyResult(ApplyOutcome.APPLIED, text)
-    if res.exitcode == guest_agent.APPLY_UNCHANGED:
+    if res.exitcode == contract.APPLY_UNCHANGED:
         return ApplyResult(ApplyOutcome.UNCHANGED, text or res.stderr.decode(errors="replace"))
     return _readback(ga, side, files, originals,
                      text or res.stderr.decode(errors="replace").strip()
@@ -137,7 +137,7 @@ def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, byt
             last = str(exc)
             time.sleep(0.2)
             continue
-        if res.exitcode not in (guest_agent.APPLY_OK, guest_agent.APPLY_UNCHANGED):
+        if res.exitcode not in (contract.APPLY_OK, contract.APPLY_UNCHANGED):
             last = res.stdout.decode(errors="replace") or f"exit {res.exitcode}"
             break
         return _readback(ga, side, files, originals,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import NetinjectError
+from ..guest import contract
 from . import instance as vm
 from .cache import cache_dir
 from .image import KERNEL_APPEND, VariantImage
@@ -124,17 +124,21 @@ class BootResult:
     def agent_log(self) -> str:
         return self.report.get("netinject-log", "")
 
+    @property
+    def agent_result(self) -> dict[str, str] | None:
+        """The agent's result line (the contract's machine-readable last line)."""
+        return contract.parse_result(self.agent_log)
+
     def agent_cost_ms(self) -> float | None:
-        """The agent's own time from its log (first line to 'done'/'nothing to do')."""
-        times = [float(m) for m in re.findall(r"netinject: \[\s*([0-9.]+) ms\]",
-                                              self.agent_log)]
-        return times[-1] if times else None
+        """The agent's own time, from the launcher's first line to its result line."""
+        result = self.agent_result
+        return float(result["elapsed_ms"]) if result and "elapsed_ms" in result else None
 
     def agent_cpu_ms(self) -> float | None:
-        """The agent's CPU time on a first boot (its 'done' line: '(cpu N ms)'); the rest
-        of agent_cost_ms is waiting (I/O, other tasks)."""
-        found = re.findall(r"\(cpu ([0-9.]+) ms\)", self.agent_log)
-        return float(found[-1]) if found else None
+        """The agent's CPU time (the rest of agent_cost_ms is waiting: I/O, other
+        tasks); None on a later boot the launcher decided alone."""
+        result = self.agent_result
+        return float(result["cpu_ms"]) if result and "cpu_ms" in result else None
 
     def json_section(self, name: str) -> Any:
         text = self.report.get(name, "").strip()

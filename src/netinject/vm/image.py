@@ -228,11 +228,13 @@ def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
         files["etc/network/interfaces"] = (CLOUD_INIT_ENI.encode(), 0o644)
         files["etc/cloud/cloud.cfg.d/99-netinject-bench.cfg"] = (CLOUD_INIT_CFG.encode(), 0o644)
     elif name == "inject":
-        from ..guest_bundle import agent_source
+        from ..guest_bundle import agent_source, image_source, launcher_source
 
-        # Marker for the cache key: the agent's exact source is installed below.
-        files["usr/lib/netinject/.agent-sha256"] = (
-            hashlib.sha256(agent_source()).hexdigest().encode(), 0o644)
+        # Marker for the cache key: the agent, its launcher and its installer, installed
+        # below, exactly.
+        files["usr/lib/netinject/.agent-sha256"] = (hashlib.sha256(
+            agent_source() + launcher_source() + image_source().encode()
+        ).hexdigest().encode(), 0o644)
     return files
 
 
@@ -269,9 +271,11 @@ def build_variant(name: str, progress: Progress, cache: Path | None = None) -> V
         if not link.is_symlink():
             link.symlink_to("/etc/systemd/system/netinject-report.service")
         if name == "inject":
-            from ..guest.agent import install_agent
+            from ..guest.image import install_agent
+            from ..guest_bundle import agent_source, launcher_source
 
-            install_agent(str(staging), lambda msg: progress(f"image {name}: {msg}"))
+            install_agent(str(staging), lambda msg: progress(f"image {name}: {msg}"),
+                          agent_source(), launcher_source())
         size_mb = _du_mb(staging) * 13 // 10 + 256
         partial = Path(tmp) / "root.img"
         _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(staging), str(partial),

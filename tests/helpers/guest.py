@@ -11,13 +11,35 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from conftest import CASES, REPO
+from conftest import CASES
 from netinject import drive
 from netinject.render import Options
 from netinject.sources.neutron import parse_document
 
-AGENT = REPO / "src/netinject/guest/agent.py"
 GUEST_PYTHON = "/usr/bin/python3"  # Debian's python3, as in the guest image
+
+
+def _shipped() -> tuple[Path, Path]:
+    """The joined agent and the bundle exactly as shipped, built once per source state
+    (the file name carries a hash of the guest package's sources)."""
+    import hashlib
+    import tempfile
+
+    from netinject import guest_bundle
+
+    digest = hashlib.sha256(guest_bundle.agent_source() + guest_bundle.image_source().encode()
+                            + guest_bundle.launcher_source()).hexdigest()[:12]
+    d = Path(tempfile.gettempdir()) / f"netinject-test-agent-{digest}"
+    agent, bundle = d / "netinject_guest.py", d / "netinject-guest.pyz"
+    if not agent.exists() or not bundle.exists():
+        guest_bundle.build(bundle)
+        guest_bundle.write_agent(agent)
+    return agent, bundle
+
+
+# The agent as the guest runs it (one joined module: python3 -I -S AGENT run ...), and
+# the bundle an image builder uses (python3 BUNDLE install --root IMAGE).
+AGENT, BUNDLE = _shipped()
 
 ORIGINAL_ENI = b"auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n"
 

@@ -18,7 +18,7 @@ Three categories, each seeded (the same seed gives the same inputs):
   exception, no hang (each input runs under a 5 s alarm); and the subset installed by
   ``run`` on a guest-shaped tree installs only the original files.
 
-Run: ``.venv/bin/python tests/fuzz.py --inputs 50000`` (figures per category; exit 1 on
+Run: ``.venv/bin/python tests/helpers/fuzz.py --inputs 50000`` (figures per category; exit 1 on
 any finding). The test suite runs a bounded sample (tests/test_fuzz.py).
 """
 
@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-CASES = HERE / "cases"
-sys.path.insert(0, str(HERE.parent / "src"))
+CASES = HERE.parent / "cases"
+sys.path.insert(0, str(HERE.parent.parent / "src"))
 
 from netinject import drive  # noqa: E402
 from netinject.cli import main  # noqa: E402
-from netinject.guest import agent  # noqa: E402
+from netinject.guest import contract, discovery, run  # noqa: E402
 from netinject.render import Options, Style  # noqa: E402
 from netinject.sources.neutron import parse_document  # noqa: E402
 
@@ -509,13 +509,13 @@ def drive_fuzz(count: int, seed: int, run_every: int = 50) -> Tally:
     return tally
 
 
-def _read_and_verify(img: Path, fmt: str) -> agent.Manifest | None:
-    found = agent.probe_label(str(img))
+def _read_and_verify(img: Path, fmt: str) -> contract.Manifest | None:
+    found = discovery.probe_label(str(img))
     if found is None:
         return None
     try:
-        return agent.verify(agent.read_payload(found))
-    except agent.AgentError:
+        return contract.verify(discovery.read_payload(found))
+    except contract.AgentError:
         return None
     finally:
         found.close()
@@ -540,7 +540,7 @@ def _run_agent(work: Path, img: Path, payload: dict[str, bytes], tally: Tally,
     shutil.copyfile(img, root / "dev/vdb")
     signal.alarm(10)
     try:
-        rc = agent.run(str(root), wait=0, quiet=True)
+        rc = run.run(str(root), wait=0, quiet=True)
     except BaseException as exc:
         tally.finding("tracebacks", f"agent run {n}: {type(exc).__name__}: {exc}")
         return

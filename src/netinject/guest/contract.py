@@ -1,0 +1,358 @@
+"""The host-guest contract: everything both halves must agree on, defined once.
+
+Standard library only, Python >= 3.9: the host imports this module (netinject.drive,
+netinject.hotplug, the harness) and ``netinject guest-bundle`` joins it into the agent.
+It holds the labels, the limits, the guest-path allowlist, the manifest's line grammar
+(writer and parser), the state file, the hot-plug bundle, the agent's result line, and
+the names a drive's files get (``iso_name``, ``fat_uuid``). Nothing here touches disk.
+"""
+
+# (The agent is one joined module at boot: sibling imports are removed by the joiner, so
+# every top-level name in guest/ is unique.)
+
+VERSION = "0.1.0"
+MANIFEST_FORMATS = (1,)
+MANIFEST_FORMAT = MANIFEST_FORMATS[-1]
+LABELS = ("config-2", "CONFIG-2")  # nova writes the label lower-case
+STATE_DIR = "var/lib/netinject"
+STATE_FILE = STATE_DIR + "/instance-id"
+LOG_FILE = "var/log/netinject.log"
+PAYLOAD_DIR = "netinject"
+MANIFEST_NAME = "manifest"
+MAX_FILE = 1 << 20  # bytes per payload file (and the manifest)
+MANIFEST_NAMES = (MANIFEST_NAME, "MANIFEST")  # as written; as on an iso9660 primary volume
+MANIFEST_HEAD = 8  # the 'instance' record is among the manifest's first lines
+FILE_MODE = 0o644  # the mode the host gives every payload file
+
+# Guest paths the payload may write: network config, udev rules, resolver, hostname.
+ALLOWED_FILES = ("etc/network/interfaces", "etc/resolv.conf", "etc/hostname")
+ALLOWED_DIRS = ("etc/network/interfaces.d/", "etc/udev/rules.d/")
+ALLOWED_MODES = (0o644, 0o640, 0o600, 0o444)
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_HEX = frozenset("0123456789abcdef")
+
+def is_plain_name(name: str) -> bool:
+    """A file name of letters, digits, '.', '_', '-' (not starting with '.' or '-')."""
+    return (0 < len(name) <= 128 and name[0] not in ".-" and set(name) <= _NAME_CHARS)
+
+
+def is_allowed_path(path: str) -> bool:
+    """One of the allowlisted guest paths: no '..', no absolute path, no other place."""
+    if path in ALLOWED_FILES:
+        return True
+    for d in ALLOWED_DIRS:
+        if path.startswith(d) and is_plain_name(path[len(d):]):
+            return not d.startswith("etc/udev") or path.endswith(".rules")
+    return False
+
+
+def is_uuid(text: str) -> bool:
+    parts = text.split("-")
+    return ([len(p) for p in parts] == [8, 4, 4, 4, 12]
+            and set("".join(parts)) <= _HEX)
+
+
+def is_mac(text: str) -> bool:
+    parts = text.split(":")
+    return len(parts) == 6 and all(len(p) == 2 and set(p) <= _HEX for p in parts)
+
+
+def is_nic_name(text: str) -> bool:
+    return text.startswith("eth") and 3 < len(text) <= 7 and text[3:].isdigit() \
+        and text[3:].isascii()
+
+
+def sha256_hex(data: bytes) -> str:
+    # The built-in module (_sha256 up to 3.11, _sha2 from 3.12) needs no OpenSSL, whose
+    # loading is most of hashlib's import time; hashlib is the fallback.
+    for module in ("_sha256", "_sha2", "hashlib"):
+        try:
+            return str(__import__(module).sha256(data).hexdigest())
+        except ImportError:
+            continue
+    raise AgentError("no sha256 implementation in this Python")
+
+
+class AgentError(Exception):
+    """A reason to step aside and leave the image's own configuration in place."""
+
+
+def fat_uuid(serial: str) -> str:
+    """blkid's UUID for a FAT volume serial ('3c598fc9' -> '3C59-8FC9')."""
+    return "%s-%s" % (serial[:4].upper(), serial[4:8].upper())
+
+
+
+def iso_name(name: str) -> str:
+    """The primary-volume name netinject's iso9660 writer gives a file or directory."""
+    return name.upper().replace("-", "_")
+
+
+def lookup(payload: dict[str, bytes], name: str) -> "bytes | None":
+    data = payload.get(name)
+    return data if data is not None else payload.get(iso_name(name))
+
+
+# -- manifest -----------------------------------------------------------------------------
+
+
+class FileRecord:
+    """A manifest's 'file' record: where a payload file goes, and what it must be."""
+
+    def __init__(self, path: str, source: str, mode: int, sha256: str) -> None:
+        self.path = path
+        self.source = source
+        self.mode = mode
+        self.sha256 = sha256
+
+
+class ManifestRecords:
+    """A parsed manifest (grammar checked, payload not yet looked at)."""
+
+    def __init__(self, fmt: int, uuid: str, files: "list[FileRecord]",
+                 nics: "list[tuple[str, str]]", style: str, generator: str) -> None:
+        self.format = fmt
+        self.uuid = uuid
+        self.files = files
+        self.nics = nics
+        self.style = style
+        self.generator = generator
+
+
+class Entry:
+    def __init__(self, path: str, data: bytes, mode: int) -> None:
+        self.path = path
+        self.data = data
+        self.mode = mode
+
+
+class Manifest:
+    def __init__(self, uuid: str, entries: "list[Entry]", nics: "list[tuple[str, str]]"
+                 ) -> None:
+        self.uuid = uuid
+        self.entries = entries
+        self.nics = nics
+
+
+def manifest_instance(raw: bytes) -> "str | None":
+    """The instance uuid a manifest names (its 'instance' record), without checking the
+    rest: the later-boot fast path only needs to know whether anything is new."""
+    for line in raw.split(b"\n")[:MANIFEST_HEAD]:
+        if line.startswith(b"instance "):
+            return line[9:].decode("ascii", "replace").strip()
+    return None
+
+
+def parse_manifest(raw: bytes) -> ManifestRecords:
+    """The manifest's records, every field checked against the grammar format_manifest
+    writes; AgentError on anything else."""
+    try:
+        lines = raw.decode("ascii").split("\n")
+    except UnicodeDecodeError:
+        raise AgentError("manifest is not ASCII text") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    head = lines[0].split(" ") if lines else []
+    if len(head) != 2 or head[0] != "netinject-manifest":
+        raise AgentError("manifest does not start with 'netinject-manifest <format>'")
+    if not head[1].isdigit() or int(head[1]) not in MANIFEST_FORMATS:
+        raise AgentError("unknown manifest format %r (this agent knows %s)"
+                         % (head[1], ", ".join(map(str, MANIFEST_FORMATS))))
+    uuid = None
+    style = generator = ""
+    files: list[FileRecord] = []
+    nics: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for n, line in enumerate(lines[1:], start=2):
+        fields = line.split(" ")
+        key = fields[0]
+        if key == "generator":
+            generator = line[len("generator "):]
+        elif key == "style":
+            style = line[len("style "):]
+        elif key.startswith("#"):
+            continue
+        elif key == "instance":
+            if len(fields) != 2 or not is_uuid(fields[1]) or uuid is not None:
+                raise AgentError("manifest line %d: bad instance record %r" % (n, line))
+            uuid = fields[1]
+        elif key == "file":
+            if len(fields) != 5:
+                raise AgentError("manifest line %d: bad file record %r" % (n, line))
+            path, source, mode, digest = fields[1:]
+            if not is_allowed_path(path):
+                raise AgentError("manifest line %d: %r is not an allowed guest path"
+                                 % (n, path))
+            if path in seen:
+                raise AgentError("manifest lists %r twice" % path)
+            seen.add(path)
+            if not is_plain_name(source) or source in MANIFEST_NAMES:
+                raise AgentError("manifest line %d: source %r is not a plain file name"
+                                 % (n, source))
+            if not (len(mode) in (3, 4) and set(mode) <= set("01234567")) \
+                    or int(mode, 8) not in ALLOWED_MODES:
+                raise AgentError("manifest line %d: mode %r is not allowed" % (n, mode))
+            if len(digest) != 64 or not set(digest) <= _HEX:
+                raise AgentError("manifest line %d: bad sha256 %r" % (n, digest))
+            files.append(FileRecord(path, source, int(mode, 8), digest))
+        elif key == "nic":
+            if len(fields) != 3 or not is_nic_name(fields[1]) or not is_mac(fields[2]):
+                raise AgentError("manifest line %d: bad nic record %r" % (n, line))
+            if any(fields[1] == a or fields[2] == b for a, b in nics):
+                raise AgentError("manifest line %d: NIC name or MAC listed twice" % n)
+            nics.append((fields[1], fields[2]))
+        else:
+            raise AgentError("manifest line %d: unknown record %r" % (n, key))
+    if uuid is None:
+        raise AgentError("manifest names no instance")
+    if not files:
+        raise AgentError("manifest lists no files")
+    return ManifestRecords(int(head[1]), uuid, files, nics, style, generator)
+
+
+def verify(payload: "dict[str, bytes]") -> Manifest:
+    """Check the manifest and every file it lists; AgentError on anything wrong."""
+    raw = lookup(payload, MANIFEST_NAME)
+    if raw is None:
+        raise AgentError("no netinject/manifest on the drive")
+    records = parse_manifest(raw)
+    entries: list[Entry] = []
+    for f in records.files:
+        data = lookup(payload, f.source)
+        if data is None:
+            raise AgentError("payload file %r (for %s) is missing" % (f.source, f.path))
+        if sha256_hex(data) != f.sha256:
+            raise AgentError("sha256 mismatch for %s: the drive is damaged or was "
+                             "altered" % f.path)
+        entries.append(Entry(f.path, data, f.mode))
+    return Manifest(records.uuid, entries, records.nics)
+
+
+# -- the hot-plug bundle --------------------------------------------------------------------
+
+BUNDLE_MAGIC = b"netinject-bundle 1\n"
+# netinject-guest apply / apply-status exit statuses: the files are all new, all as they
+# were, or (a rollback failed) neither.
+APPLY_OK, APPLY_UNCHANGED, APPLY_BROKEN = 0, 1, 3
+BUNDLE_MAX = 8 * MAX_FILE
+
+def bundle(files: "list[tuple[str, bytes]]") -> bytes:
+    """The stdin of ``apply``: the magic line, then per file 'file NAME SIZE\n' + bytes."""
+    out = [BUNDLE_MAGIC]
+    for name, data in files:
+        out.append(("file %s %d\n" % (name, len(data))).encode("ascii"))
+        out.append(data)
+    return b"".join(out)
+
+
+def parse_bundle(raw: bytes) -> "dict[str, bytes]":
+    if not raw.startswith(BUNDLE_MAGIC):
+        raise AgentError("not a netinject bundle")
+    files: dict[str, bytes] = {}
+    pos = len(BUNDLE_MAGIC)
+    while pos < len(raw):
+        end = raw.find(b"\n", pos, pos + 200)
+        if end < 0:
+            raise AgentError("bundle: bad record at byte %d" % pos)
+        fields = raw[pos:end].decode("ascii", "replace").split(" ")
+        if len(fields) != 3 or fields[0] != "file" or not is_plain_name(fields[1]) \
+                or not fields[2].isdigit() or not fields[2].isascii() \
+                or len(fields[2]) > 8 or fields[1] in files:
+            raise AgentError("bundle: bad record at byte %d" % pos)
+        size = int(fields[2])
+        if size > MAX_FILE:
+            raise AgentError("bundle: %s is too large (%d bytes)" % (fields[1], size))
+        data = raw[end + 1:end + 1 + size]
+        if len(data) != size:
+            raise AgentError("bundle: %s is truncated" % fields[1])
+        files[fields[1]] = data
+        pos = end + 1 + size
+    return files
+
+
+def format_manifest(instance: str, style: str, generator: str,
+                    files: "list[tuple[str, str, int, str]]",
+                    nics: "list[tuple[str, str]]") -> str:
+    """The manifest: what the guest agent may install. One record per line, fields
+    separated by one space, so the agent reads it with str.split (no JSON or regex module
+    on the boot path)::
+
+        netinject-manifest 1
+        generator netinject 0.1.0
+        style default
+        instance <uuid>
+        file <guest path> <source name> <mode> <sha256>
+        nic <ethN> <mac>
+
+    ``files``: (guest path, source name, mode, sha256 hex); ``nics``: (name, mac). Every
+    field is checked here as the agent checks it, so the host cannot write a manifest the
+    agent would refuse (ValueError).
+    """
+    if not is_uuid(instance):
+        raise ValueError("instance %r is not a lower-case UUID" % instance)
+    lines = ["netinject-manifest %d" % MANIFEST_FORMAT,
+             "generator %s" % generator, "style %s" % style, "instance %s" % instance]
+    for path, source, mode, digest in files:
+        if not is_allowed_path(path):
+            raise ValueError("%r is not in the guest agent's allowlist" % path)
+        if not is_plain_name(source) or source in MANIFEST_NAMES:
+            raise ValueError("source name %r is not a plain file name" % source)
+        if mode not in ALLOWED_MODES or len(digest) != 64 or not set(digest) <= _HEX:
+            raise ValueError("bad mode or sha256 for %r" % path)
+        lines.append("file %s %s %04o %s" % (path, source, mode, digest))
+    for name, mac in nics:
+        if not is_nic_name(name) or not is_mac(mac):
+            raise ValueError("bad NIC record %r %r" % (name, mac))
+        lines.append("nic %s %s" % (name, mac))
+    if not is_plain_name(style) or not all(is_plain_name(w) for w in generator.split(" ")):
+        raise ValueError("bad style %r or generator %r" % (style, generator))
+    return "\n".join(lines) + "\n"
+
+
+# -- the state file -------------------------------------------------------------------------
+# /var/lib/netinject/instance-id: the applied instance uuid, the drive it came from
+# ('vfat:<serial>', 'iso9660:<volume set id>') and the device it was on, one per line.
+
+
+def format_state(instance: str, drive_ident: str, device: str) -> str:
+    return "%s\n%s\n%s\n" % (instance, drive_ident, device)
+
+
+def parse_state(raw: bytes) -> "list[str]":
+    """The state file's fields ([] when it is not one)."""
+    fields = raw.decode("ascii", "replace").split()
+    return fields if fields and is_uuid(fields[0]) else []
+
+
+# -- the result line ------------------------------------------------------------------------
+# The agent's last line on every boot, for machines (the harness, monitoring): the prefix
+# and space-separated key=value pairs, no spaces in values.
+
+RESULT_PREFIX = "netinject-result"
+OUTCOMES = ("installed", "unchanged", "no-drive", "stepped-aside")
+
+
+def format_result(outcome: str, elapsed_ms: float, cpu_ms: "float | None" = None,
+                  **fields: object) -> str:
+    parts = [RESULT_PREFIX, "outcome=%s" % outcome, "elapsed_ms=%.1f" % elapsed_ms]
+    if cpu_ms is not None:
+        parts.append("cpu_ms=%.1f" % cpu_ms)
+    parts += ["%s=%s" % (k, str(v).replace(" ", "_")) for k, v in sorted(fields.items())]
+    return " ".join(parts)
+
+
+def parse_result(text: str) -> "dict[str, str] | None":
+    """The last result line in ``text`` (a log, a console) as a dict, or None."""
+    found = None
+    for line in text.splitlines():
+        at = line.find(RESULT_PREFIX + " ")
+        if at < 0:
+            continue
+        fields = {}
+        for item in line[at + len(RESULT_PREFIX) + 1:].split(" "):
+            key, eq, value = item.partition("=")
+            if eq:
+                fields[key] = value.rstrip("\r")
+        if fields.get("outcome") in OUTCOMES:
+            found = fields
+    return found

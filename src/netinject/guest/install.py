@@ -1,0 +1,497 @@
+"""Installing files as one transaction: first boot (from the drive) and hot-plug
+(``apply``, from a bundle on standard input).
+
+Back up the originals (metadata only), write every new file beside its target and fsync
+it, then rename them all into place; on failure restore what was already replaced. A
+crash at any point leaves either the original or a complete new file at each path, and
+the true originals in the backup.
+"""
+
+import _stat
+import posix
+
+from .contract import (
+    APPLY_BROKEN,
+    APPLY_OK,
+    APPLY_UNCHANGED,
+    STATE_DIR,
+    AgentError,
+    Entry,
+    Manifest,
+    is_allowed_path,
+    is_plain_name,
+    parse_bundle,
+    verify,
+)
+from .log import Log
+from .paths import (
+    _mode,
+    basename,
+    dirname,
+    isdir,
+    islink,
+    join,
+    lexists,
+    makedirs,
+    no_symlink_parents,
+    read_small,
+)
+
+
+def _safe_target(root: str, rel: str, dirs: "set[str]") -> str:
+    """root/rel, refusing any existing parent below root that is a symlink. ``dirs``
+    collects the parents found to be real directories: shared parents are looked at once,
+    and staging creates only the ones missing from it."""
+    cur = root
+    for part in rel.split("/")[:-1]:
+        cur = join(cur, part)
+        if cur in dirs:
+            continue
+        mode = _mode(cur, follow=False)
+        if _stat.S_ISLNK(mode):
+            raise AgentError("refusing to write through symlinked directory %s" % cur)
+        if _stat.S_ISDIR(mode):
+            dirs.add(cur)
+    return join(root, rel)
+
+
+def target_kind(target: str) -> str:
+    """'file', 'symlink' or 'absent' (one lstat); AgentError for anything else."""
+    return target_stat(target)[0]
+
+
+def target_stat(target: str) -> "tuple[str, posix.stat_result | None]":
+    """target_kind and the lstat result (None when absent)."""
+    try:
+        st = posix.lstat(target)
+    except FileNotFoundError:
+        return "absent", None
+    except OSError as exc:
+        raise AgentError("cannot look at %s: %s" % (target, posix.strerror(exc.errno or 5))
+                         ) from None
+    if _stat.S_ISLNK(st.st_mode):
+        return "symlink", st
+    if _stat.S_ISREG(st.st_mode):
+        return "file", st
+    raise AgentError("%s exists and is not a regular file" % target)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = posix.open(path, posix.O_RDONLY | posix.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        posix.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        posix.close(fd)
+
+
+def _tmp_beside(path: str) -> str:
+    """The temporary name a file is staged under, beside its target."""
+    return join(dirname(path), ".%s.netinject-tmp" % basename(path))
+
+
+def _remove_stale(path: str) -> None:
+    """Make way for a new file at a name of ours (a staging or temporary name): a regular
+    file an interrupted run left is unlinked (only its name: a hard link to an outside
+    file leaves that file alone); anything else there is not ours to touch."""
+    kind = target_kind(path)
+    if kind == "file":
+        posix.unlink(path)
+    elif kind != "absent":
+        raise AgentError("%s is in the way (a %s, not a file netinject left)" % (path, kind))
+
+
+def _create(path: str, data: bytes, mode: int, owner: "tuple[int, int] | None" = None
+            ) -> int:
+    """Create ``path`` afresh (O_EXCL|O_NOFOLLOW: never through a symlink or into an
+    existing file), write ``data`` with ``mode`` (and ``owner``); the open descriptor,
+    for the caller to fsync and close."""
+    fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW
+                    | posix.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[posix.write(fd, view):]
+        if owner is not None:
+            posix.fchown(fd, owner[0], owner[1])
+        posix.fchmod(fd, mode)
+    except OSError:
+        posix.close(fd)
+        try:
+            posix.unlink(path)
+        except OSError:
+            pass
+        raise
+    return fd
+
+
+def write_atomic(path: str, data: bytes, mode: int) -> None:
+    """Write beside the target, fsync, rename over it (a symlink is replaced, never
+    followed)."""
+    d = dirname(path)
+    makedirs(d)
+    tmp = _tmp_beside(path)
+    _remove_stale(tmp)
+    fd = _create(tmp, data, mode)
+    try:
+        posix.fsync(fd)
+    finally:
+        posix.close(fd)
+    try:
+        posix.rename(tmp, path)
+    except OSError:
+        posix.unlink(tmp)
+        raise
+    _fsync_dir(d)
+
+
+class Backup:
+    """Originals of replaced files under /var/lib/netinject/backup/<uuid>/.
+
+    One entry per guest path (``/`` written as ``%``): a hard link to the original file
+    (or a copy when /var is another filesystem), a symlink for an original symlink, or
+    an empty ``<name>.absent`` marker when there was none. Hard links, symlinks and empty
+    markers are metadata only: no data to flush, and the filesystem journal commits them
+    before the later renames that replace the originals. A path already backed up is
+    never backed up again, so a re-run after a crash keeps the true originals rather
+    than our half-installed files.
+    """
+
+    def __init__(self, root: str, uuid: str, directory: "str | None" = None) -> None:
+        self.dir = directory or join(root, STATE_DIR, "backup", uuid)
+        self.index: dict[str, str] = {}
+        self.installed = 0  # how many files the install that made it replaced
+        try:
+            names = posix.listdir(self.dir)
+            self.made = True
+        except OSError:
+            names = []
+            self.made = False
+        for name in names:
+            kind = "absent" if name.endswith(".absent") else (
+                "symlink" if islink(join(self.dir, name)) else "file")
+            rel = name[:-len(".absent")] if kind == "absent" else name
+            rel = rel.replace("%", "/")
+            if is_allowed_path(rel):
+                self.index[rel] = kind
+
+    def _entry(self, rel: str) -> str:
+        return join(self.dir, rel.replace("/", "%"))
+
+    def save(self, rel: str, target: str, kind: str) -> None:
+        """Keep the original of ``target`` (once per path); ``kind`` is target_kind's."""
+        if rel in self.index:
+            return
+        if not self.made:
+            makedirs(self.dir, 0o700)
+            self.made = True
+        entry = self._entry(rel)
+        if kind == "symlink":
+            posix.symlink(posix.readlink(target), entry)
+        elif kind == "file":
+            try:
+                posix.link(target, entry)
+            except OSError:  # another filesystem: a durable copy instead
+                with open(target, "rb") as fh:
+                    write_atomic(entry, fh.read(), posix.stat(target).st_mode & 0o7777)
+        else:
+            _remove_stale(entry + ".absent")
+            _write_plain(entry + ".absent", b"", 0o600)
+        self.index[rel] = kind
+
+    def restore(self, root: str, rel: str) -> None:
+        kind = self.index.get(rel)
+        target = join(root, rel)
+        entry = self._entry(rel)
+        tmp = join(dirname(target), ".%s.netinject-restore" % basename(target))
+        _remove_stale(tmp)
+        if kind == "absent":
+            if lexists(target):
+                posix.unlink(target)
+        elif kind == "symlink":
+            posix.symlink(posix.readlink(entry), tmp)
+            posix.rename(tmp, target)
+        elif kind == "file":
+            try:
+                posix.link(entry, tmp)
+                posix.rename(tmp, target)
+            except OSError:
+                with open(entry, "rb") as fh:
+                    write_atomic(target, fh.read(), posix.stat(entry).st_mode & 0o7777)
+
+
+def _write_plain(path: str, data: bytes, mode: int) -> None:
+    posix.close(_create(path, data, mode))
+
+
+class Target:
+    """One file to install: the manifest entry, where it goes, and what is there now
+    (kind and lstat), looked at once in the preflight."""
+
+    def __init__(self, entry: Entry, path: str, kind: str,
+                 st: "posix.stat_result | None") -> None:
+        self.entry = entry
+        self.path = path
+        self.kind = kind
+        self.st = st
+
+    @property
+    def mode(self) -> int:
+        """A replaced file keeps its mode (0600 stays 0600); a new one gets the
+        manifest's."""
+        if self.kind == "file" and self.st is not None:
+            return self.st.st_mode & 0o7777
+        return self.entry.mode
+
+    @property
+    def owner(self) -> "tuple[int, int] | None":
+        if self.kind == "file" and self.st is not None:
+            return self.st.st_uid, self.st.st_gid
+        return None
+
+
+KEEP_SYMLINKS = ("etc/resolv.conf",)
+"""Paths whose symlink is kept rather than replaced: resolv.conf pointing at resolvconf's
+or systemd-resolved's file means the image manages DNS itself (the ENI's
+dns-nameservers feeds resolvconf)."""
+
+
+def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") -> None:
+    """Write each file beside its target (appending the temporary path to ``staged``
+    once it is created) and make them all durable before any rename. Parent directories
+    not in ``dirs`` (those _safe_target found) are created.
+
+    Writeback of every file is started before the first fsync, so the first fsync's
+    journal commit carries the blocks of all of them and the later ones find their data
+    already on disk: one commit instead of one per file (each commit is a device flush,
+    milliseconds under emulation).
+    """
+    fds: list[int] = []
+    try:
+        for t in targets:
+            d = dirname(t.path)
+            if d not in dirs:
+                makedirs(d)
+                dirs.add(d)
+            tmp = _tmp_beside(t.path)
+            _remove_stale(tmp)
+            fds.append(_create(tmp, t.entry.data, t.mode, t.owner))
+            staged.append(tmp)
+        if hasattr(posix, "posix_fadvise"):
+            for fd in fds:
+                # Starts writeback without waiting for it (WB_SYNC_NONE).
+                posix.posix_fadvise(fd, 0, 0, posix.POSIX_FADV_DONTNEED)
+        for fd in fds:
+            posix.fsync(fd)
+    finally:
+        for fd in fds:
+            posix.close(fd)
+
+
+def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
+            backup_dir: "str | None" = None) -> Backup:
+    """Install every manifest file as one transaction; on failure restore what was
+    already replaced.
+
+    Back up the originals (metadata only); write every new file beside its target and
+    fsync it; then rename them all into place. A crash at any point leaves either the
+    original or a complete new file at each path, and the true originals in the backup;
+    the instance uuid is recorded only after all of it, so the next boot finishes the job.
+    """
+    # Preflight: every target must be writable without following a symlinked directory
+    # and must not be something other than a file or symlink, before anything changes.
+    dirs: set[str] = set()
+    targets: list[Target] = []
+    for entry in manifest.entries:
+        path = _safe_target(root, entry.path, dirs)
+        kind, st = target_stat(path)
+        if kind == "symlink" and entry.path in KEEP_SYMLINKS:
+            log("kept /%s: a symlink (the image manages it)" % entry.path)
+            continue
+        targets.append(Target(entry, path, kind, st))
+    if backup_dir is None:
+        no_symlink_parents(root, join(STATE_DIR, "backup", manifest.uuid, "x"))
+    backup = Backup(root, manifest.uuid, backup_dir)
+    backup.installed = len(targets)
+    done: list[str] = []
+    staged: list[str] = []
+    try:
+        for t in targets:
+            backup.save(t.entry.path, t.path, t.kind)
+        stage_files(targets, staged, dirs)
+        for t, tmp in zip(targets, staged):
+            posix.rename(tmp, t.path)
+            done.append(t.entry.path)
+            log("installed /%s (%d bytes)" % (t.entry.path, len(t.entry.data)))
+            if callable(after_each):
+                after_each(t.entry.path)
+    except (OSError, AgentError) as exc:
+        log("install failed (%s): rolling back %d file(s)" % (exc, len(done)))
+        for tmp in staged[len(done):]:
+            try:
+                posix.unlink(tmp)
+            except OSError:
+                pass
+        failed = []
+        for rel in reversed(done):
+            try:
+                backup.restore(root, rel)
+            except OSError as rexc:
+                failed.append(rel)
+                log("rollback of /%s failed: %s" % (rel, rexc))
+        raise AgentError("install failed: %s%s" % (
+            exc, "; rollback FAILED for /%s" % ", /".join(failed) if failed else
+            "; every file is as it was")) from None
+    return backup
+
+
+
+# -- hot-plug: one transaction for a running guest -----------------------------------------
+#
+# The host pipes a bundle (the manifest and the files it lists) into
+# ``netinject-guest apply --txid T`` through qemu-guest-agent's guest-exec. The files are
+# installed with the same checks, backups and rollback as a first boot, under a lock, and
+# the outcome is recorded against T. If the host loses the reply (the agent was killed,
+# stopped or restarted), ``apply-status --txid T`` tells it what happened, and fences T
+# off if it has not run yet: a late-arriving apply of T then does nothing. So the host
+# always learns the truth and the guest's files are either all old or all new.
+
+
+APPLY_LOCK = STATE_DIR + "/apply.lock"
+APPLY_STATUS = STATE_DIR + "/apply-status"
+APPLY_BACKUP = STATE_DIR + "/apply-backup"
+APPLY_STATUS_KEEP = 32
+
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = posix.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            raise AgentError("input over %d bytes" % limit)
+        chunks.append(chunk)
+
+
+class ApplyLock:
+    """flock on /var/lib/netinject/apply.lock: one apply or apply-status at a time."""
+
+    def __init__(self, root: str) -> None:
+        no_symlink_parents(root, APPLY_LOCK)
+        makedirs(join(root, STATE_DIR), 0o700)
+        self.fd = posix.open(join(root, APPLY_LOCK), posix.O_RDWR | posix.O_CREAT
+                             | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC, 0o600)
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def close(self) -> None:
+        posix.close(self.fd)  # releases the lock
+
+
+def read_apply_status(root: str) -> "list[tuple[str, str]]":
+    try:
+        text = read_small(join(root, APPLY_STATUS), 65536).decode("ascii", "replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.split("\n"):
+        txid, _, outcome = line.partition(" ")
+        if txid and outcome:
+            out.append((txid, outcome))
+    return out
+
+
+def record_apply_status(root: str, txid: str, outcome: str) -> None:
+    entries = [e for e in read_apply_status(root) if e[0] != txid]
+    entries.append((txid, outcome))
+    text = "".join("%s %s\n" % e for e in entries[-APPLY_STATUS_KEEP:])
+    write_atomic(join(root, APPLY_STATUS), text.encode("ascii", "replace"), 0o600)
+
+
+def _drop_backup(backup: Backup) -> None:
+    for name in (posix.listdir(backup.dir) if isdir(backup.dir) else []):
+        posix.unlink(join(backup.dir, name))
+    try:
+        posix.rmdir(backup.dir)
+    except OSError:
+        pass
+
+
+def _recover(root: str, log: Log) -> None:
+    """Roll back an apply that was interrupted midway (its backup is still there)."""
+    directory = join(root, APPLY_BACKUP)
+    if not isdir(directory):
+        return
+    backup = Backup(root, "", directory)
+    for rel in backup.index:
+        backup.restore(root, rel)
+    log("rolled back an interrupted apply (%d file(s))" % len(backup.index))
+    _drop_backup(backup)
+
+
+def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log) -> "tuple[int, str]":
+    """Install a bundle as one transaction; (exit status, outcome recorded for txid)."""
+    if not is_plain_name(txid) or len(txid) > 64:
+        return APPLY_UNCHANGED, "refused: bad transaction id"
+    lock = ApplyLock(root)
+    try:
+        known = dict(read_apply_status(root))
+        if txid in known:
+            outcome = known[txid]
+            log("transaction %s already ended: %s" % (txid, outcome))
+            return (APPLY_OK if outcome == "applied" else APPLY_UNCHANGED), outcome
+        _recover(root, log)
+        try:
+            manifest = verify(parse_bundle(raw))
+            try:
+                system = read_small(join(sysfs, "class/dmi/id/product_uuid"), 64).decode(
+                    "ascii", "replace").strip().lower()
+            except OSError:
+                raise AgentError("cannot read the system UUID") from None
+            if system != manifest.uuid:
+                raise AgentError("the bundle is for instance %s, not this machine (%s)"
+                                 % (manifest.uuid, system))
+            backup = install(root, manifest, log, backup_dir=join(root, APPLY_BACKUP))
+        except AgentError as exc:
+            outcome = "unchanged: %s" % exc
+            status = APPLY_BROKEN if "rollback FAILED" in str(exc) else APPLY_UNCHANGED
+            record_apply_status(root, txid, outcome.replace("\n", " "))
+            log("apply %s: %s" % (txid, outcome))
+            if status == APPLY_BROKEN:
+                return status, "broken: %s" % exc
+            _recover(root, log)
+            return status, outcome
+        record_apply_status(root, txid, "applied")
+        _drop_backup(backup)
+        log("apply %s: %d file(s) installed" % (txid, backup.installed))
+        return APPLY_OK, "applied"
+    finally:
+        lock.close()
+
+
+def apply_status(root: str, txid: str, log: Log) -> "tuple[int, str]":
+    """The outcome of transaction ``txid``; if it has not run, fence it off for good."""
+    if not is_plain_name(txid) or len(txid) > 64:
+        return APPLY_UNCHANGED, "refused: bad transaction id"
+    lock = ApplyLock(root)
+    try:
+        known = dict(read_apply_status(root))
+        if txid in known:
+            outcome = known[txid]
+        else:
+            _recover(root, log)
+            outcome = "cancelled: never ran"
+            record_apply_status(root, txid, outcome)
+            log("transaction %s cancelled before it ran" % txid)
+        return (APPLY_OK if outcome == "applied" else APPLY_UNCHANGED), outcome
+    finally:
+        lock.close()

@@ -1,0 +1,122 @@
+#!/usr/bin/python3 -IS
+"""netinject-guest: the boot service's launcher (the agent is ../lib/netinject/).
+
+Installed as /usr/sbin/netinject-guest. Later boots are decided here with built-in
+modules only, so they do not load the agent: if udev linked the drive the recorded boot
+applied ('vfat:<serial>' in the state file) in /dev/disk/by-uuid, nothing is new.
+Everything else goes to the agent. The constants below repeat the contract's (this file
+must not import the agent); a test checks that they agree.
+"""
+
+import time
+
+started = time.monotonic()
+cpu_started = time.process_time()
+
+import posix  # noqa: E402  (built in: the clock above starts before any import)
+import sys  # noqa: E402
+
+STATE_FILE = "/var/lib/netinject/instance-id"
+LOG_FILE = "/var/log/netinject.log"
+LABELS = ("config-2", "CONFIG-2")
+RESULT_PREFIX = "netinject-result"
+READAHEAD = 1 << 18  # boot sector, FAT, root directory and the payload netinject writes
+RTTIME_MAX_US = 1_000_000  # real-time priority only under a bound at least this tight
+
+
+def later_boot(root: str) -> bool:
+    """True (after logging it) when the state file names a vfat drive udev has linked."""
+    try:
+        fd = posix.open(root + STATE_FILE, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW)
+        try:
+            state = posix.read(fd, 4096).decode("ascii").split()
+        finally:
+            posix.close(fd)
+        if len(state) != 3 or not state[1].startswith("vfat:") or len(state[1]) != 13:
+            return False
+        serial = state[1][5:].upper()
+        posix.lstat("%s/dev/disk/by-uuid/%s-%s" % (root, serial[:4], serial[4:]))
+        elapsed = (time.monotonic() - started) * 1000
+        text = ("netinject: [%7.1f ms] not the first boot of instance %s (drive %s on %s): "
+                "nothing to do\n%s outcome=unchanged elapsed_ms=%.1f instance=%s\n"
+                % (elapsed, state[0], state[1], state[2], RESULT_PREFIX, elapsed, state[0]))
+        fd = posix.open(root + LOG_FILE, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT
+                        | posix.O_NOFOLLOW | posix.O_NONBLOCK, 0o644)
+        try:
+            posix.write(fd, text.encode())
+        finally:
+            posix.close(fd)
+        sys.stderr.write(text)
+        return True
+    except (OSError, UnicodeError):
+        return False  # the agent decides, and logs why
+
+
+def readahead(root: str) -> None:
+    """Start reading the drive udev labelled, so its first blocks arrive while the agent
+    loads. The descriptor stays open until the process ends: a block device's page cache
+    is dropped when its last descriptor closes."""
+    for label in LABELS:
+        try:
+            fd = posix.open(root + "/dev/disk/by-label/" + label,
+                            posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            posix.posix_fadvise(fd, 0, READAHEAD, posix.POSIX_FADV_WILLNEED)
+        except (OSError, AttributeError):
+            pass
+        return
+
+
+def realtime_bounded() -> bool:
+    """True when RLIMIT_RTTIME bounds this process (the unit's LimitRTTIME=): then a
+    looping bug at real-time priority is stopped by the kernel (SIGXCPU, then SIGKILL)
+    after a fraction of a second of CPU without a blocking call, instead of stalling a
+    1-vCPU guest's boot. Read from /proc/self/limits (``resource`` is not built in)."""
+    try:
+        fd = posix.open("/proc/self/limits", posix.O_RDONLY | posix.O_NONBLOCK)
+        try:
+            text = posix.read(fd, 8192).decode("ascii", "replace")
+        finally:
+            posix.close(fd)
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("Max realtime timeout"):
+            soft = line[len("Max realtime timeout"):].split()[:1]
+            return bool(soft) and soft[0].isdigit() and int(soft[0]) <= RTTIME_MAX_US
+    return False
+
+
+def ask_realtime() -> None:
+    """The lowest real-time priority for this boot run, best effort and only when
+    bounded. Measured on a 1-vCPU TCG guest (bench agent, 5 runs each): first boot 82.8 ms
+    median with it, 156.1 ms without: udev's workers share the CPU at that moment."""
+    if not realtime_bounded():
+        return
+    try:
+        posix.sched_setscheduler(0, posix.SCHED_FIFO | posix.SCHED_RESET_ON_FORK,
+                                 posix.sched_param(1))
+    except (AttributeError, OSError):
+        pass
+
+
+def launch() -> int:
+    args = sys.argv[1:]
+    root = args[2].rstrip("/") if args[:2] == ["run", "--root"] and len(args) == 3 else ""
+    if args == ["run"] or root:
+        if later_boot(root):
+            return 0
+        if not root:
+            ask_realtime()
+        readahead(root)
+    prefix = sys.argv[0].rpartition("/sbin/")[0]  # /usr, or an image tree's usr
+    sys.path.insert(0, prefix + "/lib/netinject" if prefix else "/usr/lib/netinject")
+    import netinject_guest  # type: ignore[import-not-found]
+
+    return int(netinject_guest.main(started=started, cpu_started=cpu_started))
+
+
+if __name__ == "__main__":
+    sys.exit(launch())

@@ -1,0 +1,1 @@
+"""Shared test helpers (guest trees and the joined agent, drives, the fuzz suite)."""
