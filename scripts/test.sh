@@ -7,5 +7,5 @@ bash scripts/setup.sh
 echo "== ruff" && .venv/bin/ruff check .
 echo "== mypy --strict" && .venv/bin/mypy
 echo "== guest agent runs on Python >= 3.9" &&
-  .venv/bin/vermin -q --no-tips -t=3.9- --eval-annotations --violations src/netinject/guest/agent.py
+  .venv/bin/vermin -q --no-tips -t=3.9- --eval-annotations --violations src/netinject/guest/
 echo "== pytest" && .venv/bin/pytest "$@"

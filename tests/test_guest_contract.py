@@ -1,0 +1,113 @@
+"""The host-guest contract and the shipped agent's shape.
+
+* the joined agent's boot path imports only an allowlist of modules (measured in the
+  guest image's own Python, as the guest runs it);
+* the launcher's constants agree with the contract (it must not import the agent);
+* manifests written by the host parse back with the agent's parser;
+* the join refuses a top-level name defined in two modules.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import CASES
+from helpers.guest import AGENT, GUEST_PYTHON, instance_doc, make_drive, make_guest
+from netinject import drive, guest_bundle
+from netinject.guest import contract, launcher
+from netinject.render import Options
+from netinject.sources.neutron import parse_document
+
+# What a first boot may load: the interpreter's start-up set (python3 -I -S), the
+# built-in modules the agent uses, and the agent itself. Anything else is a module read
+# from disk on the boot's critical path (tens of ms each under emulation).
+BOOT_MODULES = {
+    # python3 -I -S before any import
+    "__main__", "_abc", "_codecs", "_frozen_importlib", "_frozen_importlib_external",
+    "_imp", "_io", "_signal", "_thread", "_warnings", "_weakref", "abc", "builtins",
+    "codecs", "encodings", "encodings.aliases", "encodings.utf_8", "io", "marshal",
+    "posix", "sys", "time", "zipimport",
+    # built in (compiled into Debian's python3: nothing to read)
+    "_stat", "_struct", "_sha256", "_sha2", "_socket", "fcntl",
+    # the agent
+    "netinject_guest",
+}
+
+
+def test_first_boot_imports_only_the_allowlist(tmp_path: Path) -> None:
+    doc = instance_doc()
+    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
+    code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
+            "import netinject_guest as a; "
+            f"a.run({str(root)!r}, wait=0, quiet=True); print(' '.join(sorted(sys.modules)))")
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, check=True, timeout=60)
+    loaded = set(done.stdout.split())
+    assert "done: 3 file(s) installed" in (root / "var/log/netinject.log").read_text()
+    assert loaded - BOOT_MODULES == set()
+    assert "os" not in loaded
+
+
+def test_launcher_constants_agree_with_the_contract() -> None:
+    assert launcher.STATE_FILE == "/" + contract.STATE_FILE
+    assert launcher.LOG_FILE == "/" + contract.LOG_FILE
+    assert launcher.LABELS == contract.LABELS
+    assert launcher.RESULT_PREFIX == contract.RESULT_PREFIX
+
+
+def test_every_case_manifest_parses_back_with_the_agents_parser() -> None:
+    for path in sorted(CASES.glob("*/instance.json")):
+        instance = parse_document(json.loads(path.read_text())).instance
+        data = drive.contents(instance, Options())
+        records = contract.parse_manifest(data.files[drive.MANIFEST_PATH])
+        assert records.uuid == str(instance.uuid)
+        assert [(n, m) for n, m in records.nics] == [(n.name, str(n.mac))
+                                                   for n in instance.nics]
+        verified = contract.verify({p.name: b for p, b in data.files.items()
+                                    if p.parts[0] == "netinject"})
+        assert {e.path for e in verified.entries} == {f.path for f in records.files}
+
+
+def test_host_cannot_write_a_manifest_the_agent_would_refuse() -> None:
+    ok = ("etc/hostname", "hostname", 0o644, "0" * 64)
+    contract.format_manifest("1e2d3c4b-5a69-4788-97a6-b5c4d3e2f1a0", "default",
+                             "netinject 0.1.0", [ok], [])
+    for bad in (("etc/shadow", "x", 0o644, "0" * 64), ("etc/hostname", "x y", 0o644, "0" * 64),
+                ("etc/hostname", "x", 0o755, "0" * 64), ("etc/hostname", "x", 0o644, "zz")):
+        with pytest.raises(ValueError, match=r"allowlist|plain file name|mode or sha256"):
+            contract.format_manifest("1e2d3c4b-5a69-4788-97a6-b5c4d3e2f1a0", "default",
+                                     "netinject 0.1.0", [bad], [])
+
+
+def test_result_line_round_trip() -> None:
+    line = contract.format_result("installed", 75.1, 61.4, files=4, instance="x")
+    assert contract.parse_result("noise\n" + line + "\n") == {
+        "outcome": "installed", "elapsed_ms": "75.1", "cpu_ms": "61.4", "files": "4",
+        "instance": "x"}
+    assert contract.parse_result("netinject-result outcome=bogus") is None
+
+
+def test_join_refuses_a_name_defined_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = guest_bundle.module_source
+
+    def sources(name: str) -> str:
+        text = real(name)
+        return text + "\n\ndef join(a: str) -> str:\n    return a\n" if name == "run" else text
+
+    monkeypatch.setattr(guest_bundle, "module_source", sources)
+    with pytest.raises(guest_bundle.JoinError, match="'join' is defined in both paths and run"):
+        guest_bundle.joined_source()
+
+
+def test_joined_agent_is_what_the_bundle_and_the_image_carry(tmp_path: Path) -> None:
+    import zipfile
+
+    out = guest_bundle.build(tmp_path / "g.pyz")
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read("netinject_guest.py") == AGENT.read_bytes()
+        assert sorted(zf.namelist()) == ["__main__.py", "launcher.py", "netinject_guest.py",
+                                         "netinject_guest_image.py"]
