@@ -16,6 +16,7 @@ from conftest import CASES, load_case, tree
 from helpers.drive import blkid, iso_files, vfat_files
 from netinject.cli import main
 from netinject.guest.contract import parse_manifest
+from netinject.sources.neutron import parse_document
 
 CLOUD_INIT_PYTHON = "/usr/bin/python3"  # Debian's cloud-init lives in the system Python
 
@@ -104,13 +105,13 @@ def _cloud_init_convert(nd: dict[str, Any], macs: dict[str, str]) -> Any:
 def test_cloud_init_parses_network_data(case: str, tmp_path: Path) -> None:
     """cloud-init's own parser (Debian package) reads our network_data.json and gets the
     same addresses, routes and DNS as our model."""
-    from netinject.sources import neutron
+    from netinject.sources.documents import load_instance
 
     src = CASES / case / "instance.json"
     assert _drive(src, tmp_path / "c.img") == 0
     files = vfat_files(tmp_path / "c.img", tmp_path / "x")
     nd = json.loads(files["openstack/latest/network_data.json"])
-    instance = neutron.load_file(src).instance
+    instance, _ = load_instance(src)
     macs = {str(n.mac): n.name for n in instance.nics}
     cfg = _cloud_init_convert(nd, macs)["config"]
     phys = {c["name"]: c for c in cfg if c["type"] == "physical"}
@@ -211,3 +212,37 @@ def test_libvirt_xml_attaches_read_only_virtio_disk(tmp_path: Path,
     source = disk.find("source")
     assert source is not None
     assert source.get("file") == str(img)
+
+
+@pytest.mark.parametrize("case", sorted(p.parent.name for p in CASES.glob("*/instance.json")))
+def test_network_data_round_trip(case: str) -> None:
+    """network_data.json written by dump() parses back (same module) to the same NICs,
+    addresses, routes, DNS and default route as the model it came from."""
+    from netinject.sources import network_data
+
+    instance = parse_document(load_case(case)).instance
+    back = network_data.parse(json.loads(json.dumps(network_data.dump(instance))))
+    assert back.dns == instance.dns
+    assert [(n.index, n.mac, n.port_id, n.mtu) for n in back.nics] == \
+        [(n.index, n.mac, n.port_id, n.mtu) for n in instance.nics]
+    for mine, theirs in zip(instance.nics, back.nics, strict=True):
+        assert len(mine.addresses) == len(theirs.addresses)
+        for a, b in zip(mine.addresses, theirs.addresses, strict=True):
+            # SLAAC and stateless DHCPv6 addresses are the guest's to derive: written
+            # without the address the model knows.
+            assert (b.version, b.mode, b.interface, b.routes, b.dns) == \
+                (a.version, a.mode, a.interface if a.is_static else None, a.routes, a.dns)
+            # Only the stanza carrying its family's default route has the gateway.
+            assert b.gateway == (a.gateway if instance.carries_default_route(a) else None)
+    for version in (4, 6):
+        mine_gw, theirs_gw = instance.gateway_nic(version), back.gateway_nic(version)
+        assert (mine_gw.index if mine_gw else None) == (theirs_gw.index if theirs_gw else None)
+
+
+def test_network_data_case_round_trips_to_itself() -> None:
+    from netinject.sources import network_data
+
+    nd = json.loads((CASES / "network-data/network_data.json").read_text())
+    once = network_data.parse(nd)
+    twice = network_data.parse(network_data.dump(once))
+    assert network_data.dump(twice) == network_data.dump(once)

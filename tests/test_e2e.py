@@ -23,7 +23,7 @@ from netinject.hotplug import QmpAttacher, with_port
 from netinject.qga import GuestAgent
 from netinject.render import FORMATS, Options, render_all
 from netinject.sources.neutron import parse_document
-from netinject.vm import instance as vm
+from netinject.vm import testbed as vm
 from netinject.vm.harness import (
     BootResult,
     BootSpec,

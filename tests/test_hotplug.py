@@ -37,7 +37,7 @@ from netinject.model import Nic
 from netinject.qga import GuestAgent, SocketTransport
 from netinject.render import Options
 from netinject.sources.neutron import parse_document
-from netinject.vm import instance as vm
+from netinject.vm import testbed as vm
 
 FILES = ("etc/network/interfaces", "etc/udev/rules.d/70-persistent-net.rules",
          "etc/resolv.conf")

@@ -25,7 +25,7 @@ from netinject.hotplug import LibvirtAttacher, attach, detach, with_port
 from netinject.qga import GuestAgent, LibvirtTransport
 from netinject.render import Options
 from netinject.sources.neutron import parse_document
-from netinject.vm import instance as vm
+from netinject.vm import testbed as vm
 from netinject.vm.image import KERNEL_APPEND, build_variant
 from netinject.vm.progress import Progress
 

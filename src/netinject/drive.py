@@ -39,8 +39,9 @@ from xml.etree import ElementTree as ET
 from . import __version__
 from .errors import MISSING, FieldError, InvalidInput, NetinjectError
 from .guest import contract
-from .model import AddrMode, IfAddress, Instance, Nic
+from .model import Instance
 from .render import FORMATS, Files, Options, render_all
+from .sources import network_data
 
 LABEL = contract.LABELS[0]
 MANIFEST_FORMAT = contract.MANIFEST_FORMAT
@@ -93,79 +94,6 @@ def meta_data(instance: Instance) -> dict[str, Any]:
     }
 
 
-def _link_id(nic: Nic) -> str:
-    # nova names links after the tap device: "tap" + the port id's first 11 characters.
-    return f"tap{nic.port_id[:11]}" if nic.port_id else nic.name
-
-
-_ND_TYPES = {
-    (4, AddrMode.STATIC): "ipv4",
-    (6, AddrMode.STATIC): "ipv6",
-    (4, AddrMode.DHCP): "ipv4_dhcp",
-    (6, AddrMode.DHCP): "ipv6_dhcpv6-stateful",
-    (6, AddrMode.SLAAC): "ipv6_slaac",
-    (6, AddrMode.DHCPV6_STATELESS): "ipv6_dhcpv6-stateless",
-}
-
-
-def network_data(instance: Instance) -> dict[str, Any]:
-    """network_data.json in nova's format, every known address written as static."""
-    links: list[dict[str, Any]] = []
-    networks: list[dict[str, Any]] = []
-    gw_nics = {4: instance.gateway_nic(4), 6: instance.gateway_nic(6)}
-    for nic in instance.nics:
-        link = _link_id(nic)
-        links.append({
-            "id": link,
-            "vif_id": nic.port_id or None,
-            "type": "phy",
-            "mtu": nic.mtu,
-            "ethernet_mac_address": str(nic.mac),
-        })
-        gw_done: set[int] = set()
-        for addr in nic.addresses:
-            # One default route per family, on the same NIC and stanza as in the ENI.
-            default = (gw_nics[addr.version] is nic and addr.version not in gw_done
-                       and addr.gateway is not None and addr.is_static)
-            if default:
-                gw_done.add(addr.version)
-            networks.append(_nd_network(addr, len(networks), link, nic, default))
-    return {
-        "links": links,
-        "networks": networks,
-        "services": [{"type": "dns", "address": str(ip)} for ip in instance.dns],
-    }
-
-
-def _nd_network(addr: IfAddress, n: int, link: str, nic: Nic, default_route: bool
-                ) -> dict[str, Any]:
-    mode = addr.mode
-    # Known addresses are static whatever the subnet's DHCP setting (the point of this
-    # drive); SLAAC/stateless DHCPv6 stay as they are: the guest derives those itself.
-    if addr.interface is not None and mode is AddrMode.DHCP:
-        mode = AddrMode.STATIC
-    net: dict[str, Any] = {
-        "id": f"network{n}",
-        "type": _ND_TYPES[(addr.version, mode)],
-        "link": link,
-        "network_id": nic.network_id or link,
-    }
-    if mode is AddrMode.STATIC and addr.interface is not None:
-        iface = addr.interface
-        net["ip_address"] = str(iface.ip)
-        net["netmask"] = str(iface.network.netmask)
-        routes = []
-        if default_route and addr.gateway is not None:
-            zero = "0.0.0.0" if addr.version == 4 else "::"
-            routes.append({"network": zero, "netmask": zero, "gateway": str(addr.gateway)})
-        routes.extend({"network": str(r.destination.network_address),
-                       "netmask": str(r.destination.netmask),
-                       "gateway": str(r.gateway)} for r in addr.routes)
-        net["routes"] = routes
-    net["services"] = [{"type": "dns", "address": str(ip)} for ip in addr.dns]
-    return net
-
-
 def source_names(files: Files) -> dict[PurePosixPath, str]:
     """The payload's on-drive name for each guest path: its base name, made unique.
 
@@ -205,7 +133,7 @@ def contents(instance: Instance, options: Options | None = None,
     opts = options or Options()
     files: dict[PurePosixPath, bytes] = {
         OPENSTACK_DIR / "meta_data.json": _json(meta_data(instance)),
-        OPENSTACK_DIR / "network_data.json": _json(network_data(instance)),
+        OPENSTACK_DIR / "network_data.json": _json(network_data.dump(instance)),
         OPENSTACK_DIR / "vendor_data.json": _json({}),
     }
     if instance.inject:

@@ -17,6 +17,10 @@ class NetinjectError(Exception):
     """Base class of every error netinject raises on purpose."""
 
 
+class UsageError(NetinjectError):
+    """Wrong combination of command-line options (exit 2)."""
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One problem with one field of an input document."""

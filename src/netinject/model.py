@@ -235,14 +235,26 @@ class Instance:
         for server in self.dns:
             check_no_zone(server)
 
-    def gateway_nic(self, version: int) -> Nic | None:
-        """The NIC that carries the default route for an address family.
+    def default_route(self, version: int) -> tuple[Nic, IfAddress] | None:
+        """The NIC and address stanza that carry the default route of an address family.
 
-        Only one default route per family: a second ``gateway`` line makes ifup fail.
-        It goes on the lowest-index NIC whose subnet has a gateway.
+        The one rule every output format follows: one default route per family (a second
+        ``gateway`` line makes ifup fail), on the lowest-index NIC whose subnet has a
+        gateway, on its first static address of that family with one.
         """
         for nic in self.nics:
             for addr in nic.addresses:
                 if addr.version == version and addr.gateway is not None and addr.is_static:
-                    return nic
+                    return nic, addr
         return None
+
+    def gateway_nic(self, version: int) -> Nic | None:
+        """The NIC that carries the default route for an address family."""
+        found = self.default_route(version)
+        return found[0] if found else None
+
+    def carries_default_route(self, addr: IfAddress) -> bool:
+        """Whether this very stanza (identity, not equality) carries its family's default
+        route."""
+        found = self.default_route(addr.version)
+        return found is not None and found[1] is addr

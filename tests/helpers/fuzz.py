@@ -49,6 +49,7 @@ from netinject import drive  # noqa: E402
 from netinject.cli import main  # noqa: E402
 from netinject.guest import contract, discovery, run  # noqa: E402
 from netinject.render import Options, Style  # noqa: E402
+from netinject.sources import network_data  # noqa: E402
 from netinject.sources.neutron import parse_document  # noqa: E402
 
 # -- hostile values ------------------------------------------------------------------------
@@ -390,7 +391,7 @@ def host_fuzz(form: str, count: int, seed: int) -> Tally:
         bases = [json.loads(p.read_text()) for p in sorted(CASES.glob("*/network_data.json"))]
         # network_data.json from every Neutron case too (as netinject writes it).
         for p in sorted(CASES.glob("*/instance.json")):
-            bases.append(drive.network_data(parse_document(json.loads(p.read_text())).instance))
+            bases.append(network_data.dump(parse_document(json.loads(p.read_text())).instance))
     tally = Tally()
     with tempfile.TemporaryDirectory(prefix="netinject-fuzz-") as tmp:
         work = Path(tmp)

@@ -8,61 +8,50 @@ through qemu-guest-agent): one writer per side touches the disk.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import PurePosixPath
+from collections.abc import Iterable
 
 from ..model import Instance
+from . import eni, hostname, resolv, udev
+from .base import Files, Options, Rendered, Renderer, Style
 
-Files = dict[PurePosixPath, str]
+__all__ = ["FORMATS", "REGISTRY", "Files", "Options", "Rendered", "Renderer", "Style", "get",
+           "render", "render_all"]
 
-
-class Style(enum.Enum):
-    """ENI flavour. ``seed`` reproduces the seed's net-tools/arping lines exactly;
-    ``default`` needs only iproute2 (what a minimal Debian image has)."""
-
-    DEFAULT = "default"
-    SEED = "seed"
-
-
-@dataclass(frozen=True)
-class Options:
-    style: Style = Style.DEFAULT
-
-
-Renderer = Callable[[Instance, Options], Files]
-
-
-def _registry() -> dict[str, Renderer]:
-    from . import eni, hostname, resolv, udev
-
-    return {
-        "eni": eni.render,
-        "udev": udev.render,
-        "resolv": resolv.render,
-        "hostname": hostname.render,
-    }
-
-
-FORMATS: tuple[str, ...] = ("eni", "udev", "resolv", "hostname")
+REGISTRY: dict[str, Renderer] = {
+    "eni": eni.render,
+    "udev": udev.render,
+    "resolv": resolv.render,
+    "hostname": hostname.render,
+}
+"""Format name -> renderer, in the order formats are rendered and listed. A new format
+is one module and one line here."""
+FORMATS: tuple[str, ...] = tuple(REGISTRY)
 
 
 def get(name: str) -> Renderer:
     try:
-        return _registry()[name]
+        return REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown format {name!r} (known: {', '.join(FORMATS)})") from None
 
 
+def render(instance: Instance, formats: Iterable[str] = FORMATS,
+           options: Options | None = None) -> Rendered:
+    """Render every requested format into one result (formats never share a path)."""
+    opts = options or Options()
+    files: Files = {}
+    warnings: list[str] = []
+    for name in formats:
+        out = get(name)(instance, opts)
+        for path, content in out.files.items():
+            if path in files:
+                raise AssertionError(f"two renderers produce {path}")
+            files[path] = content
+        warnings.extend(out.warnings)
+    return Rendered(files, tuple(warnings))
+
+
 def render_all(instance: Instance, formats: Iterable[str] = FORMATS,
                options: Options | None = None) -> Files:
-    """Render every requested format into one file map (formats never share a path)."""
-    opts = options or Options()
-    out: Files = {}
-    for name in formats:
-        for path, content in get(name)(instance, opts).items():
-            if path in out:
-                raise AssertionError(f"two renderers produce {path}")
-            out[path] = content
-    return out
+    """The files of render() (for callers that show no warnings)."""
+    return render(instance, formats, options).files

@@ -21,10 +21,11 @@ would fail ifup.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from ..model import AddrMode, IfAddress, Instance, IPAddress, Nic, Route
-from . import Files, Options, Style
+from .base import Options, Rendered, Style
 
 PATH = PurePosixPath("etc/network/interfaces")
 INDENT = "        "
@@ -33,24 +34,23 @@ DEFAULT_ARP_COUNT = 3
 ARPING = "/usr/bin/arping"
 
 
-def render(instance: Instance, options: Options) -> Files:
+def render(instance: Instance, options: Options) -> Rendered:
     lines = ["# The loopback network interface", "auto lo", "iface lo inet loopback"]
     gw4 = instance.gateway_nic(4)
     gw6 = instance.gateway_nic(6)
     dns_nic = gw4 or gw6 or next((n for n in instance.nics if _first_static(n)), None)
     for nic in instance.nics:
         lines.append("")
-        lines.extend(_nic(nic, options.style,
-                          gateway_versions={v for v, g in ((4, gw4), (6, gw6)) if g is nic},
+        lines.extend(_nic(nic, options.style, instance.carries_default_route,
                           dns=instance.dns if nic is dns_nic else ()))
-    return {PATH: "\n".join(lines) + "\n"}
+    return Rendered({PATH: "\n".join(lines) + "\n"})
 
 
 def _first_static(nic: Nic) -> IfAddress | None:
     return next((a for a in nic.addresses if a.is_static), None)
 
 
-def _nic(nic: Nic, style: Style, gateway_versions: set[int],
+def _nic(nic: Nic, style: Style, default_route: Callable[[IfAddress], bool],
          dns: tuple[IPAddress, ...]) -> list[str]:
     name = nic.name
     out = [f"auto {name}", f"allow-hotplug {name}"]
@@ -62,7 +62,6 @@ def _nic(nic: Nic, style: Style, gateway_versions: set[int],
     mtu_done = False
     dns_done = False
     arp_notify_done = False
-    gw_done: set[int] = set()
     for n, addr in enumerate(nic.addresses):
         if n:
             out.append("")
@@ -81,10 +80,8 @@ def _nic(nic: Nic, style: Style, gateway_versions: set[int],
             else:
                 body.append(f"address {iface.ip}")
                 body.append(f"netmask {iface.network.prefixlen}")
-            if (addr.gateway is not None and addr.version in gateway_versions
-                    and addr.version not in gw_done):
+            if addr.gateway is not None and default_route(addr):
                 body.append(f"gateway {addr.gateway}")
-                gw_done.add(addr.version)
             if nic.mtu is not None and not mtu_done:
                 body.append(f"mtu {nic.mtu}")
                 mtu_done = True

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from ..model import Instance
-from . import Files, Options
+from .base import Options, Rendered
 
 PATH = PurePosixPath("etc/hostname")
 
 
-def render(instance: Instance, options: Options) -> Files:
+def render(instance: Instance, options: Options) -> Rendered:
     if instance.hostname is None:
-        return {}
-    return {PATH: instance.hostname.short + "\n"}
+        return Rendered()
+    return Rendered({PATH: instance.hostname.short + "\n"})

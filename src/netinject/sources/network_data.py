@@ -1,6 +1,7 @@
 """nova's OpenStack ``network_data.json`` (+ optional ``meta_data.json``) -> model.
 
-This lets the same renderers serve stock OpenStack clouds. NIC order is the order of
+This lets the same renderers serve stock OpenStack clouds; ``dump`` writes the format
+back (the config drive's copy), in this one module with its parser. NIC order is the order of
 nova's physical links (nova writes them in the instance's VIF order); each NIC is
 ``eth<position>``. A route to 0.0.0.0/0 (::/0) is the network's gateway, as nova writes
 it. Networks of type ``ipv4_dhcp``/``ipv6_dhcp`` carry no address and render as DHCP.
@@ -249,3 +250,76 @@ def _dns(raw: Any, path: str, errors: ErrorCollector) -> list[IPAddress]:
         if ip is not None:
             out.append(ip)
     return out
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+def _link_id(nic: Nic) -> str:
+    # nova names links after the tap device: "tap" + the port id's first 11 characters.
+    return f"tap{nic.port_id[:11]}" if nic.port_id else nic.name
+
+
+_ND_TYPES = {
+    (4, AddrMode.STATIC): "ipv4",
+    (6, AddrMode.STATIC): "ipv6",
+    (4, AddrMode.DHCP): "ipv4_dhcp",
+    (6, AddrMode.DHCP): "ipv6_dhcpv6-stateful",
+    (6, AddrMode.SLAAC): "ipv6_slaac",
+    (6, AddrMode.DHCPV6_STATELESS): "ipv6_dhcpv6-stateless",
+}
+
+
+def dump(instance: Instance) -> dict[str, Any]:
+    """network_data.json in nova's format, every known address written as static (the
+    config drive's copy: whichever agent the guest runs, it need not wait on DHCP).
+    ``parse(dump(i))`` gives back i's NICs, addresses, routes and DNS."""
+    links: list[dict[str, Any]] = []
+    networks: list[dict[str, Any]] = []
+    for nic in instance.nics:
+        link = _link_id(nic)
+        links.append({
+            "id": link,
+            "vif_id": nic.port_id or None,
+            "type": "phy",
+            "mtu": nic.mtu,
+            "ethernet_mac_address": str(nic.mac),
+        })
+        for addr in nic.addresses:
+            # One default route per family, on the same stanza as in every format.
+            networks.append(_nd_network(addr, len(networks), link, nic,
+                                        instance.carries_default_route(addr)))
+    return {
+        "links": links,
+        "networks": networks,
+        "services": [{"type": "dns", "address": str(ip)} for ip in instance.dns],
+    }
+
+
+def _nd_network(addr: IfAddress, n: int, link: str, nic: Nic, default_route: bool
+                ) -> dict[str, Any]:
+    mode = addr.mode
+    # Known addresses are static whatever the subnet's DHCP setting (the point of this
+    # drive); SLAAC/stateless DHCPv6 stay as they are: the guest derives those itself.
+    if addr.interface is not None and mode is AddrMode.DHCP:
+        mode = AddrMode.STATIC
+    net: dict[str, Any] = {
+        "id": f"network{n}",
+        "type": _ND_TYPES[(addr.version, mode)],
+        "link": link,
+        "network_id": nic.network_id or link,
+    }
+    if mode is AddrMode.STATIC and addr.interface is not None:
+        iface = addr.interface
+        net["ip_address"] = str(iface.ip)
+        net["netmask"] = str(iface.network.netmask)
+        routes = []
+        if default_route and addr.gateway is not None:
+            zero = "0.0.0.0" if addr.version == 4 else "::"
+            routes.append({"network": zero, "netmask": zero, "gateway": str(addr.gateway)})
+        routes.extend({"network": str(r.destination.network_address),
+                       "netmask": str(r.destination.netmask),
+                       "gateway": str(r.gateway)} for r in addr.routes)
+        net["routes"] = routes
+    net["services"] = [{"type": "dns", "address": str(ip)} for ip in addr.dns]
+    return net

@@ -7,13 +7,11 @@ be pasted in. Unknown fields are ignored; missing required fields are errors.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import MISSING, ErrorCollector, FieldError, InvalidInput
+from ..errors import ErrorCollector
 from ..model import (
     MTU_MAX,
     MTU_MIN,
@@ -62,46 +60,6 @@ class LoadedInstance:
 
     instance: Instance
     system_metadata: Mapping[str, str]
-
-
-def load_file(path: Path) -> LoadedInstance:
-    return parse_document(read_json(path), source=str(path))
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file. Anything that is not a readable JSON document (a directory, bad
-    UTF-8, a syntax error, nesting too deep, an integer too long to convert) becomes an
-    InvalidInput naming the file; nothing here raises anything else."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput([FieldError("", MISSING, f"is not UTF-8 text ({exc.reason})")],
-                           str(path)) from None
-    except FileNotFoundError:
-        raise InvalidInput([FieldError("", MISSING, "no such file")], str(path)) from None
-    except IsADirectoryError:
-        raise InvalidInput([FieldError("", MISSING, "is a directory, not a JSON file")],
-                           str(path)) from None
-    except OSError as exc:
-        raise InvalidInput([FieldError("", MISSING, f"cannot be read ({exc.strerror})")],
-                           str(path)) from None
-    return parse_json(text, str(path))
-
-
-def parse_json(text: str, source: str = "") -> Any:
-    """json.loads with every failure as an InvalidInput (exit 2), never a traceback."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput([FieldError(
-            "", MISSING, f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        )], source) from None
-    except RecursionError:
-        raise InvalidInput([FieldError("", MISSING, "is not usable JSON: nested too deeply")],
-                           source) from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise InvalidInput([FieldError("", MISSING, f"is not usable JSON: {exc}")],
-                           source) from None
 
 
 def parse_subnet(raw: Any, path: str, errors: ErrorCollector) -> Subnet | None:

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from ..errors import NetinjectError
 from ..guest import contract
-from . import instance as vm
+from . import testbed as vm
 from .cache import cache_dir
 from .image import KERNEL_APPEND, VariantImage
 

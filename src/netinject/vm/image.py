@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import NetinjectError
 from ..render import FORMATS, Options, render_all
 from ..sources.neutron import parse_document
-from . import instance as vm
+from . import testbed as vm
 from .cache import cache_dir
 
 SUITE = "bookworm"

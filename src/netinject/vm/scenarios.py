@@ -10,7 +10,7 @@ from .. import drive
 from ..render import Options
 from ..sources.neutron import parse_document
 from . import image as images
-from . import instance as vm
+from . import testbed as vm
 from .harness import BootSpec
 
 

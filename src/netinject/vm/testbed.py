@@ -1,5 +1,6 @@
-"""The benchmark VM's network identity: one NIC on a documentation range, inside the
-network namespace the harness creates (nothing leaves this machine)."""
+"""The test bed VM's identity (not to be confused with model.Instance): its instance
+uuid and one NIC on a documentation range, inside the network namespace the harness
+creates (nothing leaves this machine); and the second NIC the hot-plug tests attach."""
 
 from __future__ import annotations
 

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..bench.stats import table
-from .harness import boot, kvm_usable
-from .progress import Progress
-from .scenarios import SCENARIOS, Prepared
+from ..vm.harness import boot, kvm_usable
+from ..vm.progress import Progress
+from ..vm.scenarios import SCENARIOS, Prepared
+from .stats import table
 
 
 def run(names: Sequence[str], runs: int, progress: Progress) -> dict[str, Any]:

@@ -1,0 +1,9 @@
+"""One module per command; each has ``register(subparsers)`` and the function it runs.
+
+Commands import the library, never the CLI package itself (no import cycles)."""
+
+from __future__ import annotations
+
+from . import bench, demo, drive, guest_bundle, hotplug, image, render
+
+COMMANDS = (render, drive, guest_bundle, hotplug, image, bench, demo)

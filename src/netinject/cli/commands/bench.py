@@ -1,0 +1,93 @@
+"""netinject bench drive|boot|agent: benchmarks that print figures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ...vm.scenarios import DEFAULT_SCENARIOS, SCENARIOS
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser(
+        "bench", help="benchmarks that print figures (medians, ratios to the peer)",
+        description="Benchmarks. Each prints medians of interleaved runs and the ratio to "
+                    "the peer measured in the same run.")
+    bsub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    b = bsub.add_parser("drive", help="drive build time vs nova's recipe (mkfs.vfat + copy; "
+                                      "genisoimage)")
+    b.add_argument("--runs", type=int, default=15, help="runs per contender (default 15)")
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write raw figures as JSON")
+    b.set_defaults(func=cmd_bench_drive)
+    bb = bsub.add_parser(
+        "boot", help="time-to-network of real QEMU guests per scenario",
+        description="Boot real Debian guests under QEMU (KVM if usable, else TCG), scenarios "
+                    "interleaved, and print median/min/max time-to-network (QEMU start to "
+                    "the guest's first ARP answer) and each scenario's ratio to inject.")
+    bb.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS), metavar="LIST",
+                    help="comma-separated; known: " + ", ".join(SCENARIOS)
+                         + " (default: %(default)s)")
+    bb.add_argument("--runs", type=int, default=3, help="boots per scenario (default 3)")
+    bb.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
+    bb.add_argument("--plot", type=Path, metavar="PNG", help="write a chart")
+    bb.set_defaults(func=cmd_bench_boot)
+    ba = bsub.add_parser(
+        "agent", help="the guest agent's own time on first and later boots (real guests)",
+        description="Boot the inject image twice per run on a private writable copy and "
+                    "report the agent's own time (from its log) on the first boot and on "
+                    "the second boot of the same instance.")
+    ba.add_argument("--runs", type=int, default=3)
+    ba.add_argument("--json", type=Path, metavar="FILE")
+    ba.set_defaults(func=cmd_bench_agent)
+
+
+def cmd_bench_drive(args: argparse.Namespace) -> int:
+    import json
+
+    from ...bench import drive as drive_bench
+
+    results = drive_bench.run(args.runs)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench_boot(args: argparse.Namespace) -> int:
+    from ...bench import boot as bench_boot
+    from ...vm.progress import Progress
+
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names or args.runs < 1:
+        from ...errors import UsageError
+
+        raise UsageError(f"unknown scenario(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(SCENARIOS)}" if unknown else "give scenarios and --runs >= 1")
+    data = bench_boot.run(names, args.runs, Progress())
+    print(bench_boot.format_table(data))
+    if args.json is not None:
+        bench_boot.save_json(data, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot is not None:
+        bench_boot.plot(data, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_agent(args: argparse.Namespace) -> int:
+    import json
+
+    from ...bench import boot as bench_boot
+    from ...vm.progress import Progress
+
+    data = bench_boot.agent_costs(args.runs, Progress())
+    f1, f2 = data["first_boot_ms"], data["second_boot_ms"]
+    print(f"agent's own work ({data['accel']}, {data['runs']} run(s)): first boot median "
+          f"{bench_boot.fmt(data['first_boot_median_ms'])} ms {f1} (of it CPU: median "
+          f"{bench_boot.fmt(data['first_boot_cpu_median_ms'])} ms "
+          f"{data['first_boot_cpu_ms']}); second boot median "
+          f"{bench_boot.fmt(data['second_boot_median_ms'])} ms {f2}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+    return 0
