@@ -462,3 +462,28 @@ def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
     rule = "etc/udev/rules.d/70-persistent-net.rules"
     assert (root / rule).read_bytes() == rendered[rule]
     assert "done: 3 file(s) installed" in agent_log(root)
+
+
+@pytest.mark.parametrize(("bits", "kib"), [(12, 4096), (16, 65536), (32, 65536)])
+def test_agent_reads_fat12_fat16_and_fat32_drives(bits: int, kib: int, tmp_path: Path) -> None:
+    """Real FAT12, FAT16 and FAT32 images made by mkfs.fat (blkid confirms which): the
+    agent's reader finds and verifies the same payload on each."""
+    from helpers.drive import blkid
+    from netinject import drive
+    from netinject.guest import contract, discovery
+    from netinject.render import Options
+    from netinject.sources.neutron import parse_document
+
+    instance = parse_document(instance_doc()).instance
+    data = drive.contents(instance, Options())
+    img = tmp_path / "c.img"
+    drive.build_vfat(data, img, drive.volume_id(instance.uuid), fat=(bits, kib))
+    assert blkid(img)["VERSION"] == f"FAT{bits}"
+    found = discovery.probe_label(str(img))
+    assert found is not None
+    manifest = contract.verify(discovery.read_payload(found))
+    found.close()
+    assert manifest.uuid == UUID_A
+    payload = {p.name: b for p, b in data.files.items() if p.parts[0] == "netinject"}
+    assert sorted(e.data for e in manifest.entries) == sorted(
+        b for n, b in payload.items() if n != "manifest")

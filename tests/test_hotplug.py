@@ -310,6 +310,7 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return _clean_run_commands(tmp_path_factory.mktemp("clean"))
 
 
+@pytest.mark.e2e  # ~1 min: 39 runs against a real qemu-ga, faults with real timeouts
 @pytest.mark.parametrize("fault", ["kill", "stop", "restart"])
 def test_fault_before_each_guest_command_never_leaves_mixed_files_or_false_words(
         fault: str, clean_run: list[str], tmp_path: Path,

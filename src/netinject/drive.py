@@ -189,19 +189,24 @@ def _image_size(data: DriveContents) -> int:
     return max(DEFAULT_SIZE, (need * 5 // 4 + mib - 1) // mib * mib)
 
 
-def build_vfat(data: DriveContents, out: Path, vol_id: int) -> None:
-    """mkfs.fat (reproducible) + mtools: no root, no mount, no kernel vfat driver."""
+def build_vfat(data: DriveContents, out: Path, vol_id: int,
+               fat: tuple[int, int] | None = None) -> None:
+    """mkfs.fat (reproducible) + mtools: no root, no mount, no kernel vfat driver.
+
+    ``fat``: (FAT size, image KiB) to force FAT12/16/32 (what mkfs.fat picks for nova's
+    64 MiB is FAT16; other tools and sizes give the others, which the agent reads too)."""
     mkfs = _tool("mkfs.fat", "dosfstools")
     mmd, mcopy = (_tool(t, "mtools") for t in ("mmd", "mcopy"))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MTOOLS_SKIP_CHECK": "1",
            "SOURCE_DATE_EPOCH": str(FIXED_EPOCH), "TZ": "UTC", "LC_ALL": "C"}
-    size_kib = _image_size(data) // 1024
+    size_kib = _image_size(data) // 1024 if fat is None else fat[1]
+    forced = [] if fat is None else ["-F", str(fat[0])]
     with tempfile.TemporaryDirectory(prefix="netinject-drive-") as tmp:
         staging = Path(tmp)
         # --invariant fixes every time-based and random field; the -i after it then
         # sets our volume serial (order matters). Label lower-case, as nova writes it.
-        _run([mkfs, "-C", "--invariant", "-i", f"{vol_id:08x}", "-n", LABEL, str(out),
-              str(size_kib)], env)
+        _run([mkfs, "-C", "--invariant", "-i", f"{vol_id:08x}", *forced, "-n", LABEL,
+              str(out), str(size_kib)], env)
         if data.directories:
             _run([mmd, "-i", str(out), *(f"::/{d}" for d in data.directories)], env)
         by_dir: dict[PurePosixPath, list[Path]] = {}

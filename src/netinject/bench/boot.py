@@ -184,10 +184,35 @@ def save_json(data: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
-    """The agent's own time on a first and a second boot of the same instance (its log:
-    from the start of its work to its last line), on a private writable copy of the
-    inject image per run."""
+IMPORT_PROBE = ("os", "struct", "hashlib", "json", "re", "socket", "argparse",
+                "encodings.utf_16_le")
+
+
+def import_costs_native() -> dict[str, float]:
+    """The same import probe as the guest's, on this host's Debian python3 (native
+    speed: what a KVM guest would see, roughly), median of 5 fresh interpreters each."""
+    import subprocess
+
+    out: dict[str, float] = {}
+    for mod in IMPORT_PROBE:
+        times = []
+        for _ in range(5):
+            code = (f"import time; t = time.perf_counter(); import {mod}; "
+                    "print((time.perf_counter() - t) * 1000)")
+            times.append(float(subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", code],
+                                              capture_output=True, text=True,
+                                              check=True).stdout))
+        out[mod] = statistics.median(times)
+    return out
+
+
+def agent_costs(runs: int, progress: Progress, imports: bool = False) -> dict[str, Any]:
+    """The agent's own time on a first and a second boot of the same instance (its result
+    line: from the launcher's first line to its last), on a private writable copy of the
+    inject image per run; systemd's view of the agent's unit on the first boots, and
+    whether it finished before networking could start anyway (ifupdown-pre done).
+    ``imports``: one more boot that times module imports in the guest (TCG), beside the
+    same on this host (native)."""
     import dataclasses
     import shutil
     import subprocess
@@ -197,7 +222,11 @@ def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
     first: list[float | None] = []
     first_cpu: list[float | None] = []
     second: list[float | None] = []
+    unit_ms: list[float | None] = []
+    slack_ms: list[float | None] = []
+    off_path: list[bool | None] = []
     logs: list[str] = []
+    guest_imports: dict[str, float] = {}
     try:
         accel = "kvm" if kvm_usable(prepared.images["inject"]) else "tcg"
         for r in range(runs):
@@ -214,10 +243,25 @@ def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
                     out.append(res.agent_cost_ms())
                     if n == 1:
                         first_cpu.append(res.agent_cpu_ms())
+                        times = res.unit_times()
+                        agent_unit = times.get("netinject.service")
+                        gate = times.get("ifupdown-pre.service")
+                        unit_ms.append(agent_unit[1] - agent_unit[0] if agent_unit else None)
+                        slack_ms.append(gate[1] - agent_unit[1] if agent_unit and gate
+                                        else None)
+                        off_path.append(res.agent_off_critical_path())
                     logs.append(res.agent_log)
                     progress(f"  boot {n}: agent {fmt(res.agent_cost_ms())} ms "
                              f"({res.agent_log.splitlines()[-1] if res.agent_log else 'no log'})")
             shutil.rmtree(tmp, ignore_errors=True)
+        if imports:
+            progress("import probe boot ...")
+            res = boot(dataclasses.replace(prepared.spec("inject", accel),
+                                           extra_append="netinject.probe-imports"))
+            for line in res.report.get("import-costs", "").splitlines():
+                name, _, ms = line.partition(" ")
+                if ms:
+                    guest_imports[name] = float(ms)
     finally:
         prepared.close()
     ok1 = [v for v in first if v is not None]
@@ -228,4 +272,15 @@ def agent_costs(runs: int, progress: Progress) -> dict[str, Any]:
             "first_boot_cpu_ms": first_cpu,
             "first_boot_cpu_median_ms": statistics.median(okc) if okc else None,
             "second_boot_median_ms": statistics.median(ok2) if ok2 else None,
+            "first_boot_unit_ms": unit_ms,
+            "first_boot_unit_median_ms": _median(unit_ms),
+            "first_boot_slack_before_networking_ms": slack_ms,
+            "first_boot_off_critical_path": off_path,
+            "import_costs_guest_ms": guest_imports,
+            "import_costs_native_ms": import_costs_native() if imports else {},
             "logs": logs}
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    ok = [v for v in values if v is not None]
+    return statistics.median(ok) if ok else None

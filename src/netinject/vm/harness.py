@@ -140,6 +140,31 @@ class BootResult:
         result = self.agent_result
         return float(result["cpu_ms"]) if result and "cpu_ms" in result else None
 
+    def unit_times(self) -> dict[str, tuple[float, float]]:
+        """Unit -> (started, finished) in ms since boot, from systemd's own timestamps
+        (InactiveExit and ActiveEnter, monotonic); units that did not run are left out."""
+        out: dict[str, tuple[float, float]] = {}
+        for block in self.report.get("unit-times", "").split("\n\n"):
+            fields = dict(line.partition("=")[::2] for line in block.splitlines())
+            try:
+                start = int(fields["InactiveExitTimestampMonotonic"]) / 1000
+                end = int(fields["ActiveEnterTimestampMonotonic"]) / 1000
+            except (KeyError, ValueError):
+                continue
+            if start and end:
+                out[fields.get("Id", "?")] = (start, end)
+        return out
+
+    def agent_off_critical_path(self) -> bool | None:
+        """Whether netinject.service finished before networking.service could start
+        anyway (networking waits for ifupdown-pre, which waits for udev to settle);
+        None when either unit's times are missing."""
+        times = self.unit_times()
+        agent, gate = times.get("netinject.service"), times.get("ifupdown-pre.service")
+        if agent is None or gate is None:
+            return None
+        return agent[1] <= gate[1]
+
     def json_section(self, name: str) -> Any:
         text = self.report.get(name, "").strip()
         return json.loads(text) if text else None

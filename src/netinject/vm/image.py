@@ -85,6 +85,16 @@ echo "--- hostname"; cat /etc/hostname 2>&1
 echo "--- udev-rules"; cat /etc/udev/rules.d/70-persistent-net.rules 2>&1
 echo "--- netinject-log"; cat /var/log/netinject.log 2>&1
 echo "--- networking"; systemctl show -p ActiveState -p Result networking.service 2>&1
+echo "--- unit-times"; systemctl show -p Id -p InactiveExitTimestampMonotonic \
+  -p ActiveEnterTimestampMonotonic netinject.service systemd-udev-settle.service \
+  ifupdown-pre.service networking.service 2>&1
+if grep -q netinject.probe-imports /proc/cmdline; then
+  echo "--- import-costs"
+  for m in os struct hashlib json re socket argparse encodings.utf_16_le; do
+    /usr/bin/python3 -I -S -c "import time; t = time.perf_counter(); import $m; \
+print('$m %.2f' % ((time.perf_counter() - t) * 1000))"
+  done
+fi
 echo "=== NETINJECT-REPORT END ==="
 } >/dev/ttyS0 2>&1
 if grep -q netinject.poweroff /proc/cmdline; then systemctl poweroff; fi

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "report the agent's own time (from its log) on the first boot and on "
                     "the second boot of the same instance.")
     ba.add_argument("--runs", type=int, default=3)
+    ba.add_argument("--imports", action="store_true",
+                    help="also time module imports in the guest (one more boot) and on "
+                         "this host: what each boot-path import would cost")
     ba.add_argument("--json", type=Path, metavar="FILE")
     ba.set_defaults(func=cmd_bench_agent)
 
@@ -81,13 +84,34 @@ def cmd_bench_agent(args: argparse.Namespace) -> int:
     from ...bench import boot as bench_boot
     from ...vm.progress import Progress
 
-    data = bench_boot.agent_costs(args.runs, Progress())
+    if args.runs < 1:
+        from ...errors import UsageError
+
+        raise UsageError("give --runs >= 1")
+    if args.json is not None:
+        from ...hostio import check_output
+
+        check_output(args.json, "--json")
+    data = bench_boot.agent_costs(args.runs, Progress(), imports=args.imports)
+    fmt = bench_boot.fmt
     f1, f2 = data["first_boot_ms"], data["second_boot_ms"]
     print(f"agent's own work ({data['accel']}, {data['runs']} run(s)): first boot median "
-          f"{bench_boot.fmt(data['first_boot_median_ms'])} ms {f1} (of it CPU: median "
-          f"{bench_boot.fmt(data['first_boot_cpu_median_ms'])} ms "
+          f"{fmt(data['first_boot_median_ms'])} ms {f1} (of it CPU: median "
+          f"{fmt(data['first_boot_cpu_median_ms'])} ms "
           f"{data['first_boot_cpu_ms']}); second boot median "
-          f"{bench_boot.fmt(data['second_boot_median_ms'])} ms {f2}")
+          f"{fmt(data['second_boot_median_ms'])} ms {f2}")
+    off = data["first_boot_off_critical_path"]
+    print(f"agent's unit as systemd saw it (first boots, Starting to Finished): median "
+          f"{fmt(data['first_boot_unit_median_ms'])} ms {data['first_boot_unit_ms']}; "
+          f"finished before networking could start (ifupdown-pre done) in "
+          f"{sum(1 for v in off if v)}/{len(off)} boot(s), slack "
+          f"{data['first_boot_slack_before_networking_ms']} ms")
+    if data["import_costs_guest_ms"]:
+        print(f"import cost, fresh interpreter (ms): module, guest ({data['accel']}), "
+              "this host (native)")
+        for mod, guest in data["import_costs_guest_ms"].items():
+            native = data["import_costs_native_ms"].get(mod)
+            print(f"  {mod:22} {guest:8.2f} {fmt(native):>8}")
     if args.json is not None:
         args.json.write_text(json.dumps(data, indent=2) + "\n")
     return 0
