@@ -186,13 +186,18 @@ def _cli_files(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
+def _attach_cli(tmp_path: Path, files: dict[str, Path], *extra: str) -> int:
+    """netinject hotplug attach with no agent at --qga (nothing listens there)."""
+    return main(["hotplug", "attach", str(files["doc"]), "--port", str(files["port"]),
+                 "--subnet", str(files["subnet"]), "--network", str(files["network"]),
+                 "--qga", str(tmp_path / "none.sock"), "--qmp", str(tmp_path / "qmp.sock"),
+                 *extra])
+
+
 def test_cli_reports_unreachable_agent(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     files = _cli_files(tmp_path)
-    rc = main(["hotplug", "attach", str(files["doc"]), "--port", str(files["port"]),
-               "--subnet", str(files["subnet"]), "--network", str(files["network"]),
-               "--qga", str(tmp_path / "none.sock"), "--qmp", str(tmp_path / "qmp.sock"),
-               "--system-metadata-out", str(tmp_path / "sm.json")])
+    rc = _attach_cli(tmp_path, files, "--system-metadata-out", str(tmp_path / "sm.json"))
     assert rc == 1
     assert "no guest agent at" in capsys.readouterr().err
     assert not (tmp_path / "sm.json").exists()
@@ -209,10 +214,8 @@ def test_cli_dhcp_fallback_that_attached_exits_0_with_a_warning(
     rec = RecordingAttacher()
     monkeypatch.setattr(hp, "QmpAttacher", lambda _path: rec)
     files = _cli_files(tmp_path)
-    rc = main(["hotplug", "attach", str(files["doc"]), "--port", str(files["port"]),
-               "--subnet", str(files["subnet"]), "--network", str(files["network"]),
-               "--qga", str(tmp_path / "none.sock"), "--qmp", str(tmp_path / "qmp.sock"),
-               "--allow-dhcp-fallback", "--system-metadata-out", str(tmp_path / "sm.json")])
+    rc = _attach_cli(tmp_path, files, "--allow-dhcp-fallback", "--system-metadata-out",
+                     str(tmp_path / "sm.json"))
     assert rc == 0
     err = capsys.readouterr().err
     assert "warning: eth1 attached WITHOUT injected config" in err
@@ -225,10 +228,7 @@ def test_cli_system_metadata_out_is_checked_before_the_guest_is_touched(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = _cli_files(tmp_path)
     (tmp_path / "sm").mkdir()
-    rc = main(["hotplug", "attach", str(files["doc"]), "--port", str(files["port"]),
-               "--subnet", str(files["subnet"]), "--network", str(files["network"]),
-               "--qga", str(tmp_path / "none.sock"), "--qmp", str(tmp_path / "qmp.sock"),
-               "--system-metadata-out", str(tmp_path / "sm")])
+    rc = _attach_cli(tmp_path, files, "--system-metadata-out", str(tmp_path / "sm"))
     assert rc == 2
     assert "--system-metadata-out" in capsys.readouterr().err
 

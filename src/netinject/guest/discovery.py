@@ -101,6 +101,17 @@ def ro_attribute(sysfs: str, drive: "Drive") -> str:
     return join(sysfs, "class/block", basename(drive.path), "ro")
 
 
+def system_uuid(sysfs: str) -> str:
+    """The SMBIOS system UUID (lower case), which nova/libvirt set to the instance uuid;
+    AgentError when it cannot be read."""
+    path = join(sysfs, "class/dmi/id/product_uuid")
+    try:
+        return read_small(path, 64).decode("ascii", "replace").strip().lower()
+    except OSError:
+        raise AgentError("cannot read the system UUID (%s): not trusting the drive"
+                         % path) from None
+
+
 def check_origin(sysfs: str, drive: "Drive", uuid: str) -> None:
     """AgentError unless the drive is read-only and its manifest names this machine's
     SMBIOS system UUID."""
@@ -114,12 +125,7 @@ def check_origin(sysfs: str, drive: "Drive", uuid: str) -> None:
         raise AgentError("%s is writable (%s is %r): nova attaches the config drive "
                          "read-only, so this is not it" % (drive.path, attr,
                                                            ro.decode("ascii", "replace")))
-    try:
-        system = read_small(join(sysfs, "class/dmi/id/product_uuid"), 64).decode(
-            "ascii", "replace").strip().lower()
-    except OSError:
-        raise AgentError("cannot read the system UUID (%s): not trusting the drive"
-                         % join(sysfs, "class/dmi/id/product_uuid")) from None
+    system = system_uuid(sysfs)
     if system != uuid.lower():
         raise AgentError("the drive is for instance %s but this machine's system UUID is "
                          "%s: not trusting it" % (uuid, system or "empty"))

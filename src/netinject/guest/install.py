@@ -23,6 +23,7 @@ from .contract import (
     parse_bundle,
     verify,
 )
+from .discovery import system_uuid
 from .log import Log
 from .paths import (
     _mode,
@@ -36,6 +37,10 @@ from .paths import (
     no_symlink_parents,
     read_small,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 def _safe_target(root: str, rel: str, dirs: "set[str]") -> str:
@@ -438,60 +443,62 @@ def _recover(root: str, log: Log) -> None:
     _drop_backup(backup)
 
 
-def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log) -> "tuple[int, str]":
-    """Install a bundle as one transaction; (exit status, outcome recorded for txid)."""
-    if not is_plain_name(txid) or len(txid) > 64:
+def _status(outcome: str) -> int:
+    return APPLY_OK if outcome == "applied" else APPLY_UNCHANGED
+
+
+def _transaction(root: str, txid: str, log: Log,
+                 body: "Callable[[], tuple[int, str]]") -> "tuple[int, str]":
+    """Run ``body`` under the apply lock unless transaction ``txid`` already ended (its
+    recorded outcome is then the answer), after rolling back any interrupted apply."""
+    if not (is_plain_name(txid) and len(txid) <= 64):
         return APPLY_UNCHANGED, "refused: bad transaction id"
     lock = ApplyLock(root)
     try:
-        known = dict(read_apply_status(root))
-        if txid in known:
-            outcome = known[txid]
-            log("transaction %s already ended: %s" % (txid, outcome))
-            return (APPLY_OK if outcome == "applied" else APPLY_UNCHANGED), outcome
+        ended = dict(read_apply_status(root)).get(txid)
+        if ended is not None:
+            log("transaction %s already ended: %s" % (txid, ended))
+            return _status(ended), ended
         _recover(root, log)
+        return body()
+    finally:
+        lock.close()
+
+
+def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log) -> "tuple[int, str]":
+    """Install a bundle as one transaction; (exit status, outcome recorded for txid)."""
+
+    def body() -> "tuple[int, str]":
         try:
             manifest = verify(parse_bundle(raw))
-            try:
-                system = read_small(join(sysfs, "class/dmi/id/product_uuid"), 64).decode(
-                    "ascii", "replace").strip().lower()
-            except OSError:
-                raise AgentError("cannot read the system UUID") from None
+            system = system_uuid(sysfs)
             if system != manifest.uuid:
                 raise AgentError("the bundle is for instance %s, not this machine (%s)"
                                  % (manifest.uuid, system))
             backup = install(root, manifest, log, backup_dir=join(root, APPLY_BACKUP))
         except AgentError as exc:
             outcome = "unchanged: %s" % exc
-            status = APPLY_BROKEN if "rollback FAILED" in str(exc) else APPLY_UNCHANGED
             record_apply_status(root, txid, outcome.replace("\n", " "))
             log("apply %s: %s" % (txid, outcome))
-            if status == APPLY_BROKEN:
-                return status, "broken: %s" % exc
+            if "rollback FAILED" in str(exc):
+                return APPLY_BROKEN, "broken: %s" % exc
             _recover(root, log)
-            return status, outcome
+            return APPLY_UNCHANGED, outcome
         record_apply_status(root, txid, "applied")
         _drop_backup(backup)
         log("apply %s: %d file(s) installed" % (txid, backup.installed))
         return APPLY_OK, "applied"
-    finally:
-        lock.close()
+
+    return _transaction(root, txid, log, body)
 
 
 def apply_status(root: str, txid: str, log: Log) -> "tuple[int, str]":
     """The outcome of transaction ``txid``; if it has not run, fence it off for good."""
-    if not is_plain_name(txid) or len(txid) > 64:
-        return APPLY_UNCHANGED, "refused: bad transaction id"
-    lock = ApplyLock(root)
-    try:
-        known = dict(read_apply_status(root))
-        if txid in known:
-            outcome = known[txid]
-        else:
-            _recover(root, log)
-            outcome = "cancelled: never ran"
-            record_apply_status(root, txid, outcome)
-            log("transaction %s cancelled before it ran" % txid)
-        return (APPLY_OK if outcome == "applied" else APPLY_UNCHANGED), outcome
-    finally:
-        lock.close()
+
+    def cancel() -> "tuple[int, str]":
+        outcome = "cancelled: never ran"
+        record_apply_status(root, txid, outcome)
+        log("transaction %s cancelled before it ran" % txid)
+        return APPLY_UNCHANGED, outcome
+
+    return _transaction(root, txid, log, cancel)
