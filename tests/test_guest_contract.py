@@ -33,6 +33,9 @@ BOOT_MODULES = {
     "posix", "sys", "time", "zipimport",
     # built in (compiled into Debian's python3: nothing to read)
     "_stat", "_struct", "_sha256", "_sha2", "_socket", "fcntl",
+    # small pure-Python modules whose import costs ~0.1-0.2 ms natively (7 ms under TCG):
+    # plain code over private built-ins (measured: netinject bench agent --imports)
+    "struct", "encodings.utf_16_le",
     # the agent
     "netinject_guest",
 }
@@ -55,7 +58,6 @@ def test_first_boot_imports_only_the_allowlist(tmp_path: Path) -> None:
 def test_launcher_constants_agree_with_the_contract() -> None:
     assert launcher.STATE_FILE == "/" + contract.STATE_FILE
     assert launcher.LOG_FILE == "/" + contract.LOG_FILE
-    assert launcher.LABELS == contract.LABELS
     assert launcher.RESULT_PREFIX == contract.RESULT_PREFIX
 
 

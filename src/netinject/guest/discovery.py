@@ -7,15 +7,14 @@ if it is read-only and its manifest names this machine's SMBIOS system UUID.
 """
 
 import _stat
-import _struct as struct
 import posix
+import struct
 import time
 
 from .contract import LABELS, MAX_FILE, PAYLOAD_DIR, AgentError
 from .paths import basename, dirname, exists, join, normpath, read_small
 from .readers import FatReader, IsoReader
 
-STRUCT_ERROR: "type[Exception]" = getattr(struct, "error", ValueError)  # not in the stubs
 DEFAULT_WAIT = 1.0
 POLL = 0.05
 
@@ -198,5 +197,6 @@ def read_payload(drive: Drive, only: "tuple[str, ...] | None" = None) -> dict[st
             drive.fd = fd
         reader = FatReader(drive.fd) if drive.kind == "vfat" else IsoReader(drive.fd)
         return reader.read_dir_files(PAYLOAD_DIR, MAX_FILE, only)
-    except (OSError, STRUCT_ERROR, IndexError, UnicodeError, ValueError, ArithmeticError) as exc:
+    except (OSError, struct.error, IndexError, UnicodeError, ValueError,
+            ArithmeticError) as exc:
         raise AgentError("cannot read the drive %s: %s" % (drive.path, exc)) from None

@@ -18,9 +18,7 @@ import sys  # noqa: E402
 
 STATE_FILE = "/var/lib/netinject/instance-id"
 LOG_FILE = "/var/log/netinject.log"
-LABELS = ("config-2", "CONFIG-2")
 RESULT_PREFIX = "netinject-result"
-READAHEAD = 1 << 18  # boot sector, FAT, root directory and the payload netinject writes
 RTTIME_MAX_US = 1_000_000  # real-time priority only under a bound at least this tight
 
 
@@ -50,23 +48,6 @@ def later_boot(root: str) -> bool:
         return True
     except (OSError, UnicodeError):
         return False  # the agent decides, and logs why
-
-
-def readahead(root: str) -> None:
-    """Start reading the drive udev labelled, so its first blocks arrive while the agent
-    loads. The descriptor stays open until the process ends: a block device's page cache
-    is dropped when its last descriptor closes."""
-    for label in LABELS:
-        try:
-            fd = posix.open(root + "/dev/disk/by-label/" + label,
-                            posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            posix.posix_fadvise(fd, 0, READAHEAD, posix.POSIX_FADV_WILLNEED)
-        except (OSError, AttributeError):
-            pass
-        return
 
 
 def realtime_bounded() -> bool:
@@ -110,7 +91,6 @@ def launch() -> int:
             return 0
         if not root:
             ask_realtime()
-        readahead(root)
     prefix = sys.argv[0].rpartition("/sbin/")[0]  # /usr, or an image tree's usr
     sys.path.insert(0, prefix + "/lib/netinject" if prefix else "/usr/lib/netinject")
     import netinject_guest  # type: ignore[import-not-found]

@@ -5,8 +5,8 @@ renames them itself: links down, temporary names for swaps, SIOCSIFNAME ioctls (
 ``ip link set`` does, without a subprocess), all-or-nothing.
 """
 
-import _struct as struct
 import posix
+import struct
 
 from .contract import AgentError
 from .log import Log

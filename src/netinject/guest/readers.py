@@ -1,9 +1,8 @@
 """Read-only FAT and ISO9660 readers: just enough to read the netinject payload off a
 config drive without mounting it (no kernel vfat module, nothing to unmount)."""
 
-import _struct as struct  # struct.py would be a module to load
 import posix
-from _codecs import utf_16_le_decode
+import struct
 
 from .contract import AgentError, iso_name
 
@@ -108,9 +107,7 @@ class FatReader:
                 continue
             attr = e[11]
             if attr == 0x0F:
-                # _codecs is built in: str.decode("utf-16-le") would import a codec
-                # module from disk on the boot path.
-                part = utf_16_le_decode(e[1:11] + e[14:26] + e[28:32], "replace")[0]
+                part = (e[1:11] + e[14:26] + e[28:32]).decode("utf-16-le", "replace")
                 lfn.insert(0, part.split("\x00")[0])
                 continue
             if attr & 0x08:

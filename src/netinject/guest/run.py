@@ -18,7 +18,6 @@ from .contract import (
     STATE_FILE,
     VERSION,
     AgentError,
-    fat_uuid,
     format_result,
     format_state,
     manifest_instance,
@@ -44,7 +43,7 @@ from .install import (
 )
 from .log import Log
 from .nics import rename_nics
-from .paths import join, lexists, no_symlink_parents, read_small, relative_to
+from .paths import join, no_symlink_parents, read_small, relative_to
 
 
 def priority_note() -> str:
@@ -84,21 +83,10 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
     try:
         state = read_state(root)
         recorded = state[0] if state else None
-        if drive:
-            found = probe_label(drive)
-        elif len(state) >= 3 and state[1].startswith("vfat:") and lexists(
-                join(dev, "disk/by-uuid", fat_uuid(state[1][5:]))):
-            # udev already probed a drive with the recorded serial: no device read at all.
-            found = Drive(state[2], "vfat", state[1][5:])
-        elif len(state) >= 3 and state[2].startswith("/"):
-            # Later boots: try the device the drive was on last time first (one read).
-            last = probe_label(join(root, state[2].lstrip("/")))
-            if last is not None and last.ident == state[1]:
-                found = last
-            elif last is not None:
-                last.close()
-        if found is None and not drive:
-            found = probe_by_label(dev) or find_drive(sysfs, dev, wait)
+        # (A later boot from a vfat drive udev linked by its serial is decided by the
+        # launcher before this module is even loaded.)
+        found = probe_label(drive) if drive else (probe_by_label(dev)
+                                                   or find_drive(sysfs, dev, wait))
         if found is None:
             log("no config drive (label config-2) found: leaving the image's network "
                 "config in place")
