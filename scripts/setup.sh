@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  ifupdown iproute2 iputils-arping util-linux udev kmod
+  ifupdown iproute2 iputils-arping util-linux mount procps udev kmod
   mtools dosfstools genisoimage
   qemu-system-x86 qemu-utils qemu-guest-agent
   dnsmasq-base

@@ -246,9 +246,10 @@ def agent_costs(runs: int, progress: Progress, imports: bool = False) -> dict[st
                         times = res.unit_times()
                         agent_unit = times.get("netinject.service")
                         gate = times.get("ifupdown-pre.service")
-                        unit_ms.append(agent_unit[1] - agent_unit[0] if agent_unit else None)
-                        slack_ms.append(gate[1] - agent_unit[1] if agent_unit and gate
-                                        else None)
+                        unit_ms.append(round(agent_unit[1] - agent_unit[0], 1)
+                                       if agent_unit else None)
+                        slack_ms.append(round(gate[1] - agent_unit[1], 1)
+                                        if agent_unit and gate else None)
                         off_path.append(res.agent_off_critical_path())
                     logs.append(res.agent_log)
                     progress(f"  boot {n}: agent {fmt(res.agent_cost_ms())} ms "
