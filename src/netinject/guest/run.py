@@ -222,7 +222,9 @@ def main(argv: "list[str] | None" = None, started: "float | None" = None,
     p = argparse.ArgumentParser(
         prog="netinject-guest",
         description="netinject's guest agent: installs the static network config injected "
-                    "on the config drive, before the guest's network service starts.")
+                    "on the config drive, before the guest's network service starts.",
+        epilog="The bundle (netinject-guest.pyz) also takes 'install --root IMAGE' and "
+               "'uninstall --root IMAGE' to add the boot service to an image or remove it.")
     p.add_argument("--version", action="version", version="netinject-guest " + VERSION)
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     r = sub.add_parser("run", help="the boot service (always exits 0)")
