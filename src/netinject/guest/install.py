@@ -345,7 +345,7 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
         for rel in reversed(done):
             try:
                 backup.restore(root, rel)
-            except OSError as rexc:
+            except (OSError, AgentError) as rexc:
                 failed.append(rel)
                 log("rollback of /%s failed: %s" % (rel, rexc))
         raise AgentError("install failed: %s%s" % (

@@ -122,7 +122,10 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
         except AgentError:
             log("rolling back installed files")
             for entry in reversed(manifest.entries):
-                backup.restore(root, entry.path)
+                try:
+                    backup.restore(root, entry.path)
+                except (OSError, AgentError) as exc:
+                    log("rollback of /%s failed: %s" % (entry.path, exc))
             raise
         # Recorded last, and not fsynced: if a crash loses it, the next boot simply
         # applies the same files again (idempotent; the backups already exist).
