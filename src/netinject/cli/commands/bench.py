@@ -35,13 +35,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ba = bsub.add_parser(
         "agent", help="the guest agent's own time on first and later boots (real guests)",
         description="Boot the inject image twice per run on a private writable copy and "
-                    "report the agent's own time (from its log) on the first boot and on "
-                    "the second boot of the same instance.")
-    ba.add_argument("--runs", type=int, default=3)
+                    "report the agent's own time (its result line) on the first boot and "
+                    "on the second boot of the same instance, systemd's view of the "
+                    "agent's unit, and whether it finished before networking could start "
+                    "(ifupdown-pre done).")
+    ba.add_argument("--runs", type=int, default=3, help="runs, two boots each (default 3)")
     ba.add_argument("--imports", action="store_true",
                     help="also time module imports in the guest (one more boot) and on "
                          "this host: what each boot-path import would cost")
-    ba.add_argument("--json", type=Path, metavar="FILE")
+    ba.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     ba.set_defaults(func=cmd_bench_agent)
 
 
