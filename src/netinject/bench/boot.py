@@ -3,6 +3,7 @@ this machine's drift hits all alike; medians, min, max, ratios to ``inject``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import statistics
@@ -17,12 +18,17 @@ from ..vm.scenarios import SCENARIOS, Prepared
 from .stats import table
 
 
-def run(names: Sequence[str], runs: int, progress: Progress) -> dict[str, Any]:
+def run(names: Sequence[str], runs: int, progress: Progress,
+        timeline: bool = False) -> dict[str, Any]:
+    """Boot every scenario ``runs`` times, interleaved. ``timeline``: the guests also
+    report every unit's start and end (systemd's timestamps), kept per scenario from its
+    first run for ``plot_timeline``."""
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: "
                          f"{', '.join(SCENARIOS)}")
     prepared = Prepared(tuple(names), progress)
+    timelines: dict[str, dict[str, list[float]]] = {}
     try:
         accel = "kvm" if kvm_usable(next(iter(prepared.images.values()))) else "tcg"
         progress(f"accelerator: {accel}")
@@ -35,14 +41,21 @@ def run(names: Sequence[str], runs: int, progress: Progress) -> dict[str, Any]:
             for name in names:
                 k += 1
                 progress(f"boot {k}/{total} (run {r + 1}/{runs}): {name} ...")
-                res = boot(prepared.spec(name, accel))
+                spec = prepared.spec(name, accel)
+                if timeline:
+                    spec = dataclasses.replace(spec, extra_append="netinject.timeline")
+                res = boot(spec)
                 out = results[name]
+                if timeline and name not in timelines:
+                    timelines[name] = {u: list(t) for u, t in
+                                       res.unit_times("all-unit-times").items()}
                 out["time_to_network_s"].append(res.time_to_network_s)
                 out["first_garp_s"].append(res.first_garp_s)
                 out["boot_s"].append(res.boot_s)
                 out["agent_ms"].append(res.agent_cost_ms())
-                out["agent_unit_ms"].append(_unit_ms(res.report.get("blame", ""),
-                                                     "netinject.service"))
+                agent_unit = res.unit_times().get("netinject.service")
+                out["agent_unit_ms"].append(round(agent_unit[1] - agent_unit[0], 1)
+                                            if agent_unit else None)
                 out["userspace_s"].append(_userspace_s(res.report.get("systemd-analyze", "")))
                 ttn = res.time_to_network_s
                 progress(f"  {name}: network after "
@@ -63,17 +76,9 @@ def run(names: Sequence[str], runs: int, progress: Progress) -> dict[str, Any]:
             "max_s": max(values) if values else None,
             "failures": len(out["time_to_network_s"]) - len(values),
         }
-    return {"scenarios": summary, "accel": accel, "runs": runs,
+    return {"scenarios": summary, "accel": accel, "runs": runs, "timelines": timelines,
             "host": platform.node(), "kernel": platform.release(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def _unit_ms(blame: str, unit: str) -> float | None:
-    for line in blame.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[-1] == unit:
-            return _duration_ms(" ".join(parts[:-1]))
-    return None
 
 
 def _duration_ms(text: str) -> float | None:
@@ -285,3 +290,66 @@ def agent_costs(runs: int, progress: Progress, imports: bool = False) -> dict[st
 def _median(values: Sequence[float | None]) -> float | None:
     ok = [v for v in values if v is not None]
     return statistics.median(ok) if ok else None
+
+
+# Units on the way to network in the images the benchmark boots: udev (NIC names, the
+# drive's by-label link), the agent, what networking waits for, the network services
+# and cloud-init's stages. The longest other units are added per scenario.
+PATH_UNITS = (
+    "systemd-udevd.service", "systemd-udev-trigger.service", "systemd-udev-settle.service",
+    "netinject.service", "cloud-init-local.service", "ifupdown-pre.service",
+    "networking.service", "systemd-networkd.service", "NetworkManager.service",
+    "network.target", "network-online.target", "cloud-init.service",
+    "cloud-config.service", "cloud-final.service", "multi-user.target",
+)
+HIGHLIGHT = {"netinject.service": "#2a9d8f", "networking.service": "#e76f51",
+             "cloud-init-local.service": "#8d5fd3", "ifupdown-pre.service": "#e9c46a"}
+
+
+def timeline_units(times: dict[str, list[float]], extra: int = 4) -> list[str]:
+    """The units a scenario's timeline shows, in start order: PATH_UNITS that ran, and
+    the ``extra`` longest others (what else the boot spent its time on)."""
+    shown = [u for u in PATH_UNITS if u in times]
+    others = sorted((u for u in times if u not in shown and not u.endswith(".target")),
+                    key=lambda u: times[u][1] - times[u][0], reverse=True)[:extra]
+    return sorted(shown + others, key=lambda u: (times[u][0], u))
+
+
+def plot_timeline(data: dict[str, Any], out: Path) -> None:
+    """One panel per scenario, one above another on a shared time axis (seconds since
+    the kernel started, systemd's monotonic clock): a bar per unit from its start to the
+    moment it was up (a oneshot: done)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timelines: dict[str, dict[str, list[float]]] = data.get("timelines") or {}
+    names = [n for n in data["scenarios"] if n in timelines]
+    if not names:
+        raise ValueError("no unit timestamps in the data (run with --timeline)")
+    rows = {n: timeline_units(timelines[n]) for n in names}
+    fig, axes = plt.subplots(len(names), 1, sharex=True, squeeze=False,
+                             figsize=(11, sum(0.28 * len(r) + 0.8 for r in rows.values())),
+                             gridspec_kw={"height_ratios": [len(rows[n]) + 2 for n in names]})
+    for ax, name in zip((a[0] for a in axes), names, strict=True):
+        times = timelines[name]
+        units = rows[name]
+        for y, unit in enumerate(units):
+            start, end = (v / 1000 for v in times[unit])
+            color = HIGHLIGHT.get(unit, "#9aa5b1")
+            ax.barh(y, max(end - start, 0.05), left=start, color=color, height=0.7)
+            ax.text(end + 0.3, y, f"{end - start:.2f} s", va="center", fontsize=7)
+        ax.set_yticks(range(len(units)), units, fontsize=7)
+        ax.invert_yaxis()
+        ttn = data["scenarios"][name].get("median_s")
+        ax.set_title(f"{name}: " + (f"network after {ttn:.1f} s from QEMU start"
+                                    if ttn is not None else "network never came up"),
+                     fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1][0].set_xlabel("seconds since the kernel started (systemd's unit timestamps; "
+                           "first run of each scenario)")
+    fig.suptitle(f"netinject: where boot time goes ({data['accel']})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

@@ -140,11 +140,12 @@ class BootResult:
         result = self.agent_result
         return float(result["cpu_ms"]) if result and "cpu_ms" in result else None
 
-    def unit_times(self) -> dict[str, tuple[float, float]]:
+    def unit_times(self, section: str = "unit-times") -> dict[str, tuple[float, float]]:
         """Unit -> (started, finished) in ms since boot, from systemd's own timestamps
-        (InactiveExit and ActiveEnter, monotonic); units that did not run are left out."""
+        (InactiveExit and ActiveEnter, monotonic); units that did not run are left out.
+        ``all-unit-times`` (boots with ``netinject.timeline``) has every loaded unit."""
         out: dict[str, tuple[float, float]] = {}
-        for block in self.report.get("unit-times", "").split("\n\n"):
+        for block in self.report.get(section, "").split("\n\n"):
             fields = dict(line.partition("=")[::2] for line in block.splitlines())
             try:
                 start = int(fields["InactiveExitTimestampMonotonic"]) / 1000

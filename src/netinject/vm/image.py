@@ -88,6 +88,11 @@ echo "--- networking"; systemctl show -p ActiveState -p Result networking.servic
 echo "--- unit-times"; systemctl show -p Id -p InactiveExitTimestampMonotonic \
   -p ActiveEnterTimestampMonotonic netinject.service systemd-udev-settle.service \
   ifupdown-pre.service networking.service 2>&1
+if grep -q netinject.timeline /proc/cmdline; then
+  echo "--- all-unit-times"
+  systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic \
+    '*.service' '*.target' '*.socket' '*.mount' 2>&1
+fi
 if grep -q netinject.probe-imports /proc/cmdline; then
   echo "--- import-costs"
   for m in os struct hashlib json re socket argparse encodings.utf_16_le; do

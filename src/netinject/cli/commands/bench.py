@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bb.add_argument("--runs", type=int, default=3, help="boots per scenario (default 3)")
     bb.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     bb.add_argument("--plot", type=Path, metavar="PNG", help="write a chart")
+    bb.add_argument("--timeline", type=Path, metavar="PNG",
+                    help="also write each scenario's systemd units on a time line (the "
+                         "guests report every unit's timestamps; first run of each)")
     bb.set_defaults(func=cmd_bench_boot)
     ba = bsub.add_parser(
         "agent", help="the guest agent's own time on first and later boots (real guests)",
@@ -69,7 +72,13 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
         raise UsageError(f"unknown scenario(s) {', '.join(unknown)}; known: "
                          f"{', '.join(SCENARIOS)}" if unknown else "give scenarios and --runs >= 1")
-    data = bench_boot.run(names, args.runs, Progress())
+    for option, path in (("--json", args.json), ("--plot", args.plot),
+                         ("--timeline", args.timeline)):
+        if path is not None:
+            from ...hostio import check_output
+
+            check_output(path, option)
+    data = bench_boot.run(names, args.runs, Progress(), timeline=args.timeline is not None)
     print(bench_boot.format_table(data))
     if args.json is not None:
         bench_boot.save_json(data, args.json)
@@ -77,6 +86,9 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     if args.plot is not None:
         bench_boot.plot(data, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+    if args.timeline is not None:
+        bench_boot.plot_timeline(data, args.timeline)
+        print(f"wrote {args.timeline}", file=sys.stderr)
     return 0
 
 
