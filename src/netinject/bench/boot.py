@@ -134,9 +134,9 @@ def format_table(data: dict[str, Any]) -> str:
     agent = [v for v in sc.get("inject", {}).get("agent_ms", []) if v is not None]
     unit = [v for v in sc.get("inject", {}).get("agent_unit_ms", []) if v is not None]
     if agent:
-        lines.append(f"agent's own work (its log, first boot): median "
+        lines.append(f"agent's own work (its result line, first boot): median "
                      f"{statistics.median(agent):.1f} ms; netinject.service incl. Python "
-                     f"start (systemd-analyze blame): median "
+                     f"start (systemd's unit timestamps): median "
                      f"{statistics.median(unit):.0f} ms" if unit else
                      f"agent's own work: median {statistics.median(agent):.1f} ms")
     return "\n".join(lines)
