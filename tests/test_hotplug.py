@@ -141,6 +141,27 @@ def test_failed_install_rolls_back_every_file(qga: Agent, tmp_path: Path) -> Non
     assert _snapshot(root) == before
 
 
+def test_guest_without_the_agent_says_so_at_once(qga: Agent, tmp_path: Path) -> None:
+    """An image without netinject-guest: qemu-ga refuses to start it, so nothing ran; the
+    error says so right away (no wait for a reply that will never come)."""
+    import dataclasses
+    import time
+
+    root, side = _guest(tmp_path)
+    side = dataclasses.replace(side, command=(str(tmp_path / "no-such-agent"),))
+    before = _snapshot(root)
+    port, subnet, network = vm.hotplug_port()
+    rec = RecordingAttacher()
+    t0 = time.monotonic()
+    with GuestAgent.unix(qga.sock, timeout=5) as ga, pytest.raises(HotplugError) as exc:
+        attach(vm.document(), port, ga, rec, "tap1", [subnet], [network], side=side)
+    assert time.monotonic() - t0 < side.recovery_timeout
+    assert "the guest's files are unchanged" in str(exc.value)
+    assert "is the netinject agent installed in the image?" in str(exc.value)
+    assert rec.calls == []
+    assert _snapshot(root) == before
+
+
 def test_bundle_for_another_instance_is_refused(qga: Agent, tmp_path: Path) -> None:
     root, side = _guest(tmp_path)
     (root / "sys/class/dmi/id/product_uuid").write_text(

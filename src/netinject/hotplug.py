@@ -110,7 +110,15 @@ def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
     # The originals, to tell "unchanged" from "applied" should the reply be lost.
     originals = {p: _read_or_none(ga, side.path(PurePosixPath(p))) for p in files}
     try:
-        res = ga.exec(side.command[0], side.argv("apply", txid), input_data=raw)
+        pid = ga.spawn(side.command[0], side.argv("apply", txid), input_data=raw)
+    except (QgaTimeout, QgaUnavailable) as exc:  # sent, maybe started: ask
+        return _recover(ga, side, txid, files, originals, f"reply lost ({exc})")
+    except QgaError as exc:  # the agent refused to start it: nothing ran
+        return ApplyResult(ApplyOutcome.UNCHANGED,
+                           f"could not run {side.command[0]} in the guest (is the netinject "
+                           f"agent installed in the image?): {exc}")
+    try:
+        res = ga.wait(pid, side.command[0])
     except QgaError as exc:
         return _recover(ga, side, txid, files, originals, f"reply lost ({exc})")
     text = res.stdout.decode(errors="replace").strip()
@@ -133,10 +141,13 @@ def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, byt
         try:
             ga.ping()
             res = ga.exec(side.command[0], side.argv("apply-status", txid))
-        except QgaError as exc:
+        except (QgaTimeout, QgaUnavailable) as exc:
             last = str(exc)
             time.sleep(0.2)
             continue
+        except QgaError as exc:  # an answer, not a lost one: asking again will not help
+            last = str(exc)
+            break
         if res.exitcode not in (contract.APPLY_OK, contract.APPLY_UNCHANGED):
             last = res.stdout.decode(errors="replace") or f"exit {res.exitcode}"
             break

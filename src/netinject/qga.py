@@ -310,11 +310,21 @@ class GuestAgent:
     def exec(self, path: str, args: list[str] | None = None, input_data: bytes | None = None,
              timeout: float | None = None) -> ExecResult:
         """Run a program in the guest (argument list, no shell) and wait for it."""
+        return self.wait(self.spawn(path, args, input_data), path, timeout)
+
+    def spawn(self, path: str, args: list[str] | None = None,
+              input_data: bytes | None = None) -> int:
+        """Start a program in the guest; its pid. An error the agent answers with means
+        it did not start; a timeout or a lost connection leaves that unknown."""
         arguments: dict[str, Any] = {"path": path, "arg": list(args or []),
                                      "capture-output": True}
         if input_data is not None:
             arguments["input-data"] = base64.b64encode(input_data).decode()
-        pid = int(self.call("guest-exec", arguments)["pid"])
+        return int(self.call("guest-exec", arguments)["pid"])
+
+    def wait(self, pid: int, path: str = "program", timeout: float | None = None
+             ) -> ExecResult:
+        """Poll a spawned program until it exits (at most ``timeout``)."""
         deadline = time.monotonic() + (timeout or self.timeout)
         delay = 0.01
         while True:
