@@ -59,6 +59,8 @@ def test_launcher_constants_agree_with_the_contract() -> None:
     assert launcher.STATE_FILE == "/" + contract.STATE_FILE
     assert launcher.LOG_FILE == "/" + contract.LOG_FILE
     assert launcher.RESULT_PREFIX == contract.RESULT_PREFIX
+    for serial in ("3c598fc9", "00000000", "ffffffff", "b3e3d9e7"):
+        assert launcher.fat_uuid(serial) == contract.fat_uuid(serial)
 
 
 def test_every_case_manifest_parses_back_with_the_agents_parser() -> None:

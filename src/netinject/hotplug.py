@@ -19,7 +19,7 @@ import copy
 import enum
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Protocol
@@ -97,6 +97,12 @@ def _read_or_none(ga: GuestAgent, path: str) -> bytes | None:
         return None
 
 
+def _read_files(ga: GuestAgent, side: GuestSide, paths: Iterable[str]
+                ) -> dict[str, bytes | None]:
+    """What the guest has at each guest path now (None: nothing readable there)."""
+    return {p: _read_or_none(ga, side.path(PurePosixPath(p))) for p in paths}
+
+
 def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
                    side: GuestSide) -> ApplyResult:
     """Install the instance's files in the running guest as one transaction.
@@ -108,7 +114,7 @@ def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
     raw, files = bundle_for(instance, options)
     txid = secrets.token_hex(8)
     # The originals, to tell "unchanged" from "applied" should the reply be lost.
-    originals = {p: _read_or_none(ga, side.path(PurePosixPath(p))) for p in files}
+    originals = _read_files(ga, side, files)
     try:
         pid = ga.spawn(side.command[0], side.argv("apply", txid), input_data=raw)
     except (QgaTimeout, QgaUnavailable) as exc:  # sent, maybe started: ask
@@ -161,7 +167,7 @@ def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, byt
 def _readback(ga: GuestAgent, side: GuestSide, files: Mapping[str, bytes],
               originals: Mapping[str, bytes | None], why: str) -> ApplyResult:
     try:
-        now = {p: _read_or_none(ga, side.path(PurePosixPath(p))) for p in files}
+        now = _read_files(ga, side, files)
     except QgaError as exc:
         return ApplyResult(ApplyOutcome.UNKNOWN, f"{why}; reading the files back failed "
                                                  f"({exc})")

@@ -82,7 +82,6 @@ def fat_uuid(serial: str) -> str:
     return "%s-%s" % (serial[:4].upper(), serial[4:8].upper())
 
 
-
 def iso_name(name: str) -> str:
     """The primary-volume name netinject's iso9660 writer gives a file or directory."""
     return name.upper().replace("-", "_")

@@ -18,6 +18,7 @@ from .readers import FatReader, IsoReader
 DEFAULT_WAIT = 1.0
 POLL = 0.05
 
+
 class Drive:
     """A found config drive: its device, filesystem and volume id (the FAT serial or the
     ISO volume set id: netinject derives both from the instance uuid)."""
@@ -38,6 +39,18 @@ class Drive:
         return "%s:%s" % (self.kind, self.volume_id)
 
 
+def open_device(path: str) -> int:
+    """A read-only descriptor on a block device (or an image file standing in for one).
+    O_NONBLOCK: a FIFO (or a tty) put where a device should be must not hang boot in
+    open(); anything but a block device or regular file is refused (OSError)."""
+    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
+    mode = posix.fstat(fd).st_mode
+    if not (_stat.S_ISBLK(mode) or _stat.S_ISREG(mode)):
+        posix.close(fd)
+        raise OSError(19, "not a block device: %s" % path)
+    return fd
+
+
 def probe_label(dev: str) -> "Drive | None":
     """The drive if the device carries a config-2 label (vfat or iso9660), else None.
 
@@ -46,17 +59,11 @@ def probe_label(dev: str) -> "Drive | None":
     boot sector from the device again.
     """
     try:
-        # O_NONBLOCK: a FIFO (or a tty) put where a device should be must not hang boot
-        # in open(); only a block device (or an image file, for tests) is read.
-        fd = posix.open(dev, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
+        fd = open_device(dev)
     except OSError:
         return None
     found = None
     try:
-        mode = posix.fstat(fd).st_mode
-        if not (_stat.S_ISBLK(mode) or _stat.S_ISREG(mode)):
-            posix.close(fd)
-            return None
         boot = posix.pread(fd, 512, 0)
         if len(boot) == 512 and boot[510:512] == b"\x55\xaa":
             # FAT12/16 keep serial and label at 39/43, FAT32 at 67/71 ("FAT" at 54/82).
@@ -78,7 +85,6 @@ def probe_label(dev: str) -> "Drive | None":
     if found is None:
         posix.close(fd)
     return found
-
 
 
 # -- where the drive came from ------------------------------------------------------------
@@ -148,7 +154,6 @@ def probe_by_label(dev: str) -> "Drive | None":
     return None
 
 
-
 def _size(sysfs: str, name: str) -> int:
     try:
         return int(read_small(join(sysfs, "class/block", name, "size")).strip() or 0)
@@ -183,18 +188,12 @@ def find_drive(sysfs: str, dev: str, wait: float) -> "Drive | None":
         seen.clear()
 
 
-
 def read_payload(drive: Drive, only: "tuple[str, ...] | None" = None) -> dict[str, bytes]:
     """Files of the drive's netinject/ directory (all, or just the names in ``only``),
     read without mounting. On iso9660 the names are the primary-volume names."""
     try:
         if drive.fd < 0:
-            fd = posix.open(drive.path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
-            if not _stat.S_ISBLK(posix.fstat(fd).st_mode) and not _stat.S_ISREG(
-                    posix.fstat(fd).st_mode):
-                posix.close(fd)
-                raise AgentError("%s is not a block device" % drive.path)
-            drive.fd = fd
+            drive.fd = open_device(drive.path)
         reader = FatReader(drive.fd) if drive.kind == "vfat" else IsoReader(drive.fd)
         return reader.read_dir_files(PAYLOAD_DIR, MAX_FILE, only)
     except (OSError, struct.error, IndexError, UnicodeError, ValueError,

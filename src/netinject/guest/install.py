@@ -26,7 +26,6 @@ from .contract import (
 from .discovery import system_uuid
 from .log import Log
 from .paths import (
-    _mode,
     basename,
     dirname,
     isdir,
@@ -43,30 +42,9 @@ if TYPE_CHECKING:
     from typing import Callable
 
 
-def _safe_target(root: str, rel: str, dirs: "set[str]") -> str:
-    """root/rel, refusing any existing parent below root that is a symlink. ``dirs``
-    collects the parents found to be real directories: shared parents are looked at once,
-    and staging creates only the ones missing from it."""
-    cur = root
-    for part in rel.split("/")[:-1]:
-        cur = join(cur, part)
-        if cur in dirs:
-            continue
-        mode = _mode(cur, follow=False)
-        if _stat.S_ISLNK(mode):
-            raise AgentError("refusing to write through symlinked directory %s" % cur)
-        if _stat.S_ISDIR(mode):
-            dirs.add(cur)
-    return join(root, rel)
-
-
-def target_kind(target: str) -> str:
-    """'file', 'symlink' or 'absent' (one lstat); AgentError for anything else."""
-    return target_stat(target)[0]
-
-
 def target_stat(target: str) -> "tuple[str, posix.stat_result | None]":
-    """target_kind and the lstat result (None when absent)."""
+    """'file', 'symlink' or 'absent' (one lstat) and the lstat result (None when absent);
+    AgentError for anything else."""
     try:
         st = posix.lstat(target)
     except FileNotFoundError:
@@ -103,7 +81,7 @@ def _remove_stale(path: str) -> None:
     """Make way for a new file at a name of ours (a staging or temporary name): a regular
     file an interrupted run left is unlinked (only its name: a hard link to an outside
     file leaves that file alone); anything else there is not ours to touch."""
-    kind = target_kind(path)
+    kind = target_stat(path)[0]
     if kind == "file":
         posix.unlink(path)
     elif kind != "absent":
@@ -188,7 +166,7 @@ class Backup:
         return join(self.dir, rel.replace("/", "%"))
 
     def save(self, rel: str, target: str, kind: str) -> None:
-        """Keep the original of ``target`` (once per path); ``kind`` is target_kind's."""
+        """Keep the original of ``target`` (once per path); ``kind`` is target_stat's."""
         if rel in self.index:
             return
         if not self.made:
@@ -312,7 +290,8 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
     dirs: set[str] = set()
     targets: list[Target] = []
     for entry in manifest.entries:
-        path = _safe_target(root, entry.path, dirs)
+        no_symlink_parents(root, entry.path, dirs)
+        path = join(root, entry.path)
         kind, st = target_stat(path)
         if kind == "symlink" and entry.path in KEEP_SYMLINKS:
             log("kept /%s: a symlink (the image manages it)" % entry.path)
@@ -354,7 +333,6 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
     return backup
 
 
-
 # -- hot-plug: one transaction for a running guest -----------------------------------------
 #
 # The host pipes a bundle (the manifest and the files it lists) into
@@ -370,7 +348,6 @@ APPLY_LOCK = STATE_DIR + "/apply.lock"
 APPLY_STATUS = STATE_DIR + "/apply-status"
 APPLY_BACKUP = STATE_DIR + "/apply-backup"
 APPLY_STATUS_KEEP = 32
-
 
 
 def _read_all(fd: int, limit: int) -> bytes:

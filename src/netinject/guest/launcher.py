@@ -22,6 +22,12 @@ RESULT_PREFIX = "netinject-result"
 RTTIME_MAX_US = 1_000_000  # real-time priority only under a bound at least this tight
 
 
+def fat_uuid(serial: str) -> str:
+    """blkid's UUID for a FAT volume serial, as udev names /dev/disk/by-uuid (the
+    contract's fat_uuid, repeated here: a test checks that they agree)."""
+    return "%s-%s" % (serial[:4].upper(), serial[4:8].upper())
+
+
 def later_boot(root: str) -> bool:
     """True (after logging it) when the state file names a vfat drive udev has linked."""
     try:
@@ -32,8 +38,7 @@ def later_boot(root: str) -> bool:
             posix.close(fd)
         if len(state) != 3 or not state[1].startswith("vfat:") or len(state[1]) != 13:
             return False
-        serial = state[1][5:].upper()
-        posix.lstat("%s/dev/disk/by-uuid/%s-%s" % (root, serial[:4], serial[4:]))
+        posix.lstat("%s/dev/disk/by-uuid/%s" % (root, fat_uuid(state[1][5:])))
         elapsed = (time.monotonic() - started) * 1000
         text = ("netinject: [%7.1f ms] not the first boot of instance %s (drive %s on %s): "
                 "nothing to do\n%s outcome=unchanged elapsed_ms=%.1f instance=%s\n"

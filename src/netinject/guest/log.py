@@ -62,7 +62,3 @@ class Log:
                 posix.close(fd)
         except (OSError, AgentError):
             pass  # a read-only, full or tampered /var must not break boot
-
-
-
-# -- the boot service ---------------------------------------------------------------------

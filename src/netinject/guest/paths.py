@@ -105,7 +105,6 @@ def relative_to(root: str, path: str) -> str:
     return path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
 
 
-
 def read_small(path: str, limit: int = 4096) -> bytes:
     """The start of a small regular file (sysfs attributes, the state file), no file
     object. Opened non-blocking and checked to be a regular file: a FIFO put there
@@ -119,11 +118,18 @@ def read_small(path: str, limit: int = 4096) -> bytes:
         posix.close(fd)
 
 
-def no_symlink_parents(root: str, rel: str) -> None:
-    """AgentError if a directory on the way from ``root`` to ``root/rel`` is a symlink
-    (the agent's state, backups and log never leave the root through one)."""
+def no_symlink_parents(root: str, rel: str, dirs: "set[str] | None" = None) -> None:
+    """AgentError if a directory on the way from ``root`` to ``root/rel`` is a symlink:
+    nothing the agent writes (targets, state, backups, log) leaves the root through one.
+    ``dirs`` collects the parents found to be real directories, and those already in it
+    are not looked at again (targets that share parents)."""
     cur = root
     for part in rel.split("/")[:-1]:
         cur = join(cur, part)
-        if islink(cur):
-            raise AgentError("refusing to use %s: it is a symlink" % cur)
+        if dirs is not None and cur in dirs:
+            continue
+        mode = _mode(cur, follow=False)
+        if _stat.S_ISLNK(mode):
+            raise AgentError("refusing to write through symlinked directory %s" % cur)
+        if dirs is not None and _stat.S_ISDIR(mode):
+            dirs.add(cur)

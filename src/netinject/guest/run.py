@@ -174,8 +174,6 @@ def _apply_main(cmd: str, root: str, sysfs: "str | None", txid: str) -> int:
     return status
 
 
-
-
 RUN_OPTIONS = {"--root": "root", "--sysfs": "sysfs", "--dev": "dev", "--drive": "drive",
                "--wait": "wait"}
 

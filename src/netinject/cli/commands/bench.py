@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ...hostio import check_output
 from ...vm.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
 
@@ -50,11 +51,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ba.set_defaults(func=cmd_bench_agent)
 
 
+def _check_outputs(*outputs: tuple[str, Path | None]) -> None:
+    """Every output file a benchmark will write, checked before it boots anything."""
+    for option, path in outputs:
+        if path is not None:
+            check_output(path, option)
+
+
 def cmd_bench_drive(args: argparse.Namespace) -> int:
     import json
 
     from ...bench import drive as drive_bench
 
+    _check_outputs(("--json", args.json))
     results = drive_bench.run(args.runs)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -72,12 +81,8 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
         raise UsageError(f"unknown scenario(s) {', '.join(unknown)}; known: "
                          f"{', '.join(SCENARIOS)}" if unknown else "give scenarios and --runs >= 1")
-    for option, path in (("--json", args.json), ("--plot", args.plot),
-                         ("--timeline", args.timeline)):
-        if path is not None:
-            from ...hostio import check_output
-
-            check_output(path, option)
+    _check_outputs(("--json", args.json), ("--plot", args.plot),
+                   ("--timeline", args.timeline))
     data = bench_boot.run(names, args.runs, Progress(), timeline=args.timeline is not None)
     print(bench_boot.format_table(data))
     if args.json is not None:
@@ -102,10 +107,7 @@ def cmd_bench_agent(args: argparse.Namespace) -> int:
         from ...errors import UsageError
 
         raise UsageError("give --runs >= 1")
-    if args.json is not None:
-        from ...hostio import check_output
-
-        check_output(args.json, "--json")
+    _check_outputs(("--json", args.json))
     data = bench_boot.agent_costs(args.runs, Progress(), imports=args.imports)
     fmt = bench_boot.fmt
     f1, f2 = data["first_boot_ms"], data["second_boot_ms"]
