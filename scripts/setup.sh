@@ -14,6 +14,7 @@ APT_PACKAGES=(
   mmdebstrap e2fsprogs
   cloud-init
   systemd insserv sysvinit-utils initscripts
+  netplan.io libnm0 gir1.2-nm-1.0 python3-gi
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
 )
 

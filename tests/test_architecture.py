@@ -96,4 +96,5 @@ def test_formats_come_from_the_registry() -> None:
     from netinject import render
 
     assert tuple(render.REGISTRY) == render.FORMATS
-    assert set(render.FORMATS) == {"eni", "udev", "resolv", "hostname"}
+    assert set(render.FORMATS) == {"eni", "networkd", "netplan", "nm", "udev", "resolv",
+                                   "hostname"}

@@ -35,6 +35,6 @@ def test_unknown_variant_is_a_usage_error(tmp_path: Path,
 
 def test_unknown_format_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["render", "x.json", "--format", "eni,netplan", "--print"])
+        main(["render", "x.json", "--format", "eni,ifcfg", "--print"])
     assert exc.value.code == 2
-    assert "unknown format(s) 'netplan'" in capsys.readouterr().err
+    assert "unknown format(s) 'ifcfg'" in capsys.readouterr().err

@@ -45,11 +45,16 @@ def test_vfat_drive_matches_render(case: str, tmp_path: Path) -> None:
     payload = {e.path: files[f"netinject/{e.source}"] for e in manifest.files}
     assert payload == rendered
     doc = load_case(case)
-    assert manifest.format == 1
+    assert manifest.format == 2
     assert manifest.uuid == doc["instance"]["uuid"]
     assert {e.path: e.sha256 for e in manifest.files} == {
         k: hashlib.sha256(v).hexdigest() for k, v in rendered.items()}
-    assert all(e.mode == 0o644 for e in manifest.files)
+    # Every stack's files ride along; netplan's and NetworkManager's are root-only.
+    assert {e.path.split("/")[1] for e in manifest.files} >= {"network", "systemd",
+                                                              "netplan", "NetworkManager"}
+    for e in manifest.files:
+        private = e.path.startswith(("etc/netplan/", "etc/NetworkManager/"))
+        assert e.mode == (0o600 if private else 0o644), e.path
     meta = json.loads(files["openstack/latest/meta_data.json"])
     assert meta["uuid"] == doc["instance"]["uuid"]
     assert meta["hostname"] == doc["instance"]["hostname"]

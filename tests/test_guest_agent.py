@@ -42,7 +42,9 @@ def _rendered(tmp: Path, doc: Any) -> dict[str, bytes]:
     src = tmp / "doc.json"
     src.write_text(json.dumps(doc))
     out = tmp / "rendered"
-    assert main(["render", str(src), "--out", str(out)]) == 0
+    # What an ifupdown image installs: its stack's file and the shared ones.
+    assert main(["render", str(src), "--format", "eni,udev,resolv,hostname",
+                 "--out", str(out)]) == 0
     return tree(out)
 
 
@@ -212,8 +214,8 @@ TAMPERED = [
     ("rules-escape", _file_field(1, "etc/udev/rules.d/../../passwd", True),
      "is not an allowed guest path"),
     ("setuid", _file_field(3, "4755"), "mode '4755' is not allowed"),
-    ("version", lambda lines: ["netinject-manifest 2", *lines[1:]],
-     "unknown manifest format '2'"),
+    ("version", lambda lines: ["netinject-manifest 3", *lines[1:]],
+     "unknown manifest format '3'"),
     ("unknown-record", lambda lines: [*lines, "exec /bin/sh"], "unknown record 'exec'"),
 ]
 

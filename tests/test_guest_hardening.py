@@ -223,8 +223,8 @@ def test_the_bound_stops_a_looping_real_time_process() -> None:
 
 def test_installed_unit_bounds_real_time(tmp_path: Path) -> None:
     root = tmp_path / "img"
-    subprocess.run([GUEST_PYTHON, "-I", "-S", str(BUNDLE), "install", "--root", str(root)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run([GUEST_PYTHON, "-I", "-S", str(BUNDLE), "install", "--root", str(root),
+                    "--stack", "ifupdown"], check=True, capture_output=True, timeout=60)
     unit = (root / "lib/systemd/system/netinject.service").read_text()
     assert "LimitRTTIME=200ms:400ms" in unit
     launcher = (root / "usr/sbin/netinject-guest").read_text()

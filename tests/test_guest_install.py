@@ -32,14 +32,32 @@ def _agent(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, check=False, timeout=60)
 
 
-def _image(root: Path, init: str) -> Path:
+def _image(root: Path, init: str, stack: str = "ifupdown") -> Path:
+    """An image tree shaped like a Debian one of the given init and network stack."""
     (root / "sbin").mkdir(parents=True)
-    (root / "lib/systemd").mkdir(parents=True)
+    (root / "lib/systemd/system").mkdir(parents=True)
     (root / "etc/init.d").mkdir(parents=True)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
     if init == "systemd":
         os.symlink("/lib/systemd/systemd", root / "sbin/init")
     else:
         (root / "sbin/init").write_bytes(b"\x7fELF sysvinit")
+    if stack == "ifupdown":
+        (root / "sbin/ifup").write_bytes(b"\x7fELF ifup")
+        os.symlink("/lib/systemd/system/networking.service", wants / "networking.service")
+    elif stack == "networkd":
+        os.symlink("/lib/systemd/system/systemd-networkd.service",
+                   wants / "systemd-networkd.service")
+    elif stack == "netplan":
+        (root / "usr/sbin").mkdir(parents=True)
+        (root / "usr/sbin/netplan").write_bytes(b"#!/usr/bin/python3\n")
+        (root / "etc/netplan").mkdir(parents=True)
+    elif stack == "nm":
+        (root / "usr/sbin").mkdir(parents=True)
+        (root / "usr/sbin/NetworkManager").write_bytes(b"\x7fELF NM")
+        os.symlink("/lib/systemd/system/NetworkManager.service",
+                   wants / "NetworkManager.service")
     (root / "lib/udev/rules.d").mkdir(parents=True)
     (root / "lib/udev/rules.d/75-persistent-net-generator.rules").write_text(GENERATOR)
     return root
@@ -71,6 +89,52 @@ def test_systemd_install_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "systemd-udev-trigger.service" in re.findall(r"^After=(.*)$", text, re.M)[0]
     assert (root / "usr/sbin/netinject-guest").stat().st_mode & 0o111
     assert (root / "usr/lib/netinject/netinject_guest.py").read_bytes() == AGENT.read_bytes()
+
+
+@pytest.mark.parametrize("stack", ["ifupdown", "networkd", "netplan", "nm"])
+def test_install_detects_the_network_stack_and_records_it(stack: str, tmp_path: Path) -> None:
+    root = _image(tmp_path / "img", "systemd", stack)
+    done = _agent("install", "--root", str(root))
+    assert done.returncode == 0, done.stderr
+    assert f"network stack: {stack} (" in done.stdout
+    assert (root / "etc/netinject/stack").read_text() == stack + "\n"
+    announce = root / "lib/systemd/system/netinject-announce.service"
+    units = ["/lib/systemd/system/netinject.service"]
+    if stack in ("networkd", "netplan"):
+        # networkd sends no gratuitous ARP: the announcer is installed and enabled.
+        assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/"
+                                  "netinject-announce.service") == \
+            "/lib/systemd/system/netinject-announce.service"
+        text = announce.read_text()
+        assert "After=netinject.service systemd-networkd.service" in text
+        assert "ConditionPathExists=/run/netinject/announce" in text
+        units.append("/lib/systemd/system/netinject-announce.service")
+    else:
+        assert not announce.exists()
+    verify = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units],
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr == ""
+    before = " ".join(re.findall(r"^Before=(.*)$", (root / units[0][1:]).read_text(), re.M))
+    # netplan >= 1.2 generates in netplan-configure.service: the agent comes first.
+    assert "netplan-configure.service" in before.split()
+    assert _agent("uninstall", "--root", str(root)).returncode == 0
+    assert not (root / "etc/netinject").exists()
+    assert not announce.exists()
+
+
+def test_install_refuses_an_image_without_a_network_stack(tmp_path: Path) -> None:
+    root = _image(tmp_path / "img", "systemd", "none")
+    before = snapshot(root)
+    done = _agent("install", "--root", str(root))
+    assert done.returncode == 2
+    assert "error: cannot tell this image's network stack" in done.stderr
+    assert "give --stack" in done.stderr
+    assert snapshot(root) == before  # nothing installed
+    forced = _agent("install", "--root", str(root), "--stack", "networkd")
+    assert forced.returncode == 0, forced.stderr
+    assert "network stack: networkd (given)" in forced.stdout
+    assert (root / "etc/netinject/stack").read_text() == "networkd\n"
 
 
 def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:

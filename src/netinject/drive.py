@@ -50,7 +50,6 @@ MANIFEST_PATH = PAYLOAD_DIR / contract.MANIFEST_NAME
 OPENSTACK_DIR = PurePosixPath("openstack/latest")
 DEFAULT_SIZE = 64 * 1024 * 1024  # nova's vfat config drive size
 FIXED_EPOCH = 1262304000  # 2010-01-01T00:00:00Z: every timestamp on the drive
-FILE_MODE = contract.FILE_MODE
 
 DriveFormat = Literal["vfat", "iso9660"]
 
@@ -119,9 +118,12 @@ def manifest(instance: Instance, files: Files, style: str) -> str:
     names = source_names(files)
     return contract.format_manifest(
         str(instance.uuid), style, f"netinject {__version__}",
-        [(str(path), names[path], FILE_MODE, hashlib.sha256(content.encode()).hexdigest())
+        [(str(path), names[path], contract.file_mode(str(path)),
+          hashlib.sha256(content.encode()).hexdigest())
          for path, content in sorted(files.items())],
-        [(nic.name, str(nic.mac)) for nic in instance.nics])
+        [(nic.name, str(nic.mac)) for nic in instance.nics],
+        [(nic.name, str(a.interface.ip)) for nic in instance.nics for a in nic.addresses
+         if a.version == 4 and a.is_static and a.interface is not None])
 
 
 def _json(obj: Any) -> bytes:

@@ -1,8 +1,8 @@
 """The guest agent as shipped: its modules joined into one file, and the bundle.
 
 The agent is a small package (``netinject.guest``: contract, paths, log, readers,
-discovery, install, nics, run) so it can be read one concern at a time; the guest gets
-it as ONE module, ``netinject_guest.py``, so boot pays nothing for the split (one file to
+discovery, install, nics, stacks, run) so it can be read one concern at a time; the guest
+gets it as ONE module, ``netinject_guest.py``, so boot pays nothing for the split (one file to
 find, read and unmarshal). Joining drops each module's imports of its siblings (every
 top-level name in the boot modules is unique, which ``join`` checks) and keeps the rest
 in dependency order. ``image.py`` (install into an image tree) is not joined: the bundle
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .hostio import write_atomic
 
-BOOT_MODULES = ("contract", "paths", "log", "readers", "discovery", "install", "nics", "run")
+BOOT_MODULES = ("contract", "paths", "log", "readers", "discovery", "install", "nics", "stacks",
+                "run")
 JOINED_NAME = "netinject_guest"
 IMAGE_NAME = "netinject_guest_image"
 

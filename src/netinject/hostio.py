@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from .errors import NetinjectError
+from .guest.contract import file_mode
 
 
 class OutputError(NetinjectError):
@@ -72,6 +73,6 @@ def write_tree(root: Path, files: Mapping[PurePosixPath, str]) -> list[Path]:
         if rel.is_absolute() or ".." in rel.parts:
             raise ValueError(f"refusing to write outside {root}: {rel}")
         target = root.joinpath(*rel.parts)
-        write_atomic(target, content.encode("utf-8"))
+        write_atomic(target, content.encode("utf-8"), file_mode(str(rel)))
         written.append(target)
     return written

@@ -253,6 +253,14 @@ class Instance:
         found = self.default_route(version)
         return found[0] if found else None
 
+    def dns_nic(self) -> Nic | None:
+        """The NIC whose config carries the instance's DNS servers (every format puts
+        them on one NIC): the one with the IPv4 default route, else the IPv6 one, else
+        the first NIC with a static address."""
+        return (self.gateway_nic(4) or self.gateway_nic(6)
+                or next((n for n in self.nics if any(a.is_static for a in n.addresses)),
+                        None))
+
     def carries_default_route(self, addr: IfAddress) -> bool:
         """Whether this very stanza (identity, not equality) carries its family's default
         route."""

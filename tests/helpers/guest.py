@@ -71,13 +71,16 @@ def make_drive(path: Path, doc: Any, fmt: drive.DriveFormat = "vfat",
 
 
 def make_guest(root: Path, doc: Any, drive_image: Path | None) -> Path:
-    """A tree shaped like a guest: /etc with a DHCP config, /sys/class/{block,net}, /dev.
+    """A tree shaped like an ifupdown guest: /etc with a DHCP config, /sbin/ifup,
+    /sys/class/{block,net}, /dev.
 
     The drive is /dev/vdb (the image file itself); /dev/vda is a blank root disk. NICs in
     /sys/class/net already carry the names the manifest pins (no renames needed).
     """
     (root / "etc/network").mkdir(parents=True)
     (root / "etc/network/interfaces").write_bytes(ORIGINAL_ENI)
+    (root / "sbin").mkdir()
+    (root / "sbin/ifup").write_bytes(b"\x7fELF ifup")  # an ifupdown image
     (root / "etc/hostname").write_bytes(b"debian\n")
     (root / "run").mkdir()
     (root / "var/log").mkdir(parents=True)

@@ -3,32 +3,64 @@ this machine's drift hits all alike; medians, min, max, ratios to ``inject``."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
 import statistics
+import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..vm.harness import boot, kvm_usable
+from ..vm.harness import BootResult, HarnessError, boot, kvm_usable
+from ..vm.image import BOOTCHART_INIT, VariantImage
 from ..vm.progress import Progress
 from ..vm.scenarios import SCENARIOS, Prepared
 from .stats import table
 
 
+@contextlib.contextmanager
+def writable_copy(image: VariantImage) -> Iterator[VariantImage]:
+    """A private writable copy of a variant image (sparse), for boots that must see what
+    an earlier boot of the same instance wrote; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="netinject-instance-") as tmp:
+        copy = Path(tmp) / "root.img"
+        subprocess.run(["cp", "--sparse=always", str(image.image), str(copy)], check=True)
+        yield dataclasses.replace(image, image=copy)
+
+
+def boot_scenario(prepared: Prepared, name: str, accel: str, extra_append: str = "",
+                  progress: Progress | None = None) -> BootResult:
+    """One measured boot of a scenario. A later-boot scenario first boots a private
+    writable copy of its image once (not measured), then measures the second boot."""
+    spec = dataclasses.replace(prepared.spec(name, accel), extra_append=extra_append)
+    if not SCENARIOS[name].later:
+        return boot(spec)
+    with writable_copy(spec.image) as image:
+        first = dataclasses.replace(spec, image=image, snapshot=False, extra_append="")
+        if progress is not None:
+            progress(f"  {name}: first boot of the instance (not measured) ...")
+        if boot(first).boot_s is None:
+            raise HarnessError(f"{name}: the instance's first boot did not finish")
+        return boot(dataclasses.replace(spec, image=image, snapshot=False))
+
+
 def run(names: Sequence[str], runs: int, progress: Progress,
-        timeline: bool = False) -> dict[str, Any]:
+        timeline: bool = False, bootchart: Path | None = None) -> dict[str, Any]:
     """Boot every scenario ``runs`` times, interleaved. ``timeline``: the guests also
     report every unit's start and end (systemd's timestamps), kept per scenario from its
-    first run for ``plot_timeline``."""
+    first run for ``plot_timeline``. ``bootchart``: afterwards, one more boot per scenario
+    under systemd-bootchart (not measured: sampling costs time), its SVG written there."""
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: "
                          f"{', '.join(SCENARIOS)}")
     prepared = Prepared(tuple(names), progress)
     timelines: dict[str, dict[str, list[float]]] = {}
+    charts: dict[str, str] = {}
     try:
         accel = "kvm" if kvm_usable(next(iter(prepared.images.values()))) else "tcg"
         progress(f"accelerator: {accel}")
@@ -41,10 +73,8 @@ def run(names: Sequence[str], runs: int, progress: Progress,
             for name in names:
                 k += 1
                 progress(f"boot {k}/{total} (run {r + 1}/{runs}): {name} ...")
-                spec = prepared.spec(name, accel)
-                if timeline:
-                    spec = dataclasses.replace(spec, extra_append="netinject.timeline")
-                res = boot(spec)
+                res = boot_scenario(prepared, name, accel,
+                                    "netinject.timeline" if timeline else "", progress)
                 out = results[name]
                 if timeline and name not in timelines:
                     timelines[name] = {u: list(t) for u, t in
@@ -53,7 +83,8 @@ def run(names: Sequence[str], runs: int, progress: Progress,
                 out["first_garp_s"].append(res.first_garp_s)
                 out["boot_s"].append(res.boot_s)
                 out["agent_ms"].append(res.agent_cost_ms())
-                agent_unit = res.unit_times().get("netinject.service")
+                unit = SCENARIOS[name].agent_unit
+                agent_unit = res.unit_times().get(unit) if unit else None
                 out["agent_unit_ms"].append(round(agent_unit[1] - agent_unit[0], 1)
                                             if agent_unit else None)
                 out["userspace_s"].append(_userspace_s(res.report.get("systemd-analyze", "")))
@@ -61,6 +92,19 @@ def run(names: Sequence[str], runs: int, progress: Progress,
                 progress(f"  {name}: network after "
                          + (f"{ttn:.1f} s" if ttn is not None else "never")
                          + f", boot finished after {fmt(res.boot_s)} s")
+        if bootchart is not None:
+            bootchart.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                progress(f"bootchart boot: {name} (systemd-bootchart as init; not measured)")
+                res = boot_scenario(prepared, name, accel,
+                                    f"init={BOOTCHART_INIT} netinject.bootchart", progress)
+                svg = res.bootchart_svg()
+                if svg is None:
+                    raise HarnessError(f"{name}: the guest reported no bootchart")
+                out_file = bootchart / f"{name}.svg"
+                out_file.write_bytes(svg)
+                charts[name] = str(out_file)
+                progress(f"  wrote {out_file}")
     finally:
         prepared.close()
     summary: dict[str, Any] = {}
@@ -71,12 +115,15 @@ def run(names: Sequence[str], runs: int, progress: Progress,
             **out,
             "boot_median_s": statistics.median(boots) if boots else None,
             "about": SCENARIOS[name].about,
+            "agent_unit": SCENARIOS[name].agent_unit,
+            "agent_unit_median_ms": _median(out["agent_unit_ms"]),
             "median_s": statistics.median(values) if values else None,
             "min_s": min(values) if values else None,
             "max_s": max(values) if values else None,
             "failures": len(out["time_to_network_s"]) - len(values),
         }
     return {"scenarios": summary, "accel": accel, "runs": runs, "timelines": timelines,
+            "bootcharts": charts,
             "host": platform.node(), "kernel": platform.release(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -121,24 +168,33 @@ def format_table(data: dict[str, Any]) -> str:
         bmed = s.get("boot_median_s")
         bratio = f"{bmed / bref:.2f}x" if bmed is not None and bref else "-"
         n = len(s["time_to_network_s"])
+        unit = s.get("agent_unit_median_ms")
         rows.append([name, fmt(med) if med is not None else "never", fmt(s["min_s"]),
-                     fmt(s["max_s"]), ratio, f"{n - s['failures']}/{n}", fmt(bmed), bratio])
+                     fmt(s["max_s"]), ratio, f"{n - s['failures']}/{n}", fmt(bmed), bratio,
+                     f"{unit:.0f} ({s['agent_unit']})" if unit is not None else "-"])
     lines = [f"time to network (s): QEMU start -> the guest's first ARP answer; boot: QEMU "
-             f"start -> boot finished (systemd); accel={data['accel']}, {data['runs']} "
-             f"interleaved run(s) per scenario",
+             f"start -> boot finished (systemd); config unit: the unit that puts the "
+             f"network config in place, Starting to Finished (ms, systemd's timestamps); "
+             f"accel={data['accel']}, {data['runs']} interleaved run(s) per scenario",
              table(["scenario", "network median", "min", "max", "vs inject", "reached",
-                    "boot median", "vs inject"], rows)]
+                    "boot median", "vs inject", "config unit median"], rows)]
     if "inject" in sc and "baked-static" in sc and sc["baked-static"]["median_s"] and ref:
         lines.append(f"cost of injection (inject - baked-static medians): "
                      f"{ref - sc['baked-static']['median_s']:+.2f} s")
-    agent = [v for v in sc.get("inject", {}).get("agent_ms", []) if v is not None]
-    unit = [v for v in sc.get("inject", {}).get("agent_unit_ms", []) if v is not None]
-    if agent:
-        lines.append(f"agent's own work (its result line, first boot): median "
-                     f"{statistics.median(agent):.1f} ms; netinject.service incl. Python "
-                     f"start (systemd's unit timestamps): median "
-                     f"{statistics.median(unit):.0f} ms" if unit else
-                     f"agent's own work: median {statistics.median(agent):.1f} ms")
+    for name in ("inject", "inject-later"):
+        agent = [v for v in sc.get(name, {}).get("agent_ms", []) if v is not None]
+        unit = sc.get(name, {}).get("agent_unit_median_ms")
+        if agent:
+            lines.append(f"{name}: the agent's own time (its log's result line): median "
+                         f"{statistics.median(agent):.1f} ms {agent}; its unit as systemd "
+                         f"saw it (incl. Python's start): median {fmt(unit)} ms "
+                         f"{sc[name]['agent_unit_ms']}")
+    for base in ("inject", "glean", "cloud-init"):
+        first, later = sc.get(base, {}).get("median_s"), sc.get(f"{base}-later", {}).get(
+            "median_s")
+        if first is not None and later is not None:
+            lines.append(f"{base}: first boot {first:.1f} s, later boot {later:.1f} s "
+                         f"({later - first:+.1f} s)")
     return "\n".join(lines)
 
 
@@ -218,11 +274,6 @@ def agent_costs(runs: int, progress: Progress, imports: bool = False) -> dict[st
     whether it finished before networking could start anyway (ifupdown-pre done).
     ``imports``: one more boot that times module imports in the guest (TCG), beside the
     same on this host (native)."""
-    import dataclasses
-    import shutil
-    import subprocess
-    import tempfile
-
     prepared = Prepared(("inject",), progress)
     first: list[float | None] = []
     first_cpu: list[float | None] = []
@@ -235,11 +286,7 @@ def agent_costs(runs: int, progress: Progress, imports: bool = False) -> dict[st
     try:
         accel = "kvm" if kvm_usable(prepared.images["inject"]) else "tcg"
         for r in range(runs):
-            with tempfile.TemporaryDirectory(prefix="netinject-agent-") as tmp:
-                copy = Path(tmp) / "root.img"
-                subprocess.run(["cp", "--sparse=always", str(prepared.images["inject"].image),
-                                str(copy)], check=True)
-                image = dataclasses.replace(prepared.images["inject"], image=copy)
+            with writable_copy(prepared.images["inject"]) as image:
                 spec = dataclasses.replace(prepared.spec("inject", accel), image=image,
                                            snapshot=False)
                 for n, out in ((1, first), (2, second)):
@@ -259,7 +306,6 @@ def agent_costs(runs: int, progress: Progress, imports: bool = False) -> dict[st
                     logs.append(res.agent_log)
                     progress(f"  boot {n}: agent {fmt(res.agent_cost_ms())} ms "
                              f"({res.agent_log.splitlines()[-1] if res.agent_log else 'no log'})")
-            shutil.rmtree(tmp, ignore_errors=True)
         if imports:
             progress("import probe boot ...")
             res = boot(dataclasses.replace(prepared.spec("inject", accel),

@@ -11,7 +11,7 @@ the names a drive's files get (``iso_name``, ``fat_uuid``). Nothing here touches
 # every top-level name in guest/ is unique.)
 
 VERSION = "0.1.0"
-MANIFEST_FORMATS = (1,)
+MANIFEST_FORMATS = (1, 2)  # 2: files for every stack, 'announce' records
 MANIFEST_FORMAT = MANIFEST_FORMATS[-1]
 LABELS = ("config-2", "CONFIG-2")  # nova writes the label lower-case
 STATE_DIR = "var/lib/netinject"
@@ -22,12 +22,24 @@ MANIFEST_NAME = "manifest"
 MAX_FILE = 1 << 20  # bytes per payload file (and the manifest)
 MANIFEST_NAMES = (MANIFEST_NAME, "MANIFEST")  # as written; as on an iso9660 primary volume
 MANIFEST_HEAD = 8  # the 'instance' record is among the manifest's first lines
-FILE_MODE = 0o644  # the mode the host gives every payload file
+FILE_MODE = 0o644  # the mode the host gives a payload file (PRIVATE_DIRS: PRIVATE_MODE)
+PRIVATE_MODE = 0o600
 
-# Guest paths the payload may write: network config, udev rules, resolver, hostname.
+# Guest paths the payload may write: each network stack's config, udev rules, resolver,
+# hostname.
 ALLOWED_FILES = ("etc/network/interfaces", "etc/resolv.conf", "etc/hostname")
-ALLOWED_DIRS = ("etc/network/interfaces.d/", "etc/udev/rules.d/")
+ALLOWED_DIRS = ("etc/network/interfaces.d/", "etc/udev/rules.d/", "etc/systemd/network/",
+                "etc/netplan/", "etc/NetworkManager/system-connections/")
 ALLOWED_MODES = (0o644, 0o640, 0o600, 0o444)
+# Files only root may read: netplan warns about others (and may carry secrets);
+# NetworkManager ignores a keyfile others can read.
+PRIVATE_DIRS = ("etc/netplan/", "etc/NetworkManager/system-connections/")
+# The network stacks a drive carries config for, and where each one's files live; the
+# agent installs the files of the image's stack and the files of none (udev rules,
+# resolv.conf, hostname), and skips the others.
+STACKS = ("ifupdown", "networkd", "netplan", "nm")
+STACK_PATHS = (("etc/network/", "ifupdown"), ("etc/systemd/network/", "networkd"),
+               ("etc/netplan/", "netplan"), ("etc/NetworkManager/", "nm"))
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _HEX = frozenset("0123456789abcdef")
 
@@ -42,8 +54,27 @@ def is_allowed_path(path: str) -> bool:
         return True
     for d in ALLOWED_DIRS:
         if path.startswith(d) and is_plain_name(path[len(d):]):
-            return not d.startswith("etc/udev") or path.endswith(".rules")
+            return path.endswith(_SUFFIXES.get(d, ("",)))
     return False
+
+
+# What a file in an allowlisted directory must be called for its reader to take it.
+_SUFFIXES = {"etc/udev/rules.d/": (".rules",), "etc/systemd/network/": (".network", ".link"),
+             "etc/netplan/": (".yaml",),
+             "etc/NetworkManager/system-connections/": (".nmconnection",)}
+
+
+def stack_of(path: str) -> "str | None":
+    """The network stack a guest path's file is for (None: every stack uses it)."""
+    for prefix, stack in STACK_PATHS:
+        if path.startswith(prefix):
+            return stack
+    return None
+
+
+def file_mode(path: str) -> int:
+    """The mode the host gives the file at a guest path."""
+    return PRIVATE_MODE if path.startswith(PRIVATE_DIRS) else FILE_MODE
 
 
 def is_uuid(text: str) -> bool:
@@ -60,6 +91,14 @@ def is_mac(text: str) -> bool:
 def is_nic_name(text: str) -> bool:
     return text.startswith("eth") and 3 < len(text) <= 7 and text[3:].isdigit() \
         and text[3:].isascii()
+
+
+def is_ipv4(text: str) -> bool:
+    """Dotted-quad IPv4, decimal, no leading zeros."""
+    parts = text.split(".")
+    return len(parts) == 4 and all(
+        0 < len(p) <= 3 and p.isdigit() and p.isascii() and (p == "0" or p[0] != "0")
+        and int(p) <= 255 for p in parts)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -109,13 +148,15 @@ class ManifestRecords:
     """A parsed manifest (grammar checked, payload not yet looked at)."""
 
     def __init__(self, fmt: int, uuid: str, files: "list[FileRecord]",
-                 nics: "list[tuple[str, str]]", style: str, generator: str) -> None:
+                 nics: "list[tuple[str, str]]", style: str, generator: str,
+                 announce: "list[tuple[str, str]] | None" = None) -> None:
         self.format = fmt
         self.uuid = uuid
         self.files = files
         self.nics = nics
         self.style = style
         self.generator = generator
+        self.announce = announce or []
 
 
 class Entry:
@@ -126,11 +167,13 @@ class Entry:
 
 
 class Manifest:
-    def __init__(self, uuid: str, entries: "list[Entry]", nics: "list[tuple[str, str]]"
-                 ) -> None:
+    def __init__(self, uuid: str, entries: "list[Entry]", nics: "list[tuple[str, str]]",
+                 announce: "list[tuple[str, str]] | None" = None) -> None:
         self.uuid = uuid
         self.entries = entries
         self.nics = nics
+        # (NIC name, IPv4 address): static addresses to announce where the stack does not
+        self.announce = announce or []
 
 
 def manifest_instance(raw: bytes) -> "str | None":
@@ -161,6 +204,7 @@ def parse_manifest(raw: bytes) -> ManifestRecords:
     style = generator = ""
     files: list[FileRecord] = []
     nics: list[tuple[str, str]] = []
+    announce: list[tuple[str, str]] = []
     seen: set[str] = set()
     for n, line in enumerate(lines[1:], start=2):
         fields = line.split(" ")
@@ -200,13 +244,17 @@ def parse_manifest(raw: bytes) -> ManifestRecords:
             if any(fields[1] == a or fields[2] == b for a, b in nics):
                 raise AgentError("manifest line %d: NIC name or MAC listed twice" % n)
             nics.append((fields[1], fields[2]))
+        elif key == "announce":
+            if len(fields) != 3 or not is_nic_name(fields[1]) or not is_ipv4(fields[2]):
+                raise AgentError("manifest line %d: bad announce record %r" % (n, line))
+            announce.append((fields[1], fields[2]))
         else:
             raise AgentError("manifest line %d: unknown record %r" % (n, key))
     if uuid is None:
         raise AgentError("manifest names no instance")
     if not files:
         raise AgentError("manifest lists no files")
-    return ManifestRecords(int(head[1]), uuid, files, nics, style, generator)
+    return ManifestRecords(int(head[1]), uuid, files, nics, style, generator, announce)
 
 
 def verify(payload: "dict[str, bytes]") -> Manifest:
@@ -224,7 +272,7 @@ def verify(payload: "dict[str, bytes]") -> Manifest:
             raise AgentError("sha256 mismatch for %s: the drive is damaged or was "
                              "altered" % f.path)
         entries.append(Entry(f.path, data, f.mode))
-    return Manifest(records.uuid, entries, records.nics)
+    return Manifest(records.uuid, entries, records.nics, records.announce)
 
 
 # -- the hot-plug bundle --------------------------------------------------------------------
@@ -271,19 +319,22 @@ def parse_bundle(raw: bytes) -> "dict[str, bytes]":
 
 def format_manifest(instance: str, style: str, generator: str,
                     files: "list[tuple[str, str, int, str]]",
-                    nics: "list[tuple[str, str]]") -> str:
+                    nics: "list[tuple[str, str]]",
+                    announce: "list[tuple[str, str]] | None" = None) -> str:
     """The manifest: what the guest agent may install. One record per line, fields
     separated by one space, so the agent reads it with str.split (no JSON or regex module
     on the boot path)::
 
-        netinject-manifest 1
+        netinject-manifest 2
         generator netinject 0.1.0
         style default
         instance <uuid>
         file <guest path> <source name> <mode> <sha256>
         nic <ethN> <mac>
+        announce <ethN> <IPv4 address>
 
-    ``files``: (guest path, source name, mode, sha256 hex); ``nics``: (name, mac). Every
+    ``files``: (guest path, source name, mode, sha256 hex); ``nics``: (name, mac);
+    ``announce``: the static IPv4 addresses to announce where the stack does not. Every
     field is checked here as the agent checks it, so the host cannot write a manifest the
     agent would refuse (ValueError).
     """
@@ -303,6 +354,10 @@ def format_manifest(instance: str, style: str, generator: str,
         if not is_nic_name(name) or not is_mac(mac):
             raise ValueError("bad NIC record %r %r" % (name, mac))
         lines.append("nic %s %s" % (name, mac))
+    for name, address in announce or []:
+        if not is_nic_name(name) or not is_ipv4(address):
+            raise ValueError("bad announce record %r %r" % (name, address))
+        lines.append("announce %s %s" % (name, address))
     if not is_plain_name(style) or not all(is_plain_name(w) for w in generator.split(" ")):
         raise ValueError("bad style %r or generator %r" % (style, generator))
     return "\n".join(lines) + "\n"

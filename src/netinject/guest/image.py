@@ -7,9 +7,10 @@ the host's image builder calls it directly.
 import posix
 import sys
 
-from .contract import STATE_DIR
+from .contract import STACKS, STATE_DIR
 from .install import write_atomic
 from .paths import dirname, exists, isdir, isfile, islink, join, lexists, makedirs, relative_to
+from .stacks import ANNOUNCING_STACKS, STACK_CONFIG
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ Wants=network-pre.target
 After=systemd-udevd.service systemd-udev-trigger.service systemd-remount-fs.service
 After=local-fs.target
 Before=network-pre.target networking.service systemd-networkd.service NetworkManager.service
+Before=netplan-configure.service
 Before=shutdown.target
 Conflicts=shutdown.target
 ConditionPathExists=/usr/sbin/netinject-guest
@@ -43,6 +45,30 @@ LimitRTTIME=200ms:400ms
 StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=30
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+ANNOUNCE_UNIT_NAME = "netinject-announce.service"
+ANNOUNCE_UNIT = """\
+[Unit]
+Description=netinject: announce the injected IPv4 addresses (gratuitous ARP) once up
+Documentation=file:/usr/lib/netinject/netinject_guest.py
+# systemd-networkd sends no gratuitous ARP: after a move the network learns the new
+# place of an address only when it next speaks. The agent leaves the static addresses
+# in /run/netinject/announce on an instance's first boot only.
+DefaultDependencies=no
+After=netinject.service systemd-networkd.service
+Before=shutdown.target
+Conflicts=shutdown.target
+ConditionPathExists=/run/netinject/announce
+
+[Service]
+# Not a oneshot: nothing waits for it (it waits, up to 60 s, for networkd).
+Type=exec
+ExecStart=/usr/sbin/netinject-guest announce
+TimeoutStartSec=10
 
 [Install]
 WantedBy=multi-user.target
@@ -81,6 +107,8 @@ MODULE_PATH = "usr/lib/netinject/netinject_guest.py"
 LAUNCHER_PATH = "usr/sbin/netinject-guest"
 UNIT_PATH = "lib/systemd/system/" + UNIT_NAME
 WANTS_LINK = "etc/systemd/system/multi-user.target.wants/" + UNIT_NAME
+ANNOUNCE_UNIT_PATH = "lib/systemd/system/" + ANNOUNCE_UNIT_NAME
+ANNOUNCE_WANTS_LINK = "etc/systemd/system/multi-user.target.wants/" + ANNOUNCE_UNIT_NAME
 INIT_PATH = "etc/init.d/netinject"
 RCS_LINK = "etc/rcS.d/S01netinject"
 GENERATOR_RULES = "lib/udev/rules.d/75-persistent-net-generator.rules"
@@ -117,6 +145,43 @@ def fix_generator(root: str) -> "str | None":
     return None
 
 
+def _enabled(root: str, unit: str) -> bool:
+    """Whether a systemd unit is enabled in the image (a link in some *.wants)."""
+    base = join(root, "etc/systemd/system")
+    try:
+        dirs = [d for d in posix.listdir(base) if d.endswith(".wants")]
+    except OSError:
+        return False
+    return any(lexists(join(base, d, unit)) for d in dirs)
+
+
+def _installed(root: str, *paths: str) -> bool:
+    return any(exists(join(root, p)) for p in paths)
+
+
+def detect_stack(root: str) -> "tuple[str | None, str]":
+    """The network stack the image brings its NICs up with, and why we think so. In
+    order: netplan (it drives networkd or NetworkManager itself), ifupdown when its
+    networking service is enabled, NetworkManager, systemd-networkd. (None, why) when
+    there is none."""
+    if _installed(root, "usr/sbin/netplan", "usr/share/netplan/netplan.script") \
+            and isdir(join(root, "etc/netplan")):
+        return "netplan", "netplan is installed (/etc/netplan)"
+    if _installed(root, "sbin/ifup", "usr/sbin/ifup") and _enabled(root, "networking.service"):
+        return "ifupdown", "ifupdown's networking.service is enabled"
+    if not uses_systemd(root) and _installed(root, "sbin/ifup", "usr/sbin/ifup"):
+        return "ifupdown", "ifupdown is installed (sysvinit)"
+    if _installed(root, "usr/sbin/NetworkManager") and (
+            _enabled(root, "NetworkManager.service")
+            or lexists(join(root, "etc/systemd/system/network-manager.service"))):
+        return "nm", "NetworkManager.service is enabled"
+    if _enabled(root, "systemd-networkd.service"):
+        return "networkd", "systemd-networkd.service is enabled"
+    if _installed(root, "sbin/ifup", "usr/sbin/ifup"):
+        return "ifupdown", "ifupdown is installed"
+    return None, "no ifupdown, netplan, NetworkManager or enabled systemd-networkd"
+
+
 def _symlink(target: str, link: str) -> None:
     makedirs(dirname(link))
     if lexists(link):
@@ -141,10 +206,26 @@ def precompile(root: str) -> "str | None":
 
 
 def install_agent(root: str, out: "Callable[[str], None]", agent_source: bytes,
-                  launcher_source: bytes) -> int:
+                  launcher_source: bytes, stack: "str | None" = None) -> int:
     """Install the boot service into the image tree at ``root``: the joined agent module
-    (``agent_source``), its launcher, the systemd unit and the rcS script."""
+    (``agent_source``), its launcher, the systemd unit and the rcS script, and record the
+    image's network stack (``stack``, else detected) for the agent. Returns 2 (and
+    installs nothing) when no stack is given and none is found."""
     r = root
+    if stack is None:
+        stack, why = detect_stack(r)
+        if stack is None:
+            sys.stderr.write("netinject-guest install: error: cannot tell this image's "
+                             "network stack (%s); give --stack (one of %s)\n"
+                             % (why, ", ".join(STACKS)))
+            return 2
+        out("network stack: %s (%s)" % (stack, why))
+    elif stack not in STACKS:
+        sys.stderr.write("netinject-guest install: error: --stack %r: choose one of %s\n"
+                         % (stack, ", ".join(STACKS)))
+        return 2
+    else:
+        out("network stack: %s (given)" % stack)
     write_atomic(join(r, MODULE_PATH), agent_source, 0o644)
     try:
         cfile = precompile(r)
@@ -154,6 +235,7 @@ def install_agent(root: str, out: "Callable[[str], None]", agent_source: bytes,
     write_atomic(join(r, LAUNCHER_PATH), launcher_source, 0o755)
     write_atomic(join(r, UNIT_PATH), UNIT.encode(), 0o644)
     write_atomic(join(r, INIT_PATH), INIT_SCRIPT.encode(), 0o755)
+    write_atomic(join(r, STACK_CONFIG), (stack + "\n").encode(), 0o644)
     # The state and backup directories exist before the first boot: two mkdirs fewer on
     # the boot path.
     makedirs(join(r, STATE_DIR, "backup"), 0o700)
@@ -163,6 +245,10 @@ def install_agent(root: str, out: "Callable[[str], None]", agent_source: bytes,
     if uses_systemd(r):
         _symlink("/" + UNIT_PATH, join(r, WANTS_LINK))
         out("enabled %s (systemd)" % UNIT_NAME)
+        if stack in ANNOUNCING_STACKS:
+            write_atomic(join(r, ANNOUNCE_UNIT_PATH), ANNOUNCE_UNIT.encode(), 0o644)
+            _symlink("/" + ANNOUNCE_UNIT_PATH, join(r, ANNOUNCE_WANTS_LINK))
+            out("enabled %s (%s sends no gratuitous ARP)" % (ANNOUNCE_UNIT_NAME, stack))
     else:
         # insserv orders rcS by the LSB header; with --root we place the link ourselves
         # at the front of rcS (X-Start-Before: networking holds trivially).
@@ -179,14 +265,14 @@ def uninstall_agent(root: str, out: "Callable[[str], None]") -> int:
     compiled = [relative_to(root, join(cache, f))
                 for f in (posix.listdir(cache) if isdir(cache) else [])
                 if f.startswith("netinject_guest.")]
-    for rel in (WANTS_LINK, RCS_LINK, UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH,
-                *compiled):
+    for rel in (WANTS_LINK, ANNOUNCE_WANTS_LINK, RCS_LINK, UNIT_PATH, ANNOUNCE_UNIT_PATH,
+                INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG, *compiled):
         path = join(root, rel)
         if lexists(path):
             posix.unlink(path)
             out("removed /%s" % rel)
     # Directories go only when empty: recorded state and backups of a booted image stay.
-    for d in (cache, join(root, dirname(MODULE_PATH)),
+    for d in (cache, join(root, dirname(MODULE_PATH)), join(root, dirname(STACK_CONFIG)),
               join(root, STATE_DIR, "backup"), join(root, STATE_DIR)):
         try:
             posix.rmdir(d)
@@ -213,7 +299,12 @@ def main(argv: "list[str]", agent_source: bytes, launcher_source: bytes) -> int:
                            ("uninstall", "remove what install added")):
         i = sub.add_parser(name, help=helptext)
         i.add_argument("--root", default="/", help="image root (default: this system)")
+        if name == "install":
+            i.add_argument("--stack", choices=STACKS,
+                           help="the image's network stack, whose files the agent installs "
+                                "(default: detected: netplan, ifupdown with networking "
+                                "enabled, NetworkManager, systemd-networkd, in that order)")
     args = p.parse_args(argv)
     if args.cmd == "install":
-        return install_agent(args.root, print, agent_source, launcher_source)
+        return install_agent(args.root, print, agent_source, launcher_source, args.stack)
     return uninstall_agent(args.root, print)

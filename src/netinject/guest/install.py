@@ -276,7 +276,7 @@ def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") ->
 
 
 def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
-            backup_dir: "str | None" = None) -> Backup:
+            backup_dir: "str | None" = None, remove: "list[str] | None" = None) -> Backup:
     """Install every manifest file as one transaction; on failure restore what was
     already replaced.
 
@@ -284,6 +284,8 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
     fsync it; then rename them all into place. A crash at any point leaves either the
     original or a complete new file at each path, and the true originals in the backup;
     the instance uuid is recorded only after all of it, so the next boot finishes the job.
+    ``remove``: allowlisted guest paths to move aside in the same transaction (into the
+    backup, whence a rollback restores them): an image file that would override ours.
     """
     # Preflight: every target must be writable without following a symlinked directory
     # and must not be something other than a file or symlink, before anything changes.
@@ -297,6 +299,14 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
             log("kept /%s: a symlink (the image manages it)" % entry.path)
             continue
         targets.append(Target(entry, path, kind, st))
+    aside: list[tuple[str, str]] = []
+    for rel in remove or []:
+        if not is_allowed_path(rel):
+            raise AgentError("will not move aside /%s: not an allowed guest path" % rel)
+        no_symlink_parents(root, rel, dirs)
+        kind, _st = target_stat(join(root, rel))
+        if kind == "file":
+            aside.append((rel, join(root, rel)))
     if backup_dir is None:
         no_symlink_parents(root, join(STATE_DIR, "backup", manifest.uuid, "x"))
     backup = Backup(root, manifest.uuid, backup_dir)
@@ -306,6 +316,8 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
     try:
         for t in targets:
             backup.save(t.entry.path, t.path, t.kind)
+        for rel, path in aside:
+            backup.save(rel, path, "file")
         stage_files(targets, staged, dirs)
         for t, tmp in zip(targets, staged):
             posix.rename(tmp, t.path)
@@ -313,6 +325,10 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
             log("installed /%s (%d bytes)" % (t.entry.path, len(t.entry.data)))
             if callable(after_each):
                 after_each(t.entry.path)
+        for rel, path in aside:
+            posix.unlink(path)
+            done.append(rel)
+            log("moved /%s aside (kept in the backup)" % rel)
     except (OSError, AgentError) as exc:
         log("install failed (%s): rolling back %d file(s)" % (exc, len(done)))
         for tmp in staged[len(done):]:
@@ -442,11 +458,15 @@ def _transaction(root: str, txid: str, log: Log,
         lock.close()
 
 
-def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log) -> "tuple[int, str]":
-    """Install a bundle as one transaction; (exit status, outcome recorded for txid)."""
+def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log,
+          refuse: "str | None" = None) -> "tuple[int, str]":
+    """Install a bundle as one transaction; (exit status, outcome recorded for txid).
+    ``refuse``: a reason to change nothing (recorded as the outcome like any other)."""
 
     def body() -> "tuple[int, str]":
         try:
+            if refuse:
+                raise AgentError(refuse)
             manifest = verify(parse_bundle(raw))
             system = system_uuid(sysfs)
             if system != manifest.uuid:

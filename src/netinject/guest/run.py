@@ -44,6 +44,15 @@ from .install import (
 from .log import Log
 from .nics import rename_nics
 from .paths import join, no_symlink_parents, read_small, relative_to
+from .stacks import (
+    ANNOUNCING_STACKS,
+    announce,
+    for_stack,
+    netplan_aside,
+    netplan_generate,
+    read_stack,
+    write_announce,
+)
 
 
 def priority_note() -> str:
@@ -116,17 +125,36 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
             result = {"outcome": "unchanged", "instance": recorded}
             return 0
         log("first boot of instance %s" % manifest.uuid)
-        backup = install(root, manifest, log, after_each)
+        stack = read_stack(root)
+        manifest = for_stack(manifest, stack)
+        aside = netplan_aside(root, manifest) if stack == "netplan" else []
+        log("network stack: %s (%d file(s) for it and for every stack)"
+            % (stack, len(manifest.entries)))
+        backup = install(root, manifest, log, after_each, remove=aside)
         try:
             count = rename_nics(manifest.nics, sysfs, log)
+            if stack == "netplan":
+                netplan_generate(root, log)
         except AgentError:
             log("rolling back installed files")
-            for entry in reversed(manifest.entries):
+            for rel in reversed([e.path for e in manifest.entries] + aside):
                 try:
-                    backup.restore(root, entry.path)
+                    backup.restore(root, rel)
                 except (OSError, AgentError) as exc:
-                    log("rollback of /%s failed: %s" % (entry.path, exc))
+                    log("rollback of /%s failed: %s" % (rel, exc))
+            if stack == "netplan":
+                try:
+                    netplan_generate(root, log)  # the image's own config again
+                except AgentError as exc:
+                    log("netplan generate after the rollback: %s" % exc)
             raise
+        if stack in ANNOUNCING_STACKS:
+            try:
+                n = write_announce(root, manifest)
+                if n:
+                    log("%d IPv4 address(es) left for netinject-announce" % n)
+            except (OSError, AgentError) as exc:  # the config is in place: go on
+                log("could not leave the addresses to announce: %s" % exc)
         # Recorded last, and not fsynced: if a crash loses it, the next boot simply
         # applies the same files again (idempotent; the backups already exist).
         record = join(root, STATE_FILE)
@@ -158,7 +186,16 @@ def _apply_main(cmd: str, root: str, sysfs: "str | None", txid: str) -> int:
     try:
         if cmd == "apply":
             raw = _read_all(0, BUNDLE_MAX)
-            status, outcome = apply(root, sysfs, txid, raw, log)
+            # The host sends ifupdown's file; the other stacks would also need their
+            # daemon told before the NIC appears (not done yet): change nothing.
+            try:
+                stack = read_stack(root)
+                refuse = None if stack == "ifupdown" else (
+                    "NIC hot-plug supports ifupdown images only (this image uses %s)"
+                    % stack)
+            except AgentError as exc:
+                refuse = str(exc)
+            status, outcome = apply(root, sysfs, txid, raw, log, refuse)
         else:
             status, outcome = apply_status(root, txid, log)
     except (OSError, AgentError) as exc:
@@ -244,7 +281,19 @@ def main(argv: "list[str] | None" = None, started: "float | None" = None,
         ap.add_argument("--txid", required=True, help="transaction id (letters, digits)")
         ap.add_argument("--root", default="/", help="guest root (default /)")
         ap.add_argument("--sysfs", help="sysfs to read (default ROOT/sys)")
+    an = sub.add_parser("announce", help="announce the injected IPv4 addresses once they "
+                                         "are up (netinject-announce.service)")
+    an.add_argument("--root", default="/", help="guest root (default /)")
+    an.add_argument("--wait", type=float, default=60.0,
+                    help="seconds to wait for the addresses (default %(default)s)")
     args = p.parse_args(args_list)
+    if args.cmd == "announce":
+        log = Log(args.root)
+        try:
+            announce(args.root, log, args.wait)
+        finally:
+            log.flush()
+        return 0
     if args.cmd == "run":
         return run(args.root, args.sysfs, args.dev, args.drive, args.wait, args.quiet,
                    started=started, cpu_started=cpu_started)

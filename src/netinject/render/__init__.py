@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..model import Instance
-from . import eni, hostname, resolv, udev
+from . import eni, hostname, netplan, networkd, nm, resolv, udev
 from .base import Files, Options, Rendered, Renderer, Style
 
 __all__ = ["FORMATS", "REGISTRY", "Files", "Options", "Rendered", "Renderer", "Style", "get",
@@ -19,12 +19,17 @@ __all__ = ["FORMATS", "REGISTRY", "Files", "Options", "Rendered", "Renderer", "S
 
 REGISTRY: dict[str, Renderer] = {
     "eni": eni.render,
+    "networkd": networkd.render,
+    "netplan": netplan.render,
+    "nm": nm.render,
     "udev": udev.render,
     "resolv": resolv.render,
     "hostname": hostname.render,
 }
 """Format name -> renderer, in the order formats are rendered and listed. A new format
-is one module and one line here."""
+is one module and one line here. ``eni``, ``networkd``, ``netplan`` and ``nm`` are the
+network stacks' own files (a drive carries all four; the agent installs its image's);
+``udev``, ``resolv`` and ``hostname`` serve every stack."""
 FORMATS: tuple[str, ...] = tuple(REGISTRY)
 
 

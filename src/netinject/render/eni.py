@@ -36,18 +36,12 @@ ARPING = "/usr/bin/arping"
 
 def render(instance: Instance, options: Options) -> Rendered:
     lines = ["# The loopback network interface", "auto lo", "iface lo inet loopback"]
-    gw4 = instance.gateway_nic(4)
-    gw6 = instance.gateway_nic(6)
-    dns_nic = gw4 or gw6 or next((n for n in instance.nics if _first_static(n)), None)
+    dns_nic = instance.dns_nic()
     for nic in instance.nics:
         lines.append("")
         lines.extend(_nic(nic, options.style, instance.carries_default_route,
                           dns=instance.dns if nic is dns_nic else ()))
     return Rendered({PATH: "\n".join(lines) + "\n"})
-
-
-def _first_static(nic: Nic) -> IfAddress | None:
-    return next((a for a in nic.addresses if a.is_static), None)
 
 
 def _nic(nic: Nic, style: Style, default_route: Callable[[IfAddress], bool],

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from ..model import Instance
-from .base import Options, Rendered
+from .base import Options, Rendered, nic_comment
 
 PATH = PurePosixPath("etc/udev/rules.d/70-persistent-net.rules")
 
@@ -30,6 +30,6 @@ def render(instance: Instance, options: Options) -> Rendered:
         "",
     ]
     for nic in instance.nics:
-        lines.append(f"# {nic.name}: port {nic.port_id}" if nic.port_id else f"# {nic.name}")
+        lines.append(nic_comment(nic))
         lines.append(rule(str(nic.mac), nic.name))
     return Rendered({PATH: "\n".join(lines) + "\n"})

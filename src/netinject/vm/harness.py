@@ -166,6 +166,21 @@ class BootResult:
             return None
         return agent[1] <= gate[1]
 
+    def bootchart_svg(self) -> bytes | None:
+        """The SVG systemd-bootchart wrote (boots with ``netinject.bootchart``), carried
+        gzip'd and base64'd in the report's ``bootchart`` section."""
+        import base64
+        import binascii
+        import gzip
+
+        text = "".join(self.report.get("bootchart", "").split())
+        if not text:
+            return None
+        try:
+            return gzip.decompress(base64.b64decode(text, validate=True))
+        except (binascii.Error, OSError, EOFError):
+            return None
+
     def json_section(self, name: str) -> Any:
         text = self.report.get(name, "").strip()
         return json.loads(text) if text else None

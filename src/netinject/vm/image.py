@@ -10,9 +10,14 @@ Variants:
 * ``baked-static``: the static config written into the image: the floor.
 * ``inject``: ``dhcp`` plus the netinject agent (``netinject-guest install``).
 * ``cloud-init``: Debian's cloud-init (ConfigDrive datasource); ENI sources interfaces.d.
+* ``glean``: OpenStack's glean (from PyPI, pinned) installed by its own ``glean-install``:
+  a udev rule starts ``glean@<nic>.service`` per NIC, which writes interfaces.d from the
+  drive's network_data.json and brings the NIC up; ``glean-early`` mounts the drive.
 
-All variants carry a small report service that prints in-guest facts (systemd-analyze,
-addresses, routes, resolv.conf, the agent log) to the serial console after boot.
+All variants carry systemd-bootchart (used only when the kernel command line names it as
+init: ``bench boot --bootchart``) and a small report service that prints in-guest facts
+(systemd-analyze, addresses, routes, resolv.conf, the agent log) to the serial console
+after boot.
 """
 
 from __future__ import annotations
@@ -21,31 +26,56 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NetinjectError
-from ..render import FORMATS, Options, render_all
+from ..guest.contract import file_mode
+from ..render import Options, render_all
 from ..sources.neutron import parse_document
 from . import testbed as vm
 from .cache import cache_dir
 
 SUITE = "bookworm"
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 PACKAGES = (
     "systemd", "systemd-sysv", "udev", "ifupdown", "iproute2", "isc-dhcp-client",
     "linux-image-amd64", "initramfs-tools", "python3-minimal", "qemu-guest-agent",
-    "cloud-init", "procps",
+    "cloud-init", "procps", "systemd-bootchart",
 )
+STACK_PACKAGES = (
+    "systemd", "systemd-sysv", "udev", "iproute2", "linux-image-amd64", "initramfs-tools",
+    "python3-minimal", "qemu-guest-agent", "procps", "systemd-bootchart",
+)
+# One base tree per network stack: Debian's ifupdown images (with cloud-init for its
+# scenario), and three without ifupdown: systemd-networkd alone, netplan on networkd, and
+# NetworkManager. Each recipe: its packages, and units to enable (netplan's generator
+# enables networkd by itself).
+RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ifupdown": (PACKAGES, ()),
+    "networkd": (STACK_PACKAGES, ("systemd-networkd.service",)),
+    "netplan": ((*STACK_PACKAGES, "netplan.io"), ()),
+    "nm": ((*STACK_PACKAGES, "network-manager"), ("NetworkManager.service",)),
+}
 # A small initramfs (virtio + ext4) instead of MODULES=most: seconds less to unpack
 # under emulation, for every variant alike.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console",
                      "virtio_scsi", "ext4", "crc32c_generic")
 DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*",
                  "/usr/share/info/*")
-VARIANTS = ("dhcp", "baked-static", "inject", "cloud-init")
+STACKS = ("networkd", "netplan", "nm")
+# Variant -> the recipe of its base tree.
+VARIANTS: dict[str, str] = {
+    "dhcp": "ifupdown", "baked-static": "ifupdown", "inject": "ifupdown",
+    "cloud-init": "ifupdown", "glean": "ifupdown",
+    **{f"{kind}{stack}": stack for stack in STACKS for kind in ("", "baked-", "inject-")},
+}
+# glean as our peer: the PyPI release, pinned so the image (and its cache key) is fixed.
+GLEAN_VERSION = "1.25.1"
+BOOTCHART_INIT = "/lib/systemd/systemd-bootchart"
 KERNEL_APPEND = "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 panic=-1"
 
 DHCP_ENI = """\
@@ -57,6 +87,24 @@ iface lo inet loopback
 auto eth0
 allow-hotplug eth0
 iface eth0 inet dhcp
+"""
+# What a stock image of each stack asks DHCP with (a cloud image's generic config).
+NETWORKD_DHCP = """\
+[Match]
+Name=eth*
+
+[Network]
+DHCP=yes
+"""
+NETPLAN_DHCP = """\
+# A cloud image's netplan config (as cloud-init writes it): every NIC asks DHCP.
+network:
+  version: 2
+  ethernets:
+    all-eth:
+      match:
+        name: "eth*"
+      dhcp4: true
 """
 CLOUD_INIT_ENI = """\
 # The loopback network interface
@@ -87,7 +135,10 @@ echo "--- netinject-log"; cat /var/log/netinject.log 2>&1
 echo "--- networking"; systemctl show -p ActiveState -p Result networking.service 2>&1
 echo "--- unit-times"; systemctl show -p Id -p InactiveExitTimestampMonotonic \
   -p ActiveEnterTimestampMonotonic netinject.service systemd-udev-settle.service \
-  ifupdown-pre.service networking.service 2>&1
+  ifupdown-pre.service networking.service cloud-init-local.service \
+  glean-early.service glean@eth0.service systemd-networkd.service \
+  NetworkManager.service netinject-announce.service systemd-networkd-wait-online.service \
+  NetworkManager-wait-online.service 2>&1
 if grep -q netinject.timeline /proc/cmdline; then
   echo "--- all-unit-times"
   systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic \
@@ -100,9 +151,35 @@ if grep -q netinject.probe-imports /proc/cmdline; then
 print('$m %.2f' % ((time.perf_counter() - t) * 1000))"
   done
 fi
+if grep -q netinject.bootchart /proc/cmdline; then
+  # systemd-bootchart (started as init) stops sampling on SIGHUP and writes its SVG.
+  pkill -HUP -x systemd-bootcha
+  for _ in $(seq 1 300); do
+    svg=$(ls /run/log/bootchart-*.svg 2>/dev/null | head -n 1)
+    [ -n "$svg" ] && [ -s "$svg" ] && ! pgrep -x systemd-bootcha >/dev/null && break
+    sleep 0.2
+  done
+  echo "--- bootchart"
+  if [ -n "$svg" ]; then gzip -9 -c "$svg" | base64 -w 76; fi
+fi
 echo "=== NETINJECT-REPORT END ==="
 } >/dev/ttyS0 2>&1
 if grep -q netinject.poweroff /proc/cmdline; then systemctl poweroff; fi
+"""
+# Sampling stops on SIGHUP from the report (boot finished); these only bound it.
+BOOTCHART_CONF = """\
+[Bootchart]
+Samples=2400
+Frequency=20
+Relative=no
+Output=/run/log
+"""
+GLEAN_ENI = """\
+# The loopback network interface; glean writes one file per NIC into interfaces.d
+auto lo
+iface lo inet loopback
+
+source /etc/network/interfaces.d/*.cfg
 """
 REPORT_UNIT = """\
 [Unit]
@@ -150,13 +227,18 @@ def apt_sources() -> list[Path]:
     return [p for p in files if p.read_text().strip()]
 
 
-def _recipe() -> dict[str, object]:
-    return {"suite": SUITE, "version": RECIPE_VERSION, "packages": PACKAGES,
-            "modules": INITRAMFS_MODULES, "excludes": DPKG_EXCLUDES}
+def _recipe(recipe: str) -> dict[str, object]:
+    packages, enable = RECIPES[recipe]
+    out: dict[str, object] = {"suite": SUITE, "version": RECIPE_VERSION,
+                              "packages": packages, "modules": INITRAMFS_MODULES,
+                              "excludes": DPKG_EXCLUDES}
+    if enable:
+        out["enable"] = enable
+    return out
 
 
-def base_key() -> str:
-    h = hashlib.sha256(json.dumps(_recipe(), sort_keys=True).encode())
+def base_key(recipe: str = "ifupdown") -> str:
+    h = hashlib.sha256(json.dumps(_recipe(recipe), sort_keys=True).encode())
     for src in apt_sources():
         h.update(src.read_bytes())
     return h.hexdigest()[:16]
@@ -182,14 +264,16 @@ def _run(args: list[str], what: str, log: Path | None = None) -> None:
         raise ImageBuildError(f"{what} failed (exit {done.returncode}):\n{tail}")
 
 
-def build_base(progress: Progress, cache: Path | None = None) -> Base:
-    """The cached base tree for the current recipe; built with mmdebstrap if missing."""
-    key = base_key()
+def build_base(progress: Progress, cache: Path | None = None,
+               recipe: str = "ifupdown") -> Base:
+    """The cached base tree of a recipe (RECIPES); built with mmdebstrap if missing."""
+    packages, enable = RECIPES[recipe]
+    key = base_key(recipe)
     top = (cache or cache_dir()) / f"base-{key}"
     root = top / "root"
     if (top / "done").exists():
         kernel, initrd = _boot_files(root)
-        progress(f"base image {key}: cached")
+        progress(f"base image {recipe} {key}: cached")
         return Base(root, kernel, initrd, key)
     sources = apt_sources()
     if not sources:
@@ -206,43 +290,62 @@ def build_base(progress: Progress, cache: Path | None = None) -> Base:
     args = ["mmdebstrap", "--mode=root", "--variant=minbase",
             "--aptopt=APT::Install-Recommends \"false\"",
             *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
-            f"--include={','.join(PACKAGES)}",
+            f"--include={','.join(packages)}",
             f"--essential-hook={hook}",
+            *(f'--customize-hook=chroot "$1" systemctl enable {unit}' for unit in enable),
             SUITE, str(tmp), *map(str, sources)]
-    progress(f"building base image {key} with mmdebstrap ({SUITE}, {len(PACKAGES)} packages; "
-             "takes a few minutes, once)")
+    progress(f"building base image {recipe} {key} with mmdebstrap ({SUITE}, "
+             f"{len(packages)} packages; takes a few minutes, once)")
     _run(args, "mmdebstrap", top / "mmdebstrap.log")
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)
     (top / "done").write_text(key + "\n")
     kernel, initrd = _boot_files(root)
-    progress(f"base image {key}: built ({kernel.name})")
+    progress(f"base image {recipe} {key}: built ({kernel.name})")
     return Base(root, kernel, initrd, key)
 
 
+# The format that holds each recipe's network config, and the formats every stack uses.
+STACK_FORMAT = {"ifupdown": "eni", "networkd": "networkd", "netplan": "netplan", "nm": "nm"}
+SHARED_FORMATS = ("udev", "resolv", "hostname")
+
+
 def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
-    """Files (relative path -> (content, mode)) that make ``name`` out of the base."""
+    """Files (relative path -> (content, mode)) that make ``name`` out of its base."""
     if name not in VARIANTS:
         raise ImageBuildError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+    recipe = VARIANTS[name]
     files: dict[str, tuple[bytes, int]] = {
         "etc/hostname": (b"debian\n", 0o644),
         "etc/hosts": (b"127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n", 0o644),
         "etc/fstab": (b"/dev/vda / ext4 defaults 0 1\n", 0o644),
         "usr/local/sbin/netinject-report": (REPORT_SCRIPT.encode(), 0o755),
         "etc/systemd/system/netinject-report.service": (REPORT_UNIT.encode(), 0o644),
-        "etc/network/interfaces": (DHCP_ENI.encode(), 0o644),
+        "etc/systemd/bootchart.conf": (BOOTCHART_CONF.encode(), 0o644),
     }
+    baked = name == "baked-static" or name.startswith("baked-")
+    if recipe == "ifupdown":
+        files["etc/network/interfaces"] = (DHCP_ENI.encode(), 0o644)
+    elif recipe == "networkd" and not baked:
+        files["etc/systemd/network/99-dhcp.network"] = (NETWORKD_DHCP.encode(), 0o644)
+    elif recipe == "netplan" and not baked:
+        files["etc/netplan/50-cloud-init.yaml"] = (NETPLAN_DHCP.encode(), 0o600)
     if name != "cloud-init":
         files["etc/cloud/cloud-init.disabled"] = (b"", 0o644)
-    if name == "baked-static":
+    if baked:
         instance = parse_document(vm.document()).instance
-        for path, text in render_all(instance, FORMATS, Options()).items():
-            files[str(path)] = (text.encode(), 0o644)
+        for path, text in render_all(instance, (STACK_FORMAT[recipe], *SHARED_FORMATS),
+                                     Options()).items():
+            files[str(path)] = (text.encode(), file_mode(str(path)))
     elif name == "cloud-init":
         files["etc/network/interfaces"] = (CLOUD_INIT_ENI.encode(), 0o644)
         files["etc/cloud/cloud.cfg.d/99-netinject-bench.cfg"] = (CLOUD_INIT_CFG.encode(), 0o644)
-    elif name == "inject":
+    elif name == "glean":
+        files["etc/network/interfaces"] = (GLEAN_ENI.encode(), 0o644)
+        # Marker for the cache key: the glean release installed below.
+        files["usr/local/share/netinject-glean-version"] = (GLEAN_VERSION.encode(), 0o644)
+    elif name.startswith("inject"):
         from ..guest_bundle import agent_source, image_source, launcher_source
 
         # Marker for the cache key: the agent, its launcher and its installer, installed
@@ -261,7 +364,7 @@ def _variant_key(base: Base, name: str) -> str:
 
 
 def build_variant(name: str, progress: Progress, cache: Path | None = None) -> VariantImage:
-    base = build_base(progress, cache)
+    base = build_base(progress, cache, VARIANTS.get(name, "ifupdown"))
     key = _variant_key(base, name)
     out_dir = (cache or cache_dir()) / "variants"
     image = out_dir / f"{name}-{key}.img"
@@ -285,12 +388,15 @@ def build_variant(name: str, progress: Progress, cache: Path | None = None) -> V
         link = wants / "netinject-report.service"
         if not link.is_symlink():
             link.symlink_to("/etc/systemd/system/netinject-report.service")
-        if name == "inject":
+        if name.startswith("inject"):
             from ..guest.image import install_agent
             from ..guest_bundle import agent_source, launcher_source
 
-            install_agent(str(staging), lambda msg: progress(f"image {name}: {msg}"),
-                          agent_source(), launcher_source())
+            if install_agent(str(staging), lambda msg: progress(f"image {name}: {msg}"),
+                             agent_source(), launcher_source()) != 0:
+                raise ImageBuildError(f"image {name}: netinject-guest install failed")
+        if name == "glean":
+            install_glean(staging, lambda msg: progress(f"image {name}: {msg}"), cache)
         size_mb = _du_mb(staging) * 13 // 10 + 256
         partial = Path(tmp) / "root.img"
         _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(staging), str(partial),
@@ -301,6 +407,47 @@ def build_variant(name: str, progress: Progress, cache: Path | None = None) -> V
             stale.unlink()
     progress(f"image {name}: built ({image.stat().st_size // (1024 * 1024)} MiB)")
     return VariantImage(name, image, base.kernel, base.initrd)
+
+
+def glean_wheel(progress: Progress, cache: Path | None = None) -> Path:
+    """glean's wheel, pinned (GLEAN_VERSION), from the package index this machine's pip is
+    configured with; downloaded once into the cache."""
+    d = (cache or cache_dir()) / "wheels"
+    found = sorted(d.glob(f"glean-{GLEAN_VERSION}-*.whl"))
+    if found:
+        return found[0]
+    d.mkdir(parents=True, exist_ok=True)
+    progress(f"downloading glean {GLEAN_VERSION} (pip, this machine's index)")
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+          "--dest", str(d), f"glean=={GLEAN_VERSION}"], "pip download glean")
+    found = sorted(d.glob(f"glean-{GLEAN_VERSION}-*.whl"))
+    if not found:
+        raise ImageBuildError(f"pip download left no glean {GLEAN_VERSION} wheel in {d}")
+    return found[0]
+
+
+def install_glean(root: Path, progress: Progress, cache: Path | None = None) -> None:
+    """Install glean into the image tree as an image builder does (diskimage-builder's
+    simple-init element): the package into the guest Python's site directory, byte-compiled
+    by the guest's own Python, then glean's own installer run in the tree (its units, the
+    udev rule, ``systemctl enable glean-early``)."""
+    wheel = glean_wheel(progress, cache)
+    python = (root / "usr/bin/python3").resolve().name  # python3.11 on bookworm
+    site = root / "usr/local/lib" / python / "dist-packages"
+    progress(f"installing {wheel.name}")
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--no-compile",
+          "--disable-pip-version-check", "--target", str(site), str(wheel)],
+         "pip install glean")
+    inside = f"/usr/local/lib/{python}/dist-packages"
+    _run(["chroot", str(root), "/usr/bin/python3", "-m", "compileall", "-q", inside],
+         "compiling glean with the guest's Python")
+    _run(["chroot", str(root), "/usr/bin/python3", "-m", "glean.install"],
+         "glean-install (in the image tree)")
+    for unit in ("usr/lib/systemd/system/glean@.service",
+                 "etc/udev/rules.d/99-glean.rules",
+                 "etc/systemd/system/multi-user.target.wants/glean-early.service"):
+        if not (root / unit).exists() and not (root / unit).is_symlink():
+            raise ImageBuildError(f"glean-install left no {unit}")
 
 
 def _du_mb(path: Path) -> int:

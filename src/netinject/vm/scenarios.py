@@ -21,6 +21,25 @@ class Scenario:
     drive: str  # "inject" (payload), "legacy" (no payload), "corrupt" (damaged payload)
     dhcp_server: bool
     about: str
+    # A later boot of the same instance: the run boots a private writable copy of the
+    # image once (its first boot, not measured), then measures the second boot.
+    later: bool = False
+
+    @property
+    def agent_unit(self) -> str | None:
+        """The unit that puts the network config in place in this scenario's image."""
+        return AGENT_UNITS.get(self.variant)
+
+
+AGENT_UNITS = {"inject": "netinject.service", "cloud-init": "cloud-init-local.service",
+               "glean": "glean@eth0.service", "inject-networkd": "netinject.service",
+               "inject-netplan": "netinject.service", "inject-nm": "netinject.service"}
+# The unit each stack brings the network up with (what the agent must finish before).
+NETWORK_UNITS = {"inject": "networking.service", "inject-networkd": "systemd-networkd.service",
+                 "inject-netplan": "systemd-networkd.service",
+                 "inject-nm": "NetworkManager.service"}
+STACK_SCENARIOS = tuple(f"{kind}-{stack}" for stack in ("networkd", "netplan", "nm")
+                        for kind in ("inject", "baked", "dhcp-timeout"))
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -32,12 +51,34 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("inject", "inject", "inject", False, "netinject agent + config drive payload"),
     Scenario("cloud-init", "cloud-init", "inject", False,
              "Debian cloud-init reading the same drive's network_data.json"),
+    Scenario("glean", "glean", "inject", False,
+             "OpenStack's glean (PyPI) reading the same drive's network_data.json"),
+    Scenario("inject-later", "inject", "inject", False,
+             "inject, second boot of the same instance (the launcher decides alone)", True),
+    Scenario("cloud-init-later", "cloud-init", "inject", False,
+             "cloud-init, second boot of the same instance (init-local runs again)", True),
+    Scenario("glean-later", "glean", "inject", False,
+             "glean, second boot of the same instance (its units skip: config exists)",
+             True),
+    *(sc for stack, about, unit in (
+        ("networkd", "systemd-networkd alone", "systemd-networkd.service"),
+        ("netplan", "netplan 0.106 on systemd-networkd", "systemd-networkd.service"),
+        ("nm", "NetworkManager 1.42", "NetworkManager.service"))
+      for sc in (
+        Scenario(f"inject-{stack}", f"inject-{stack}", "inject", False,
+                 f"{about}, no ifupdown: the agent installs the drive's {stack} files"),
+        Scenario(f"baked-{stack}", f"baked-{stack}", "legacy", False,
+                 f"{about}: the static config baked into the image (its floor)"),
+        Scenario(f"dhcp-timeout-{stack}", stack, "legacy", False,
+                 f"{about}, stock DHCP config, no DHCP server answers"))),
     Scenario("legacy-image", "dhcp", "legacy", True,
              "image without support_inject_ip: DHCP path still works"),
     Scenario("corrupt-drive", "inject", "corrupt", True,
              "inject image, damaged drive: the agent steps aside, DHCP brings it up"),
 )}
-DEFAULT_SCENARIOS = ("inject", "baked-static", "dhcp", "cloud-init", "dhcp-timeout")
+DEFAULT_SCENARIOS = ("inject", "baked-static", "dhcp", "glean", "cloud-init",
+                     "dhcp-timeout")
+LATER_SCENARIOS = ("inject-later", "glean-later", "cloud-init-later")
 
 
 def build_drive(kind: str, out: Path) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from ...hostio import check_output
+from ...hostio import check_output, check_tree
 from ...vm.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
 
@@ -35,6 +35,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bb.add_argument("--timeline", type=Path, metavar="PNG",
                     help="also write each scenario's systemd units on a time line (the "
                          "guests report every unit's timestamps; first run of each)")
+    bb.add_argument("--later", action="store_true",
+                    help="also measure a later boot of the same instance for each chosen "
+                         "scenario that has one (inject, glean, cloud-init): a private "
+                         "writable copy is booted once, then the second boot is measured")
+    bb.add_argument("--bootchart", type=Path, metavar="DIR",
+                    help="afterwards boot each scenario once more under systemd-bootchart "
+                         "(as init; not measured, sampling costs time) and write its SVG "
+                         "to DIR/<scenario>.svg")
     bb.set_defaults(func=cmd_bench_boot)
     ba = bsub.add_parser(
         "agent", help="the guest agent's own time on first and later boots (real guests)",
@@ -81,9 +89,16 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
         raise UsageError(f"unknown scenario(s) {', '.join(unknown)}; known: "
                          f"{', '.join(SCENARIOS)}" if unknown else "give scenarios and --runs >= 1")
+    if args.later:
+        names += [f"{n}-later" for n in names
+                  if f"{n}-later" in SCENARIOS and f"{n}-later" not in names]
     _check_outputs(("--json", args.json), ("--plot", args.plot),
                    ("--timeline", args.timeline))
-    data = bench_boot.run(names, args.runs, Progress(), timeline=args.timeline is not None)
+    if args.bootchart is not None:
+        check_tree(args.bootchart, {PurePosixPath(f"{n}.svg"): None for n in names},
+                   "--bootchart")
+    data = bench_boot.run(names, args.runs, Progress(), timeline=args.timeline is not None,
+                          bootchart=args.bootchart)
     print(bench_boot.format_table(data))
     if args.json is not None:
         bench_boot.save_json(data, args.json)

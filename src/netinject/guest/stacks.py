@@ -1,0 +1,208 @@
+"""The image's network stack: which of the drive's files to install, and what each stack
+needs beyond the files.
+
+A drive carries the config of every stack (ifupdown, systemd-networkd, netplan,
+NetworkManager); ``netinject-guest install`` records the image's stack in
+/etc/netinject/stack, and the agent installs that stack's files and the shared ones
+(udev rules, resolv.conf, hostname). An image without the file is an ifupdown image
+(agents before stacks were known served only those).
+
+* netplan (<= 1.1: bookworm's 0.106, Ubuntu 22.04 and 24.04): its systemd generator ran
+  before any unit, from the image's own YAML. So the agent also moves aside the image's
+  YAML files that configure ethernets (kept in the backup, restored on rollback) and runs
+  netplan's generator itself, as cloud-init does. netplan >= 1.2 generates in
+  netplan-configure.service, which the agent's unit is ordered before: nothing to run.
+* systemd-networkd (and netplan on networkd) sends no gratuitous ARP: the agent leaves
+  the static IPv4 addresses in /run/netinject/announce, and netinject-announce.service
+  (after networkd; skipped when the file is absent) announces each once it is up, without
+  holding the address back as networkd's DuplicateAddressDetection=ipv4 would (~6 s).
+* NetworkManager announces by itself (3 gratuitous ARPs); ifupdown's file does.
+"""
+
+import posix
+
+from .contract import (
+    STACKS,
+    AgentError,
+    Manifest,
+    is_ipv4,
+    is_nic_name,
+    is_plain_name,
+    stack_of,
+)
+from .install import write_atomic
+from .log import Log
+from .paths import exists, join, makedirs, read_small
+
+STACK_CONFIG = "etc/netinject/stack"
+NETPLAN_DIR = "etc/netplan/"
+# netplan.io 0.106 ships /usr/libexec/netplan/generate (older: /lib/netplan/generate).
+NETPLAN_GENERATORS = ("usr/libexec/netplan/generate", "usr/lib/netplan/generate",
+                      "lib/netplan/generate")
+NETPLAN_CONFIGURE_UNITS = ("usr/lib/systemd/system/netplan-configure.service",
+                           "lib/systemd/system/netplan-configure.service")
+ANNOUNCE_FILE = "run/netinject/announce"
+ANNOUNCING_STACKS = ("networkd", "netplan")
+
+
+def read_stack(root: str) -> str:
+    """The stack ``install`` recorded ('ifupdown' when there is no record)."""
+    try:
+        text = read_small(join(root, STACK_CONFIG)).decode("ascii").strip()
+    except FileNotFoundError:
+        return "ifupdown"
+    except (OSError, UnicodeError) as exc:
+        raise AgentError("cannot read /%s: %s" % (STACK_CONFIG, exc)) from None
+    if text not in STACKS:
+        raise AgentError("/%s names an unknown stack %r" % (STACK_CONFIG, text[:40]))
+    return text
+
+
+def for_stack(manifest: Manifest, stack: str) -> Manifest:
+    """The manifest with only the files for ``stack`` and the shared ones."""
+    entries = [e for e in manifest.entries if stack_of(e.path) in (None, stack)]
+    if not any(stack_of(e.path) == stack for e in entries):
+        raise AgentError("the drive carries no %s config (made by a netinject that did "
+                         "not know this stack?)" % stack)
+    return Manifest(manifest.uuid, entries, manifest.nics, manifest.announce)
+
+
+def netplan_aside(root: str, manifest: Manifest) -> "list[str]":
+    """The image's own netplan files that configure ethernets (a cloud image's DHCP
+    YAML, e.g. 50-cloud-init.yaml): netplan merges every file, so a ``dhcp4: true`` of
+    theirs would stay on our NIC. Ours are left out."""
+    ours = set(e.path for e in manifest.entries)
+    try:
+        names = sorted(posix.listdir(join(root, NETPLAN_DIR)))
+    except FileNotFoundError:
+        return []
+    aside = []
+    for name in names:
+        rel = NETPLAN_DIR + name
+        if rel in ours or not name.endswith(".yaml") or not is_plain_name(name):
+            continue
+        try:
+            text = read_small(join(root, rel))
+        except OSError:
+            continue
+        if b"ethernets" in text:
+            aside.append(rel)
+    return aside
+
+
+def netplan_generate(root: str, log: Log) -> None:
+    """Run netplan's generator (the C binary the systemd generator is, not the Python
+    CLI) so /run holds the backend config of the files now in /etc/netplan. Nothing to
+    do where netplan-configure.service (netplan >= 1.2) generates after us."""
+    if any(exists(join(root, u)) for u in NETPLAN_CONFIGURE_UNITS):
+        log("netplan >= 1.2: netplan-configure.service generates after this unit")
+        return
+    binary = next((join(root, g) for g in NETPLAN_GENERATORS if exists(join(root, g))),
+                  None)
+    if binary is None:
+        raise AgentError("netplan's generator is not installed (%s)"
+                         % " or ".join("/" + g for g in NETPLAN_GENERATORS))
+    argv = [binary] if root in ("", "/") else [binary, "--root-dir", root]
+    pid = posix.fork()
+    if pid == 0:  # the child: exec the generator, never return into the agent
+        try:
+            posix.execv(binary, argv)
+        finally:
+            posix._exit(127)
+    status = posix.waitpid(pid, 0)[1]
+    code = posix.waitstatus_to_exitcode(status) if hasattr(posix, "waitstatus_to_exitcode") \
+        else status >> 8
+    if code != 0:
+        raise AgentError("netplan generate failed (exit %d)" % code)
+    log("ran netplan generate (%s)" % binary)
+
+
+def write_announce(root: str, manifest: Manifest) -> int:
+    """Leave the manifest's static IPv4 addresses for netinject-announce.service:
+    'NIC ADDRESS' lines in /run (gone on the next boot, so later boots announce none)."""
+    if not manifest.announce:
+        return 0
+    makedirs(join(root, "run/netinject"))
+    write_atomic(join(root, ANNOUNCE_FILE), "".join(
+        "%s %s\n" % pair for pair in manifest.announce).encode("ascii"), 0o644)
+    return len(manifest.announce)
+
+
+ANNOUNCE_COUNT = 3  # as ifupdown's file does (arping -U -c 3), and NetworkManager
+ANNOUNCE_WAIT = 60.0  # seconds to wait for networkd to bring an address up
+
+
+def _local_ipv4(root: str) -> "set[str]":
+    """The IPv4 addresses assigned to this host's NICs (the kernel's local table)."""
+    try:
+        text = read_small(join(root, "proc/net/fib_trie"), 1 << 20).decode("ascii",
+                                                                            "replace")
+    except OSError:
+        return set()
+    found = set()
+    last = ""
+    for line in text.splitlines():
+        word = line.strip().split(" ")
+        if word[0] in ("|--", "+--") and len(word) > 1:
+            last = word[1].split("/")[0]
+        elif line.strip() == "/32 host LOCAL":
+            found.add(last)
+    return found
+
+
+def garp_frame(mac: str, address: str) -> bytes:
+    """A gratuitous ARP request: sender and target are the address, to broadcast."""
+    hw = bytes(int(b, 16) for b in mac.split(":"))
+    ip = bytes(int(b) for b in address.split("."))
+    return (b"\xff" * 6 + hw + b"\x08\x06"  # Ethernet: broadcast, from us, ARP
+            + b"\x00\x01\x08\x00\x06\x04\x00\x01"  # Ethernet/IPv4, request
+            + hw + ip + b"\x00" * 6 + ip)
+
+
+def announce(root: str, log: Log, wait: float = ANNOUNCE_WAIT, interval: float = 1.0
+             ) -> int:
+    """``netinject-guest announce``: for each line of /run/netinject/announce, once the
+    address is up, send ANNOUNCE_COUNT gratuitous ARPs a second apart. Returns how many
+    addresses were announced."""
+    import time
+
+    try:
+        raw = read_small(join(root, ANNOUNCE_FILE)).decode("ascii")
+    except (OSError, UnicodeError):
+        return 0
+    pending = []
+    for line in raw.splitlines():
+        fields = line.split(" ")
+        if len(fields) == 2 and is_nic_name(fields[0]) and is_ipv4(fields[1]):
+            pending.append((fields[0], fields[1]))
+    import _socket
+
+    deadline = time.monotonic() + wait
+    sent: dict[tuple[str, str], int] = {}
+    while pending and time.monotonic() < deadline:
+        up = _local_ipv4(root)
+        for nic, address in list(pending):
+            if address not in up:
+                continue
+            try:
+                mac = read_small(join(root, "sys/class/net", nic, "address")).decode(
+                    "ascii").strip()
+                sock = _socket.socket(_socket.AF_PACKET, _socket.SOCK_RAW)
+                try:
+                    sock.bind((nic, 0x0806))
+                    sock.send(garp_frame(mac, address))
+                finally:
+                    sock.close()
+            except (OSError, ValueError, UnicodeError) as exc:
+                log("announce %s on %s failed: %s" % (address, nic, exc))
+                pending.remove((nic, address))
+                continue
+            sent[(nic, address)] = sent.get((nic, address), 0) + 1
+            if sent[(nic, address)] >= ANNOUNCE_COUNT:
+                log("announced %s on %s (%d gratuitous ARPs)" % (address, nic,
+                                                                 ANNOUNCE_COUNT))
+                pending.remove((nic, address))
+        time.sleep(interval if sent else 0.05)
+    for nic, address in pending:
+        log("%s on %s did not come up within %.0f s: not announced" % (address, nic, wait))
+    return sum(1 for n in sent.values() if n >= ANNOUNCE_COUNT)

@@ -1,0 +1,71 @@
+"""netplan: ``/etc/netplan/90-netinject.yaml`` (mode 0600: netplan warns about files
+others can read), one ``ethernets`` entry per NIC.
+
+Each NIC is matched by MAC and gets ``set-name`` (netplan then writes a ``.link`` file
+and a udev rule for the name). No ``renderer`` key: the image's own netplan files choose
+networkd or NetworkManager, and ours follows. ``90-`` sorts after the image's files, so
+where both set the same key ours wins; the agent also moves the image's DHCP file for the
+same NIC aside (a merged ``dhcp4: true`` would otherwise stay).
+
+Every value is printed from its parsed form and quoted where YAML 1.1 could read it as
+something else (a MAC of decimal digit pairs is a base-60 integer to YAML 1.1).
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from ..model import AddrMode, Instance, Nic
+from .base import GENERATED, Options, Rendered, nic_comment
+
+PATH = PurePosixPath("etc/netplan/90-netinject.yaml")
+
+
+def render(instance: Instance, options: Options) -> Rendered:
+    lines = [GENERATED, "network:", "  version: 2"]
+    if instance.nics:
+        lines.append("  ethernets:")
+    dns_nic = instance.dns_nic()
+    for nic in instance.nics:
+        lines += _nic(instance, nic, dns_nic is nic)
+    return Rendered({PATH: "\n".join(lines) + "\n"})
+
+
+def _q(value: object) -> str:
+    return f'"{value}"'
+
+
+def _nic(instance: Instance, nic: Nic, carries_dns: bool) -> list[str]:
+    modes = {(a.version, a.mode) for a in nic.addresses}
+    v6 = [a for a in nic.addresses if a.version == 6]
+    out = [f"    {nic.name}:", "      " + nic_comment(nic), "      match:",
+           f"        macaddress: {_q(nic.mac)}", f"      set-name: {_q(nic.name)}"]
+    if nic.mtu is not None:
+        out.append(f"      mtu: {nic.mtu}")
+    out.append(f"      dhcp4: {'true' if (4, AddrMode.DHCP) in modes else 'false'}")
+    out.append(f"      dhcp6: {'true' if (6, AddrMode.DHCP) in modes else 'false'}")
+    out.append(f"      accept-ra: "
+               f"{'true' if any(a.mode is not AddrMode.STATIC for a in v6) else 'false'}")
+    if (6, AddrMode.SLAAC) in modes or (6, AddrMode.DHCPV6_STATELESS) in modes:
+        # Neutron computes SLAAC addresses from the MAC (EUI-64); NetworkManager would
+        # otherwise pick a stable-privacy address Neutron does not know.
+        out.append("      ipv6-address-generation: eui64")
+    static = [a for a in nic.addresses if a.is_static]
+    if static:
+        out.append("      addresses:")
+        out += [f"        - {_q(a.interface)}" for a in static]
+    routes: list[tuple[str, str]] = []
+    for addr in nic.addresses:
+        if addr.is_static and addr.gateway is not None \
+                and instance.carries_default_route(addr):
+            routes.append(("default", str(addr.gateway)))
+        if addr.mode is not AddrMode.DHCP:
+            routes += [(str(r.destination), str(r.gateway)) for r in addr.routes]
+    if routes:
+        out.append("      routes:")
+        for to, via in routes:
+            out += [f"        - to: {_q(to)}", f"          via: {_q(via)}"]
+    if carries_dns and instance.dns:
+        out += ["      nameservers:", "        addresses:"]
+        out += [f"          - {_q(server)}" for server in instance.dns]
+    return out

@@ -1,0 +1,252 @@
+"""The agent on images of each network stack: which of the drive's files it installs,
+netplan's move-aside and generate (netplan's real generator, run on the guest tree), and
+the gratuitous-ARP announcer for networkd (a real AF_PACKET send, captured on a veth
+peer in a namespace this test makes)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import peers
+from helpers.guest import (
+    AGENT,
+    GUEST_PYTHON,
+    agent_log,
+    instance_doc,
+    make_drive,
+    make_guest,
+    run_agent,
+    snapshot,
+)
+from netinject.vm.image import NETPLAN_DHCP
+
+NETPLAN_GENERATOR = Path("/usr/libexec/netplan/generate")  # netplan.io's, on this host
+UUID_A = "1e2d3c4b-5a69-4788-97a6-b5c4d3e2f1a0"
+DOC = "multi-nic-reordered"
+
+
+def _guest(tmp_path: Path, stack: str | None, mutate: object = None) -> Path:
+    doc = instance_doc(DOC)
+    img = make_drive(tmp_path / "config.img", doc, mutate_manifest=mutate)
+    root = make_guest(tmp_path / "root", doc, img)
+    if stack is not None:
+        (root / "etc/netinject").mkdir(parents=True)
+        (root / "etc/netinject/stack").write_text(stack + "\n")
+    return root
+
+
+def _installed(root: Path, before: dict[str, object]) -> set[str]:
+    after = snapshot(root)
+    return {k for k, v in after.items() if v != before.get(k) and v[0] == "file"
+            and not k.startswith("var/lib/netinject")}
+
+
+def test_networkd_image_gets_networkd_files_and_the_addresses_to_announce(
+        tmp_path: Path) -> None:
+    root = _guest(tmp_path, "networkd")
+    before = snapshot(root)
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    installed = _installed(root, before)
+    assert installed == {
+        "etc/systemd/network/10-netinject-eth0.link",
+        "etc/systemd/network/10-netinject-eth0.network",
+        "etc/systemd/network/10-netinject-eth1.link",
+        "etc/systemd/network/10-netinject-eth1.network",
+        "etc/systemd/network/10-netinject-eth2.link",
+        "etc/systemd/network/10-netinject-eth2.network",
+        "etc/udev/rules.d/70-persistent-net.rules", "etc/hostname",
+        "run/netinject/announce"}, agent_log(root)
+    # The image's ifupdown file (none of networkd's business) is untouched.
+    assert (root / "etc/network/interfaces").read_bytes() == before[
+        "etc/network/interfaces"][1]
+    log = agent_log(root)
+    assert "network stack: networkd" in log
+    assert "IPv4 address(es) left for netinject-announce" in log
+    lines = (root / "run/netinject/announce").read_text().splitlines()
+    assert lines
+    assert all(line.split()[0] in ("eth0", "eth1", "eth2") for line in lines)
+
+
+def test_nm_image_gets_private_keyfiles(tmp_path: Path) -> None:
+    root = _guest(tmp_path, "nm")
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    keyfiles = sorted((root / "etc/NetworkManager/system-connections").iterdir())
+    assert [k.name for k in keyfiles] == ["netinject-eth0.nmconnection",
+                                          "netinject-eth1.nmconnection",
+                                          "netinject-eth2.nmconnection"]
+    for k in keyfiles:
+        assert stat.S_IMODE(k.stat().st_mode) == 0o600
+    assert not (root / "run/netinject/announce").exists()  # NM announces by itself
+    assert not (root / "etc/systemd/network").exists()
+
+
+def _netplan_guest(tmp_path: Path, generator: Path) -> Path:
+    root = _guest(tmp_path, "netplan")
+    (root / "etc/netplan").mkdir()
+    (root / "etc/netplan/50-cloud-init.yaml").write_text(NETPLAN_DHCP)
+    (root / "etc/netplan/50-cloud-init.yaml").chmod(0o600)
+    (root / "etc/netplan/01-renderer.yaml").write_text(
+        "network:\n  version: 2\n  renderer: networkd\n")
+    (root / "etc/netplan/01-renderer.yaml").chmod(0o600)
+    (root / "usr/lib/netplan").mkdir(parents=True)
+    os.symlink(generator, root / "usr/lib/netplan/generate")
+    return root
+
+
+def test_netplan_image_moves_the_dhcp_yaml_aside_and_generates(tmp_path: Path) -> None:
+    root = _netplan_guest(tmp_path, NETPLAN_GENERATOR)
+    # What netplan's systemd generator made at boot, before any unit: the DHCP config.
+    assert peers.netplan_generate(root).returncode == 0
+    assert (root / "run/systemd/network/10-netplan-all-eth.network").exists()
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    log = agent_log(root)
+    assert "moved /etc/netplan/50-cloud-init.yaml aside" in log, log
+    assert "ran netplan generate" in log
+    netplan = root / "etc/netplan"
+    assert sorted(p.name for p in netplan.iterdir()) == ["01-renderer.yaml",
+                                                         "90-netinject.yaml"]
+    assert stat.S_IMODE((netplan / "90-netinject.yaml").stat().st_mode) == 0o600
+    backup = root / f"var/lib/netinject/backup/{UUID_A}/etc%netplan%50-cloud-init.yaml"
+    assert backup.read_text() == NETPLAN_DHCP
+    # netplan's real generator wrote networkd's files from ours alone: static, no DHCP.
+    generated = root / "run/systemd/network"
+    names = sorted(p.name for p in generated.iterdir())
+    assert "10-netplan-eth0.network" in names
+    assert "10-netplan-eth1.network" in names
+    assert not any("all-eth" in n for n in names)  # the DHCP config is gone
+    eth0 = (generated / "10-netplan-eth0.network").read_text()
+    assert "Address=" in eth0
+    assert "DHCP=" not in eth0
+    assert (root / "var/lib/netinject/instance-id").exists()
+
+
+def test_netplan_generate_failure_rolls_everything_back(tmp_path: Path) -> None:
+    """A generator that fails (here /bin/false in its place) leaves the image as it
+    was: the DHCP YAML back, ours gone, no instance recorded; boot goes on with DHCP."""
+    root = _netplan_guest(tmp_path, Path("/bin/false"))
+    before = snapshot(root)
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    log = agent_log(root)
+    assert "netplan generate failed" in log
+    assert "stepping aside" in log
+    after = snapshot(root)
+    etc = {k: v for k, v in after.items() if k.startswith("etc/")}
+    assert etc == {k: v for k, v in before.items() if k.startswith("etc/")}
+    assert not (root / "var/lib/netinject/instance-id").exists()
+
+
+def test_drive_without_the_images_stack_steps_aside(tmp_path: Path) -> None:
+    """A drive made before netinject knew networkd (ifupdown files only)."""
+    def drop_networkd(lines: list[str]) -> list[str]:
+        return [line for line in lines if "etc/systemd/network/" not in line]
+
+    root = _guest(tmp_path, "networkd", drop_networkd)
+    before = snapshot(root)
+    assert run_agent(root).returncode == 0
+    assert "carries no networkd config" in agent_log(root)
+    assert snapshot(root) == before
+
+
+def test_unknown_stack_record_steps_aside(tmp_path: Path) -> None:
+    root = _guest(tmp_path, "$(reboot)")
+    before = snapshot(root)
+    assert run_agent(root).returncode == 0
+    assert "names an unknown stack" in agent_log(root)
+    assert snapshot(root) == before
+
+
+CAPTURE = r'''
+import socket, struct, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+import netinject_guest as g
+
+rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+rx.bind(("peer0", 0))
+rx.settimeout(0.2)
+log = g.Log(sys.argv[2], quiet=True)
+n = g.announce(sys.argv[2], log, wait=5.0, interval=0.05)
+log.flush()
+frames = []
+end = time.monotonic() + 2
+while time.monotonic() < end:
+    try:
+        frames.append(rx.recv(2048))
+    except socket.timeout:
+        break
+garps = [f for f in frames if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x01"
+         and f[28:32] == f[38:42] and f[0:6] == b"\xff" * 6]
+print(n, len(garps), socket.inet_ntoa(garps[0][28:32]) if garps else "-",
+      garps[0][22:28].hex(":") if garps else "-")
+'''
+
+
+def test_announce_sends_gratuitous_arps_once_the_address_is_up(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "run/netinject").mkdir(parents=True)
+    (root / "run/netinject/announce").write_text("eth0 192.0.2.10\n")
+    os.symlink("/proc", root / "proc")
+    os.symlink("/sys", root / "sys")
+    (root / "var/log").mkdir(parents=True)
+    mac = "fa:16:3e:00:00:0a"
+    with peers.netns_with_nics({"eth0": mac}) as ns:
+        subprocess.run(["ip", "-n", ns, "addr", "add", "192.0.2.10/24", "dev", "eth0"],
+                       check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+        done = subprocess.run(["ip", "netns", "exec", ns, GUEST_PYTHON, "-c", CAPTURE,
+                               str(AGENT.parent), str(root)],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    announced, garps, ip, sender = done.stdout.split()
+    assert (announced, garps, ip, sender) == ("1", "3", "192.0.2.10", mac)
+    assert "announced 192.0.2.10 on eth0 (3 gratuitous ARPs)" in agent_log(root)
+
+
+def test_announce_gives_up_on_an_address_that_never_comes_up(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "run/netinject").mkdir(parents=True)
+    (root / "run/netinject/announce").write_text("eth0 192.0.2.99\nbad line\n")
+    os.symlink("/proc", root / "proc")
+    (root / "var/log").mkdir(parents=True)
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "announce", "--root",
+                           str(root), "--wait", "0.3"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "192.0.2.99 on eth0 did not come up within 0 s: not announced" in agent_log(root)
+
+
+@pytest.mark.parametrize("record", ["announce eth0 192.0.2.010", "announce eth0 1.2.3",
+                                    "announce wlan0 192.0.2.1", "announce eth0 ::1"])
+def test_bad_announce_record_is_refused(record: str, tmp_path: Path) -> None:
+    root = _guest(tmp_path, "networkd", lambda lines: [*lines, record])
+    before = snapshot(root)
+    assert run_agent(root).returncode == 0
+    assert "bad announce record" in agent_log(root)
+    assert snapshot(root) == before
+
+
+def test_hotplug_apply_changes_nothing_on_a_non_ifupdown_image(tmp_path: Path) -> None:
+    from netinject.hotplug import bundle_for
+    from netinject.render import Options
+    from netinject.sources.neutron import parse_document
+
+    root = _guest(tmp_path, "networkd")
+    raw, _files = bundle_for(parse_document(instance_doc(DOC)).instance, Options())
+    before = snapshot(root)
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "apply", "--txid", "t1",
+                           "--root", str(root), "--sysfs", str(root / "sys")],
+                          input=raw, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr  # APPLY_UNCHANGED
+    assert b"NIC hot-plug supports ifupdown images only (this image uses networkd)" \
+        in done.stdout
+    after = snapshot(root)
+    assert {k: v for k, v in after.items() if k.startswith("etc/")} == \
+        {k: v for k, v in before.items() if k.startswith("etc/")}
