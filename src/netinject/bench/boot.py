@@ -66,7 +66,8 @@ def run(names: Sequence[str], runs: int, progress: Progress,
         progress(f"accelerator: {accel}")
         results: dict[str, dict[str, list[Any]]] = {
             n: {"time_to_network_s": [], "boot_s": [], "first_garp_s": [], "agent_ms": [],
-                "agent_unit_ms": [], "userspace_s": []} for n in names}
+                "agent_unit_ms": [], "userspace_s": [], "network_unit_start_s": [],
+                "agent_slack_ms": []} for n in names}
         total = runs * len(names)
         k = 0
         for r in range(runs):
@@ -84,9 +85,18 @@ def run(names: Sequence[str], runs: int, progress: Progress,
                 out["boot_s"].append(res.boot_s)
                 out["agent_ms"].append(res.agent_cost_ms())
                 unit = SCENARIOS[name].agent_unit
-                agent_unit = res.unit_times().get(unit) if unit else None
+                times = res.unit_times()
+                agent_unit = times.get(unit) if unit else None
                 out["agent_unit_ms"].append(round(agent_unit[1] - agent_unit[0], 1)
                                             if agent_unit else None)
+                network = times.get(SCENARIOS[name].network_unit)
+                out["network_unit_start_s"].append(round(network[0] / 1000, 2)
+                                                   if network else None)
+                # How long before the stack's network service started the agent was done
+                # (it is ordered before it, so >= 0; what matters is how much).
+                out["agent_slack_ms"].append(round(network[0] - agent_unit[1], 1)
+                                             if network and agent_unit
+                                             and unit == "netinject.service" else None)
                 out["userspace_s"].append(_userspace_s(res.report.get("systemd-analyze", "")))
                 ttn = res.time_to_network_s
                 progress(f"  {name}: network after "
@@ -117,6 +127,8 @@ def run(names: Sequence[str], runs: int, progress: Progress,
             "about": SCENARIOS[name].about,
             "agent_unit": SCENARIOS[name].agent_unit,
             "agent_unit_median_ms": _median(out["agent_unit_ms"]),
+            "network_unit": SCENARIOS[name].network_unit,
+            "network_unit_start_median_s": _median(out["network_unit_start_s"]),
             "median_s": statistics.median(values) if values else None,
             "min_s": min(values) if values else None,
             "max_s": max(values) if values else None,
@@ -189,6 +201,29 @@ def format_table(data: dict[str, Any]) -> str:
                          f"{statistics.median(agent):.1f} ms {agent}; its unit as systemd "
                          f"saw it (incl. Python's start): median {fmt(unit)} ms "
                          f"{sc[name]['agent_unit_ms']}")
+    for stack in ("networkd", "netplan", "nm"):
+        inj, floor = sc.get(f"inject-{stack}"), sc.get(f"baked-{stack}")
+        stall = sc.get(f"dhcp-timeout-{stack}")
+        if inj is None:
+            continue
+        parts = [f"{stack}: inject {fmt(inj['median_s'])} s"]
+        if floor and floor["median_s"] and inj["median_s"]:
+            gap = inj["median_s"] - floor["median_s"]
+            parts.append(f"floor (baked) {fmt(floor['median_s'])} s, {gap:+.2f} s "
+                         f"({gap / floor['median_s'] * 100:+.1f}%)")
+        if stall:
+            reached = fmt(stall["median_s"]) + " s" if stall["median_s"] else "never"
+            parts.append(f"DHCP stall: network {reached}, boot finished "
+                         f"{fmt(stall['boot_median_s'])} s")
+        agent = [v for v in inj["agent_ms"] if v is not None]
+        slack = [v for v in inj["agent_slack_ms"] if v is not None]
+        if agent:
+            parts.append(f"agent {statistics.median(agent):.1f} ms (unit "
+                         f"{fmt(inj['agent_unit_median_ms'])} ms), done {slack} ms before "
+                         f"{inj['network_unit']} started; it started at "
+                         f"{fmt(inj['network_unit_start_median_s'])} s (baked: "
+                         f"{fmt(floor['network_unit_start_median_s']) if floor else '-'} s)")
+        lines.append("; ".join(parts))
     for base in ("inject", "glean", "cloud-init"):
         first, later = sc.get(base, {}).get("median_s"), sc.get(f"{base}-later", {}).get(
             "median_s")
@@ -343,13 +378,17 @@ def _median(values: Sequence[float | None]) -> float | None:
 # and cloud-init's stages. The longest other units are added per scenario.
 PATH_UNITS = (
     "systemd-udevd.service", "systemd-udev-trigger.service", "systemd-udev-settle.service",
-    "netinject.service", "cloud-init-local.service", "ifupdown-pre.service",
+    "netinject.service", "cloud-init-local.service", "glean-early.service",
+    "glean@eth0.service", "ifupdown-pre.service", "netinject-announce.service",
+    "systemd-networkd-wait-online.service", "NetworkManager-wait-online.service",
     "networking.service", "systemd-networkd.service", "NetworkManager.service",
     "network.target", "network-online.target", "cloud-init.service",
     "cloud-config.service", "cloud-final.service", "multi-user.target",
 )
 HIGHLIGHT = {"netinject.service": "#2a9d8f", "networking.service": "#e76f51",
-             "cloud-init-local.service": "#8d5fd3", "ifupdown-pre.service": "#e9c46a"}
+             "systemd-networkd.service": "#e76f51", "NetworkManager.service": "#e76f51",
+             "cloud-init-local.service": "#8d5fd3", "glean-early.service": "#8d5fd3",
+             "glean@eth0.service": "#8d5fd3", "ifupdown-pre.service": "#e9c46a"}
 
 
 def timeline_units(times: dict[str, list[float]], extra: int = 4) -> list[str]:
@@ -377,7 +416,8 @@ def plot_timeline(data: dict[str, Any], out: Path) -> None:
     rows = {n: timeline_units(timelines[n]) for n in names}
     fig, axes = plt.subplots(len(names), 1, sharex=True, squeeze=False,
                              figsize=(11, sum(0.28 * len(r) + 0.8 for r in rows.values())),
-                             gridspec_kw={"height_ratios": [len(rows[n]) + 2 for n in names]})
+                             gridspec_kw={"height_ratios": [len(rows[n]) + 2 for n in names]},
+                             layout="constrained")
     for ax, name in zip((a[0] for a in axes), names, strict=True):
         times = timelines[name]
         units = rows[name]
@@ -396,6 +436,5 @@ def plot_timeline(data: dict[str, Any], out: Path) -> None:
     axes[-1][0].set_xlabel("seconds since the kernel started (systemd's unit timestamps; "
                            "first run of each scenario)")
     fig.suptitle(f"netinject: where boot time goes ({data['accel']})")
-    fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -248,7 +248,8 @@ def install_agent(root: str, out: "Callable[[str], None]", agent_source: bytes,
         if stack in ANNOUNCING_STACKS:
             write_atomic(join(r, ANNOUNCE_UNIT_PATH), ANNOUNCE_UNIT.encode(), 0o644)
             _symlink("/" + ANNOUNCE_UNIT_PATH, join(r, ANNOUNCE_WANTS_LINK))
-            out("enabled %s (%s sends no gratuitous ARP)" % (ANNOUNCE_UNIT_NAME, stack))
+            out("enabled %s (systemd-networkd sends no gratuitous ARP)"
+                % ANNOUNCE_UNIT_NAME)
     else:
         # insserv orders rcS by the LSB header; with --root we place the link ourselves
         # at the front of rcS (X-Start-Before: networking holds trivially).

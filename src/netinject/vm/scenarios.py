@@ -26,6 +26,13 @@ class Scenario:
     later: bool = False
 
     @property
+    def network_unit(self) -> str:
+        """The unit this scenario's image brings its network up with."""
+        from .image import VARIANTS
+
+        return STACK_UNITS[VARIANTS[self.variant]]
+
+    @property
     def agent_unit(self) -> str | None:
         """The unit that puts the network config in place in this scenario's image."""
         return AGENT_UNITS.get(self.variant)
@@ -34,10 +41,12 @@ class Scenario:
 AGENT_UNITS = {"inject": "netinject.service", "cloud-init": "cloud-init-local.service",
                "glean": "glean@eth0.service", "inject-networkd": "netinject.service",
                "inject-netplan": "netinject.service", "inject-nm": "netinject.service"}
-# The unit each stack brings the network up with (what the agent must finish before).
-NETWORK_UNITS = {"inject": "networking.service", "inject-networkd": "systemd-networkd.service",
-                 "inject-netplan": "systemd-networkd.service",
-                 "inject-nm": "NetworkManager.service"}
+# The unit each image's stack brings the network up with (what the agent must finish
+# before), by the recipe of the scenario's image.
+STACK_UNITS = {"ifupdown": "networking.service", "networkd": "systemd-networkd.service",
+               "netplan": "systemd-networkd.service", "nm": "NetworkManager.service"}
+NETWORK_UNITS = {f"inject-{s}": STACK_UNITS[s] for s in ("networkd", "netplan", "nm")}
+NETWORK_UNITS["inject"] = STACK_UNITS["ifupdown"]
 STACK_SCENARIOS = tuple(f"{kind}-{stack}" for stack in ("networkd", "netplan", "nm")
                         for kind in ("inject", "baked", "dhcp-timeout"))
 
