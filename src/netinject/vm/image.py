@@ -140,6 +140,8 @@ echo "--- unit-times"; systemctl show -p Id -p InactiveExitTimestampMonotonic \
   NetworkManager.service netinject-announce.service systemd-networkd-wait-online.service \
   NetworkManager-wait-online.service 2>&1
 if grep -q netinject.timeline /proc/cmdline; then
+  echo "--- critical-chain"; systemd-analyze critical-chain --no-pager network.target 2>&1
+  echo "--- journal-pid1"; journalctl -b _PID=1 -o short-monotonic --no-pager 2>&1 | tail -n 400
   echo "--- all-unit-times"
   systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic \
     '*.service' '*.target' '*.socket' '*.mount' 2>&1
@@ -300,9 +302,16 @@ def build_base(progress: Progress, cache: Path | None = None,
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)
+    (top / "recipe").write_text(recipe + "\n")
     (top / "done").write_text(key + "\n")
     kernel, initrd = _boot_files(root)
     progress(f"base image {recipe} {key}: built ({kernel.name})")
+    for stale in top.parent.glob("base-*"):
+        # An older build of the same recipe (the recipe or the apt sources changed).
+        marker = stale / "recipe"
+        if stale != top and marker.is_file() and marker.read_text().strip() == recipe:
+            progress(f"removing the outdated base {stale.name}")
+            shutil.rmtree(stale, ignore_errors=True)
     return Base(root, kernel, initrd, key)
 
 
