@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from helpers.guest import assert_test_bed_network
 from netinject.cli import main
 from netinject.hotplug import QmpAttacher, with_port
 from netinject.qga import GuestAgent
@@ -63,18 +64,7 @@ def test_inject_boot_reaches_network_with_injected_config(
         prepared: tuple[Prepared, str]) -> None:
     p, accel = prepared
     res = boot(p.spec("inject", accel))
-    assert res.time_to_network_s is not None, res.console[-3000:]
-    eth0 = _eth0(res)
-    assert eth0["address"] == vm.GUEST_MAC  # the name the udev rule pins to this MAC
-    assert eth0["mtu"] == vm.MTU
-    v4 = [a for a in eth0["addr_info"] if a["family"] == "inet"]
-    assert [(a["local"], a["prefixlen"]) for a in v4] == [(vm.GUEST_IP, vm.PREFIX)]
-    assert not v4[0].get("dynamic")  # static, not a DHCP lease
-    routes = {(r["dst"], r.get("gateway"), r.get("dev")) for r in res.json_section("ip-route")}
-    assert ("default", vm.HOST_IP, "eth0") in routes
-    assert (vm.HOST_ROUTE, vm.HOST_IP, "eth0") in routes
-    assert f"nameserver {vm.HOST_IP}" in res.report["resolv"].splitlines()
-    assert res.report["hostname"] == "netinject-vm"
+    assert_test_bed_network(res)
     instance = parse_document(vm.document()).instance
     rendered = render_all(instance, FORMATS, Options())
     udev = next(v for k, v in rendered.items() if k.name == "70-persistent-net.rules")

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from netinject.vm import testbed as vm
-from netinject.vm.harness import BootResult, boot, kvm_usable
+from helpers.guest import assert_test_bed_network
+from netinject.vm.harness import boot, kvm_usable
 from netinject.vm.progress import Progress
 from netinject.vm.scenarios import NETWORK_UNITS, Prepared
 
@@ -31,28 +31,12 @@ def prepared() -> Iterator[tuple[Prepared, str]]:
         p.close()
 
 
-def _check_network(res: BootResult) -> None:
-    assert res.time_to_network_s is not None, res.console[-3000:]
-    links = {link["ifname"]: link for link in res.json_section("ip-addr")}
-    eth0 = links["eth0"]
-    assert eth0["address"] == vm.GUEST_MAC
-    assert eth0["mtu"] == vm.MTU
-    v4 = [a for a in eth0["addr_info"] if a["family"] == "inet"]
-    assert [(a["local"], a["prefixlen"]) for a in v4] == [(vm.GUEST_IP, vm.PREFIX)]
-    assert not v4[0].get("dynamic")  # static, not a DHCP lease
-    routes = {(r["dst"], r.get("gateway"), r.get("dev")) for r in res.json_section("ip-route")}
-    assert ("default", vm.HOST_IP, "eth0") in routes
-    assert (vm.HOST_ROUTE, vm.HOST_IP, "eth0") in routes
-    assert f"nameserver {vm.HOST_IP}" in res.report["resolv"].splitlines()
-    assert res.report["hostname"] == "netinject-vm"
-
-
 @pytest.mark.parametrize("stack", STACKS)
 def test_inject_on_each_stack_brings_up_the_injected_config(
         prepared: tuple[Prepared, str], stack: str) -> None:
     p, accel = prepared
     res = boot(p.spec(f"inject-{stack}", accel))
-    _check_network(res)
+    assert_test_bed_network(res)
     log = res.agent_log
     result = res.agent_result
     assert result is not None, log

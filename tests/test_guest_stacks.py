@@ -40,6 +40,14 @@ def _guest(tmp_path: Path, stack: str | None, mutate: object = None) -> Path:
     return root
 
 
+def _steps_aside(root: Path, reason: str) -> None:
+    """The agent runs, logs ``reason`` and changes nothing in the tree."""
+    before = snapshot(root)
+    assert run_agent(root).returncode == 0
+    assert reason in agent_log(root)
+    assert snapshot(root) == before
+
+
 def _installed(root: Path, before: dict[str, object]) -> set[str]:
     after = snapshot(root)
     return {k for k, v in after.items() if v != before.get(k) and v[0] == "file"
@@ -149,19 +157,11 @@ def test_drive_without_the_images_stack_steps_aside(tmp_path: Path) -> None:
     def drop_networkd(lines: list[str]) -> list[str]:
         return [line for line in lines if "etc/systemd/network/" not in line]
 
-    root = _guest(tmp_path, "networkd", drop_networkd)
-    before = snapshot(root)
-    assert run_agent(root).returncode == 0
-    assert "carries no networkd config" in agent_log(root)
-    assert snapshot(root) == before
+    _steps_aside(_guest(tmp_path, "networkd", drop_networkd), "carries no networkd config")
 
 
 def test_unknown_stack_record_steps_aside(tmp_path: Path) -> None:
-    root = _guest(tmp_path, "$(reboot)")
-    before = snapshot(root)
-    assert run_agent(root).returncode == 0
-    assert "names an unknown stack" in agent_log(root)
-    assert snapshot(root) == before
+    _steps_aside(_guest(tmp_path, "$(reboot)"), "names an unknown stack")
 
 
 CAPTURE = r'''
@@ -226,11 +226,8 @@ def test_announce_gives_up_on_an_address_that_never_comes_up(tmp_path: Path) -> 
 @pytest.mark.parametrize("record", ["announce eth0 192.0.2.010", "announce eth0 1.2.3",
                                     "announce wlan0 192.0.2.1", "announce eth0 ::1"])
 def test_bad_announce_record_is_refused(record: str, tmp_path: Path) -> None:
-    root = _guest(tmp_path, "networkd", lambda lines: [*lines, record])
-    before = snapshot(root)
-    assert run_agent(root).returncode == 0
-    assert "bad announce record" in agent_log(root)
-    assert snapshot(root) == before
+    _steps_aside(_guest(tmp_path, "networkd", lambda lines: [*lines, record]),
+                 "bad announce record")
 
 
 def test_hotplug_apply_changes_nothing_on_a_non_ifupdown_image(tmp_path: Path) -> None:
