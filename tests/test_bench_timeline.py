@@ -65,3 +65,33 @@ def test_timeline_chart_is_written(tmp_path: Path) -> None:
     plot_timeline(data, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 10_000
+
+
+def _scenario(ttn: list[float | None], **extra: object) -> dict[str, object]:
+    ok = [v for v in ttn if v is not None]
+    return {"time_to_network_s": ttn, "median_s": sorted(ok)[len(ok) // 2] if ok else None,
+            "min_s": min(ok) if ok else None, "max_s": max(ok) if ok else None,
+            "failures": ttn.count(None), "boot_median_s": 25.0, "agent_unit": None,
+            "agent_unit_median_ms": None, "agent_ms": [None] * len(ttn),
+            "agent_unit_ms": [None] * len(ttn), "network_unit": "systemd-networkd.service",
+            "network_unit_start_median_s": 14.0, "network_unit_ready_median_s": 18.9,
+            "agent_slack_ms": [None] * len(ttn), **extra}
+
+
+def test_table_puts_each_stack_against_its_floor_and_its_stall() -> None:
+    from netinject.bench.boot import format_table
+
+    data = {"accel": "tcg", "runs": 3, "scenarios": {
+        "inject-networkd": _scenario(
+            [21.0, 22.0, 23.0], agent_unit="netinject.service", agent_unit_median_ms=870.0,
+            agent_ms=[100.0, 110.0, 120.0], agent_slack_ms=[2000.0, 2500.0, 3000.0],
+            network_unit_start_median_s=17.0, network_unit_ready_median_s=18.7),
+        "baked-networkd": _scenario([20.0, 21.0, 22.0]),
+        "dhcp-timeout-networkd": _scenario([None, None, None]),
+    }}
+    text = format_table(data)
+    line = next(x for x in text.splitlines() if x.startswith("networkd:"))
+    assert "inject 22.0 s; floor (baked) 21.0 s, +1.00 s (+4.8%)" in line
+    assert "DHCP stall: network never, boot finished 25.0 s" in line
+    assert "agent 110.0 ms (unit 870.0 ms)" in line
+    assert "started at 17.0 s and was up at 18.7 s (baked: 14.0 s and 18.9 s)" in line
