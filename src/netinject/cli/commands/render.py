@@ -16,15 +16,18 @@ from ._args import add_input_args, formats, instance_from
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "render", help="render the guest's network files into a directory",
-        description="Render /etc/network/interfaces, udev rules, resolv.conf and hostname "
-                    "for an instance. Files land under --out at their guest paths "
-                    "(OUT/etc/network/interfaces, ...). On bad input nothing is written.")
+        description="Render an instance's network config for every stack a guest may use "
+                    "(ifupdown's interfaces file, systemd-networkd .network/.link files, "
+                    "netplan YAML, NetworkManager keyfiles) and the files they share "
+                    "(udev rules, resolv.conf, hostname). Files land under --out at their "
+                    "guest paths (OUT/etc/network/interfaces, ...; netplan and "
+                    "NetworkManager files 0600). On bad input nothing is written.")
     add_input_args(p)
     p.add_argument("--out", type=Path, metavar="DIR", help="directory to write the tree into")
     p.add_argument("--print", action="store_true", dest="print_only",
                    help="show what would be written, write nothing")
     p.add_argument("--format", type=formats, default=list(FORMATS), metavar="LIST",
-                   help=f"comma-separated formats (default: {','.join(FORMATS)})")
+                   help=f"comma-separated formats (default: all: {','.join(FORMATS)})")
     p.add_argument("--system-metadata-out", type=Path, metavar="FILE",
                    help="write the instance's updated system metadata (ports_pattern) as JSON")
     p.set_defaults(func=run)
