@@ -144,10 +144,11 @@ def agent_log(root: Path) -> str:
 __all__ = ["sys"]
 
 
-def assert_test_bed_network(res: Any) -> dict[str, Any]:
+def assert_test_bed_network(res: Any, mtu: int | None = None) -> dict[str, Any]:
     """A booted test-bed guest (vm.testbed) holds exactly its injected config: eth0 with
     its MAC, MTU and one static IPv4 address, the default and host routes, DNS and the
-    hostname, read from the guest's own report. Returns eth0's ``ip -j addr`` entry."""
+    hostname, read from the guest's own report (``mtu``: another MTU to expect). Returns
+    eth0's ``ip -j addr`` entry."""
     from netinject.vm import testbed as vm
 
     assert res.time_to_network_s is not None, res.console[-3000:]
@@ -157,7 +158,7 @@ def assert_test_bed_network(res: Any) -> dict[str, Any]:
     assert "eth0" in by_name, by_name.keys()
     eth0: dict[str, Any] = by_name["eth0"]
     assert eth0["address"] == vm.GUEST_MAC  # the name the udev rule pins to this MAC
-    assert eth0["mtu"] == vm.MTU
+    assert eth0["mtu"] == (vm.MTU if mtu is None else mtu)
     v4 = [a for a in eth0["addr_info"] if a["family"] == "inet"]
     assert [(a["local"], a["prefixlen"]) for a in v4] == [(vm.GUEST_IP, vm.PREFIX)]
     assert not v4[0].get("dynamic")  # static, not a DHCP lease
