@@ -144,11 +144,13 @@ def agent_log(root: Path) -> str:
 __all__ = ["sys"]
 
 
-def assert_test_bed_network(res: Any, mtu: int | None = None) -> dict[str, Any]:
+def assert_test_bed_network(res: Any, mtu: int | None = None,
+                            host_route: bool = True) -> dict[str, Any]:
     """A booted test-bed guest (vm.testbed) holds exactly its injected config: eth0 with
     its MAC, MTU and one static IPv4 address, the default and host routes, DNS and the
-    hostname, read from the guest's own report (``mtu``: another MTU to expect). Returns
-    eth0's ``ip -j addr`` entry."""
+    hostname, read from the guest's own report (``mtu``: another MTU to expect;
+    ``host_route``: False to expect the host route missing). Returns eth0's
+    ``ip -j addr`` entry."""
     from netinject.vm import testbed as vm
 
     assert res.time_to_network_s is not None, res.console[-3000:]
@@ -164,7 +166,7 @@ def assert_test_bed_network(res: Any, mtu: int | None = None) -> dict[str, Any]:
     assert not v4[0].get("dynamic")  # static, not a DHCP lease
     routes = {(r["dst"], r.get("gateway"), r.get("dev")) for r in res.json_section("ip-route")}
     assert ("default", vm.HOST_IP, "eth0") in routes
-    assert (vm.HOST_ROUTE, vm.HOST_IP, "eth0") in routes
+    assert ((vm.HOST_ROUTE, vm.HOST_IP, "eth0") in routes) == host_route
     assert f"nameserver {vm.HOST_IP}" in res.report["resolv"].splitlines()
     assert res.report["hostname"] == "netinject-vm"
     return eth0
