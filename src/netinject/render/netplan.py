@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from ..model import AddrMode, Instance, Nic
-from .base import GENERATED, Options, Rendered, nic_comment
+from .base import GENERATED, Options, Rendered, nic_comment, nic_routes
 
 PATH = PurePosixPath("etc/netplan/90-netinject.yaml")
 
@@ -54,17 +54,11 @@ def _nic(instance: Instance, nic: Nic, carries_dns: bool) -> list[str]:
     if static:
         out.append("      addresses:")
         out += [f"        - {_q(a.interface)}" for a in static]
-    routes: list[tuple[str, str]] = []
-    for addr in nic.addresses:
-        if addr.is_static and addr.gateway is not None \
-                and instance.carries_default_route(addr):
-            routes.append(("default", str(addr.gateway)))
-        if addr.mode is not AddrMode.DHCP:
-            routes += [(str(r.destination), str(r.gateway)) for r in addr.routes]
+    routes = nic_routes(instance, nic)
     if routes:
         out.append("      routes:")
         for to, via in routes:
-            out += [f"        - to: {_q(to)}", f"          via: {_q(via)}"]
+            out += [f"        - to: {_q(to or 'default')}", f"          via: {_q(via)}"]
     if carries_dns and instance.dns:
         out += ["      nameservers:", "        addresses:"]
         out += [f"          - {_q(server)}" for server in instance.dns]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from ..model import AddrMode, Instance, Nic
-from .base import GENERATED, Options, Rendered, nic_comment
+from .base import GENERATED, Options, Rendered, nic_comment, nic_routes
 
 DIR = PurePosixPath("etc/systemd/network")
 
@@ -72,13 +72,7 @@ def _network(instance: Instance, nic: Nic, carries_dns: bool) -> str:
         if addr.is_static:
             assert addr.interface is not None
             lines += ["", "[Address]", f"Address={addr.interface}"]
-    for addr in nic.addresses:
-        if addr.is_static and addr.gateway is not None \
-                and instance.carries_default_route(addr):
-            lines += ["", "[Route]", f"Gateway={addr.gateway}"]
-        if addr.mode is AddrMode.DHCP:
-            continue  # the DHCP server delivers this subnet's routes
-        for route in addr.routes:
-            lines += ["", "[Route]", f"Destination={route.destination}",
-                      f"Gateway={route.gateway}"]
+    for destination, gateway in nic_routes(instance, nic):
+        lines += ["", "[Route]", *([f"Destination={destination}"] if destination else []),
+                  f"Gateway={gateway}"]
     return "\n".join(lines) + "\n"

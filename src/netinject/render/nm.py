@@ -23,7 +23,7 @@ import uuid
 from pathlib import PurePosixPath
 
 from ..model import AddrMode, Instance, IPAddress, Nic
-from .base import GENERATED, Options, Rendered, nic_comment
+from .base import GENERATED, Options, Rendered, nic_comment, nic_routes
 
 DIR = PurePosixPath("etc/NetworkManager/system-connections")
 PRIORITY = 100
@@ -75,17 +75,14 @@ def _keyfile(instance: Instance, nic: Nic, dns: tuple[IPAddress, ...]) -> str:
         if version == 6 and method == "auto":
             lines.append("addr-gen-mode=eui64")
         n = 0
-        routes: list[str] = []
         for addr in nic.addresses:
-            if addr.version != version:
-                continue
-            if addr.is_static:
+            if addr.version == version and addr.is_static:
                 n += 1
                 lines.append(f"address{n}={addr.interface}")
                 if addr.gateway is not None and instance.carries_default_route(addr):
                     lines.append(f"gateway={addr.gateway}")
-            if addr.mode is not AddrMode.DHCP:
-                routes += [f"{r.destination},{r.gateway}" for r in addr.routes]
+        routes = [f"{dest},{gw}" for dest, gw in nic_routes(instance, nic)
+                  if dest is not None and dest.version == version]
         lines += [f"route{k}={r}" for k, r in enumerate(routes, start=1)]
         servers = [s for s in dns if s.version == version]
         if servers:
