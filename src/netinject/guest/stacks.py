@@ -22,6 +22,7 @@ NetworkManager); ``netinject-guest install`` records the image's stack in
 import posix
 
 from .contract import (
+    MAX_FILE,
     STACKS,
     AgentError,
     Manifest,
@@ -82,7 +83,7 @@ def netplan_aside(root: str, manifest: Manifest) -> "list[str]":
         if rel in ours or not name.endswith(".yaml") or not is_plain_name(name):
             continue
         try:
-            text = read_small(join(root, rel))
+            text = read_small(join(root, rel), MAX_FILE)
         except OSError:
             continue
         if b"ethernets" in text:
