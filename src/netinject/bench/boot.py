@@ -122,17 +122,16 @@ def run(names: Sequence[str], runs: int, progress: Progress,
     summary: dict[str, Any] = {}
     for name, out in results.items():
         values = [v for v in out["time_to_network_s"] if v is not None]
-        boots = [v for v in out["boot_s"] if v is not None]
         summary[name] = {
             **out,
-            "boot_median_s": statistics.median(boots) if boots else None,
+            "boot_median_s": _median(out["boot_s"]),
             "about": SCENARIOS[name].about,
             "agent_unit": SCENARIOS[name].agent_unit,
             "agent_unit_median_ms": _median(out["agent_unit_ms"]),
             "network_unit": SCENARIOS[name].network_unit,
             "network_unit_start_median_s": _median(out["network_unit_start_s"]),
             "network_unit_ready_median_s": _median(out["network_unit_ready_s"]),
-            "median_s": statistics.median(values) if values else None,
+            "median_s": _median(values),
             "min_s": min(values) if values else None,
             "max_s": max(values) if values else None,
             "failures": len(out["time_to_network_s"]) - len(values),
@@ -291,8 +290,6 @@ IMPORT_PROBE = ("os", "struct", "hashlib", "json", "re", "socket", "argparse",
 def import_costs_native() -> dict[str, float]:
     """The same import probe as the guest's, on this host's Debian python3 (native
     speed: what a KVM guest would see, roughly), median of 5 fresh interpreters each."""
-    import subprocess
-
     out: dict[str, float] = {}
     for mod in IMPORT_PROBE:
         times = []
@@ -355,14 +352,11 @@ def agent_costs(runs: int, progress: Progress, imports: bool = False) -> dict[st
                     guest_imports[name] = float(ms)
     finally:
         prepared.close()
-    ok1 = [v for v in first if v is not None]
-    ok2 = [v for v in second if v is not None]
-    okc = [v for v in first_cpu if v is not None]
     return {"accel": accel, "runs": runs, "first_boot_ms": first, "second_boot_ms": second,
-            "first_boot_median_ms": statistics.median(ok1) if ok1 else None,
+            "first_boot_median_ms": _median(first),
             "first_boot_cpu_ms": first_cpu,
-            "first_boot_cpu_median_ms": statistics.median(okc) if okc else None,
-            "second_boot_median_ms": statistics.median(ok2) if ok2 else None,
+            "first_boot_cpu_median_ms": _median(first_cpu),
+            "second_boot_median_ms": _median(second),
             "first_boot_unit_ms": unit_ms,
             "first_boot_unit_median_ms": _median(unit_ms),
             "first_boot_slack_before_networking_ms": slack_ms,
