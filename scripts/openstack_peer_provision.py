@@ -37,7 +37,7 @@ for name, kind, port in (("neutron", "network", neutron_port), ("glance", "image
     service = idp.create_service(name=name, type=kind)
     for interface in ("public", "internal", "admin"):
         idp.create_endpoint(service_id=service.id, interface=interface,
-                            url="http://127.0.0.1:%s" % port, region_id="RegionOne")
+                            url=f"http://127.0.0.1:{port}", region_id="RegionOne")
 
 # A demo project and user: instances and their ports belong to a tenant, not to admin.
 demo = idp.create_project(name="demo", domain_id="default")
@@ -47,18 +47,18 @@ idp.assign_project_role_to_user(demo, demo_user, roles["member"])
 
 
 def cloud(user: str, project: str) -> str:
-    return """  %s:
+    return """  {}:
     auth:
-      auth_url: %s
-      username: %s
-      password: %s
-      project_name: %s
+      auth_url: {}
+      username: {}
+      password: {}
+      project_name: {}
       user_domain_name: Default
       project_domain_name: Default
     region_name: RegionOne
     interface: public
     identity_api_version: 3
-""" % ("netinject-admin" if user == "admin" else user, auth_url, user, password, project)
+""".format("netinject-admin" if user == "admin" else user, auth_url, user, password, project)
 
 
 text = "clouds:\n" + "".join(cloud(u, p) for u, p in (

@@ -94,3 +94,13 @@ def qga(tmp_path: Path) -> Iterator[QgaAgent]:
         yield agent
     finally:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def openstack_peer() -> Iterator[Any]:
+    """The real local OpenStack (scripts/openstack-peer.sh): started for the session
+    unless it already runs."""
+    from helpers.openstack import peer_running
+
+    with peer_running() as peer:
+        yield peer

@@ -13,6 +13,7 @@ from typing import Any
 
 from conftest import CASES
 from netinject import drive
+from netinject.model import Instance
 from netinject.render import Options
 from netinject.sources.neutron import parse_document
 
@@ -77,6 +78,11 @@ def make_guest(root: Path, doc: Any, drive_image: Path | None) -> Path:
     The drive is /dev/vdb (the image file itself); /dev/vda is a blank root disk. NICs in
     /sys/class/net already carry the names the manifest pins (no renames needed).
     """
+    return make_guest_for(root, parse_document(doc).instance, drive_image)
+
+
+def make_guest_for(root: Path, instance: Instance, drive_image: Path | None) -> Path:
+    """make_guest for a validated instance."""
     (root / "etc/network").mkdir(parents=True)
     (root / "etc/network/interfaces").write_bytes(ORIGINAL_ENI)
     (root / "sbin").mkdir()
@@ -99,7 +105,6 @@ def make_guest(root: Path, doc: Any, drive_image: Path | None) -> Path:
         fh.truncate(1024 * 1024)
     if drive_image is not None:
         shutil.copyfile(drive_image, root / "dev/vdb")
-    instance = parse_document(doc).instance
     # The SMBIOS system UUID nova/libvirt set to the instance uuid.
     (root / "sys/class/dmi/id").mkdir(parents=True)
     (root / "sys/class/dmi/id/product_uuid").write_text(f"{instance.uuid}\n")

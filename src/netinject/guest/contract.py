@@ -21,6 +21,13 @@ PAYLOAD_DIR = "netinject"
 MANIFEST_NAME = "manifest"
 MAX_FILE = 1 << 20  # bytes per payload file (and the manifest)
 MANIFEST_NAMES = (MANIFEST_NAME, "MANIFEST")  # as written; as on an iso9660 primary volume
+# A stock nova's own drive: the vendordata service's answer, under this key of
+# openstack/latest/vendor_data2.json (see vendor_payload).
+VENDOR_DIR = "openstack/latest"
+VENDOR_FILE = "vendor_data2.json"
+VENDOR_KEY = "netinject"
+VENDOR_FORMATS = (1,)
+VENDOR_MAX = 4 * MAX_FILE  # every vendordata target's answer together
 MANIFEST_HEAD = 8  # the 'instance' record is among the manifest's first lines
 FILE_MODE = 0o644  # the mode the host gives a payload file (PRIVATE_DIRS: PRIVATE_MODE)
 PRIVATE_MODE = 0o600
@@ -275,6 +282,52 @@ def verify(payload: "dict[str, bytes]") -> Manifest:
     return Manifest(records.uuid, entries, records.nics, records.announce)
 
 
+class NotOnDrive(AgentError):
+    """A directory the agent looked for is not on the drive."""
+
+
+class NoPayload(AgentError):
+    """The drive carries no netinject payload for this instance (not an error: the image
+    keeps its DHCP configuration)."""
+
+
+def vendor_payload(raw: bytes) -> "dict[str, bytes]":
+    """The payload files (name -> bytes, as in the netinject/ directory of netinject's
+    own drive) from nova's vendor_data2.json: its ``netinject`` key holds the manifest
+    and each file's text. NoPayload when the key is missing or ``{}`` (nova stores that
+    when the service failed or timed out, or for an image without support_inject_ip)."""
+    import json
+
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeError, ValueError):
+        raise AgentError("%s/%s is not JSON" % (VENDOR_DIR, VENDOR_FILE)) from None
+    if not isinstance(doc, dict):
+        raise AgentError("%s/%s is not a JSON object" % (VENDOR_DIR, VENDOR_FILE))
+    data = doc.get(VENDOR_KEY)
+    if not data:
+        raise NoPayload("%s/%s has no %r payload (nova stores {} when the service "
+                        "failed, timed out, or the image lacks support_inject_ip)"
+                        % (VENDOR_DIR, VENDOR_FILE, VENDOR_KEY))
+    if not isinstance(data, dict) or data.get("format") not in VENDOR_FORMATS:
+        raise AgentError("the %r payload has an unknown format %r (this agent reads %s)"
+                         % (VENDOR_KEY, data.get("format") if isinstance(data, dict)
+                            else type(data).__name__, VENDOR_FORMATS))
+    manifest, files = data.get("manifest"), data.get("files")
+    if not isinstance(manifest, str) or not isinstance(files, dict):
+        raise AgentError("the %r payload lacks its manifest or files" % VENDOR_KEY)
+    out = {MANIFEST_NAME: manifest.encode("utf-8")}
+    for name, text in files.items():
+        if not isinstance(name, str) or not is_plain_name(name) or name in MANIFEST_NAMES \
+                or not isinstance(text, str):
+            raise AgentError("the %r payload has a bad file entry %r" % (VENDOR_KEY, name))
+        out[name] = text.encode("utf-8")
+    for name, blob in out.items():
+        if len(blob) > MAX_FILE:
+            raise AgentError("payload file %r is too large (%d bytes)" % (name, len(blob)))
+    return out
+
+
 # -- the hot-plug bundle --------------------------------------------------------------------
 
 BUNDLE_MAGIC = b"netinject-bundle 1\n"
@@ -383,7 +436,7 @@ def parse_state(raw: bytes) -> "list[str]":
 # and space-separated key=value pairs, no spaces in values.
 
 RESULT_PREFIX = "netinject-result"
-OUTCOMES = ("installed", "unchanged", "no-drive", "stepped-aside")
+OUTCOMES = ("installed", "unchanged", "no-drive", "no-payload", "stepped-aside")
 
 
 def format_result(outcome: str, elapsed_ms: float, cpu_ms: "float | None" = None,

@@ -11,7 +11,19 @@ import posix
 import struct
 import time
 
-from .contract import LABELS, MAX_FILE, PAYLOAD_DIR, AgentError
+from .contract import (
+    LABELS,
+    MAX_FILE,
+    PAYLOAD_DIR,
+    VENDOR_DIR,
+    VENDOR_FILE,
+    VENDOR_MAX,
+    AgentError,
+    NoPayload,
+    NotOnDrive,
+    iso_name,
+    vendor_payload,
+)
 from .paths import basename, dirname, exists, join, normpath, read_small
 from .readers import FatReader, IsoReader
 
@@ -190,12 +202,27 @@ def find_drive(sysfs: str, dev: str, wait: float) -> "Drive | None":
 
 def read_payload(drive: Drive, only: "tuple[str, ...] | None" = None) -> dict[str, bytes]:
     """Files of the drive's netinject/ directory (all, or just the names in ``only``),
-    read without mounting. On iso9660 the names are the primary-volume names."""
+    read without mounting (on iso9660 the names are the primary-volume names); on a
+    drive without it (a stock nova's), the payload in openstack/latest/vendor_data2.json.
+    NoPayload when there is neither."""
     try:
         if drive.fd < 0:
             drive.fd = open_device(drive.path)
         reader = FatReader(drive.fd) if drive.kind == "vfat" else IsoReader(drive.fd)
-        return reader.read_dir_files(PAYLOAD_DIR, MAX_FILE, only)
+        try:
+            return reader.read_dir_files(PAYLOAD_DIR, MAX_FILE, only)
+        except NotOnDrive:
+            pass  # not netinject's drive: nova's own, with the vendordata answer
+        names = (VENDOR_FILE, iso_name(VENDOR_FILE))
+        try:
+            found = reader.read_dir_files(VENDOR_DIR, VENDOR_MAX, names)
+        except NotOnDrive:
+            found = {}
+        raw = found.get(names[0]) or found.get(names[1])
+        if raw is None:
+            raise NoPayload("no netinject/ directory and no %s/%s on the drive"
+                            % (VENDOR_DIR, VENDOR_FILE))
+        return vendor_payload(raw)
     except (OSError, struct.error, IndexError, UnicodeError, ValueError,
             ArithmeticError) as exc:
         raise AgentError("cannot read the drive %s: %s" % (drive.path, exc)) from None

@@ -4,7 +4,7 @@ config drive without mounting it (no kernel vfat module, nothing to unmount)."""
 import posix
 import struct
 
-from .contract import AgentError, iso_name
+from .contract import AgentError, NotOnDrive, iso_name
 
 
 class FatReader:
@@ -118,6 +118,12 @@ class FatReader:
             else:
                 base = e[0:8].decode("ascii", "replace").rstrip()
                 ext = e[8:11].decode("ascii", "replace").rstrip()
+                # Windows NT case flags: a lower-case 8.3 name (Linux vfat and mtools
+                # write "latest" so, without a long name).
+                if e[12] & 0x08:
+                    base = base.lower()
+                if e[12] & 0x10:
+                    ext = ext.lower()
                 name = base + ("." + ext if ext else "")
             lfn = []
             hi, lo = struct.unpack_from("<H", e, 20)[0], struct.unpack_from("<H", e, 26)[0]
@@ -130,7 +136,7 @@ class FatReader:
         for part in [p for p in path.split("/") if p]:
             entry = self._entries(cluster).get(part)
             if entry is None or not entry[2]:
-                raise AgentError("no directory %r on the drive" % path)
+                raise NotOnDrive("no directory %r on the drive" % path)
             cluster = entry[0]
         return self._entries(cluster)
 
@@ -196,9 +202,12 @@ class IsoReader:
                        ) -> dict[str, bytes]:
         extent, size = self.root[0], self.root[1]
         for part in [p for p in path.split("/") if p]:
-            entry = self._entries(extent, size).get(iso_name(part))
+            # nova's genisoimage keeps lower case (-allow-lowercase); netinject's
+            # writer uses the strict upper-case names.
+            found = self._entries(extent, size)
+            entry = found.get(part) or found.get(iso_name(part))
             if entry is None or not entry[2]:
-                raise AgentError("no directory %r on the drive" % path)
+                raise NotOnDrive("no directory %r on the drive" % path)
             extent, size = entry[0], entry[1]
         files = {}
         for name, (ext, sz, is_dir) in self._entries(extent, size).items():

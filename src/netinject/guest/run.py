@@ -18,6 +18,7 @@ from .contract import (
     STATE_FILE,
     VERSION,
     AgentError,
+    NoPayload,
     format_result,
     format_state,
     manifest_instance,
@@ -101,7 +102,8 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
                 "config in place")
             result = {"outcome": "no-drive"}
             return 0
-        if recorded is not None and state[1:2] == [found.ident]:
+        # (nova's own iso9660 drives have an empty volume set id: no identity there.)
+        if recorded is not None and found.volume_id and state[1:2] == [found.ident]:
             # Same drive as the boot that applied it: nothing new (no payload reads).
             log("not the first boot of instance %s (drive %s on %s): nothing to do"
                 % (recorded, found.ident, found.path))
@@ -167,6 +169,9 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
             % (backup.installed, count, log.cpu_ms()))
         result = {"outcome": "installed", "instance": manifest.uuid,
                   "files": backup.installed, "nics_renamed": count}
+    except NoPayload as exc:
+        log("%s: leaving the image's network config in place" % exc)
+        result = {"outcome": "no-payload"}
     except AgentError as exc:
         log("stepping aside: %s" % exc)
     except Exception as exc:  # never break boot, whatever went wrong

@@ -67,6 +67,6 @@ def load_instance(instance: Path | None, network_data: Path | None = None,
     if meta_data is not None:
         raise UsageError("--meta-data goes with --network-data")
     if instance is None:
-        raise UsageError("give INSTANCE.json or --network-data FILE")
+        raise UsageError("give INSTANCE.json, --network-data FILE, or --cloud NAME --server ID")
     loaded = neutron.parse_document(read_json(instance), source=str(instance))
     return loaded.instance, dict(loaded.system_metadata)

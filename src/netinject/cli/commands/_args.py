@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...errors import UsageError
 from ...model import Instance
 from ...render import FORMATS, Style
 from ...sources.documents import load_instance
@@ -28,6 +29,15 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
                    help="read nova's network_data.json instead of an instance document")
     p.add_argument("--meta-data", type=Path, metavar="FILE",
                    help="with --network-data: nova's meta_data.json (uuid, hostname)")
+    live = p.add_argument_group(
+        "live cloud", "read the instance from a running cloud through openstacksdk "
+        "(clouds.yaml), as the vendordata service does; nothing is written to the cloud")
+    live.add_argument("--cloud", metavar="NAME", help="clouds.yaml entry")
+    live.add_argument("--server", metavar="ID", help="with --cloud: the server's uuid")
+    live.add_argument("--image", metavar="ID",
+                      help="with --server: the image id (with --hostname, nova's API is not "
+                           "asked: what nova sends the vendordata service)")
+    live.add_argument("--hostname", metavar="NAME", help="with --server: the hostname")
     add_style_arg(p)
 
 
@@ -39,4 +49,15 @@ def add_style_arg(p: argparse.ArgumentParser) -> None:
 
 def instance_from(args: argparse.Namespace) -> tuple[Instance, dict[str, str] | None]:
     """The validated instance named by add_input_args' arguments."""
+    if args.cloud is not None or args.server is not None:
+        if args.cloud is None or args.server is None:
+            raise UsageError("--cloud and --server go together")
+        if args.instance is not None or args.network_data is not None:
+            raise UsageError("give an instance document, --network-data, or --cloud with "
+                             "--server: one of them")
+        from ...openstack.live import load
+
+        return load(args.cloud, args.server, args.image, args.hostname), None
+    if args.image is not None or args.hostname is not None:
+        raise UsageError("--image and --hostname go with --cloud and --server")
     return load_instance(args.instance, args.network_data, args.meta_data)

@@ -1,0 +1,131 @@
+"""Live reads of a cloud through openstacksdk: Glance images, Neutron ports, subnets and
+networks, as the raw API objects (Neutron's and Glance's own field names, the same the
+instance document uses), and port tags (the NIC index map).
+
+openstacksdk resolves ``clouds.yaml`` (``--cloud NAME``), authenticates with keystoneauth
+and finds the endpoints in the catalog; the proxies' raw ``get``/``put`` keep the API's
+JSON as it is, so nothing is renamed between Neutron and the document parser.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NetinjectError
+
+
+class CloudError(NetinjectError):
+    """The cloud could not be reached or refused a call (not the instance's data)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the cloud holds for one instance: its ports and their subnets and networks,
+    raw. ``revisions`` keys the service's cache: every object's revision_number."""
+
+    ports: tuple[Mapping[str, Any], ...]
+    subnets: tuple[Mapping[str, Any], ...]
+    networks: tuple[Mapping[str, Any], ...]
+
+    @property
+    def revisions(self) -> tuple[tuple[str, int], ...]:
+        return tuple(sorted(
+            (str(o.get("id")), int(o.get("revision_number") or 0))
+            for o in (*self.ports, *self.subnets, *self.networks)))
+
+
+def connect(cloud: str, timeout: float | None = None) -> Any:
+    """An openstacksdk connection for a clouds.yaml entry (CloudError if there is none).
+
+    ``timeout``: seconds for each API call (keystoneauth's session timeout).
+    """
+    import openstack
+    import openstack.config.exceptions
+
+    try:
+        return openstack.connect(cloud=cloud, api_timeout=timeout)
+    except openstack.config.exceptions.OpenStackConfigException as exc:
+        raise CloudError(f"cloud {cloud!r}: {exc} (see clouds.yaml, or set "
+                         "OS_CLIENT_CONFIG_FILE)") from None
+
+
+def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """One API call; every failure (connection, timeout, HTTP >= 400) as CloudError."""
+    from keystoneauth1 import exceptions as ks_exc
+    from openstack import exceptions as sdk_exc
+
+    try:
+        response = fn(*args, **kwargs)
+    except (ks_exc.ClientException, sdk_exc.SDKException, OSError) as exc:
+        raise CloudError(f"{what}: {type(exc).__name__}: {exc}") from None
+    if response.status_code >= 400:
+        raise CloudError(f"{what}: HTTP {response.status_code}: {_gist(response.text)}")
+    try:
+        return response.json() if response.content else {}
+    except ValueError:
+        raise CloudError(f"{what}: the answer is not JSON") from None
+
+
+def _gist(text: str) -> str:
+    """An error body in one short line (services answer HTML or JSON)."""
+    plain = re.sub(r"<[^>]*>", " ", text)
+    plain = re.sub(r"\s+", " ", plain).strip()
+    for head in ("404 Not Found ", "401 Unauthorized ", "403 Forbidden "):
+        plain = plain.replace(head + head.strip(), head.strip())
+    return plain[:200] or "(no message)"
+
+
+def image(conn: Any, image_id: str) -> Mapping[str, Any]:
+    """The Glance v2 image (custom properties are top-level keys)."""
+    body = _call(f"Glance: image {image_id}", conn.image.get, f"/images/{image_id}")
+    if not isinstance(body, Mapping):
+        raise CloudError(f"Glance: image {image_id}: not an image object")
+    return body
+
+
+def image_properties(body: Mapping[str, Any]) -> dict[str, str]:
+    """The image's string-valued attributes (custom properties among them)."""
+    return {k: v for k, v in body.items() if isinstance(v, str)}
+
+
+def _list(conn: Any, kind: str, key: str, **params: Any) -> list[Mapping[str, Any]]:
+    body = _call(f"Neutron: list {kind}", conn.network.get, f"/{kind}", params=params)
+    items = body.get(key) if isinstance(body, Mapping) else None
+    if not isinstance(items, list):
+        raise CloudError(f"Neutron: list {kind}: no {key!r} list in the answer")
+    return [i for i in items if isinstance(i, Mapping)]
+
+
+def ports(conn: Any, instance_id: str) -> list[Mapping[str, Any]]:
+    return _list(conn, "ports", "ports", device_id=instance_id)
+
+
+def snapshot(conn: Any, instance_id: str) -> Snapshot:
+    """The instance's ports (device_id), with the subnets of their fixed IPs and their
+    networks: three list calls, whatever the number of ports."""
+    found = ports(conn, instance_id)
+    subnet_ids = sorted({ip["subnet_id"] for p in found for ip in p.get("fixed_ips") or []
+                         if isinstance(ip, Mapping) and isinstance(ip.get("subnet_id"), str)})
+    network_ids = sorted({p["network_id"] for p in found
+                          if isinstance(p.get("network_id"), str)})
+    subnets = _list(conn, "subnets", "subnets", id=subnet_ids) if subnet_ids else []
+    networks = _list(conn, "networks", "networks", id=network_ids) if network_ids else []
+    return Snapshot(tuple(found), tuple(subnets), tuple(networks))
+
+
+def set_tags(conn: Any, port_id: str, tags: Sequence[str]) -> None:
+    """Replace a port's tags (Neutron's tag extension: PUT /ports/ID/tags)."""
+    _call(f"Neutron: tags of port {port_id}", conn.network.put, f"/ports/{port_id}/tags",
+          json={"tags": list(tags)})
+
+
+def server(conn: Any, server_id: str) -> Mapping[str, Any]:
+    """A nova server (for the live commands: its image, name and ports)."""
+    body = _call(f"nova: server {server_id}", conn.compute.get, f"/servers/{server_id}")
+    srv = body.get("server") if isinstance(body, Mapping) else None
+    if not isinstance(srv, Mapping):
+        raise CloudError(f"nova: server {server_id}: not a server object")
+    return srv

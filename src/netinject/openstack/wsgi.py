@@ -1,0 +1,176 @@
+"""The vendordata service as a WSGI application (nova's DynamicJSON target).
+
+Run it under any WSGI server, like the OpenStack API services::
+
+    NETINJECT_CLOUD=netinject gunicorn --workers 2 --threads 8 \\
+        --bind 127.0.0.1:9977 'netinject.openstack.wsgi:application()'
+
+or with ``netinject vendordata serve`` (gunicorn, built in). Settings come from the
+environment: NETINJECT_CLOUD (the clouds.yaml entry, required), NETINJECT_AUTH
+(``keystone``, the default, or ``none``), NETINJECT_ROLES (roles a caller's token must
+hold, comma-separated; default ``admin,service``), NETINJECT_DEADLINE, NETINJECT_FRESH
+(seconds; see service.py).
+
+Routes: ``POST /`` (any path: nova posts to the URL it is given) answers nova's
+request; ``GET /healthcheck`` answers 200 without authentication, for load balancers.
+
+Authentication: keystonemiddleware's ``auth_token`` validates the ``X-Auth-Token`` nova
+sends when ``[vendordata_dynamic_auth]`` is set (a missing or invalid token is a 401),
+using the service's own clouds.yaml credentials; the token must also carry one of the
+roles (else 403). ``NETINJECT_AUTH=none`` turns all of that off, for a service reachable
+only by nova's hosts: it is off by default and logged at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..errors import UsageError
+from .service import Answer, Settings, Vendordata
+
+LOG = logging.getLogger("netinject.vendordata")
+
+BODY_MAX = 1 << 20  # nova's body carries user-data (64 KiB at most, base64)
+DEFAULT_ROLES = ("admin", "service")
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
+            422: "Unprocessable Entity", 500: "Internal Server Error", 502: "Bad Gateway",
+            504: "Gateway Timeout"}
+
+
+def _reply(start: StartResponse, status: int, body: object) -> list[bytes]:
+    data = json.dumps(body, sort_keys=True).encode()
+    start(f"{status} {_REASONS.get(status, 'Error')}",
+          [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+           ("Cache-Control", "no-store")])
+    return [data]
+
+
+class App:
+    """The WSGI callable around a Vendordata (auth is a separate layer: see wrap_auth)."""
+
+    def __init__(self, service: Vendordata, roles: tuple[str, ...] | None) -> None:
+        self.service = service
+        self.roles = roles  # None: no authentication (the explicit switch)
+        self.last: Answer | None = None
+
+    def __call__(self, environ: dict[str, Any], start: StartResponse) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/")
+        if method == "GET" and path.rstrip("/") == "/healthcheck":
+            return _reply(start, 200, {"status": "ok"})
+        if method != "POST":
+            return _reply(start, 405, {"error": "nova POSTs its request here"})
+        if self.roles is not None:
+            if environ.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":
+                return _reply(start, 401, {"error": "a valid X-Auth-Token is required"})
+            held = {r.strip() for r in environ.get("HTTP_X_ROLES", "").split(",")}
+            if not held & set(self.roles):
+                LOG.warning("refused a caller without any of the roles %s (user %s)",
+                            ",".join(self.roles), environ.get("HTTP_X_USER_NAME", "?"))
+                return _reply(start, 403, {"error": "the token lacks the roles "
+                                                    + ",".join(self.roles)})
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > BODY_MAX:
+            return _reply(start, 413, {"error": f"body over {BODY_MAX} bytes"})
+        raw = environ["wsgi.input"].read(length) if length else b""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _reply(start, 400, {"error": "the body is not JSON"})
+        answer = self.service.handle(body)
+        self.last = answer
+        return _reply(start, answer.status, answer.body)
+
+
+def auth_conf(cloud_name: str) -> dict[str, Any]:
+    """keystonemiddleware auth_token options from the service's clouds.yaml entry: the
+    same credentials validate callers' tokens (the user needs the admin or service
+    role in Keystone for that)."""
+    import openstack.config
+
+    try:
+        region = openstack.config.OpenStackConfig().get_one(cloud=cloud_name)
+    except Exception as exc:
+        raise UsageError(f"cloud {cloud_name!r}: {exc}") from None
+    auth = dict(region.auth)
+    if "auth_url" not in auth:
+        raise UsageError(f"cloud {cloud_name!r} has no auth_url")
+    conf: dict[str, Any] = {
+        "auth_type": region.config.get("auth_type") or "password",
+        "www_authenticate_uri": auth["auth_url"],
+        "delay_auth_decision": False,
+        "interface": region.config.get("interface") or "public",
+        "include_service_catalog": False,
+        "token_cache_time": 300,
+        "log_name": "netinject.vendordata.auth",
+    }
+    if region.region_name:
+        conf["region_name"] = region.region_name
+    conf.update({k: v for k, v in auth.items() if v is not None})
+    return conf
+
+
+def wrap_auth(app: WSGIApp, conf: dict[str, Any]) -> WSGIApp:
+    from keystonemiddleware import auth_token
+
+    wrapped: WSGIApp = auth_token.AuthProtocol(app, conf)
+    return wrapped
+
+
+def make_app(settings: Settings, auth: bool = True,
+             roles: tuple[str, ...] = DEFAULT_ROLES) -> WSGIApp:
+    service = Vendordata(settings)
+    if not auth:
+        LOG.warning("authentication is OFF: any caller that reaches this service gets "
+                    "answers (only for a service that nova's hosts alone can reach)")
+        return App(service, None)
+    inner = App(service, roles)
+    authed = wrap_auth(inner, auth_conf(settings.cloud))
+
+    def dispatch(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "GET" and \
+                environ.get("PATH_INFO", "").rstrip("/") == "/healthcheck":
+            return inner(environ, start)  # no token: for load balancers
+        return authed(environ, start)
+    return dispatch
+
+
+def settings_from_env(env: dict[str, str] | None = None) -> tuple[Settings, bool,
+                                                                  tuple[str, ...]]:
+    env = dict(os.environ if env is None else env)
+    name = env.get("NETINJECT_CLOUD")
+    if not name:
+        raise UsageError("NETINJECT_CLOUD is not set (the clouds.yaml entry to use)")
+    mode = env.get("NETINJECT_AUTH", "keystone")
+    if mode not in ("keystone", "none"):
+        raise UsageError(f"NETINJECT_AUTH: {mode!r} is not keystone or none")
+    roles = tuple(r.strip() for r in env.get("NETINJECT_ROLES", ",".join(DEFAULT_ROLES))
+                  .split(",") if r.strip())
+    try:
+        settings = Settings(cloud=name,
+                            deadline=float(env.get("NETINJECT_DEADLINE", "4")),
+                            fresh=float(env.get("NETINJECT_FRESH", "60")))
+    except ValueError as exc:
+        raise UsageError(f"NETINJECT_DEADLINE/NETINJECT_FRESH: {exc}") from None
+    return settings, mode == "keystone", roles
+
+
+def application() -> WSGIApp:
+    """The WSGI application configured from the environment (a factory: gunicorn's
+    ``'netinject.openstack.wsgi:application()'``, uwsgi's ``--callable``)."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings, auth, roles = settings_from_env()
+    return make_app(settings, auth, roles)

@@ -1,0 +1,471 @@
+"""The stock-OpenStack path against real peers: Keystone, Neutron and Glance from Debian
+(OpenStack Zed, scripts/openstack-peer.sh), the real vendordata service under gunicorn,
+and nova's OWN metadata and config-drive code (InstanceMetadata, DynamicJSON vendordata,
+ConfigDriveBuilder) building real drives, which the real guest agent then reads.
+
+Stand-ins appear only where no real peer misbehaves on demand: a target answering HTTP
+500 and a target slower than nova's timeout (helpers.openstack.stand_in, said so below).
+nova's vfat drive path loop-mounts, which this machine cannot: the vfat case writes the
+files of nova's iso9660 drive onto a vfat volume with mtools instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from helpers.drive import iso_files
+from helpers.guest import agent_log, make_guest_for, run_agent, snapshot
+from helpers.openstack import (
+    NETINJECT,
+    Service,
+    Tenant,
+    clouds_with,
+    free_port,
+    service,
+    slow_proxy,
+    stand_in,
+    vendor_json,
+)
+from netinject.guest import contract
+from netinject.openstack import live
+from netinject.openstack.peer import Peer
+from netinject.openstack.service import Settings, Vendordata
+
+pytestmark = [pytest.mark.openstack, pytest.mark.root]
+
+UUID_RE = r"[0-9a-f-]{36}"
+
+
+@pytest.fixture
+def tenant() -> Iterator[Tenant]:
+    t = Tenant.open()
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def two_nic_instance(t: Tenant) -> tuple[str, list[Any], Any]:
+    """An instance with two ports on two networks (IPv4 with routes, DNS and MTU 1400,
+    plus SLAAC IPv6; and a second IPv4 network), made in the --nic order A, B."""
+    a = t.network(f"a-{uuid.uuid4().hex[:6]}", mtu=1400)
+    sa = t.subnet(a, ip_version=4, cidr="192.0.2.0/24", gateway_ip="192.0.2.1",
+                  dns_nameservers=["192.0.2.53"],
+                  host_routes=[{"destination": "198.51.100.0/24", "nexthop": "192.0.2.254"}])
+    sa6 = t.subnet(a, ip_version=6, cidr="2001:db8:1::/64", ipv6_address_mode="slaac",
+                   ipv6_ra_mode="slaac")
+    b = t.network(f"b-{uuid.uuid4().hex[:6]}")
+    sb = t.subnet(b, ip_version=4, cidr="203.0.113.0/24", gateway_ip=None)
+    iid = str(uuid.uuid4())
+    pa = t.port(a, iid, "fa:16:3e:00:00:0a",
+                [{"subnet_id": sa.id, "ip_address": "192.0.2.10"}, {"subnet_id": sa6.id}])
+    time.sleep(1.1)  # created_at has one-second resolution: A is older than B
+    pb = t.port(b, iid, "fa:16:3e:00:00:0b", [{"subnet_id": sb.id,
+                                                "ip_address": "203.0.113.20"}])
+    return iid, [pa, pb], t.image(inject=True)
+
+
+def nova_build(peer: Peer, conf: Path, t: Tenant, iid: str, image: str,
+               ports: list[Any]) -> tuple[dict[str, Any], Path]:
+    out = peer.state / f"drive-{iid}.iso"
+    [result] = peer.build_drives(conf, [{
+        "instance": iid, "project": t.project_id, "image": image, "hostname": "vm1",
+        "ports": [p.id for p in ports], "out": str(out)}])
+    return result, out
+
+
+def guest_for(tmp: Path, iid: str, image: str, drive: Path) -> Path:
+    inst = live.load("netinject-admin", iid, image, "vm1")
+    return make_guest_for(tmp / "root", inst, drive)
+
+
+def rendered_tree(tmp: Path, iid: str, image: str) -> dict[str, bytes]:
+    """What ``netinject render --cloud --server`` writes (the operator's preview)."""
+    out = tmp / "preview"
+    done = subprocess.run([str(NETINJECT), "render", "--cloud", "netinject", "--server", iid,
+                           "--image", image, "--hostname", "vm1", "--out", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def agent_outcome(root: Path) -> dict[str, str]:
+    found = contract.parse_result(agent_log(root))
+    assert found is not None, agent_log(root)
+    return {k: str(v) for k, v in found.items()}
+
+
+# -- the whole path ------------------------------------------------------------------------
+
+
+def test_nova_builds_the_drive_with_our_answer_and_the_agent_installs_it(
+        openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
+    peer = openstack_peer
+    iid, ports, image = two_nic_instance(tenant)
+    with service(tmp_path) as svc:
+        conf = peer.nova_conf("auth", svc.url)
+        result, drive = nova_build(peer, conf, tenant, iid, image.id, ports)
+        assert result["error"] is None, result
+        # nova called once per metadata version (5 on Zed); one answer was built, the
+        # other calls came from memory; the tags hold the NIC map in --nic order.
+        assert svc.posts() == 5, svc.text()
+        assert svc.built() == 1, svc.text()
+    assert tenant.tags(ports[0].id) == [f"netinject:{iid}:0"]
+    assert tenant.tags(ports[1].id) == [f"netinject:{iid}:1"]
+
+    vendor = vendor_json(drive)
+    payload = vendor["netinject"]
+    assert payload["format"] == 1
+    assert payload["instance"] == iid
+    # Each file is text in the JSON (readable in the metadata service), for every stack.
+    assert {"interfaces", "70-persistent-net.rules", "resolv.conf", "hostname",
+            "90-netinject.yaml", "netinject-eth0.nmconnection", "10-netinject-eth0.network",
+            "10-netinject-eth0.link"} <= set(payload["files"])
+    assert "iface eth0 inet static" in payload["files"]["interfaces"]
+    # The operator's preview renders the very same files.
+    preview = rendered_tree(tmp_path, iid, image.id)
+    by_path = {rec.path: rec.source for rec in contract.parse_manifest(
+        payload["manifest"].encode()).files}
+    assert {p: payload["files"][s].encode() for p, s in by_path.items()} == preview
+
+    root = guest_for(tmp_path, iid, image.id, drive)
+    before = snapshot(root)
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    assert agent_outcome(root)["outcome"] == "installed", agent_log(root)
+    eni = (root / "etc/network/interfaces").read_text()
+    assert eni == preview["etc/network/interfaces"].decode()
+    for line in ("auto eth0", "iface eth0 inet static", "address 192.0.2.10",
+                 "netmask 255.255.255.0", "gateway 192.0.2.1", "mtu 1400",
+                 "dns-nameservers 192.0.2.53",
+                 "up ip route add 198.51.100.0/24 via 192.0.2.254 dev eth0",
+                 "iface eth1 inet static", "address 203.0.113.20", "mtu 1450",
+                 "iface eth0 inet6 auto"):
+        assert line in eni, eni
+    assert (root / "etc/hostname").read_text() == "vm1\n"
+    rules = (root / "etc/udev/rules.d/70-persistent-net.rules").read_text()
+    assert 'ATTR{address}=="fa:16:3e:00:00:0a"' in rules
+    assert 'NAME="eth0"' in rules
+    after = snapshot(root)
+    changed = {k for k in after if after.get(k) != before.get(k) and after[k][0] == "file"}
+    assert {k for k in changed if not k.startswith("var/lib/netinject/")} == {
+        "etc/network/interfaces", "etc/hostname", "etc/udev/rules.d/70-persistent-net.rules"}
+    # The next boot: nothing new (this drive has no volume id: the manifest decides).
+    done = run_agent(root)
+    assert agent_outcome(root)["outcome"] == "unchanged", agent_log(root)
+    assert snapshot(root) == after
+
+
+def test_the_agent_reads_the_same_answer_off_a_vfat_drive(
+        openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
+    """nova's vfat drives hold the same files (its vfat path loop-mounts, which this
+    machine cannot: nova's iso9660 files are written to vfat with mtools)."""
+    iid, ports, image = two_nic_instance(tenant)
+    with service(tmp_path) as svc:
+        result, iso = nova_build(openstack_peer, openstack_peer.nova_conf("vfat", svc.url),
+                                 tenant, iid, image.id, ports)
+    assert result["error"] is None, result
+    tree = tmp_path / "tree"
+    for rel, data in iso_files(iso).items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    vfat = tmp_path / "drive.vfat"
+    subprocess.run(["mkfs.vfat", "-C", "-n", "config-2", str(vfat), "65536"], check=True,
+                   capture_output=True)
+    subprocess.run(["mcopy", "-s", "-i", str(vfat), *map(str, tree.iterdir()), "::/"],
+                   check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    root = guest_for(tmp_path, iid, image.id, vfat)
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    assert agent_outcome(root)["outcome"] == "installed", agent_log(root)
+    assert "address 192.0.2.10\n" in (root / "etc/network/interfaces").read_text()
+
+
+# -- failure modes: nova stores {} and the guest keeps DHCP ---------------------------------
+
+
+def _plain_guest(tmp: Path, iid: str, macs: list[str], drive: Path) -> Path:
+    """A guest tree for an instance whose Neutron data netinject refuses (NICs by MAC)."""
+    from netinject.sources.neutron import parse_document
+
+    doc = {"instance": {"uuid": iid}, "networks": [{"id": "n"}], "subnets": [],
+           "ports": [{"id": str(uuid.uuid4()), "mac_address": mac, "network_id": "n"}
+                     for mac in macs]}
+    return make_guest_for(tmp / "root", parse_document(doc).instance, drive)
+
+
+def _dhcp_kept(tmp: Path, iid: str, image: str, drive: Path, macs: list[str] | None = None
+               ) -> None:
+    vendor = vendor_json(drive)
+    assert vendor["netinject"] == {}, vendor
+    root = (guest_for(tmp, iid, image, drive) if macs is None
+            else _plain_guest(tmp, iid, macs, drive))
+    before = snapshot(root)
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    assert agent_outcome(root)["outcome"] == "no-payload", agent_log(root)
+    assert "leaving the image's network config in place" in agent_log(root)
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("mode", ["service-down", "http-500", "slow", "neutron-down",
+                                  "legacy-image"])
+def test_failure_modes_leave_dhcp(mode: str, openstack_peer: Peer, tenant: Tenant,
+                                  tmp_path: Path) -> None:
+    peer = openstack_peer
+    iid, ports, image = two_nic_instance(tenant)
+    if mode == "legacy-image":
+        image = tenant.image(inject=False)
+    timeout = 5.0
+    t0 = time.monotonic()
+    if mode == "service-down":
+        conf = peer.nova_conf(mode, f"http://127.0.0.1:{free_port()}/")
+        result, drive = nova_build(peer, conf, tenant, iid, image.id, ports)
+    elif mode in ("http-500", "slow"):
+        # STAND-IN targets: a broken one, and one slower than nova's read timeout.
+        timeout = 1.0
+        with stand_in(500 if mode == "http-500" else 200,
+                      delay=3.0 if mode == "slow" else 0.0) as url:
+            conf = peer.nova_conf(mode, url, read_timeout=timeout)
+            result, drive = nova_build(peer, conf, tenant, iid, image.id, ports)
+    else:
+        extra = ({"network_endpoint_override": f"http://127.0.0.1:{free_port()}"}
+                 if mode == "neutron-down" else {})
+        with service(tmp_path, "netinject", clouds_yaml=clouds_with(peer, tmp_path, **extra)
+                     ) as svc:
+            conf = peer.nova_conf(mode, svc.url)
+            result, drive = nova_build(peer, conf, tenant, iid, image.id, ports)
+            log = svc.text()
+        if mode == "neutron-down":
+            assert f"instance {iid}: Neutron: list ports" in log, log
+            assert '"POST / HTTP/1.1" 502' in log, log
+        else:
+            assert f"instance {iid}: image {image.id} has no support_inject_ip=true" in log
+    elapsed = time.monotonic() - t0
+    assert result["error"] is None, result  # the boot goes on
+    if mode == "slow":
+        # nova waits its read timeout once per metadata version (5 on Zed).
+        assert result["seconds"] >= 5 * timeout, result
+    assert elapsed < 60
+    _dhcp_kept(tmp_path, iid, image.id, drive)
+    assert tenant.tags(ports[0].id) == []  # nothing written to Neutron
+
+
+def test_failure_fatal_fails_the_build(openstack_peer: Peer, tenant: Tenant) -> None:
+    iid, ports, image = two_nic_instance(tenant)
+    conf = openstack_peer.nova_conf("fatal", f"http://127.0.0.1:{free_port()}/",
+                                    failure_fatal=True)
+    result, _ = nova_build(openstack_peer, conf, tenant, iid, image.id, ports)
+    assert result["error"] is not None
+    assert "ConnectFailure" in result["error"], result
+
+
+def test_bad_neutron_data_is_refused_naming_the_field(
+        openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
+    """Neutron accepts a host route whose next hop is off the subnet; a guest could not
+    use it. The service answers 422 naming the subnet's field, writes no tag, and nova
+    stores {}."""
+    net = tenant.network(f"bad-{uuid.uuid4().hex[:6]}")
+    sub = tenant.subnet(net, ip_version=4, cidr="192.0.2.0/24", gateway_ip="192.0.2.1",
+                        host_routes=[{"destination": "198.51.100.0/24",
+                                      "nexthop": "203.0.113.1"}])
+    iid = str(uuid.uuid4())
+    port = tenant.port(net, iid, "fa:16:3e:00:01:0a",
+                       [{"subnet_id": sub.id, "ip_address": "192.0.2.10"}])
+    image = tenant.image(inject=True)
+    with service(tmp_path) as svc:
+        token = _token("nova")
+        r = requests.post(svc.url, json={"instance-id": iid, "image-id": image.id},
+                          headers={"X-Auth-Token": token}, timeout=10)
+        assert r.status_code == 422, r.text
+        assert r.json()["fields"] == [
+            f"subnet {sub.id}.host_routes[0].nexthop: '203.0.113.1' is not reachable on "
+            "subnet 192.0.2.0/24"]
+        result, drive = nova_build(openstack_peer, openstack_peer.nova_conf("bad", svc.url),
+                                   tenant, iid, image.id, [port])
+        assert f"instance {iid}: invalid Neutron data: subnet {sub.id}" in svc.text()
+    assert result["error"] is None
+    assert tenant.tags(port.id) == []
+    _dhcp_kept(tmp_path, iid, image.id, drive, ["fa:16:3e:00:01:0a"])
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+def _token(cloud: str) -> str:
+    from helpers.openstack import connect
+
+    token: str = connect(cloud).session.get_token()
+    return token
+
+
+def test_auth_accepts_novas_token_and_refuses_others(
+        openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
+    iid, _ports, image = two_nic_instance(tenant)
+    body = {"instance-id": iid, "image-id": image.id, "hostname": "vm1"}
+    with service(tmp_path) as svc:
+        def post(headers: dict[str, str]) -> requests.Response:
+            return requests.post(svc.url, json=body, headers=headers, timeout=10)
+        assert post({}).status_code == 401
+        assert post({"X-Auth-Token": "gAAAAAB-not-a-token"}).status_code == 401
+        # A valid token without the admin or service role (a tenant's user).
+        r = post({"X-Auth-Token": _token("demo")})
+        assert r.status_code == 403
+        assert "admin,service" in r.text
+        r = post({"X-Auth-Token": _token("nova")})
+        assert r.status_code == 200
+        assert r.json()["instance"] == iid
+        # The health check needs no token (load balancers).
+        assert requests.get(svc.url + "healthcheck", timeout=5).status_code == 200
+    with service(tmp_path, "netinject", "--no-auth") as svc:
+        assert "authentication is OFF" in svc.text()
+        r = requests.post(svc.url, json=body, timeout=10)
+        assert r.status_code == 200
+        assert r.json()["instance"] == iid
+
+
+# -- the NIC index map on port tags, and the cache ---------------------------------------------
+
+
+def test_nic_indexes_live_on_port_tags_and_stay_stable(
+        openstack_peer: Peer, tenant: Tenant) -> None:
+    svc = Vendordata(Settings(cloud="netinject", fresh=60))
+    try:
+        iid, ports, image = two_nic_instance(tenant)
+        req = {"instance-id": iid, "image-id": image.id, "hostname": "vm1"}
+        first = svc.handle(req)
+        assert (first.status, first.how) == (200, "built"), first
+        revs = [tenant.admin.network.get_port(p.id).revision_number for p in ports]
+        assert svc.handle(req).how == "cached"
+        # Past the fresh window: one Neutron listing confirms nothing changed; no tag
+        # is written again.
+        svc.settings = Settings(cloud="netinject", fresh=0)
+        again = svc.handle(req)
+        assert (again.how, again.body) == ("revalidated", first.body)
+        assert [tenant.admin.network.get_port(p.id).revision_number for p in ports] == revs
+
+        # Detach eth0 (port deleted), hot-plug a new port: it takes the freed index 0;
+        # eth1 keeps 1.
+        tenant.admin.network.delete_port(ports[0].id)
+        net_a = ports[0].network_id
+        new = tenant.port(tenant.demo.network.get_network(net_a), iid, "fa:16:3e:00:00:0c",
+                          [{"subnet_id": ports[0].fixed_ips[0]["subnet_id"],
+                            "ip_address": "192.0.2.11"}])
+        rebuilt = svc.handle(req)
+        assert rebuilt.how == "built"
+        assert tenant.tags(new.id) == [f"netinject:{iid}:0"]
+        assert tenant.tags(ports[1].id) == [f"netinject:{iid}:1"]
+        assert "address 192.0.2.11\n" in rebuilt.body["files"]["interfaces"]
+
+        # The port moves to another instance: its old tag goes, it is new there (0).
+        other = str(uuid.uuid4())
+        tenant.admin.network.update_port(ports[1].id, device_id=other)
+        moved = svc.handle({"instance-id": other, "image-id": image.id})
+        assert moved.how == "built"
+        assert tenant.tags(ports[1].id) == [f"netinject:{other}:0"]
+        # ... and the first instance now has only eth0.
+        assert "eth1" not in svc.handle(req).body["files"]["interfaces"]
+    finally:
+        svc.close()
+
+
+def test_ports_of_one_second_are_ordered_by_id(tenant: Tenant, openstack_peer: Peer) -> None:
+    """What the service can know of nova's attach order: creation time (one-second
+    resolution), then id. Ports made within one second take indexes in id order."""
+    net = tenant.network(f"o-{uuid.uuid4().hex[:6]}")
+    sub = tenant.subnet(net, ip_version=4, cidr="192.0.2.0/24", gateway_ip="192.0.2.1")
+    iid = str(uuid.uuid4())
+    made = [tenant.port(net, iid, f"fa:16:3e:00:02:{n:02x}",
+                        [{"subnet_id": sub.id, "ip_address": f"192.0.2.{20 + n}"}])
+            for n in range(3)]
+    image = tenant.image(inject=True)
+    svc = Vendordata(Settings(cloud="netinject"))
+    try:
+        assert svc.handle({"instance-id": iid, "image-id": image.id}).ok
+    finally:
+        svc.close()
+    order = sorted(made, key=lambda p: (p.created_at, p.id))
+    for index, port in enumerate(order):
+        assert tenant.tags(port.id) == [f"netinject:{iid}:{index}"]
+
+
+def test_a_slow_neutron_gets_504_within_the_deadline_then_the_cached_answer(
+        openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
+    neutron = int(openstack_peer.cloud("netinject")["auth"]["auth_url"].rsplit(":", 1)[1]
+                  .split("/")[0])
+    assert neutron  # keystone's port; Neutron's comes from the catalog
+    iid, _ports, image = two_nic_instance(tenant)
+    catalog = tenant.admin.session.get_endpoint(service_type="network", interface="public")
+    port = int(catalog.rstrip("/").rsplit(":", 1)[1])
+    with slow_proxy(port, delay=1.5) as slow:
+        clouds = clouds_with(openstack_peer, tmp_path,
+                             network_endpoint_override=f"http://127.0.0.1:{slow}")
+        os.environ["OS_CLIENT_CONFIG_FILE"] = str(clouds)
+        try:
+            svc = Vendordata(Settings(cloud="netinject", deadline=1.0))
+            req = {"instance-id": iid, "image-id": image.id}
+            t0 = time.monotonic()
+            first = svc.handle(req)
+            took = time.monotonic() - t0
+            assert first.status == 504, first
+            assert took < 1.5, took
+            # The build went on; once it lands, the same request is answered from memory.
+            deadline = time.monotonic() + 30
+            while svc.handle(req).status != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+            assert svc.handle(req).how == "cached"
+            svc.close()
+        finally:
+            os.environ["OS_CLIENT_CONFIG_FILE"] = str(openstack_peer.clouds_yaml)
+
+
+def test_bad_requests_are_refused(openstack_peer: Peer) -> None:
+    svc = Vendordata(Settings(cloud="netinject"))
+    try:
+        assert svc.handle([]).status == 400
+        bad = svc.handle({"instance-id": "../../etc", "image-id": "x"})
+        assert bad.status == 400
+        assert "instance-id" in bad.body["error"]
+        bfv = svc.handle({"instance-id": str(uuid.uuid4()), "image-id": ""})
+        assert (bfv.status, bfv.body, bfv.how) == (200, {}, "legacy")
+    finally:
+        svc.close()
+
+
+def test_render_cloud_errors_are_clear(openstack_peer: Peer, tenant: Tenant) -> None:
+    done = subprocess.run([str(NETINJECT), "render", "--cloud", "nope", "--server",
+                           str(uuid.uuid4()), "--print"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 1
+    assert "cloud 'nope'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run([str(NETINJECT), "render", "--cloud", "netinject", "--server",
+                           "not-a-uuid", "--print"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 2
+    assert "--server: 'not-a-uuid'" in done.stderr
+    def render(image: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(NETINJECT), "render", "--cloud", "netinject", "--server",
+                               str(uuid.uuid4()), "--image", image, "--hostname", "h",
+                               "--print"], capture_output=True, text=True, check=False)
+    done = render("x")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ("netinject: error: Glance: image x: HTTP 404: 404 Not Found No "
+                           "image found with ID x\n"), done.stderr
+    done = render(tenant.image(inject=True).id)
+    assert done.returncode == 2
+    assert "has no ports in Neutron" in done.stderr, done.stderr
+
+
+_ = (json, Service)
