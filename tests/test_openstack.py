@@ -345,6 +345,7 @@ def test_nic_indexes_live_on_port_tags_and_stay_stable(
         req = {"instance-id": iid, "image-id": image.id, "hostname": "vm1"}
         first = svc.handle(req)
         assert (first.status, first.how) == (200, "built"), first
+        svc.settle()  # the tags are written right after the answer
         revs = [tenant.admin.network.get_port(p.id).revision_number for p in ports]
         assert svc.handle(req).how == "cached"
         # Past the fresh window: one Neutron listing confirms nothing changed; no tag
@@ -363,6 +364,7 @@ def test_nic_indexes_live_on_port_tags_and_stay_stable(
                             "ip_address": "192.0.2.11"}])
         rebuilt = svc.handle(req)
         assert rebuilt.how == "built"
+        svc.settle()
         assert tenant.tags(new.id) == [f"netinject:{iid}:0"]
         assert tenant.tags(ports[1].id) == [f"netinject:{iid}:1"]
         assert "address 192.0.2.11\n" in rebuilt.body["files"]["interfaces"]
@@ -372,6 +374,7 @@ def test_nic_indexes_live_on_port_tags_and_stay_stable(
         tenant.admin.network.update_port(ports[1].id, device_id=other)
         moved = svc.handle({"instance-id": other, "image-id": image.id})
         assert moved.how == "built"
+        svc.settle()
         assert tenant.tags(ports[1].id) == [f"netinject:{other}:0"]
         # ... and the first instance now has only eth0.
         assert "eth1" not in svc.handle(req).body["files"]["interfaces"]
@@ -392,6 +395,7 @@ def test_ports_of_one_second_are_ordered_by_id(tenant: Tenant, openstack_peer: P
     svc = Vendordata(Settings(cloud="netinject"))
     try:
         assert svc.handle({"instance-id": iid, "image-id": image.id}).ok
+        svc.settle()
     finally:
         svc.close()
     order = sorted(made, key=lambda p: (p.created_at, p.id))

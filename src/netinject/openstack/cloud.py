@@ -46,10 +46,17 @@ def connect(cloud: str, timeout: float | None = None) -> Any:
     import openstack.config.exceptions
 
     try:
-        return openstack.connect(cloud=cloud, api_timeout=timeout)
+        conn = openstack.connect(cloud=cloud, api_timeout=timeout)
     except openstack.config.exceptions.OpenStackConfigException as exc:
         raise CloudError(f"cloud {cloud!r}: {exc} (see clouds.yaml, or set "
                          "OS_CLIENT_CONFIG_FILE)") from None
+    # One connection serves every thread of a service worker: keep-alive connections
+    # for all of them (requests' default pool holds 10).
+    from requests.adapters import HTTPAdapter
+
+    for scheme in ("http://", "https://"):
+        conn.session.session.mount(scheme, HTTPAdapter(pool_connections=16, pool_maxsize=64))
+    return conn
 
 
 def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -103,17 +110,30 @@ def ports(conn: Any, instance_id: str) -> list[Mapping[str, Any]]:
     return _list(conn, "ports", "ports", device_id=instance_id)
 
 
-def snapshot(conn: Any, instance_id: str) -> Snapshot:
-    """The instance's ports (device_id), with the subnets of their fixed IPs and their
-    networks: three list calls, whatever the number of ports."""
-    found = ports(conn, instance_id)
+def referenced(found: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """The subnet ids of the ports' fixed IPs and their network ids, sorted."""
     subnet_ids = sorted({ip["subnet_id"] for p in found for ip in p.get("fixed_ips") or []
                          if isinstance(ip, Mapping) and isinstance(ip.get("subnet_id"), str)})
     network_ids = sorted({p["network_id"] for p in found
                           if isinstance(p.get("network_id"), str)})
-    subnets = _list(conn, "subnets", "subnets", id=subnet_ids) if subnet_ids else []
-    networks = _list(conn, "networks", "networks", id=network_ids) if network_ids else []
-    return Snapshot(tuple(found), tuple(subnets), tuple(networks))
+    return subnet_ids, network_ids
+
+
+def subnets(conn: Any, ids: Sequence[str]) -> list[Mapping[str, Any]]:
+    return _list(conn, "subnets", "subnets", id=list(ids)) if ids else []
+
+
+def networks(conn: Any, ids: Sequence[str]) -> list[Mapping[str, Any]]:
+    return _list(conn, "networks", "networks", id=list(ids)) if ids else []
+
+
+def snapshot(conn: Any, instance_id: str) -> Snapshot:
+    """The instance's ports (device_id), with the subnets of their fixed IPs and their
+    networks: three list calls, whatever the number of ports."""
+    found = ports(conn, instance_id)
+    subnet_ids, network_ids = referenced(found)
+    return Snapshot(tuple(found), tuple(subnets(conn, subnet_ids)),
+                    tuple(networks(conn, network_ids)))
 
 
 def set_tags(conn: Any, port_id: str, tags: Sequence[str]) -> None:

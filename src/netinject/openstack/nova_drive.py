@@ -7,7 +7,9 @@ importable. It reads a JSON request on stdin and prints a JSON result on stdout:
     {"conf": "/srv/peer/nova.conf",
      "builds": [{"instance": UUID, "project": ID, "image": ID, "hostname": NAME,
                  "ports": [PORT_ID, ...],          # the --nic order
-                 "out": "/srv/peer/drive.iso"}],    # null: metadata only, no drive
+                 "out": "/srv/peer/drive.iso",     # null: metadata only, no drive
+                 "targets": ["netinject@URL"]}],   # optional: DynamicJSON targets for
+                                                   # this build ([]: StaticJSON only)
      "repeat": 1}
 
 For each build it does what ``LibvirtDriver._create_configdrive`` does: nova's
@@ -61,6 +63,12 @@ def main() -> int:
     results = []
     for _ in range(int(req.get("repeat", 1))):
         for build in req["builds"]:
+            if "targets" in build:  # per build, so contenders interleave in one process
+                targets = build["targets"] or []
+                conf.set_override("vendordata_providers",
+                                  ["StaticJSON", "DynamicJSON"] if targets else ["StaticJSON"],
+                                  "api")
+                conf.set_override("vendordata_dynamic_targets", targets, "api")
             t0 = time.perf_counter()
             out: dict[str, object] = {"error": None}
             try:

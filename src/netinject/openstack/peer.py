@@ -5,10 +5,14 @@ of that code (openstack/nova_drive.py) in the peer's chroot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,16 @@ IN_CHROOT = Path("/srv/peer")  # where the state directory is in the chroot
 
 class PeerError(NetinjectError):
     pass
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass(frozen=True)
@@ -105,3 +119,39 @@ class Peer:
             raise PeerError(f"nova's drive build said: {done.stdout[-500:]!r} "
                             f"{done.stderr[-2000:]}") from None
         return results
+
+
+@contextlib.contextmanager
+def running_service(log: Path, cloud: str = "netinject", workers: int = 1, threads: int = 8,
+                    extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """``netinject vendordata serve`` (real gunicorn) on a free loopback port, until the
+    block ends; yields its URL. Its log (access and service lines) goes to ``log``."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("netinject")
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(exe), "vendordata", "serve", "--cloud", cloud,
+                                 "--listen", f"127.0.0.1:{port}", "--workers", str(workers),
+                                 "--threads", str(threads), *extra],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        import requests
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "healthcheck", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise PeerError(f"the service did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -13,6 +13,12 @@ keyed by the revision_number of every port, subnet and network it was built from
 * after that, one Neutron listing and a Glance read check it: same revisions, same
   answer (no rendering, no tag writes); different, rebuilt.
 
+Subnets, networks and images are kept the same way (``fresh`` seconds; many instances
+share them), so a new instance on known networks costs one Glance-free Neutron listing
+of its ports. The NIC map's tags are written right after the answer, not before it: the
+map is a pure function of the ports Neutron returned, so the answer cannot depend on
+whether the write has landed.
+
 The service holds no state a replica needs (the NIC map lives on the port tags), so any
 number of replicas can run behind a load balancer; each has its own cache.
 
@@ -31,7 +37,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -84,6 +90,7 @@ class _Entry:
     image_inject: bool
     body: dict[str, Any]
     checked: float
+    port_ids: frozenset[str] = frozenset()
 
 
 def parse_request(body: Any) -> tuple[Request, str]:
@@ -119,6 +126,12 @@ class Vendordata:
         self._flights: dict[str, Future[Answer]] = {}
         self._pool = ThreadPoolExecutor(max_workers=settings.workers,
                                         thread_name_prefix="vendordata")
+        # Fan-out calls and tag writes (never waits on _pool: no deadlock).
+        self._io = ThreadPoolExecutor(max_workers=2 * settings.workers,
+                                      thread_name_prefix="vendordata-io")
+        self._objs: OrderedDict[tuple[str, str], tuple[float, Mapping[str, Any]]] = \
+            OrderedDict()
+        self._writes: set[Future[None]] = set()
 
     def conn(self) -> Any:
         with self._lock:
@@ -128,6 +141,7 @@ class Vendordata:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
 
     def handle(self, body: Any) -> Answer:
         started = time.monotonic()
@@ -189,14 +203,44 @@ class Vendordata:
                  (time.monotonic() - t0) * 1000)
         return answer
 
+    def _objects(self, kind: str, ids: list[str],
+                 fetch: Callable[[Any, list[str]], list[Mapping[str, Any]]],
+                 conn: Any) -> list[Mapping[str, Any]]:
+        """Subnets, networks or images by id, from memory when read within ``fresh``
+        seconds (many instances share them), the rest in one listing."""
+        now = time.monotonic()
+        found: dict[str, Mapping[str, Any]] = {}
+        with self._lock:
+            for ident in ids:
+                hit = self._objs.get((kind, ident))
+                if hit is not None and now - hit[0] < self.settings.fresh:
+                    found[ident] = hit[1]
+        missing = [i for i in ids if i not in found]
+        if missing:
+            fetched = fetch(conn, missing)
+            with self._lock:
+                for obj in fetched:
+                    ident = str(obj.get("id"))
+                    found[ident] = obj
+                    self._objs[(kind, ident)] = (now, obj)
+                while len(self._objs) > 4 * self.settings.max_entries:
+                    self._objs.popitem(last=False)
+        return [found[i] for i in ids if i in found]
+
     def _build_unlogged(self, req: Request, image_id: str, old: _Entry | None) -> Answer:
         conn = self.conn()
         if not image_id:
             return self._legacy(req, image_id, "no image (boot from volume)")
-        image = cloud.image(conn, image_id)
+        [image] = self._objects("image", [image_id],
+                                lambda c, ids: [cloud.image(c, ids[0])], conn)
         if not inject_enabled(cloud.image_properties(image), {}):
             return self._legacy(req, image_id, f"image {image_id} has no {PROPERTY}=true")
-        snap = cloud.snapshot(conn, req.instance_id)
+        ports = cloud.ports(conn, req.instance_id)
+        subnet_ids, network_ids = cloud.referenced(ports)
+        # Subnets and networks at once (each a Neutron round trip when not in memory).
+        nets = self._io.submit(self._objects, "network", network_ids, cloud.networks, conn)
+        subnets = self._objects("subnet", subnet_ids, cloud.subnets, conn)
+        snap = cloud.Snapshot(tuple(ports), tuple(subnets), tuple(nets.result()))
         now = time.monotonic()
         if (old is not None and old.image_id == image_id and old.image_inject
                 and old.revisions == snap.revisions):
@@ -204,18 +248,54 @@ class Vendordata:
             return Answer(200, old.body, "revalidated")
         plan = nicmap.plan(req.instance_id,
                            [nicmap.PortTags.from_port(p) for p in snap.ports])
-        # Validate before writing any tag: bad data changes nothing in Neutron.
+        # Validated before any tag is written: bad data changes nothing in Neutron.
         body = payload(instance(document(req, image, snap, plan.pattern)),
                        self.settings.options)
+        entry = _Entry(image_id, snap.revisions, True, body, time.monotonic(),
+                       frozenset(str(p.get("id")) for p in snap.ports))
+        self._store(req.instance_id, entry)
         if plan.tags:
-            for port_id, tags in sorted(plan.tags.items()):
-                cloud.set_tags(conn, port_id, tags)
-            # Tagging bumped the ports' revision_number: key the cache by the new ones.
-            snap = cloud.Snapshot(tuple(cloud.ports(conn, req.instance_id)), snap.subnets,
-                                  snap.networks)
-        self._store(req.instance_id, _Entry(image_id, snap.revisions, True, body,
-                                            time.monotonic()))
+            # The map is a pure function of the ports Neutron returned, so the answer
+            # does not wait for the tags: they are written right after it, and a replica
+            # that reads the ports untagged meanwhile computes the same map.
+            self._track(self._io.submit(self._persist, conn, req.instance_id, plan, entry))
         return Answer(200, body, "built")
+
+    def _persist(self, conn: Any, instance_id: str, plan: nicmap.Plan, entry: _Entry) -> None:
+        try:
+            with ThreadPoolExecutor(max_workers=min(8, len(plan.tags))) as pool:
+                list(pool.map(lambda item: cloud.set_tags(conn, item[0], item[1]),
+                              sorted(plan.tags.items())))
+            # Tagging bumped the ports' revision_number: key the answer by the new ones.
+            ports = cloud.ports(conn, instance_id)
+        except cloud.CloudError as exc:
+            LOG.warning("instance %s: writing the NIC map to the port tags failed (%s); "
+                        "the next call builds the answer again", instance_id, exc)
+            with self._lock:
+                if self._cache.get(instance_id) is entry:
+                    del self._cache[instance_id]
+            return
+        revisions = cloud.Snapshot(tuple(ports), (), ()).revisions
+        kept = tuple(r for r in entry.revisions if r[0] not in entry.port_ids)
+        with self._lock:
+            if self._cache.get(instance_id) is entry:
+                entry.revisions = tuple(sorted(kept + revisions))
+
+    def _track(self, future: Future[None]) -> None:
+        with self._lock:
+            self._writes.add(future)
+        future.add_done_callback(self._untrack)
+
+    def _untrack(self, future: Future[None]) -> None:
+        with self._lock:
+            self._writes.discard(future)
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait for the tag writes under way (tests; a graceful stop)."""
+        with self._lock:
+            pending = list(self._writes)
+        for future in pending:
+            future.result(timeout)
 
     def _legacy(self, req: Request, image_id: str, why: str) -> Answer:
         LOG.info("instance %s: %s: answering {} (the guest keeps DHCP)", req.instance_id, why)

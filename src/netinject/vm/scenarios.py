@@ -18,7 +18,8 @@ from .harness import BootSpec
 class Scenario:
     name: str
     variant: str
-    drive: str  # "inject" (payload), "legacy" (no payload), "corrupt" (damaged payload)
+    drive: str  # "inject" (payload), "legacy" (no payload), "corrupt" (damaged payload),
+    # "nova" (a stock nova's drive, the payload in vendor_data2.json)
     dhcp_server: bool
     about: str
     # A later boot of the same instance: the run boots a private writable copy of the
@@ -80,6 +81,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                  f"{about}: the static config baked into the image (its floor)"),
         Scenario(f"dhcp-timeout-{stack}", stack, "legacy", False,
                  f"{about}, stock DHCP config, no DHCP server answers"))),
+    Scenario("nova-vendordata", "inject", "nova", False,
+             "inject image, drive built by nova's own code (iso9660) with the vendordata "
+             "service's answer (needs scripts/openstack-peer.sh start)"),
     Scenario("legacy-image", "dhcp", "legacy", True,
              "image without support_inject_ip: DHCP path still works"),
     Scenario("corrupt-drive", "inject", "corrupt", True,
@@ -90,8 +94,12 @@ DEFAULT_SCENARIOS = ("inject", "baked-static", "dhcp", "glean", "cloud-init",
 LATER_SCENARIOS = ("inject-later", "glean-later", "cloud-init-later")
 
 
-def build_drive(kind: str, out: Path) -> Path:
+def build_drive(kind: str, out: Path, progress: images.Progress | None = None) -> Path:
     """The benchmark VM's config drive of the given kind."""
+    if kind == "nova":
+        from ..openstack.testbed import build_nova_drive
+
+        return build_nova_drive(out, progress or (lambda _t: None))
     inject = kind != "legacy"
     instance = parse_document(vm.document(support_inject_ip=inject)).instance
     drive.build(instance, out, "vfat", Options())
@@ -120,7 +128,7 @@ class Prepared:
         self.scenarios = [SCENARIOS[n] for n in names]
         self.images = {v: images.build_variant(v, progress)
                        for v in dict.fromkeys(s.variant for s in self.scenarios)}
-        self.drives = {k: build_drive(k, self.dir / f"{k}.img")
+        self.drives = {k: build_drive(k, self.dir / f"{k}.img", progress)
                        for k in dict.fromkeys(s.drive for s in self.scenarios)}
 
     def spec(self, name: str, accel: str, **kw: object) -> BootSpec:

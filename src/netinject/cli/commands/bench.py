@@ -57,6 +57,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          "this host: what each boot-path import would cost")
     ba.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     ba.set_defaults(func=cmd_bench_agent)
+    bv = bsub.add_parser(
+        "vendordata", help="the vendordata service against the local OpenStack peer",
+        description="Against the real local peer (scripts/openstack-peer.sh start): the time "
+                    "the service adds to nova's own drive build (all of nova's calls, "
+                    "nova's InstanceMetadata + ConfigDriveBuilder, alternating rounds), "
+                    "p50/p99 of cold and cached calls with nova's Keystone token, and "
+                    "requests/s with 50 instances' drives built at once on one worker.")
+    bv.add_argument("--rounds", type=int, default=4,
+                    help="rounds of drive builds, one nova process each (default "
+                         "%(default)s)")
+    bv.add_argument("--drives", type=int, default=8,
+                    help="drives per round and contender, interleaved (default %(default)s)")
+    bv.add_argument("--cold", type=int, default=40, help="cold calls (default %(default)s)")
+    bv.add_argument("--cached", type=int, default=1000,
+                    help="cached calls (default %(default)s)")
+    bv.add_argument("--instances", type=int, default=50,
+                    help="drives built at once (default %(default)s)")
+    bv.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
+    bv.set_defaults(func=cmd_bench_vendordata)
 
 
 def _check_outputs(*outputs: tuple[str, Path | None]) -> None:
@@ -145,4 +164,21 @@ def cmd_bench_agent(args: argparse.Namespace) -> int:
             print(f"  {mod:22} {guest:8.2f} {fmt(native):>8}")
     if args.json is not None:
         args.json.write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench_vendordata(args: argparse.Namespace) -> int:
+    import json
+
+    from ...bench import vendordata
+    from ...errors import UsageError
+
+    _check_outputs(("--json", args.json))
+    for name in ("rounds", "drives", "cold", "cached", "instances"):
+        if getattr(args, name) < (2 if name in ("drives", "cold") else 1):
+            raise UsageError(f"--{name}: too small")
+    results = vendordata.run(args.rounds, args.drives, args.cold, args.cached,
+                             args.instances)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
