@@ -166,6 +166,26 @@ def test_nova_builds_the_drive_with_our_answer_and_the_agent_installs_it(
     assert snapshot(root) == after
 
 
+def test_netinject_drive_builds_the_same_files_from_the_live_cloud(
+        openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
+    """``netinject drive --cloud --server``: netinject's own drive (for clouds that build
+    their own) from the live cloud, installed by the agent like nova's."""
+    iid, _ports, image = two_nic_instance(tenant)
+    out = tmp_path / "own.img"
+    done = subprocess.run([str(NETINJECT), "drive", "--cloud", "netinject", "--server", iid,
+                           "--image", image.id, "--hostname", "vm1", "--out", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "netinject payload:" in done.stderr
+    preview = rendered_tree(tmp_path, iid, image.id)
+    root = guest_for(tmp_path, iid, image.id, out)
+    assert run_agent(root).returncode == 0
+    assert agent_outcome(root)["outcome"] == "installed", agent_log(root)
+    assert (root / "etc/network/interfaces").read_bytes() == preview["etc/network/interfaces"]
+    # A preview writes nothing to the cloud: no tags.
+    assert tenant.tags(_ports[0].id) == []
+
+
 def test_the_agent_reads_the_same_answer_off_a_vfat_drive(
         openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
     """nova's vfat drives hold the same files (its vfat path loop-mounts, which this
