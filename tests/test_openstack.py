@@ -30,7 +30,6 @@ from helpers.openstack import (
     Service,
     Tenant,
     clouds_with,
-    free_port,
     service,
     slow_proxy,
     stand_in,
@@ -38,7 +37,7 @@ from helpers.openstack import (
 )
 from netinject.guest import contract
 from netinject.openstack import live
-from netinject.openstack.peer import Peer
+from netinject.openstack.peer import Peer, free_port
 from netinject.openstack.service import Settings, Vendordata
 
 pytestmark = [pytest.mark.openstack, pytest.mark.root]

@@ -23,18 +23,11 @@ from typing import Any
 
 import yaml
 
-from netinject.openstack.peer import Peer
+from netinject.openstack.peer import Peer, running_service
 
 REPO = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = REPO / "scripts/openstack-peer.sh"
 NETINJECT = Path(sys.executable).with_name("netinject")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -63,10 +56,9 @@ def connect(name: str) -> Any:
 
 @dataclass
 class Service:
-    """``netinject vendordata serve`` as a process (real gunicorn)."""
+    """``netinject vendordata serve`` as a process (real gunicorn) and its log."""
 
     url: str
-    proc: subprocess.Popen[str]
     log: Path
 
     def text(self) -> str:
@@ -82,38 +74,9 @@ class Service:
 @contextlib.contextmanager
 def service(tmp: Path, cloud: str = "netinject", *args: str,
             clouds_yaml: Path | None = None) -> Iterator[Service]:
-    port = free_port()
-    log = tmp / f"service-{port}.log"
-    env = dict(os.environ)
-    if clouds_yaml is not None:
-        env["OS_CLIENT_CONFIG_FILE"] = str(clouds_yaml)
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(NETINJECT), "vendordata", "serve", "--cloud", cloud, "--listen",
-             f"127.0.0.1:{port}", *args], stdout=out, stderr=subprocess.STDOUT, text=True,
-            env=env)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        import requests
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "healthcheck", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the service did not start: {log.read_text()}")
-            time.sleep(0.1)
-        yield Service(url, proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    log = tmp / f"service-{uuid.uuid4().hex[:8]}.log"
+    with running_service(log, cloud, extra=args, clouds_yaml=clouds_yaml) as url:
+        yield Service(url, log)
 
 
 @contextlib.contextmanager

@@ -123,16 +123,21 @@ class Peer:
 
 @contextlib.contextmanager
 def running_service(log: Path, cloud: str = "netinject", workers: int = 1, threads: int = 8,
-                    extra: tuple[str, ...] = ()) -> Iterator[str]:
+                    extra: tuple[str, ...] = (), clouds_yaml: Path | None = None
+                    ) -> Iterator[str]:
     """``netinject vendordata serve`` (real gunicorn) on a free loopback port, until the
-    block ends; yields its URL. Its log (access and service lines) goes to ``log``."""
+    block ends; yields its URL. Its log (access and service lines) goes to ``log``;
+    ``clouds_yaml`` replaces OS_CLIENT_CONFIG_FILE for it."""
     port = free_port()
     exe = Path(sys.executable).with_name("netinject")
+    env = dict(os.environ)
+    if clouds_yaml is not None:
+        env["OS_CLIENT_CONFIG_FILE"] = str(clouds_yaml)
     with log.open("w") as out:
         proc = subprocess.Popen([str(exe), "vendordata", "serve", "--cloud", cloud,
                                  "--listen", f"127.0.0.1:{port}", "--workers", str(workers),
                                  "--threads", str(threads), *extra],
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         import requests
