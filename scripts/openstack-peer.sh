@@ -277,14 +277,18 @@ head.get_metadata().create_all(sqlalchemy.create_engine("sqlite:////srv/peer/neu
 }
 
 stop_services() {
+  # Each service runs in its own session (setsid); some of their processes make their
+  # own process group (glance-api does), so the whole session is ended.
   local s pid i
   for s in "${SERVICES[@]}"; do
     [ -f "$STATE/$s.pid" ] || continue
     pid=$(cat "$STATE/$s.pid")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM -- "-$pid" 2>/dev/null || true
-      for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
+    if pgrep -s "$pid" >/dev/null 2>&1; then
+      pkill -TERM -s "$pid" 2>/dev/null || true
+      for i in $(seq 1 50); do pgrep -s "$pid" >/dev/null 2>&1 || break; sleep 0.1; done
+      pkill -KILL -s "$pid" 2>/dev/null || true
+      sleep 0.1
+      ! pgrep -s "$pid" >/dev/null 2>&1 || say "some processes of $s outlived SIGKILL"
       [ "${1:-}" = quiet ] || say "stopped $s"
     fi
     rm -f "$STATE/$s.pid"
