@@ -11,7 +11,6 @@ files of nova's iso9660 drive onto a vfat volume with mtools instead.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -27,7 +26,6 @@ from helpers.drive import iso_files
 from helpers.guest import agent_log, make_guest_for, run_agent, snapshot
 from helpers.openstack import (
     NETINJECT,
-    Service,
     Tenant,
     clouds_with,
     service,
@@ -491,4 +489,56 @@ def test_render_cloud_errors_are_clear(openstack_peer: Peer, tenant: Tenant) -> 
     assert "has no ports in Neutron" in done.stderr, done.stderr
 
 
-_ = (json, Service)
+
+
+
+def test_the_wsgi_factory_runs_under_plain_gunicorn(
+        openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
+    """The documented production form: gunicorn with the factory, settings from the
+    environment."""
+    import sys
+
+    iid, _ports, image = two_nic_instance(tenant)
+    port = free_port()
+    log = (tmp_path / "gunicorn.log").open("w")
+    env = {**os.environ, "NETINJECT_CLOUD": "netinject", "NETINJECT_ROLES": "service"}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gunicorn")), "--workers", "2", "--threads", "4",
+         "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}",
+         "netinject.openstack.wsgi:application()"], env=env, stdout=log,
+        stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "healthcheck", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        body = {"instance-id": iid, "image-id": image.id}
+        assert requests.post(url, json=body, timeout=10).status_code == 401
+        r = requests.post(url, json=body, headers={"X-Auth-Token": _token("nova")}, timeout=10)
+        assert r.status_code == 200
+        assert r.json()["instance"] == iid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_the_wsgi_factory_needs_its_cloud() -> None:
+    from netinject.errors import UsageError
+    from netinject.openstack.wsgi import settings_from_env
+
+    with pytest.raises(UsageError, match="NETINJECT_CLOUD is not set"):
+        settings_from_env({})
+    with pytest.raises(UsageError, match="NETINJECT_AUTH: 'maybe'"):
+        settings_from_env({"NETINJECT_CLOUD": "x", "NETINJECT_AUTH": "maybe"})
+    settings, auth, roles, memcached = settings_from_env(
+        {"NETINJECT_CLOUD": "x", "NETINJECT_ROLES": "a, b", "NETINJECT_FRESH": "5"})
+    assert (settings.cloud, settings.fresh, auth, roles, memcached) == (
+        "x", 5.0, True, ("a", "b"), None)

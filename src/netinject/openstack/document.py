@@ -18,15 +18,16 @@ from .. import __version__
 from ..drive import PAYLOAD_DIR as _PAYLOAD_DIR
 from ..drive import check_limits, manifest, source_names
 from ..errors import FieldError, InvalidInput
+from ..guest import contract
 from ..model import Instance
 from ..naming import PortsPattern
 from ..render import FORMATS, Options, render_all
 from ..sources.neutron import parse_document
 from .cloud import Snapshot
 
-PAYLOAD_FORMAT = 1
-"""The ``format`` of the payload under vendor_data2.json's ``netinject`` key (the guest
-agent's contract.VENDOR_FORMATS lists the ones it reads)."""
+PAYLOAD_FORMAT = contract.VENDOR_FORMATS[-1]
+"""The ``format`` of the payload under vendor_data2.json's ``netinject`` key: the newest
+the guest agent's contract reads (one definition for both sides)."""
 
 _POS = re.compile(r"(ports|subnets|networks)\[([0-9]+)\]", re.ASCII)
 _KIND = {"ports": "port", "subnets": "subnet", "networks": "network"}

@@ -9,7 +9,8 @@ or with ``netinject vendordata serve`` (gunicorn, built in). Settings come from 
 environment: NETINJECT_CLOUD (the clouds.yaml entry, required), NETINJECT_AUTH
 (``keystone``, the default, or ``none``), NETINJECT_ROLES (roles a caller's token must
 hold, comma-separated; default ``admin,service``), NETINJECT_DEADLINE, NETINJECT_FRESH
-(seconds; see service.py).
+(seconds; see service.py), NETINJECT_MEMCACHED (``host:port,...``: keystonemiddleware's
+token cache, shared by workers and replicas).
 
 Routes: ``POST /`` (any path: nova posts to the URL it is given) answers nova's
 request; ``GET /healthcheck`` answers 200 without authentication, for load balancers.
@@ -94,7 +95,7 @@ class App:
         return _reply(start, answer.status, answer.body)
 
 
-def auth_conf(cloud_name: str) -> dict[str, Any]:
+def auth_conf(cloud_name: str, memcached: str | None = None) -> dict[str, Any]:
     """keystonemiddleware auth_token options from the service's clouds.yaml entry: the
     same credentials validate callers' tokens (the user needs the admin or service
     role in Keystone for that)."""
@@ -118,6 +119,10 @@ def auth_conf(cloud_name: str) -> dict[str, Any]:
     }
     if region.region_name:
         conf["region_name"] = region.region_name
+    if memcached:
+        # Validated tokens shared by every worker and replica (keystonemiddleware's
+        # in-process cache is per process, and deprecated).
+        conf["memcached_servers"] = memcached
     conf.update({k: v for k, v in auth.items() if v is not None})
     return conf
 
@@ -130,14 +135,14 @@ def wrap_auth(app: WSGIApp, conf: dict[str, Any]) -> WSGIApp:
 
 
 def make_app(settings: Settings, auth: bool = True,
-             roles: tuple[str, ...] = DEFAULT_ROLES) -> WSGIApp:
+             roles: tuple[str, ...] = DEFAULT_ROLES, memcached: str | None = None) -> WSGIApp:
     service = Vendordata(settings)
     if not auth:
         LOG.warning("authentication is OFF: any caller that reaches this service gets "
                     "answers (only for a service that nova's hosts alone can reach)")
         return App(service, None)
     inner = App(service, roles)
-    authed = wrap_auth(inner, auth_conf(settings.cloud))
+    authed = wrap_auth(inner, auth_conf(settings.cloud, memcached))
 
     def dispatch(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "GET" and \
@@ -147,8 +152,8 @@ def make_app(settings: Settings, auth: bool = True,
     return dispatch
 
 
-def settings_from_env(env: dict[str, str] | None = None) -> tuple[Settings, bool,
-                                                                  tuple[str, ...]]:
+def settings_from_env(env: dict[str, str] | None = None
+                      ) -> tuple[Settings, bool, tuple[str, ...], str | None]:
     env = dict(os.environ if env is None else env)
     name = env.get("NETINJECT_CLOUD")
     if not name:
@@ -164,7 +169,7 @@ def settings_from_env(env: dict[str, str] | None = None) -> tuple[Settings, bool
                             fresh=float(env.get("NETINJECT_FRESH", "60")))
     except ValueError as exc:
         raise UsageError(f"NETINJECT_DEADLINE/NETINJECT_FRESH: {exc}") from None
-    return settings, mode == "keystone", roles
+    return settings, mode == "keystone", roles, env.get("NETINJECT_MEMCACHED") or None
 
 
 def application() -> WSGIApp:
@@ -172,5 +177,5 @@ def application() -> WSGIApp:
     ``'netinject.openstack.wsgi:application()'``, uwsgi's ``--callable``)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings, auth, roles = settings_from_env()
-    return make_app(settings, auth, roles)
+    settings, auth, roles, memcached = settings_from_env()
+    return make_app(settings, auth, roles, memcached)

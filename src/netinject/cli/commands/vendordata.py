@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--no-auth", action="store_true",
                    help="accept callers without a Keystone token (off by default; only for "
                         "a service nova's hosts alone can reach)")
+    s.add_argument("--memcached", metavar="HOST:PORT,...",
+                   help="memcached servers for the validated-token cache (shared by workers "
+                        "and replicas; default: each worker caches its own)")
     s.add_argument("--deadline", type=float, default=4.0, metavar="SECONDS",
                    help="answer within this time, or 504 (default: %(default)s, under "
                         "nova's 5 s vendordata_dynamic_read_timeout)")
@@ -78,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(cloud=args.cloud, deadline=args.deadline, fresh=args.fresh)
     # Built here, before the workers fork: a bad --cloud fails now, with exit 2.
-    app = make_app(settings, auth=not args.no_auth, roles=roles)
+    app = make_app(settings, auth=not args.no_auth, roles=roles, memcached=args.memcached)
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
