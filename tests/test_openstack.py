@@ -35,7 +35,7 @@ from helpers.openstack import (
 )
 from netinject.guest import contract
 from netinject.openstack import live
-from netinject.openstack.peer import Peer, free_port
+from netinject.openstack.peer import Peer, free_port, wait_healthy
 from netinject.openstack.service import Settings, Vendordata
 
 pytestmark = [pytest.mark.openstack, pytest.mark.root]
@@ -509,16 +509,7 @@ def test_the_wsgi_factory_runs_under_plain_gunicorn(
         stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "healthcheck", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_healthy(url, proc, tmp_path / "gunicorn.log")
         body = {"instance-id": iid, "image-id": image.id}
         assert requests.post(url, json=body, timeout=10).status_code == 401
         r = requests.post(url, json=body, headers={"X-Auth-Token": _token("nova")}, timeout=10)

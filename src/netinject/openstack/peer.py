@@ -121,6 +121,24 @@ class Peer:
         return results
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[Any], log: Path,
+                 timeout: float = 60) -> None:
+    """Until the service at ``url`` answers its health check (PeerError, with the end of
+    its log, if its process ends or ``timeout`` passes first)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url + "healthcheck", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise PeerError(f"the service did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def running_service(log: Path, cloud: str = "netinject", workers: int = 1, threads: int = 8,
                     extra: tuple[str, ...] = (), clouds_yaml: Path | None = None
@@ -140,18 +158,7 @@ def running_service(log: Path, cloud: str = "netinject", workers: int = 1, threa
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
-        import requests
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "healthcheck", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise PeerError(f"the service did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_healthy(url, proc, log)
         yield url
     finally:
         proc.terminate()
