@@ -121,7 +121,9 @@ class Vendordata:
         self.settings = settings
         self._connect = connect
         self._conn: Any = None
-        self._lock = threading.Lock()
+        # Reentrant: a done callback added to a finished future runs at once, in the
+        # thread that adds it (which holds the lock).
+        self._lock = threading.RLock()
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._flights: dict[str, Future[Answer]] = {}
         self._pool = ThreadPoolExecutor(max_workers=settings.workers,
