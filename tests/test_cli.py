@@ -11,7 +11,9 @@ from netinject.cli import main
 
 @pytest.mark.parametrize("argv", [["--help"], ["render", "--help"], ["drive", "--help"],
                                   ["hotplug", "attach", "--help"], ["bench", "boot", "--help"],
-                                  ["image", "build", "--help"], ["demo", "--help"]])
+                                  ["image", "build", "--help"], ["demo", "--help"],
+                                  ["vendordata", "serve", "--help"],
+                                  ["bench", "vendordata", "--help"]])
 def test_help_answers(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -38,3 +40,20 @@ def test_unknown_format_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
         main(["render", "x.json", "--format", "eni,ifcfg", "--print"])
     assert exc.value.code == 2
     assert "unknown format(s) 'ifcfg'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("auth", [[], ["--no-auth"]])
+def test_vendordata_serve_refuses_an_unknown_cloud_before_listening(
+        auth: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    (tmp_path / "clouds.yaml").write_text("clouds: {}\n")
+    assert main(["vendordata", "serve", "--cloud", "nope", *auth]) == 2
+    assert "cloud 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("listen", ["nope", "127.0.0.1:0", "127.0.0.1:99999", "a b:1"])
+def test_vendordata_serve_refuses_a_bad_listen_address(
+        listen: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["vendordata", "serve", "--cloud", "x", "--listen", listen]) == 2
+    assert "--listen" in capsys.readouterr().err

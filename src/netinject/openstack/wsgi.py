@@ -95,16 +95,22 @@ class App:
         return _reply(start, answer.status, answer.body)
 
 
+def cloud_config(cloud_name: str) -> Any:
+    """The clouds.yaml entry (UsageError, exit 2, when there is none): checked when the
+    service starts, not on nova's first call."""
+    import openstack.config
+
+    try:
+        return openstack.config.OpenStackConfig().get_one(cloud=cloud_name)
+    except Exception as exc:
+        raise UsageError(f"cloud {cloud_name!r}: {exc}") from None
+
+
 def auth_conf(cloud_name: str, memcached: str | None = None) -> dict[str, Any]:
     """keystonemiddleware auth_token options from the service's clouds.yaml entry: the
     same credentials validate callers' tokens (the user needs the admin or service
     role in Keystone for that)."""
-    import openstack.config
-
-    try:
-        region = openstack.config.OpenStackConfig().get_one(cloud=cloud_name)
-    except Exception as exc:
-        raise UsageError(f"cloud {cloud_name!r}: {exc}") from None
+    region = cloud_config(cloud_name)
     auth = dict(region.auth)
     if "auth_url" not in auth:
         raise UsageError(f"cloud {cloud_name!r} has no auth_url")
@@ -136,6 +142,7 @@ def wrap_auth(app: WSGIApp, conf: dict[str, Any]) -> WSGIApp:
 
 def make_app(settings: Settings, auth: bool = True,
              roles: tuple[str, ...] = DEFAULT_ROLES, memcached: str | None = None) -> WSGIApp:
+    cloud_config(settings.cloud)
     service = Vendordata(settings)
     if not auth:
         LOG.warning("authentication is OFF: any caller that reaches this service gets "
