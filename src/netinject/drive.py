@@ -130,21 +130,31 @@ def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
+def payload_files(instance: Instance, options: Options | None = None,
+                  formats: tuple[str, ...] = FORMATS) -> dict[str, bytes]:
+    """The netinject payload by on-drive name: ``manifest`` and each rendered file (the
+    drive's netinject/ directory; the vendordata service's answer carries the same).
+    Checked against the agent's limits."""
+    opts = options or Options()
+    rendered = render_all(instance, formats, opts)
+    # format_manifest refuses any path outside the guest agent's allowlist.
+    files = {MANIFEST_PATH.name: manifest(instance, rendered, opts.style.value).encode()}
+    for path, name in source_names(rendered).items():
+        files[name] = rendered[path].encode()
+    check_limits({PAYLOAD_DIR / name: data for name, data in files.items()})
+    return files
+
+
 def contents(instance: Instance, options: Options | None = None,
              formats: tuple[str, ...] = FORMATS) -> DriveContents:
-    opts = options or Options()
     files: dict[PurePosixPath, bytes] = {
         OPENSTACK_DIR / "meta_data.json": _json(meta_data(instance)),
         OPENSTACK_DIR / "network_data.json": _json(network_data.dump(instance)),
         OPENSTACK_DIR / "vendor_data.json": _json({}),
     }
     if instance.inject:
-        rendered = render_all(instance, formats, opts)
-        # format_manifest refuses any path outside the guest agent's allowlist.
-        files[MANIFEST_PATH] = manifest(instance, rendered, opts.style.value).encode()
-        for path, name in source_names(rendered).items():
-            files[PAYLOAD_DIR / name] = rendered[path].encode()
-        check_limits(files)
+        for name, data in payload_files(instance, options, formats).items():
+            files[PAYLOAD_DIR / name] = data
     return DriveContents(files, instance.inject)
 
 

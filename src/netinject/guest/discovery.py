@@ -22,6 +22,7 @@ from .contract import (
     NoPayload,
     NotOnDrive,
     iso_name,
+    lookup,
     vendor_payload,
 )
 from .paths import basename, dirname, exists, join, normpath, read_small
@@ -213,12 +214,12 @@ def read_payload(drive: Drive, only: "tuple[str, ...] | None" = None) -> dict[st
             return reader.read_dir_files(PAYLOAD_DIR, MAX_FILE, only)
         except NotOnDrive:
             pass  # not netinject's drive: nova's own, with the vendordata answer
-        names = (VENDOR_FILE, iso_name(VENDOR_FILE))
         try:
-            found = reader.read_dir_files(VENDOR_DIR, VENDOR_MAX, names)
+            found = reader.read_dir_files(VENDOR_DIR, VENDOR_MAX,
+                                          (VENDOR_FILE, iso_name(VENDOR_FILE)))
         except NotOnDrive:
             found = {}
-        raw = found.get(names[0]) or found.get(names[1])
+        raw = lookup(found, VENDOR_FILE)
         if raw is None:
             raise NoPayload("no netinject/ directory and no %s/%s on the drive"
                             % (VENDOR_DIR, VENDOR_FILE))

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
-from ..drive import PAYLOAD_DIR as _PAYLOAD_DIR
-from ..drive import check_limits, manifest, source_names
+from ..drive import MANIFEST_PATH, payload_files
 from ..errors import FieldError, InvalidInput
 from ..guest import contract
 from ..model import Instance
 from ..naming import PortsPattern
-from ..render import FORMATS, Options, render_all
+from ..render import Options
 from ..sources.neutron import parse_document
-from .cloud import Snapshot
+from .cloud import Snapshot, image_properties
 
 PAYLOAD_FORMAT = contract.VENDOR_FORMATS[-1]
 """The ``format`` of the payload under vendor_data2.json's ``netinject`` key: the newest
@@ -52,11 +51,9 @@ def document(req: Request, image: Mapping[str, Any] | None, snap: Snapshot,
         inst["name"] = req.name
     if req.availability_zone:
         inst["availability_zone"] = req.availability_zone
-    props = ({k: v for k, v in image.items() if isinstance(v, str)}
-             if image is not None else {})
     return {
         "instance": inst,
-        "image": {"properties": props},
+        "image": {"properties": image_properties(image) if image is not None else {}},
         "system_metadata": pattern.to_system_metadata(),
         "networks": [dict(n) for n in snap.networks],
         "subnets": [dict(s) for s in snap.subnets],
@@ -93,16 +90,12 @@ def payload(inst: Instance, options: Options | None = None) -> dict[str, Any]:
     property, so the guest keeps DHCP."""
     if not inst.inject:
         return {}
-    opts = options or Options()
-    rendered = render_all(inst, FORMATS, opts)
-    names = source_names(rendered)
-    text = manifest(inst, rendered, opts.style.value)
-    files = {_PAYLOAD_DIR / names[p]: c.encode() for p, c in rendered.items()}
-    check_limits(files)
+    files = payload_files(inst, options)
+    text = files.pop(MANIFEST_PATH.name)
     return {
         "format": PAYLOAD_FORMAT,
         "generator": f"netinject {__version__}",
         "instance": str(inst.uuid),
-        "manifest": text,
-        "files": {names[p]: c for p, c in sorted(rendered.items())},
+        "manifest": text.decode(),
+        "files": {name: data.decode() for name, data in sorted(files.items())},
     }
