@@ -87,7 +87,6 @@ class BadRequest(NetinjectError):
 class _Entry:
     image_id: str
     revisions: tuple[tuple[str, int], ...]
-    image_inject: bool
     body: dict[str, Any]
     checked: float
     port_ids: frozenset[str] = frozenset()
@@ -248,16 +247,17 @@ class Vendordata:
         subnets = self._objects("subnet", subnet_ids, cloud.subnets, conn)
         snap = cloud.Snapshot(tuple(ports), tuple(subnets), tuple(nets.result()))
         now = time.monotonic()
-        if (old is not None and old.image_id == image_id and old.image_inject
+        # (A legacy answer, {}, is never reused for an image that now has the property.)
+        if (old is not None and old.image_id == image_id and old.body
                 and old.revisions == snap.revisions):
-            self._store(req.instance_id, _Entry(image_id, snap.revisions, True, old.body, now))
+            self._store(req.instance_id, _Entry(image_id, snap.revisions, old.body, now))
             return Answer(200, old.body, "revalidated")
         plan = nicmap.plan(req.instance_id,
                            [nicmap.PortTags.from_port(p) for p in snap.ports])
         # Validated before any tag is written: bad data changes nothing in Neutron.
         body = payload(instance(document(req, image, snap, plan.pattern)),
                        self.settings.options)
-        entry = _Entry(image_id, snap.revisions, True, body, time.monotonic(),
+        entry = _Entry(image_id, snap.revisions, body, time.monotonic(),
                        frozenset(str(p.get("id")) for p in snap.ports))
         self._store(req.instance_id, entry)
         if plan.tags:
@@ -305,7 +305,7 @@ class Vendordata:
 
     def _legacy(self, req: Request, image_id: str, why: str) -> Answer:
         LOG.info("instance %s: %s: answering {} (the guest keeps DHCP)", req.instance_id, why)
-        self._store(req.instance_id, _Entry(image_id, (), False, {}, time.monotonic()))
+        self._store(req.instance_id, _Entry(image_id, (), {}, time.monotonic()))
         return Answer(200, {}, "legacy")
 
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import UsageError
-from .service import Answer, Settings, Vendordata
+from .service import Settings, Vendordata
 
 LOG = logging.getLogger("netinject.vendordata")
 
@@ -55,20 +55,22 @@ def _reply(start: StartResponse, status: int, body: object) -> list[bytes]:
     return [data]
 
 
+def is_healthcheck(environ: dict[str, Any]) -> bool:
+    return bool(environ.get("REQUEST_METHOD", "GET") == "GET"
+                and environ.get("PATH_INFO", "/").rstrip("/") == "/healthcheck")
+
+
 class App:
     """The WSGI callable around a Vendordata (auth is a separate layer: see wrap_auth)."""
 
     def __init__(self, service: Vendordata, roles: tuple[str, ...] | None) -> None:
         self.service = service
         self.roles = roles  # None: no authentication (the explicit switch)
-        self.last: Answer | None = None
 
     def __call__(self, environ: dict[str, Any], start: StartResponse) -> list[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "/")
-        if method == "GET" and path.rstrip("/") == "/healthcheck":
+        if is_healthcheck(environ):
             return _reply(start, 200, {"status": "ok"})
-        if method != "POST":
+        if environ.get("REQUEST_METHOD", "GET") != "POST":
             return _reply(start, 405, {"error": "nova POSTs its request here"})
         if self.roles is not None:
             if environ.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":
@@ -91,7 +93,6 @@ class App:
         except ValueError:
             return _reply(start, 400, {"error": "the body is not JSON"})
         answer = self.service.handle(body)
-        self.last = answer
         return _reply(start, answer.status, answer.body)
 
 
@@ -152,8 +153,7 @@ def make_app(settings: Settings, auth: bool = True,
     authed = wrap_auth(inner, auth_conf(settings.cloud, memcached))
 
     def dispatch(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") == "GET" and \
-                environ.get("PATH_INFO", "").rstrip("/") == "/healthcheck":
+        if is_healthcheck(environ):
             return inner(environ, start)  # no token: for load balancers
         return authed(environ, start)
     return dispatch
