@@ -26,7 +26,6 @@ from helpers.drive import iso_files
 from helpers.guest import agent_log, make_guest_for, run_agent, snapshot
 from helpers.openstack import (
     NETINJECT,
-    Tenant,
     clouds_with,
     service,
     slow_proxy,
@@ -35,7 +34,7 @@ from helpers.openstack import (
 )
 from netinject.guest import contract
 from netinject.openstack import live
-from netinject.openstack.peer import Peer, free_port, wait_healthy
+from netinject.openstack.peer import Peer, Tenant, free_port, wait_healthy
 from netinject.openstack.service import Settings, Vendordata
 
 pytestmark = [pytest.mark.openstack, pytest.mark.root]
@@ -251,7 +250,7 @@ def test_failure_modes_leave_dhcp(mode: str, openstack_peer: Peer, tenant: Tenan
     elif mode in ("http-500", "slow"):
         # STAND-IN targets: a broken one, and one slower than nova's read timeout.
         timeout = 1.0
-        with stand_in(500 if mode == "http-500" else 200,
+        with stand_in(500 if mode == "http-500" else 200, b'{"error": "stand-in"}',
                       delay=3.0 if mode == "slow" else 0.0) as url:
             conf = peer.nova_conf(mode, url, read_timeout=timeout)
             result, drive = nova_build(peer, conf, tenant, iid, image.id, ports)

@@ -1,13 +1,13 @@
 """The OpenStack path's test bed: the local peer (real Keystone, Neutron, Glance and nova's
 own code, scripts/openstack-peer.sh), the real vendordata service as a process, and the
 two stand-ins the failure matrix needs where no real peer misbehaves on demand (a target
-answering HTTP 500, a target slower than nova's timeout), each said so where used.
+answering HTTP 500, a target slower than nova's timeout: peer.stand_in, re-exported
+here), each said so where used.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import socket
@@ -17,13 +17,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from netinject.openstack.peer import Peer, running_service
+from netinject.openstack.peer import stand_in as stand_in
 
 REPO = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = REPO / "scripts/openstack-peer.sh"
@@ -77,39 +78,6 @@ def service(tmp: Path, cloud: str = "netinject", *args: str,
     log = tmp / f"service-{uuid.uuid4().hex[:8]}.log"
     with running_service(log, cloud, extra=args, clouds_yaml=clouds_yaml) as url:
         yield Service(url, log)
-
-
-@contextlib.contextmanager
-def stand_in(status: int = 500, delay: float = 0.0) -> Iterator[str]:
-    """A STAND-IN target (not netinject's service): answers every POST with ``status``
-    after ``delay`` seconds. For nova's handling of a broken or slow target only."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            time.sleep(delay)
-            body = b'{"error": "stand-in"}'
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            except OSError:
-                pass  # nova gave up first
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextlib.contextmanager
@@ -168,57 +136,6 @@ def clouds_with(peer: Peer, tmp: Path, name: str = "netinject", **extra: Any) ->
     path.write_text(yaml.safe_dump(data))
     path.chmod(0o600)
     return path
-
-
-@dataclass
-class Tenant:
-    """Networks, subnets, ports and images made in the real services for one test."""
-
-    demo: Any
-    admin: Any
-    project_id: str
-    made: list[tuple[str, str]] = field(default_factory=list)
-
-    @classmethod
-    def open(cls) -> Tenant:
-        demo = connect("demo")
-        return cls(demo, connect("netinject-admin"), demo.current_project_id)
-
-    def network(self, name: str, mtu: int | None = None) -> Any:
-        net = self.demo.network.create_network(name=name, **({"mtu": mtu} if mtu else {}))
-        self.made.append(("network", net.id))
-        return net
-
-    def subnet(self, net: Any, **kwargs: Any) -> Any:
-        return self.demo.network.create_subnet(network_id=net.id, **kwargs)
-
-    def port(self, net: Any, instance: str, mac: str, ips: list[dict[str, str]]) -> Any:
-        port = self.demo.network.create_port(
-            network_id=net.id, device_id=instance, device_owner="compute:nova",
-            mac_address=mac, fixed_ips=ips)
-        self.made.append(("port", port.id))
-        return port
-
-    def image(self, inject: bool) -> Any:
-        props = {"support_inject_ip": "true"} if inject else {}
-        image = self.demo.image.create_image(
-            name=f"img-{uuid.uuid4().hex[:6]}", disk_format="qcow2",
-            container_format="bare", **props)
-        self.made.append(("image", image.id))
-        return image
-
-    def tags(self, port_id: str) -> list[str]:
-        return sorted(self.admin.network.get_port(port_id).tags)
-
-    def close(self) -> None:
-        for kind, ident in reversed(self.made):
-            with contextlib.suppress(Exception):
-                if kind == "port":
-                    self.admin.network.delete_port(ident)
-                elif kind == "network":
-                    self.admin.network.delete_network(ident)
-                else:
-                    self.admin.image.delete_image(ident)
 
 
 def vendor_json(drive: Path) -> dict[str, Any]:

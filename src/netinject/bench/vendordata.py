@@ -14,19 +14,17 @@ local peer (scripts/openstack-peer.sh: Keystone, Neutron, Glance, nova's own cod
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..openstack.peer import Peer, running_service
+from ..openstack.peer import Peer, Tenant, running_service, stand_in
 from .stats import table
 
 CALLS_PER_DRIVE = 5  # nova Zed: one per metadata version directory
@@ -44,85 +42,37 @@ def percentile(values: list[float], p: float) -> float:
 
 
 class Fixture:
-    """A network, a subnet and an image in the real services, and instances with two
-    ports each, made on demand and deleted at the end."""
+    """Two networks with their subnets and an image in the real services (the peer's
+    tenant), and instances with a port on each, made on demand and deleted at the end."""
 
     def __init__(self) -> None:
-        import openstack
-
-        self.demo = openstack.connect(cloud="demo")
-        self.admin = openstack.connect(cloud="netinject-admin")
-        self.project = self.demo.current_project_id
+        self.tenant = Tenant.open()
+        self.project = self.tenant.project_id
         tag = uuid.uuid4().hex[:6]
-        self.nets = [self.demo.network.create_network(name=f"bench-{tag}-{n}", mtu=1450)
-                     for n in range(2)]
-        self.subnets = [
-            self.demo.network.create_subnet(
-                network_id=net.id, ip_version=4, cidr=f"10.{77 + n}.0.0/16",
-                gateway_ip=f"10.{77 + n}.0.1", dns_nameservers=["192.0.2.53"],
-                host_routes=[{"destination": f"198.51.{100 + n}.0/24",
-                              "nexthop": f"10.{77 + n}.0.254"}])
-            for n, net in enumerate(self.nets)]
-        self.image = self.demo.image.create_image(
-            name=f"bench-{tag}", disk_format="qcow2", container_format="bare",
-            support_inject_ip="true")
-        self.ports: list[str] = []
+        self.nets = [self.tenant.network(f"bench-{tag}-{n}", mtu=1450) for n in range(2)]
+        for n, net in enumerate(self.nets):
+            self.tenant.subnet(net, ip_version=4, cidr=f"10.{77 + n}.0.0/16",
+                               gateway_ip=f"10.{77 + n}.0.1", dns_nameservers=["192.0.2.53"],
+                               host_routes=[{"destination": f"198.51.{100 + n}.0/24",
+                                             "nexthop": f"10.{77 + n}.0.254"}])
+        self.image = self.tenant.image(inject=True)
 
     def instance(self) -> tuple[str, list[str]]:
         iid = str(uuid.uuid4())
-        made = [self.demo.network.create_port(network_id=net.id, device_id=iid,
-                                              device_owner="compute:nova").id
-                for net in self.nets]
-        self.ports += made
-        return iid, made
+        return iid, [self.tenant.port(net, iid).id for net in self.nets]
 
     def instances(self, n: int) -> list[tuple[str, list[str]]]:
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(lambda _i: self.instance(), range(n)))
 
     def close(self) -> None:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda p: self.admin.network.delete_port(p, ignore_missing=True),
-                          self.ports))
-        for net in self.nets:
-            self.admin.network.delete_network(net.id, ignore_missing=True)
-        self.admin.image.delete_image(self.image.id, ignore_missing=True)
-
-
-@contextlib.contextmanager
-def empty_target() -> Iterator[str]:
-    """A reference target that answers ``{}`` at once (not netinject): what nova's own
-    calls cost, whatever the target does."""
-    import http.server
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body are two writes
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+        self.tenant.close()
 
 
 def drive_overhead(peer: Peer, fx: Fixture, url: str, rounds: int, per_round: int
                    ) -> dict[str, Any]:
-    with empty_target() as empty:
+    # A reference target answering {} at once: what nova's own calls cost.
+    with stand_in() as empty:
         return _drive_overhead(peer, fx, url, empty, rounds, per_round)
 
 

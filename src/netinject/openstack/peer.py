@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,10 @@ class Peer:
         """The running peer (PeerError naming the command that starts one)."""
         state = state or Path(os.environ.get("NETINJECT_PEER_DIR") or DEFAULT_STATE)
         root_file, clouds = state / "root", state / "clouds.yaml"
-        if not root_file.is_file() or not clouds.is_file():
+        # stop removes the services' pid files; root and clouds.yaml stay behind.
+        pids = [state / f"{s}.pid" for s in ("keystone", "neutron", "glance")]
+        if not root_file.is_file() or not clouds.is_file() or not all(
+                p.is_file() for p in pids):
             raise PeerError(f"no OpenStack peer in {state}: run "
                             "'scripts/openstack-peer.sh start' (as root)")
         return cls(state, Path(root_file.read_text().strip()))
@@ -140,6 +144,43 @@ def wait_healthy(url: str, proc: subprocess.Popen[Any], log: Path,
 
 
 @contextlib.contextmanager
+def stand_in(status: int = 200, body: bytes = b"{}", delay: float = 0.0) -> Iterator[str]:
+    """A STAND-IN vendordata target (not netinject's service) on a free loopback port:
+    answers every POST with ``status`` and ``body`` after ``delay`` seconds; yields its
+    URL. For nova's own cost and its handling of a broken or slow target."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes
+
+        def do_POST(self) -> None:  # http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            time.sleep(delay)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass  # nova gave up first
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def running_service(log: Path, cloud: str = "netinject", workers: int = 1, threads: int = 8,
                     extra: tuple[str, ...] = (), clouds_yaml: Path | None = None
                     ) -> Iterator[str]:
@@ -167,3 +208,71 @@ def running_service(log: Path, cloud: str = "netinject", workers: int = 1, threa
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass
+class Tenant:
+    """Networks, subnets, ports and images made in the peer's real services as its tenant
+    ``demo`` (deleted again, as admin, by ``close``): for tests and the test bed."""
+
+    demo: Any
+    admin: Any
+    project_id: str
+    made: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls) -> Tenant:
+        import openstack
+
+        demo = openstack.connect(cloud="demo")
+        return cls(demo, openstack.connect(cloud="netinject-admin"),
+                   str(demo.current_project_id))
+
+    def network(self, name: str, mtu: int | None = None) -> Any:
+        net = self.demo.network.create_network(name=name, **({"mtu": mtu} if mtu else {}))
+        self.made.append(("network", net.id))
+        return net
+
+    def subnet(self, net: Any, **kwargs: Any) -> Any:
+        return self.demo.network.create_subnet(network_id=net.id, **kwargs)
+
+    def port(self, net: Any, instance: str, mac: str | None = None,
+             ips: list[dict[str, str]] | None = None) -> Any:
+        """A port bound to ``instance`` as nova binds it (Neutron picks what is None)."""
+        given: dict[str, Any] = {"mac_address": mac} if mac else {}
+        if ips is not None:
+            given["fixed_ips"] = ips
+        port = self.demo.network.create_port(
+            network_id=net.id, device_id=instance, device_owner="compute:nova", **given)
+        self.made.append(("port", port.id))
+        return port
+
+    def image(self, inject: bool) -> Any:
+        props = {"support_inject_ip": "true"} if inject else {}
+        image = self.demo.image.create_image(
+            name=f"img-{uuid.uuid4().hex[:6]}", disk_format="qcow2",
+            container_format="bare", **props)
+        self.made.append(("image", image.id))
+        return image
+
+    def tags(self, port_id: str) -> list[str]:
+        return sorted(self.admin.network.get_port(port_id).tags)
+
+    def close(self) -> None:
+        """Delete what was made: ports first (eight at a time), then networks, then
+        images; what is already gone is no error."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def delete(kind: str, ident: str) -> None:
+            with contextlib.suppress(Exception):
+                if kind == "port":
+                    self.admin.network.delete_port(ident)
+                elif kind == "network":
+                    self.admin.network.delete_network(ident)
+                else:
+                    self.admin.image.delete_image(ident)
+
+        for kind in ("port", "network", "image"):
+            with ThreadPoolExecutor(8) as pool:
+                ids = [i for k, i in self.made if k == kind]
+                list(pool.map(delete, [kind] * len(ids), ids))
