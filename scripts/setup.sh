@@ -15,7 +15,7 @@ APT_PACKAGES=(
   cloud-init
   systemd insserv sysvinit-utils initscripts
   netplan.io libnm0 gir1.2-nm-1.0 python3-gi
-  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
 )
 
 need=()
@@ -32,9 +32,9 @@ if ((${#need[@]})); then
   # used as a reference in tests); never let it configure this machine.
   $SUDO touch /etc/cloud/cloud-init.disabled 2>/dev/null || true
 fi
-# libvirtd is used by the tests (agent and hot-plug through libvirt) on domains without
-# host networking: never let it bring up its NAT network on this machine.
-rm -f /etc/libvirt/qemu/networks/autostart/default.xml 2>/dev/null || true
+# The libvirt tests run a private libvirtd of their own (netinject.vm.libvirtd: its own
+# config, socket and state, in its own mount namespace), never the system's: nothing of
+# libvirt's is configured or started on this machine.
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {

@@ -57,3 +57,23 @@ def test_vendordata_serve_refuses_a_bad_listen_address(
         listen: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["vendordata", "serve", "--cloud", "x", "--listen", listen]) == 2
     assert "--listen" in capsys.readouterr().err
+
+
+def test_hotplug_over_qmp_needs_the_agent_socket(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--qga is optional only with --libvirt (the agent is then reached through libvirt)."""
+    doc = Path(__file__).parent / "cases/seed/instance.json"
+    assert main(["hotplug", "detach", str(doc), "--port-id", "x",
+                 "--qmp", str(tmp_path / "qmp.sock")]) == 2
+    assert "--qmp needs --qga" in capsys.readouterr().err
+
+
+def test_hotplug_with_an_unreachable_libvirt_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = Path(__file__).parent / "cases/seed/instance.json"
+    uri = f"qemu:///system?socket={tmp_path / 'no-such-sock'}"
+    assert main(["hotplug", "detach", str(doc), "--port-id", "x", "--libvirt", "vm1",
+                 "--libvirt-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"netinject: error: libvirt {uri}: ")
+    assert "Traceback" not in err

@@ -248,7 +248,10 @@ class LibvirtAttacher:
         self._libvirt = libvirt
         # Errors become exceptions here; libvirt's default handler also prints them.
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-        self.dom = libvirt.open(uri).lookupByName(domain)
+        try:
+            self.dom = libvirt.open(uri).lookupByName(domain)
+        except libvirt.libvirtError as exc:
+            raise HotplugError(f"libvirt {uri}: {exc}") from None
 
     @staticmethod
     def interface_xml(nic: Nic, tap: str) -> str:

@@ -48,11 +48,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                            help="seconds to wait for the address (default 60)")
         else:
             a.add_argument("--port-id", required=True, metavar="UUID")
-        a.add_argument("--qga", required=True, metavar="SOCKET",
-                       help="qemu-guest-agent socket (host end of org.qemu.guest_agent.0)")
+        a.add_argument("--qga", metavar="SOCKET",
+                       help="qemu-guest-agent socket (host end of org.qemu.guest_agent.0); "
+                            "with --libvirt the agent is reached through libvirt instead")
         how = a.add_mutually_exclusive_group(required=True)
-        how.add_argument("--qmp", metavar="SOCKET", help="QEMU's QMP socket")
-        how.add_argument("--libvirt", metavar="DOMAIN", help="libvirt domain name")
+        how.add_argument("--qmp", metavar="SOCKET", help="QEMU's QMP socket (needs --qga)")
+        how.add_argument("--libvirt", metavar="DOMAIN",
+                         help="libvirt domain name: attach with libvirt, and talk to the "
+                              "guest agent through libvirt unless --qga is given")
+        a.add_argument("--libvirt-uri", default="qemu:///system", metavar="URI",
+                       help="libvirt connection URI (default: %(default)s)")
         a.add_argument("--system-metadata-out", type=Path, metavar="FILE",
                        help="write the updated system metadata (ports_pattern) as JSON")
         a.add_argument("--style", choices=[x.value for x in Style], default="default")
@@ -76,18 +81,24 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
     import json
 
     from ... import hotplug
+    from ...errors import UsageError
     from ...hostio import check_output, write_atomic
-    from ...qga import GuestAgent
+    from ...qga import GuestAgent, LibvirtTransport
     from ...sources.documents import read_json
 
     doc = read_json(args.instance)
+    if args.qmp and not args.qga:
+        raise UsageError("--qmp needs --qga SOCKET (the guest agent's socket)")
     if args.system_metadata_out is not None:
         check_output(args.system_metadata_out, "--system-metadata-out")
-    attacher: hotplug.NicAttacher = (hotplug.QmpAttacher(args.qmp) if args.qmp
-                                     else hotplug.LibvirtAttacher(args.libvirt))
+    attacher: hotplug.NicAttacher = (
+        hotplug.QmpAttacher(args.qmp) if args.qmp
+        else hotplug.LibvirtAttacher(args.libvirt, args.libvirt_uri))
     options = Options(Style(args.style))
     status = 0
-    with GuestAgent.unix(args.qga) as ga:
+    agent = (GuestAgent.unix(args.qga) if args.qga
+             else GuestAgent(LibvirtTransport(args.libvirt, args.libvirt_uri)))
+    with agent as ga:
         if args.hotplug_cmd == "attach":
             result = hotplug.attach(
                 doc, _load_obj(args.port, "port"), ga, attacher, args.tap,
