@@ -40,4 +40,4 @@ def test_a_guest_boots_from_novas_own_drive(prepared: tuple[Prepared, str]) -> N
     assert result is not None, res.agent_log
     assert result["outcome"] == "installed", res.agent_log
     assert "config drive /dev/vd" in res.agent_log
-    assert "(iso9660, volume )" in res.agent_log  # nova's drive: no volume set id
+    assert "(iso9660, label config-2)" in res.agent_log  # nova's drive: no volume set id

@@ -89,6 +89,9 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     assert (bdir / "etc%hostname").read_bytes() == b"debian\n"
     assert (root / "run/resolv.conf").read_bytes() == b"nameserver 127.0.0.53\n"
     log = agent_log(root)
+    # The drive's label (FAT volume label, ISO volume identifier) and volume id.
+    assert f"/dev/vdb ({fmt}, label config-2, volume {volume_id(parse_uuid(UUID_A)):08x})\n" \
+        in log
     assert "first boot of instance " + UUID_A in log
     assert "kept /etc/resolv.conf: a symlink" in log
     assert "done: 3 file(s) installed, 0 NIC(s) renamed" in log

@@ -95,6 +95,17 @@ def test_result_line_round_trip() -> None:
     assert contract.parse_result("netinject-result outcome=bogus") is None
 
 
+@pytest.mark.parametrize(("kept", "text"), [
+    ([], "applied"), (["etc/resolv.conf"], "applied; kept etc/resolv.conf")])
+def test_applied_outcome_round_trip(kept: list[str], text: str) -> None:
+    """What apply records and prints for an installed bundle, and what the host reads
+    back from apply-status: the paths it kept as they were."""
+    assert contract.applied_outcome(kept) == text
+    assert contract.applied_kept(text) == kept
+    for other in ("unchanged: x", "cancelled: never ran", "applied;", "appliedx", ""):
+        assert contract.applied_kept(other) is None
+
+
 def test_join_refuses_a_name_defined_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     real = guest_bundle.module_source
 

@@ -6,7 +6,6 @@ way that file can be wrong. The full path with nova's own code is in test_openst
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -15,35 +14,15 @@ from typing import Any
 import pytest
 
 from helpers.guest import agent_log, instance_doc, make_guest, run_agent, snapshot
+from helpers.iso import NOVA_GENISOIMAGE, genisoimage, nova_tree
 from netinject import drive
 from netinject.guest import contract
 from netinject.openstack.document import payload
 from netinject.sources.neutron import parse_document
 
-# nova/virt/configdrive.py, _make_iso9660 (Zed).
-NOVA_GENISOIMAGE = ["-ldots", "-allow-lowercase", "-allow-multidot", "-l", "-publisher",
-                    "OpenStack Nova 26.2.2", "-quiet", "-J", "-r", "-V", "config-2"]
-
-
-def nova_tree(tmp: Path, vendor2: Any) -> Path:
-    """The files a stock nova writes (the ones the agent reads), with vendor_data2.json."""
-    tree = tmp / "tree"
-    for version in ("2013-10-17", "latest"):
-        d = tree / "openstack" / version
-        d.mkdir(parents=True)
-        (d / "meta_data.json").write_text('{"uuid": "x"}')
-        (d / "vendor_data.json").write_text("{}")
-        if vendor2 is not None:
-            (d / "vendor_data2.json").write_bytes(
-                vendor2 if isinstance(vendor2, bytes) else json.dumps(vendor2).encode())
-    return tree
-
 
 def nova_iso(tmp: Path, vendor2: Any) -> Path:
-    out = tmp / "nova.iso"
-    subprocess.run(["genisoimage", "-o", str(out), *NOVA_GENISOIMAGE, str(nova_tree(tmp, vendor2))],
-                   check=True, capture_output=True)
-    return out
+    return genisoimage(tmp / "nova.iso", nova_tree(tmp, vendor2), NOVA_GENISOIMAGE)
 
 
 def nova_vfat(tmp: Path, vendor2: Any) -> Path:

@@ -28,6 +28,7 @@ from netinject.hotplug import (
     ApplyOutcome,
     GuestSide,
     HotplugError,
+    _kept,
     apply_in_guest,
     attach,
     bundle_for,
@@ -122,6 +123,72 @@ def test_apply_keeps_a_resolv_conf_symlink(qga: Agent, tmp_path: Path) -> None:
     assert res.outcome is ApplyOutcome.APPLIED, res.detail
     assert os.readlink(root / "etc/resolv.conf") == "../run/resolv.conf"
     assert b"eth1" in (root / "etc/network/interfaces").read_bytes()
+
+
+class RestartBeforeFirstStatusPoll(SocketTransport):
+    """The real socket client; right before the first guest-exec-status (the apply was
+    sent) it waits until the guest recorded the apply's outcome, then restarts qemu-ga:
+    the guest applied everything and the reply is lost, deterministically."""
+
+    def __init__(self, qga: Agent, status: Path, timeout: float) -> None:
+        super().__init__(qga.sock, timeout)
+        self.qga = qga
+        self.status = status
+        self.sent: list[str] = []
+
+    def command(self, execute: str, arguments: dict[str, Any] | None,
+                timeout: float) -> Any:
+        if execute == "guest-exec-status" and execute not in self.sent:
+            deadline = time.monotonic() + 30
+            while not (self.status.is_file() and self.status.read_text().strip()):
+                assert time.monotonic() < deadline, "the apply did not end"
+                time.sleep(0.02)
+            assert self.qga.proc is not None
+            self.qga.proc.kill()
+            self.qga.proc.wait()
+            self.qga.start()
+        self.sent.append(execute)
+        return super().command(execute, arguments, timeout)
+
+
+def test_a_lost_reply_with_a_kept_resolv_conf_symlink_is_applied_not_mixed(
+        qga: Agent, tmp_path: Path) -> None:
+    """The agent keeps a resolv.conf symlink (the image manages DNS). When the reply of
+    an apply that installed everything is lost, the host learns the outcome from the guest
+    and reads the files back: the kept symlink is not a file that failed to change, so the
+    outcome is APPLIED and the NIC is attached (it used to say PARTLY updated)."""
+    root, side = _guest(tmp_path)
+    (root / "etc/resolv.conf").unlink()
+    os.symlink("../run/resolv.conf", root / "etc/resolv.conf")
+    assert (root / "run/resolv.conf").read_text() == "nameserver 127.0.0.53\n"
+    port, subnet, network = vm.hotplug_port()
+    new = _new_files()
+    rec = RecordingAttacher()
+    t = RestartBeforeFirstStatusPoll(qga, root / "var/lib/netinject/apply-status", 5.0)
+    with GuestAgent(t, 5.0) as ga:
+        res = attach(vm.document(), port, ga, rec, "tap1", [subnet], [network],
+                     timeout=0.01, side=side)
+    assert "guest-exec-status" in t.sent  # the fault happened: the reply was lost
+    assert t.sent.count("guest-exec") == 2  # the apply, then apply-status
+    assert res.applied is not None
+    assert res.applied.outcome is ApplyOutcome.APPLIED, res.applied.detail
+    assert "reply lost" in res.applied.detail
+    assert "applied; kept etc/resolv.conf" in res.applied.detail  # the guest's word
+    assert rec.calls == ["attach eth1"]
+    # What the guest has: the new files, and the symlink kept (its target untouched).
+    assert os.readlink(root / "etc/resolv.conf") == "../run/resolv.conf"
+    assert (root / "run/resolv.conf").read_text() == "nameserver 127.0.0.53\n"
+    for p in FILES[:2]:
+        assert (root / p).read_bytes() == new[p]
+
+
+def test_only_paths_the_agent_may_keep_are_left_out_of_the_readback() -> None:
+    """An answer claiming it kept a file the agent always replaces does not make the
+    host skip that file."""
+    line = b"netinject-apply-status t1 applied; kept etc/resolv.conf etc/network/interfaces\n"
+    assert _kept(line, "t1") == {"etc/resolv.conf"}
+    assert _kept(line, "t2") == set()  # another transaction's answer
+    assert _kept(b"netinject-apply-status t1 unchanged: x\n", "t1") == set()
 
 
 def test_failed_install_rolls_back_every_file(qga: Agent, tmp_path: Path) -> None:

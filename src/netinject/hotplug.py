@@ -157,25 +157,43 @@ def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, byt
         if res.exitcode not in (contract.APPLY_OK, contract.APPLY_UNCHANGED):
             last = res.stdout.decode(errors="replace") or f"exit {res.exitcode}"
             break
+        kept = _kept(res.stdout, txid) if res.exitcode == contract.APPLY_OK else set()
         return _readback(ga, side, files, originals,
                          f"{why}; the guest says: "
-                         f"{res.stdout.decode(errors='replace').strip()}")
+                         f"{res.stdout.decode(errors='replace').strip()}", kept)
     return ApplyResult(ApplyOutcome.UNKNOWN,
                        f"{why}; the guest could not be asked afterwards ({last})")
 
 
+def _kept(stdout: bytes, txid: str) -> set[str]:
+    """The guest paths the agent says it kept as they were in transaction ``txid`` (its
+    answer line: 'netinject-apply-status TXID OUTCOME', see contract.applied_outcome);
+    only paths it may keep (contract.KEEP_SYMLINKS) count."""
+    for line in stdout.decode(errors="replace").splitlines():
+        prefix, _, rest = line.partition(f" {txid} ")
+        if prefix in ("netinject-apply", "netinject-apply-status"):
+            kept = contract.applied_kept(rest.strip()) or []
+            return set(kept) & set(contract.KEEP_SYMLINKS)
+    return set()
+
+
 def _readback(ga: GuestAgent, side: GuestSide, files: Mapping[str, bytes],
-              originals: Mapping[str, bytes | None], why: str) -> ApplyResult:
+              originals: Mapping[str, bytes | None], why: str,
+              kept: set[str] | None = None) -> ApplyResult:
+    """What the guest's files are now, read back. ``kept``: paths the guest's applied
+    transaction left as they were by design (a symlink the image manages): what 'new'
+    means there is the image's business, so they are not compared."""
     try:
         now = _read_files(ga, side, files)
     except QgaError as exc:
         return ApplyResult(ApplyOutcome.UNKNOWN, f"{why}; reading the files back failed "
                                                  f"({exc})")
-    new = [p for p in files if now[p] == files[p]]
-    old = [p for p in files if now[p] == originals[p]]
-    if len(new) == len(files):
+    compared = [p for p in files if p not in (kept or ())]
+    new = [p for p in compared if now[p] == files[p]]
+    old = [p for p in compared if now[p] == originals[p]]
+    if len(new) == len(compared):
         return ApplyResult(ApplyOutcome.APPLIED, why)
-    if len(old) == len(files):
+    if len(old) == len(compared):
         return ApplyResult(ApplyOutcome.UNCHANGED, why)
     return ApplyResult(ApplyOutcome.MIXED, f"{why}; new: {', '.join(new) or 'none'}; "
                                            f"as before: {', '.join(old) or 'none'}")

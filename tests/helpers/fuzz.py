@@ -44,7 +44,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CASES = HERE.parent / "cases"
 sys.path.insert(0, str(HERE.parent.parent / "src"))
+sys.path.insert(0, str(HERE.parent))  # helpers.iso, when run as a script
 
+from helpers import iso  # noqa: E402
 from netinject import drive  # noqa: E402
 from netinject.cli import main  # noqa: E402
 from netinject.guest import contract, discovery, run  # noqa: E402
@@ -468,7 +470,11 @@ def _alarm(_signum: int, _frame: object) -> None:
 
 
 def _original_drives(work: Path) -> list[tuple[str, bytes, dict[str, bytes]]]:
-    """(format, image bytes, payload by name) for a vfat and an iso9660 drive."""
+    """(format, image bytes, payload by name) for a vfat and an iso9660 drive built by
+    netinject, and a stock nova's iso9660 drive (the payload in vendor_data2.json) built
+    by genisoimage -J -r without nova's relaxed names: read through Rock Ridge."""
+    from netinject.openstack.document import payload as vendor_answer
+
     out = []
     doc = json.loads((CASES / "multi-nic-reordered/instance.json").read_text())
     instance = parse_document(doc).instance
@@ -481,7 +487,53 @@ def _original_drives(work: Path) -> list[tuple[str, bytes, dict[str, bytes]]]:
         raw = img.read_bytes()
         # Only the part the reader can touch matters; the rest of a 64 MiB vfat is zeros.
         out.append((fmt, raw[:1 << 20] if fmt == "vfat" else raw, payload))
+    answer = {"netinject": vendor_answer(instance)}
+    nova = iso.genisoimage(work / "orig.nova-iso", iso.nova_tree(work / "nova", answer),
+                           ["-quiet", "-J", "-r", "-V", "config-2"])
+    out.append(("nova-iso9660", nova.read_bytes(),
+                contract.vendor_payload(json.dumps(answer).encode())))
     return out
+
+
+def damage_iso_extensions(raw: bytes, rng: random.Random) -> bytes:
+    """Rock Ridge and Joliet structures damaged where they are: SUSP entries (lengths,
+    continuation areas pointing at themselves or out of their block, NM flags, the SP
+    skip bytes, ER) and the Joliet descriptor (escape sequence, root record)."""
+    data = bytearray(raw)
+    found = [e for rec in iso.records(raw) for e in iso.entries(raw, rec)]
+    ces = [e for e in found if e.sig == b"CE"]  # few (the root's): chosen more often
+    svd = iso.joliet_descriptor(raw)
+    for _ in range(rng.randint(1, 3)):
+        if svd is not None and (not found or rng.random() < 0.2):
+            at = svd + rng.choice([0, 88, 89, 90, 156, 156 + 2, 156 + 10, 156 + 25,
+                                   156 + 32, 128])
+            value = rng.choice([0, 1, 0x25, 0x2F, 0x40, 0xFF, rng.randrange(256)])
+            if at in (svd + 156 + 2, svd + 156 + 10):
+                data[at:at + 4] = rng.choice([0, 0xFFFFFFFF, rng.randrange(1 << 32)]
+                                             ).to_bytes(4, "little")
+            else:
+                data[at] = value
+            continue
+        if not found:
+            break
+        e = rng.choice(ces if ces and rng.random() < 0.3 else found)
+        roll = rng.random()
+        if e.sig == b"CE" and roll < 0.5:
+            here = (e.offset // iso.BLOCK, e.offset % iso.BLOCK, 28)
+            extent, offset, size = rng.choice([
+                here, (here[0], here[1], rng.choice([2049, 0xFFFFFFFF])),
+                (here[0], rng.choice([2045, 0xFFFFFFFF]), 16),
+                (rng.randrange(1 << 32), 0, 64)])
+            data[e.offset:e.offset + 28] = iso.ce_bytes(extent, offset, size)
+        elif e.sig == b"NM" and roll < 0.5:
+            data[e.offset + 4] = rng.choice([1, 2, 4, 0x20, rng.randrange(256)])
+        elif e.sig == b"SP" and roll < 0.5:
+            data[e.offset + rng.choice([4, 5, 6])] = rng.randrange(256)
+        elif e.sig == b"ER" and roll < 0.5:
+            data[e.offset + rng.choice([0, 4, 5])] = rng.randrange(256)
+        else:
+            data[e.offset + 2] = rng.choice([0, 1, 2, 3, 4, 255, rng.randrange(256)])
+    return bytes(data)
 
 
 def damage(fmt: str, raw: bytes, rng: random.Random) -> bytes:
@@ -503,6 +555,8 @@ def damage(fmt: str, raw: bytes, rng: random.Random) -> bytes:
             value = rng.choice([cluster, max(2, cluster - 1), 0, 0xFFF7, 1, 0xFFFF,
                                 rng.randrange(0x10000)])
             data[fat + cluster * 2:fat + cluster * 2 + 2] = value.to_bytes(2, "little")
+    elif kind < 0.62:
+        return damage_iso_extensions(raw, rng)
     elif kind < 0.75:
         # ISO directory records: extents and sizes past the end, zero, huge.
         for _ in range(rng.randint(1, 6)):

@@ -335,6 +335,31 @@ BUNDLE_MAGIC = b"netinject-bundle 1\n"
 # were, or (a rollback failed) neither.
 APPLY_OK, APPLY_UNCHANGED, APPLY_BROKEN = 0, 1, 3
 BUNDLE_MAX = 8 * MAX_FILE
+APPLIED = "applied"
+_KEPT = "; kept "
+KEEP_SYMLINKS = ("etc/resolv.conf",)
+"""Paths whose symlink the agent keeps rather than replaces (first boot and apply):
+resolv.conf pointing at resolvconf's or systemd-resolved's file means the image manages
+DNS itself (the ENI's dns-nameservers feeds resolvconf)."""
+
+
+def applied_outcome(kept: "list[str]") -> str:
+    """The outcome an apply that installed its bundle records and prints (apply-status
+    gives it back): 'applied', then '; kept PATH ...' for the guest paths it left as
+    they were by design (KEEP_SYMLINKS that are symlinks), so the host knows per path
+    what 'all new' means when it reads the files back."""
+    return APPLIED + (_KEPT + " ".join(kept) if kept else "")
+
+
+def applied_kept(outcome: str) -> "list[str] | None":
+    """The guest paths an applied outcome (see applied_outcome) kept as they were; None
+    when the outcome is not 'applied'."""
+    if outcome == APPLIED:
+        return []
+    if outcome.startswith(APPLIED + _KEPT):
+        return outcome[len(APPLIED + _KEPT):].split()
+    return None
+
 
 def bundle(files: "list[tuple[str, bytes]]") -> bytes:
     """The stdin of ``apply``: the magic line, then per file 'file NAME SIZE\n' + bytes."""

@@ -33,13 +33,16 @@ POLL = 0.05
 
 
 class Drive:
-    """A found config drive: its device, filesystem and volume id (the FAT serial or the
-    ISO volume set id: netinject derives both from the instance uuid)."""
+    """A found config drive: its device, filesystem, label (the FAT volume label or the
+    ISO volume identifier, trimmed) and volume id (the FAT serial or the ISO volume set
+    id: netinject derives both from the instance uuid; nova leaves the ISO one empty)."""
 
-    def __init__(self, path: str, kind: str, volume_id: str, fd: int = -1) -> None:
+    def __init__(self, path: str, kind: str, volume_id: str, fd: int = -1,
+                 label: str = "") -> None:
         self.path = path
         self.kind = kind
         self.volume_id = volume_id
+        self.label = label
         self.fd = fd  # kept open from the probe to the payload read (one open per boot)
 
     def close(self) -> None:
@@ -85,14 +88,14 @@ def probe_label(dev: str) -> "Drive | None":
                     label = boot[off:off + 11].rstrip(b" \x00").decode("ascii", "replace")
                     if label in LABELS:
                         serial = struct.unpack_from("<I", boot, off - 4)[0]
-                        found = Drive(dev, "vfat", "%08x" % serial, fd)
+                        found = Drive(dev, "vfat", "%08x" % serial, fd, label)
         if found is None:
             pvd = posix.pread(fd, 2048, 32768)
             if pvd[0:6] == b"\x01CD001":
                 label = pvd[40:72].rstrip(b" \x00").decode("ascii", "replace")
                 if label in LABELS:
                     volset = pvd[190:318].rstrip(b" \x00").decode("ascii", "replace")
-                    found = Drive(dev, "iso9660", volset, fd)
+                    found = Drive(dev, "iso9660", volset, fd, label)
     except OSError:
         pass
     if found is None:
@@ -203,7 +206,7 @@ def find_drive(sysfs: str, dev: str, wait: float) -> "Drive | None":
 
 def read_payload(drive: Drive, only: "tuple[str, ...] | None" = None) -> dict[str, bytes]:
     """Files of the drive's netinject/ directory (all, or just the names in ``only``),
-    read without mounting (on iso9660 the names are the primary-volume names); on a
+    read without mounting (on iso9660 the names the kernel would show: see IsoReader); on a
     drive without it (a stock nova's), the payload in openstack/latest/vendor_data2.json.
     NoPayload when there is neither."""
     try:

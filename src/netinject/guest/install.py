@@ -14,10 +14,13 @@ from .contract import (
     APPLY_BROKEN,
     APPLY_OK,
     APPLY_UNCHANGED,
+    KEEP_SYMLINKS,
     STATE_DIR,
     AgentError,
     Entry,
     Manifest,
+    applied_kept,
+    applied_outcome,
     is_allowed_path,
     is_plain_name,
     parse_bundle,
@@ -148,6 +151,7 @@ class Backup:
         self.dir = directory or join(root, STATE_DIR, "backup", uuid)
         self.index: dict[str, str] = {}
         self.installed = 0  # how many files the install that made it replaced
+        self.kept: list[str] = []  # guest paths that install left as they were (symlinks)
         try:
             names = posix.listdir(self.dir)
             self.made = True
@@ -237,12 +241,6 @@ class Target:
         return None
 
 
-KEEP_SYMLINKS = ("etc/resolv.conf",)
-"""Paths whose symlink is kept rather than replaced: resolv.conf pointing at resolvconf's
-or systemd-resolved's file means the image manages DNS itself (the ENI's
-dns-nameservers feeds resolvconf)."""
-
-
 def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") -> None:
     """Write each file beside its target (appending the temporary path to ``staged``
     once it is created) and make them all durable before any rename. Parent directories
@@ -291,12 +289,14 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
     # and must not be something other than a file or symlink, before anything changes.
     dirs: set[str] = set()
     targets: list[Target] = []
+    kept: list[str] = []
     for entry in manifest.entries:
         no_symlink_parents(root, entry.path, dirs)
         path = join(root, entry.path)
         kind, st = target_stat(path)
         if kind == "symlink" and entry.path in KEEP_SYMLINKS:
             log("kept /%s: a symlink (the image manages it)" % entry.path)
+            kept.append(entry.path)
             continue
         targets.append(Target(entry, path, kind, st))
     aside: list[tuple[str, str]] = []
@@ -311,6 +311,7 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
         no_symlink_parents(root, join(STATE_DIR, "backup", manifest.uuid, "x"))
     backup = Backup(root, manifest.uuid, backup_dir)
     backup.installed = len(targets)
+    backup.kept = kept
     done: list[str] = []
     staged: list[str] = []
     try:
@@ -437,7 +438,7 @@ def _recover(root: str, log: Log) -> None:
 
 
 def _status(outcome: str) -> int:
-    return APPLY_OK if outcome == "applied" else APPLY_UNCHANGED
+    return APPLY_OK if applied_kept(outcome) is not None else APPLY_UNCHANGED
 
 
 def _transaction(root: str, txid: str, log: Log,
@@ -481,10 +482,11 @@ def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log,
                 return APPLY_BROKEN, "broken: %s" % exc
             _recover(root, log)
             return APPLY_UNCHANGED, outcome
-        record_apply_status(root, txid, "applied")
+        outcome = applied_outcome(backup.kept)
+        record_apply_status(root, txid, outcome)
         _drop_backup(backup)
         log("apply %s: %d file(s) installed" % (txid, backup.installed))
-        return APPLY_OK, "applied"
+        return APPLY_OK, outcome
 
     return _transaction(root, txid, log, body)
 

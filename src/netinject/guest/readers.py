@@ -156,23 +156,88 @@ class FatReader:
 
 
 class IsoReader:
-    """Read-only ISO9660 reader (primary volume names, as netinject writes them)."""
+    """Read-only ISO9660 reader that names files as Linux's isofs does when it mounts the
+    drive (fs/isofs: inode.c chooses the tree, rock.c and joliet.c the names):
+
+    * Rock Ridge when the primary root's '.' record carries an ER entry (found through
+      its SUSP entries, continuation areas included): each record's name is its NM entries
+      joined (the CONTINUE flag), after the skip bytes the root's SP entry gives; a record
+      without NM keeps its ISO9660 name, one with RE (a relocated directory's stand-in) or
+      SL (a symlink: not followed here) is left out.
+    * Else the Joliet tree when a supplementary descriptor has Joliet's escape sequence
+      (%/@, %/C, %/E): UCS-2 big-endian names. Also when Rock Ridge's primary root is
+      empty, as the kernel does for such broken discs.
+    * Else ISO9660 names (';1' and a trailing '.' dropped), with Rock Ridge NM names where
+      the root's '.' has an SP entry (the kernel reads NM then too).
+
+    Everything read is bounded: volume descriptors up to sector 100 (as the kernel),
+    directories up to DIR_MAX bytes, continuation areas within one block each, at most
+    CE_HOPS of them per record and CE_BLOCKS in all, names up to NAME_MAX bytes. A
+    structure outside those bounds (a continuation loop, a length past its area, a name
+    overflow) is an AgentError, not a guess. Not handled (no config drive has them):
+    CD-XA system use areas, relocated deep directories (CL), multi-extent files.
+    """
+
+    DIR_MAX = 256 * 1024  # bytes of one directory (nova's and netinject's: one block)
+    CE_HOPS = 8  # continuation areas one record may chain (the kernel allows 32)
+    CE_BLOCKS = 64  # distinct continuation blocks one reader reads
+    NAME_MAX = 255  # bytes of a Rock Ridge name (NAME_MAX)
+    VD_END = 100  # the kernel looks for volume descriptors in sectors 16..99
+    JOLIET_ESCAPES = (b"%/@", b"%/C", b"%/E")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        pvd = self._read(16 * 2048, 2048)
+        self.dirs: dict[tuple[int, int], bytes] = {}
+        self.ce_blocks: dict[int, bytes] = {}
+        self.skip = 0
+        self.rock = False
+        self.joliet = False
+        # The primary descriptor and the next ones in one read (genisoimage: the Joliet
+        # descriptor, then the terminator).
+        head = posix.pread(self.fd, 4 * 2048, 16 * 2048)
+        if len(head) < 2048:
+            raise AgentError("drive truncated (short read at offset %d)" % (16 * 2048))
+        pvd = head[:2048]
         if pvd[1:6] != b"CD001":
             raise AgentError("not an ISO9660 filesystem")
         self.block = struct.unpack_from("<H", pvd, 128)[0]
         if self.block not in (512, 1024, 2048):
             raise AgentError("not an ISO9660 filesystem (logical block size %d)" % self.block)
-        self.root = self._record(pvd[156:156 + 34])
+        self.root = self._record(pvd[156:156 + 34])[:2]
+        svd = self._joliet_descriptor(head)
+        raw = self._directory(*self.root)
+        rock_ridge, sp = self._root_extensions(raw)
+        if svd is not None and (not rock_ridge or self._only_dots(raw)):
+            self.joliet = True
+            self.root = self._record(svd[156:156 + 34])[:2]
+        else:
+            self.rock = rock_ridge or sp
 
     def _read(self, off: int, size: int) -> bytes:
         data = posix.pread(self.fd, size, off)
         if len(data) != size:
             raise AgentError("drive truncated (short read at offset %d)" % off)
         return data
+
+    def _joliet_descriptor(self, head: bytes) -> "bytes | None":
+        """The first Joliet supplementary volume descriptor after the primary one (in
+        ``head``, sectors 16 to 19, else read four sectors at a time), up to the
+        terminator, sector 100 or the drive's end."""
+        chunk, first = head[2048:], 17
+        for _reads in range(self.VD_END // 4):  # bounded: ``first`` grows each time
+            for at in range(0, len(chunk) - 2047, 2048):
+                vd = chunk[at:at + 2048]
+                if vd[1:6] != b"CD001":
+                    continue  # the kernel skips what it does not recognize
+                if vd[0] == 255:
+                    return None
+                if vd[0] == 2 and vd[88:91] in self.JOLIET_ESCAPES:
+                    return vd
+            first += len(chunk) // 2048
+            if len(chunk) % 2048 or first >= self.VD_END or not chunk:
+                return None
+            chunk = posix.pread(self.fd, min(4, self.VD_END - first) * 2048, first * 2048)
+        return None
 
     @staticmethod
     def _record(rec: bytes) -> tuple[int, int, bool, str]:
@@ -181,26 +246,145 @@ class IsoReader:
         name = rec[33:33 + nlen].decode("ascii", "replace").split(";")[0].rstrip(".")
         return extent, size, bool(flags & 2), name
 
-    def _entries(self, extent: int, size: int) -> dict[str, tuple[int, int, bool]]:
-        raw = self._read(extent * self.block, size)
-        out = {}
+    def _directory(self, extent: int, size: int) -> bytes:
+        if size > self.DIR_MAX:
+            raise AgentError("ISO9660 directory too large (%d bytes)" % size)
+        raw = self.dirs.get((extent, size))
+        if raw is None:
+            raw = self.dirs[(extent, size)] = self._read(extent * self.block, size)
+        return raw
+
+    def _records(self, raw: bytes) -> "list[bytes]":
+        """The directory records of a directory's bytes (none crosses a block: a zero
+        length byte pads to the next one)."""
+        out = []
         i = 0
         while i < len(raw):
             length = raw[i]
             if length == 0:
                 i = (i // self.block + 1) * self.block
                 continue
-            ext, sz, is_dir, name = self._record(raw[i:i + length])
-            if raw[i + 32] == 1 and raw[i + 33] in (0, 1):
-                name = ""
-            if name:
-                out[name] = (ext, sz, is_dir)
+            if length < 34 or i + length > len(raw) or 33 + raw[i + 32] > length:
+                raise AgentError("bad ISO9660 directory record at byte %d" % i)
+            out.append(raw[i:i + length])
             i += length
+        return out
+
+    def _only_dots(self, raw: bytes) -> bool:
+        return all(rec[32] == 1 and rec[33] in (0, 1) for rec in self._records(raw))
+
+    def _susp(self, rec: bytes, skip: int) -> "list[tuple[bytes, bytes]]":
+        """The SUSP entries (signature, whole entry) of a record's system use area and of
+        the continuation areas its CE entries chain, bounded (AgentError past a bound)."""
+        start = 33 + rec[32]
+        start += (start & 1) + skip
+        area = rec[start:]
+        entries: list[tuple[bytes, bytes]] = []
+        for _area in range(self.CE_HOPS + 1):
+            ce = None
+            at = 0
+            while len(area) - at > 2:  # one or two bytes may pad an area
+                sig, length = area[at:at + 2], area[at + 2]
+                if length < 3:
+                    return entries  # nothing usable past here (the kernel stops too)
+                entry = area[at:at + length]
+                if len(entry) < length:
+                    raise AgentError("Rock Ridge entry %r runs past its area" % sig)
+                at += length
+                if sig == b"ST":
+                    break
+                if sig == b"CE":
+                    if length < 28:
+                        raise AgentError("Rock Ridge CE entry too short")
+                    ce = (struct.unpack_from("<I", entry, 4)[0],
+                          struct.unpack_from("<I", entry, 12)[0],
+                          struct.unpack_from("<I", entry, 20)[0])
+                entries.append((sig, entry))
+            if ce is None:
+                return entries
+            area = self._continuation(*ce)
+        raise AgentError("more than %d Rock Ridge continuation areas for one record "
+                         "(a loop?)" % self.CE_HOPS)
+
+    def _continuation(self, extent: int, offset: int, size: int) -> bytes:
+        if offset > self.block - 4 or size > self.block - offset:
+            raise AgentError("Rock Ridge continuation area out of its block "
+                             "(offset %d, size %d)" % (offset, size))
+        data = self.ce_blocks.get(extent)
+        if data is None:
+            if len(self.ce_blocks) >= self.CE_BLOCKS:
+                raise AgentError("more than %d Rock Ridge continuation blocks"
+                                 % self.CE_BLOCKS)
+            data = self.ce_blocks[extent] = self._read(extent * self.block, self.block)
+        return data[offset:offset + size]
+
+    def _root_extensions(self, raw: bytes) -> tuple[bool, bool]:
+        """(ER found, SP found) in the root directory's '.' record; SP sets the skip
+        bytes of every other record's system use area."""
+        records = self._records(raw)
+        if not records or records[0][32] != 1 or records[0][33] != 0:
+            return False, False
+        rock_ridge = sp = False
+        for sig, entry in self._susp(records[0], 0):
+            if sig == b"SP":
+                if len(entry) < 7:
+                    raise AgentError("Rock Ridge SP entry too short")
+                if entry[4:6] != b"\xbe\xef":
+                    break  # not SUSP after all (the kernel stops there too)
+                sp = True
+                self.skip = entry[6]
+            elif sig == b"ER":
+                if len(entry) < 8 or 8 + entry[4] > len(entry):
+                    raise AgentError("Rock Ridge ER entry too short")
+                rock_ridge = True
+        return rock_ridge, sp
+
+    def _rock_name(self, rec: bytes) -> "str | None":
+        """The record's Rock Ridge name: its NM entries joined; '' for none; None for a
+        record to leave out (RE: a relocated directory's stand-in; SL: a symlink)."""
+        parts = []
+        total = 0
+        for sig, entry in self._susp(rec, self.skip):
+            if sig in (b"RE", b"SL"):
+                return None
+            if sig != b"NM" or len(entry) < 5 or entry[4] & ~1:
+                continue  # NM flags CURRENT, PARENT, HOST (or others): no name here
+            total += len(entry) - 5
+            if total > self.NAME_MAX:
+                raise AgentError("Rock Ridge name longer than %d bytes" % self.NAME_MAX)
+            parts.append(entry[5:])
+        return b"".join(parts).decode("utf-8", "replace")
+
+    def _name(self, rec: bytes) -> "str | None":
+        nlen = rec[32]
+        if nlen == 1 and rec[33] in (0, 1):
+            return None  # '.' and '..'
+        if self.joliet:
+            name = rec[33:33 + nlen - (nlen & 1)].decode("utf-16-be", "replace")
+            if name.endswith(";1"):
+                name = name[:-2]
+            while len(name) >= 2 and name.endswith("."):
+                name = name[:-1]
+            return name
+        if self.rock:
+            rock = self._rock_name(rec)
+            if rock is None or rock:
+                return rock
+        return self._record(rec)[3]
+
+    def _entries(self, extent: int, size: int) -> dict[str, tuple[int, int, bool]]:
+        out = {}
+        for rec in self._records(self._directory(extent, size)):
+            if rec[25] & 4:
+                continue  # an associated file: the kernel hides them (no 'showassoc')
+            name = self._name(rec)
+            if name:
+                out[name] = self._record(rec)[:3]
         return out
 
     def read_dir_files(self, path: str, max_size: int, only: "tuple[str, ...] | None" = None
                        ) -> dict[str, bytes]:
-        extent, size = self.root[0], self.root[1]
+        extent, size = self.root
         for part in [p for p in path.split("/") if p]:
             # nova's genisoimage keeps lower case (-allow-lowercase); netinject's
             # writer uses the strict upper-case names.

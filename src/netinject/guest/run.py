@@ -109,7 +109,9 @@ def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
                 % (recorded, found.ident, found.path))
             result = {"outcome": "unchanged", "instance": recorded}
             return 0
-        log("config drive %s (%s, volume %s)" % (found.path, found.kind, found.volume_id))
+        log("config drive %s (%s, label %s%s)" % (
+            found.path, found.kind, found.label,
+            ", volume %s" % found.volume_id if found.volume_id else ""))
         if recorded is not None:
             head = read_payload(found, MANIFEST_NAMES)
             raw = head.get(MANIFEST_NAMES[0]) or head.get(MANIFEST_NAMES[1]) or b""
