@@ -35,6 +35,8 @@ from .paths import (
     makedirs,
     no_symlink_parents,
     read_small,
+    relative_to,
+    resolve_in_root,
 )
 
 TYPE_CHECKING = False
@@ -112,9 +114,13 @@ def _create(path: str, data: bytes, mode: int, owner: "tuple[int, int] | None" =
     return fd
 
 
-def write_atomic(path: str, data: bytes, mode: int) -> None:
-    """Write beside the target, fsync, rename over it (a symlink is replaced, never
-    followed)."""
+def write_atomic(root: str, rel: str, data: bytes, mode: int) -> None:
+    """Write ``rel`` of the tree at ``root``: beside the target, fsync, rename over it (a
+    symlink there is replaced, never followed). Its directory is looked up inside the
+    tree as a chroot would (resolve_in_root): a symlinked directory of an image never
+    takes the write out of the tree, and missing directories are made inside it. At
+    boot the root is '/', where that is the kernel's own lookup."""
+    path = resolve_in_root(root, rel, follow_last=False)
     d = dirname(path)
     makedirs(d)
     tmp = _tmp_beside(path)
@@ -145,6 +151,7 @@ class Backup:
     """
 
     def __init__(self, root: str, uuid: str, directory: "str | None" = None) -> None:
+        self.root = root
         self.dir = directory or join(root, STATE_DIR, "backup", uuid)
         self.index: dict[str, str] = {}
         self.installed = 0  # how many files the install that made it replaced
@@ -180,7 +187,8 @@ class Backup:
                 posix.link(target, entry)
             except OSError:  # another filesystem: a durable copy instead
                 with open(target, "rb") as fh:
-                    write_atomic(entry, fh.read(), posix.stat(target).st_mode & 0o7777)
+                    write_atomic(self.root, relative_to(self.root, entry), fh.read(),
+                                 posix.stat(target).st_mode & 0o7777)
         else:
             _remove_stale(entry + ".absent")
             _write_plain(entry + ".absent", b"", 0o600)
@@ -204,7 +212,7 @@ class Backup:
                 posix.rename(tmp, target)
             except OSError:
                 with open(entry, "rb") as fh:
-                    write_atomic(target, fh.read(), posix.stat(entry).st_mode & 0o7777)
+                    write_atomic(root, rel, fh.read(), posix.stat(entry).st_mode & 0o7777)
 
 
 def _write_plain(path: str, data: bytes, mode: int) -> None:
@@ -412,7 +420,7 @@ def record_apply_status(root: str, txid: str, outcome: str) -> None:
     entries = [e for e in read_apply_status(root) if e[0] != txid]
     entries.append((txid, outcome))
     text = "".join("%s %s\n" % e for e in entries[-APPLY_STATUS_KEEP:])
-    write_atomic(join(root, APPLY_STATUS), text.encode("ascii", "replace"), 0o600)
+    write_atomic(root, APPLY_STATUS, text.encode("ascii", "replace"), 0o600)
 
 
 def _drop_backup(backup: Backup) -> None:

@@ -33,7 +33,7 @@ from .contract import (
 )
 from .install import write_atomic
 from .log import Log
-from .paths import exists, join, makedirs, read_small
+from .paths import exists, join, read_small
 
 STACK_CONFIG = "etc/netinject/stack"
 NETPLAN_DIR = "etc/netplan/"
@@ -128,8 +128,7 @@ def write_announce(root: str, manifest: Manifest) -> int:
     'NIC ADDRESS' lines in /run (gone on the next boot, so later boots announce none)."""
     if not manifest.announce:
         return 0
-    makedirs(join(root, "run/netinject"))
-    write_atomic(join(root, ANNOUNCE_FILE), "".join(
+    write_atomic(root, ANNOUNCE_FILE, "".join(
         "%s %s\n" % pair for pair in manifest.announce).encode("ascii"), 0o644)
     return len(manifest.announce)
 
