@@ -247,3 +247,32 @@ def test_hotplug_apply_changes_nothing_on_a_non_ifupdown_image(tmp_path: Path) -
     after = snapshot(root)
     assert {k: v for k, v in after.items() if k.startswith("etc/")} == \
         {k: v for k, v in before.items() if k.startswith("etc/")}
+
+
+# -- issue 20 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["nm", "netplan"])
+def test_a_replaced_private_file_gets_the_manifests_mode_and_roots_ownership(
+        stack: str, tmp_path: Path) -> None:
+    """A2: an old keyfile or YAML of ours (an image made from a booted instance) that is
+    0644 or another user's: NetworkManager ignores such a keyfile (the guest silently
+    gets DHCP), netplan warns. Replaced, it is 0600 root:root as the manifest says; a
+    file elsewhere keeps its mode and owner (test_guest_hardening)."""
+    if stack == "nm":
+        root = _guest(tmp_path, "nm")
+        old = root / "etc/NetworkManager/system-connections/netinject-eth0.nmconnection"
+    else:
+        root = _netplan_guest(tmp_path, Path("/bin/true"))
+        old = root / "etc/netplan/90-netinject.yaml"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text("# an old one\n")
+    old.chmod(0o666 if stack == "netplan" else 0o644)
+    os.chown(old, 1000, 1000)
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    assert "done:" in agent_log(root), agent_log(root)
+    st = old.stat()
+    assert old.read_text() != "# an old one\n"
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
+

@@ -14,6 +14,7 @@ from .contract import (
     APPLY_BROKEN,
     APPLY_OK,
     APPLY_UNCHANGED,
+    PRIVATE_DIRS,
     STATE_DIR,
     AgentError,
     Entry,
@@ -231,18 +232,28 @@ class Target:
         self.st = st
 
     @property
+    def private(self) -> bool:
+        """In a directory whose stack requires the manifest's mode and root's ownership
+        (PRIVATE_DIRS): NetworkManager ignores a keyfile others can read or another user
+        owns, netplan warns about a readable YAML. An old file's looser mode there would
+        silently leave the guest on DHCP."""
+        return self.entry.path.startswith(PRIVATE_DIRS)
+
+    @property
     def mode(self) -> int:
-        """A replaced file keeps its mode (0600 stays 0600); a new one gets the
-        manifest's."""
-        if self.kind == "file" and self.st is not None:
+        """A replaced file keeps its mode (0600 stays 0600), except a private one; a new
+        one, and a private one, get the manifest's."""
+        if self.kind == "file" and self.st is not None and not self.private:
             return self.st.st_mode & 0o7777
         return self.entry.mode
 
     @property
     def owner(self) -> "tuple[int, int] | None":
-        if self.kind == "file" and self.st is not None:
-            return self.st.st_uid, self.st.st_gid
-        return None
+        """A replaced file keeps its owner, except a private one, which becomes root's;
+        None: a new file, the agent's own (root's at boot)."""
+        if self.kind != "file" or self.st is None:
+            return None
+        return (0, 0) if self.private else (self.st.st_uid, self.st.st_gid)
 
 
 KEEP_SYMLINKS = ("etc/resolv.conf",)
