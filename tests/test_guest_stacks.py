@@ -5,9 +5,12 @@ peer in a namespace this test makes)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -275,4 +278,80 @@ def test_a_replaced_private_file_gets_the_manifests_mode_and_roots_ownership(
     st = old.stat()
     assert old.read_text() != "# an old one\n"
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
+
+
+SLEEPER = """#!/bin/sh
+# A generator that never ends, and starts a child that would outlive it.
+sleep 1000 &
+echo $! >> {pids}
+wait
+"""
+
+
+def _run_joined(root: Path, *settings: str) -> subprocess.CompletedProcess[str]:
+    """The joined agent's boot service with module settings changed first (a shorter
+    generator bound, another dist-packages directory), as the guest runs it."""
+    code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
+            f"import netinject_guest as a; {'; '.join(settings)}; "
+            f"sys.exit(a.run({str(root)!r}, wait=0, quiet=True))")
+    return subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (a zombie left for init to reap counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_netplan_generator_that_never_ends_is_killed_and_rolled_back(
+        tmp_path: Path) -> None:
+    """A3: the agent ran netplan's generator without a time limit. Bounded now: after
+    NETPLAN_TIMEOUT it kills the generator's process group (its child too), rolls back
+    as for a failed generate, and boot goes on with the image's config."""
+    pids = tmp_path / "sleepers"
+    gen = tmp_path / "generate"
+    gen.write_text(SLEEPER.format(pids=pids))
+    gen.chmod(0o755)
+    root = _netplan_guest(tmp_path, gen)
+    (root / "usr/lib/netplan/generate").unlink()
+    (root / "usr/libexec/netplan").mkdir(parents=True)
+    os.symlink(gen, root / "usr/libexec/netplan/generate")
+    before = snapshot(root)
+    try:
+        done = _run_joined(root, "a.NETPLAN_TIMEOUT = 0.5")
+        assert done.returncode == 0, done.stderr
+        log = agent_log(root)
+        # Ours, then the image's own files again after the rollback: both bounded.
+        assert log.count("netplan generate did not finish within 0.5 s: killed it") == 2, log
+        assert "stepping aside" in log
+        after = snapshot(root)
+        assert {k: v for k, v in after.items() if k.startswith("etc/")} == \
+            {k: v for k, v in before.items() if k.startswith("etc/")}
+        assert not (root / "var/lib/netinject/instance-id").exists()
+        started = [int(p) for p in pids.read_text().split()]
+        assert len(started) == 2
+        assert all(_gone(p) for p in started), started
+    finally:
+        for p in (pids.read_text().split() if pids.exists() else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(p), signal.SIGKILL)
+
+
+def test_a_fifo_among_the_netplan_files_cannot_hold_the_boot(tmp_path: Path) -> None:
+    """A3 with netplan's real generator: it blocks opening a FIFO in /etc/netplan."""
+    root = _netplan_guest(tmp_path, NETPLAN_GENERATOR)
+    os.mkfifo(root / "etc/netplan/60-fifo.yaml", 0o600)
+    t0 = time.monotonic()
+    done = _run_joined(root, "a.NETPLAN_TIMEOUT = 0.5")
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - t0 < 10
+    log = agent_log(root)
+    assert "netplan generate did not finish within 0.5 s: killed it" in log, log
+    assert (root / "etc/netplan/50-cloud-init.yaml").read_text() == NETPLAN_DHCP
+    assert not (root / "etc/netplan/90-netinject.yaml").exists()
+    assert not (root / "var/lib/netinject/instance-id").exists()
 

@@ -42,6 +42,11 @@ NETPLAN_GENERATORS = ("usr/libexec/netplan/generate", "usr/lib/netplan/generate"
                       "lib/netplan/generate")
 NETPLAN_CONFIGURE_UNITS = ("usr/lib/systemd/system/netplan-configure.service",
                            "lib/systemd/system/netplan-configure.service")
+# The generator normally takes well under a second (under emulation too); a FIFO among
+# the image's YAML files would hold it forever. Twice this (a run, and the run on the
+# image's own files after a rollback) stays inside the unit's TimeoutStartSec=30.
+NETPLAN_TIMEOUT = 10.0
+SIGKILL = 9  # (on every Linux architecture; the signal module costs an import)
 ANNOUNCE_FILE = "run/netinject/announce"
 ANNOUNCING_STACKS = ("networkd", "netplan")
 
@@ -91,7 +96,7 @@ def netplan_aside(root: str, manifest: Manifest) -> "list[str]":
     return aside
 
 
-def netplan_generate(root: str, log: Log) -> None:
+def netplan_generate(root: str, log: Log, timeout: "float | None" = None) -> None:
     """Run netplan's generator (the C binary ``netplan generate`` runs; not the Python
     CLI, whose start costs ~0.7 s on an emulated boot) so /run holds the backend config
     of the files now in /etc/netplan, as cloud-init does. Called so, the generator also
@@ -99,7 +104,11 @@ def netplan_generate(root: str, log: Log) -> None:
     (a few ``systemctl`` runs). Called as the systemd generator instead it would skip
     those but also find its stamp from boot and generate nothing: not worth a trick
     whose gain is process starts under emulation. Nothing to do where
-    netplan-configure.service (netplan >= 1.2) generates after us."""
+    netplan-configure.service (netplan >= 1.2) generates after us.
+
+    Bounded: after ``timeout`` seconds (NETPLAN_TIMEOUT) the generator and whatever it
+    started are killed and this is an AgentError like a failed run (the caller rolls
+    back), not a boot held until systemd gives up on the unit."""
     if any(exists(join(root, u)) for u in NETPLAN_CONFIGURE_UNITS):
         log("netplan >= 1.2: netplan-configure.service generates after this unit")
         return
@@ -109,18 +118,51 @@ def netplan_generate(root: str, log: Log) -> None:
         raise AgentError("netplan's generator is not installed (%s)"
                          % " or ".join("/" + g for g in NETPLAN_GENERATORS))
     argv = [binary] if root in ("", "/") else [binary, "--root-dir", root]
+    limit = NETPLAN_TIMEOUT if timeout is None else timeout
     pid = posix.fork()
     if pid == 0:  # the child: exec the generator, never return into the agent
         try:
+            posix.setpgid(0, 0)  # its own group: what it starts goes with it on a timeout
             posix.execv(binary, argv)
         finally:
             posix._exit(127)
-    status = posix.waitpid(pid, 0)[1]
-    code = posix.waitstatus_to_exitcode(status) if hasattr(posix, "waitstatus_to_exitcode") \
-        else status >> 8
+    try:
+        posix.setpgid(pid, pid)  # (also here: whichever runs first)
+    except OSError:
+        pass
+    code = wait_bounded(pid, limit)
+    if code is None:
+        raise AgentError("netplan generate did not finish within %.1f s: killed it" % limit)
     if code != 0:
         raise AgentError("netplan generate failed (exit %d)" % code)
     log("ran netplan generate (%s)" % binary)
+
+
+def wait_bounded(pid: int, limit: float) -> "int | None":
+    """The exit code of child ``pid`` (its process group leader), or None when it has not
+    ended within ``limit`` seconds: then its group is killed and it is reaped. Polls
+    (1 ms, doubling to 10 ms: at most that late) rather than blocking in waitpid, which
+    nothing could interrupt."""
+    import time
+
+    deadline = time.monotonic() + limit
+    pause = 0.001
+    while True:
+        done, status = posix.waitpid(pid, posix.WNOHANG)
+        if done:
+            return posix.waitstatus_to_exitcode(status) \
+                if hasattr(posix, "waitstatus_to_exitcode") else status >> 8
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+    for kill, target in ((posix.killpg, pid), (posix.kill, pid)):
+        try:
+            kill(target, SIGKILL)
+        except OSError:
+            pass
+    posix.waitpid(pid, 0)
+    return None
 
 
 def write_announce(root: str, manifest: Manifest) -> int:
