@@ -355,3 +355,69 @@ def test_a_fifo_among_the_netplan_files_cannot_hold_the_boot(tmp_path: Path) -> 
     assert not (root / "etc/netplan/90-netinject.yaml").exists()
     assert not (root / "var/lib/netinject/instance-id").exists()
 
+
+# What an image may have in /etc/netplan, and whether the agent moves it aside (A4).
+NETPLAN_FILES = {
+    # An escaped key is still 'ethernets' to netplan (a text search missed it).
+    "10-escaped.yaml": ('network:\n  version: 2\n  "\\x65thernets":\n    all-eth:\n'
+                        '      match: {name: "eth*"}\n      dhcp4: true\n', True),
+    # The word in a comment or a value configures no ethernet (a text search moved these).
+    "20-comment.yaml": ("# ethernets: configured by netinject\nnetwork:\n  version: 2\n"
+                        "  renderer: networkd\n", False),
+    "30-wifi.yaml": ("network:\n  wifis:\n    wlan0:\n      access-points:\n"
+                     "        ethernets: {password: ethernets}\n", False),
+    "40-flow.yaml": ("network: {version: 2, ethernets: {eth0: {dhcp4: true}}}\n", True),
+    "50-bond.yaml": ("network:\n  bonds:\n    bond0:\n      interfaces: [eth0, eth1]\n", True),
+    "60-no-ethernets.yaml": ("network:\n  version: 2\n  ethernets: {}\n", False),
+    "70-empty.yaml": ("", False),
+    # netplan refuses what it cannot parse, so it configures nothing: moved aside.
+    "80-broken.yaml": ("network:\n  ethernets: [\n", True),
+    "85-not-a-mapping.yaml": ("network:\n  ethernets: eth0\n", True),
+}
+
+
+def test_netplan_files_are_judged_by_their_parsed_content(tmp_path: Path) -> None:
+    """A4: which of the image's netplan files make way for ours, decided from the parsed
+    document (PyYAML's safe_load), not a text search for b"ethernets"."""
+    from netinject.guest import contract, stacks
+
+    netplan = tmp_path / "etc/netplan"
+    netplan.mkdir(parents=True)
+    for name, (text, _) in NETPLAN_FILES.items():
+        (netplan / name).write_text(text)
+    (netplan / "90-netinject.yaml").write_text("network:\n  ethernets: {eth0: {}}\n")
+    os.mkfifo(netplan / "95-fifo.yaml")
+    ours = contract.Manifest(UUID_A, [contract.Entry("etc/netplan/90-netinject.yaml", b"",
+                                                     0o600)], [])
+    assert stacks.netplan_aside(str(tmp_path), ours) == [
+        f"etc/netplan/{name}" for name, (_, aside) in NETPLAN_FILES.items() if aside]
+
+
+def test_an_escaped_ethernets_key_is_moved_aside_at_boot(tmp_path: Path) -> None:
+    """A4 as the guest runs it (python3 -IS: PyYAML from dist-packages), with netplan's
+    real generator: the image's DHCP config behind an escaped key is moved aside, and
+    the generated config is ours alone."""
+    root = _netplan_guest(tmp_path, NETPLAN_GENERATOR)
+    escaped = NETPLAN_DHCP.replace("  ethernets:", '  "\\x65thernets":')
+    (root / "etc/netplan/50-cloud-init.yaml").write_text(escaped)
+    assert peers.netplan_generate(root).returncode == 0  # netplan reads it as ethernets
+    assert (root / "run/systemd/network/10-netplan-all-eth.network").exists()
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    log = agent_log(root)
+    assert "moved /etc/netplan/50-cloud-init.yaml aside" in log, log
+    names = sorted(p.name for p in (root / "run/systemd/network").iterdir())
+    assert "10-netplan-eth0.network" in names
+    assert not any("all-eth" in n for n in names), names
+
+
+def test_without_pyyaml_the_netplan_image_keeps_its_config(tmp_path: Path) -> None:
+    """The image's files cannot be judged without a YAML parser (netplan.io depends on
+    python3-yaml, so only a broken image lacks it): the agent steps aside."""
+    root = _netplan_guest(tmp_path, NETPLAN_GENERATOR)
+    before = snapshot(root)
+    done = _run_joined(root, "a.DIST_PACKAGES = '/nonexistent'")
+    assert done.returncode == 0, done.stderr
+    assert "cannot read the image's netplan files: no PyYAML (python3-yaml) in " \
+           "/nonexistent" in agent_log(root)
+    assert snapshot(root) == before

@@ -35,6 +35,10 @@ from .install import write_atomic
 from .log import Log
 from .paths import exists, join, read_small
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 STACK_CONFIG = "etc/netinject/stack"
 NETPLAN_DIR = "etc/netplan/"
 # netplan.io 0.106 ships /usr/libexec/netplan/generate (older: /lib/netplan/generate).
@@ -46,6 +50,11 @@ NETPLAN_CONFIGURE_UNITS = ("usr/lib/systemd/system/netplan-configure.service",
 # the image's YAML files would hold it forever. Twice this (a run, and the run on the
 # image's own files after a rollback) stays inside the unit's TimeoutStartSec=30.
 NETPLAN_TIMEOUT = 10.0
+# netplan.io depends on python3-yaml (Debian, Ubuntu), installed here; the agent runs as
+# python3 -IS, without this directory on sys.path.
+DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+# What in an image's netplan file would define or build on the NICs our file defines.
+NETPLAN_NIC_KEYS = ("ethernets", "bonds", "bridges", "vlans")
 SIGKILL = 9  # (on every Linux architecture; the signal module costs an import)
 ANNOUNCE_FILE = "run/netinject/announce"
 ANNOUNCING_STACKS = ("networkd", "netplan")
@@ -73,16 +82,72 @@ def for_stack(manifest: Manifest, stack: str) -> Manifest:
     return Manifest(manifest.uuid, entries, manifest.nics, manifest.announce)
 
 
+def _load_yaml() -> "Any":
+    """PyYAML, from the running system's python3-yaml: at boot the guest's own (a
+    dependency of netplan.io), under --root (tests) the host's. Its directory is added
+    after the standard library for this one import, so nothing there can shadow a
+    standard module. AgentError without it: the image's files cannot be judged."""
+    import sys
+
+    try:
+        import yaml  # (already importable: a test's interpreter)
+    except ImportError:
+        sys.path.append(DIST_PACKAGES)
+        try:
+            import yaml
+        except ImportError:
+            raise AgentError("cannot read the image's netplan files: no PyYAML "
+                             "(python3-yaml) in %s" % DIST_PACKAGES) from None
+        finally:
+            sys.path.remove(DIST_PACKAGES)
+    return yaml
+
+
+def netplan_defines_nics(yaml: "Any", text: bytes) -> bool:
+    """Whether an image's netplan file must make way for ours, from its parsed document
+    (yaml.safe_load): its ``network`` defines ethernets, or bonds, bridges or vlans
+    (built on ethernets: left with theirs moved aside, netplan would refuse them).
+    Other files (renderer, wifis, an empty file) stay.
+
+    A file that cannot be parsed, or whose structure netplan would refuse (a document
+    or ``network`` that is not a mapping, one of those keys not a mapping), is moved
+    aside too: netplan refuses the whole config with it in place, so it configures
+    nothing now, and left there it would fail our generate and roll us back to the
+    DHCP the image does not even get. It is kept in the backup like any other."""
+    try:
+        doc = yaml.safe_load(text)
+    except Exception:  # any PyYAML error, and a RecursionError on deep nesting
+        return True
+    if doc is None:
+        return False
+    if not isinstance(doc, dict):
+        return True
+    network = doc.get("network")
+    if network is None:
+        return False
+    if not isinstance(network, dict):
+        return True
+    for key in NETPLAN_NIC_KEYS:
+        value = network.get(key)
+        if value is not None and (value or not isinstance(value, dict)):
+            return True
+    return False
+
+
 def netplan_aside(root: str, manifest: Manifest) -> "list[str]":
-    """The image's own netplan files that configure ethernets (a cloud image's DHCP
-    YAML, e.g. 50-cloud-init.yaml): netplan merges every file, so a ``dhcp4: true`` of
-    theirs would stay on our NIC. Ours are left out."""
+    """The image's own netplan files that define NICs (a cloud image's DHCP YAML, e.g.
+    50-cloud-init.yaml): netplan merges every file, so a ``dhcp4: true`` of theirs
+    would stay on our NIC. Judged by parsing each (netplan_defines_nics), not by
+    searching its text: a key may be written escaped ("\\x65thernets") and a comment
+    may mention one. Ours are left out; so is what is not a regular file (read
+    non-blocking: a FIFO cannot hang the agent here)."""
     ours = set(e.path for e in manifest.entries)
     try:
         names = sorted(posix.listdir(join(root, NETPLAN_DIR)))
     except FileNotFoundError:
         return []
     aside = []
+    yaml = None
     for name in names:
         rel = NETPLAN_DIR + name
         if rel in ours or not name.endswith(".yaml") or not is_plain_name(name):
@@ -91,7 +156,9 @@ def netplan_aside(root: str, manifest: Manifest) -> "list[str]":
             text = read_small(join(root, rel), MAX_FILE)
         except OSError:
             continue
-        if b"ethernets" in text:
+        if yaml is None:
+            yaml = _load_yaml()
+        if netplan_defines_nics(yaml, text):
             aside.append(rel)
     return aside
 
