@@ -5,9 +5,12 @@ peer in a namespace this test makes)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -247,3 +250,174 @@ def test_hotplug_apply_changes_nothing_on_a_non_ifupdown_image(tmp_path: Path) -
     after = snapshot(root)
     assert {k: v for k, v in after.items() if k.startswith("etc/")} == \
         {k: v for k, v in before.items() if k.startswith("etc/")}
+
+
+# -- issue 20 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["nm", "netplan"])
+def test_a_replaced_private_file_gets_the_manifests_mode_and_roots_ownership(
+        stack: str, tmp_path: Path) -> None:
+    """A2: an old keyfile or YAML of ours (an image made from a booted instance) that is
+    0644 or another user's: NetworkManager ignores such a keyfile (the guest silently
+    gets DHCP), netplan warns. Replaced, it is 0600 root:root as the manifest says; a
+    file elsewhere keeps its mode and owner (test_guest_hardening)."""
+    if stack == "nm":
+        root = _guest(tmp_path, "nm")
+        old = root / "etc/NetworkManager/system-connections/netinject-eth0.nmconnection"
+    else:
+        root = _netplan_guest(tmp_path, Path("/bin/true"))
+        old = root / "etc/netplan/90-netinject.yaml"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text("# an old one\n")
+    old.chmod(0o666 if stack == "netplan" else 0o644)
+    os.chown(old, 1000, 1000)
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    assert "done:" in agent_log(root), agent_log(root)
+    st = old.stat()
+    assert old.read_text() != "# an old one\n"
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
+
+
+SLEEPER = """#!/bin/sh
+# A generator that never ends, and starts a child that would outlive it.
+sleep 1000 &
+echo $! >> {pids}
+wait
+"""
+
+
+def _run_joined(root: Path, *settings: str) -> subprocess.CompletedProcess[str]:
+    """The joined agent's boot service with module settings changed first (a shorter
+    generator bound, another dist-packages directory), as the guest runs it."""
+    code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
+            f"import netinject_guest as a; {'; '.join(settings)}; "
+            f"sys.exit(a.run({str(root)!r}, wait=0, quiet=True))")
+    return subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (a zombie left for init to reap counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_netplan_generator_that_never_ends_is_killed_and_rolled_back(
+        tmp_path: Path) -> None:
+    """A3: the agent ran netplan's generator without a time limit. Bounded now: after
+    NETPLAN_TIMEOUT it kills the generator's process group (its child too), rolls back
+    as for a failed generate, and boot goes on with the image's config."""
+    pids = tmp_path / "sleepers"
+    gen = tmp_path / "generate"
+    gen.write_text(SLEEPER.format(pids=pids))
+    gen.chmod(0o755)
+    root = _netplan_guest(tmp_path, gen)
+    (root / "usr/lib/netplan/generate").unlink()
+    (root / "usr/libexec/netplan").mkdir(parents=True)
+    os.symlink(gen, root / "usr/libexec/netplan/generate")
+    before = snapshot(root)
+    try:
+        done = _run_joined(root, "a.NETPLAN_TIMEOUT = 0.5")
+        assert done.returncode == 0, done.stderr
+        log = agent_log(root)
+        # Ours, then the image's own files again after the rollback: both bounded.
+        assert log.count("netplan generate did not finish within 0.5 s: killed it") == 2, log
+        assert "stepping aside" in log
+        after = snapshot(root)
+        assert {k: v for k, v in after.items() if k.startswith("etc/")} == \
+            {k: v for k, v in before.items() if k.startswith("etc/")}
+        assert not (root / "var/lib/netinject/instance-id").exists()
+        started = [int(p) for p in pids.read_text().split()]
+        assert len(started) == 2
+        assert all(_gone(p) for p in started), started
+    finally:
+        for p in (pids.read_text().split() if pids.exists() else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(p), signal.SIGKILL)
+
+
+def test_a_fifo_among_the_netplan_files_cannot_hold_the_boot(tmp_path: Path) -> None:
+    """A3 with netplan's real generator: it blocks opening a FIFO in /etc/netplan."""
+    root = _netplan_guest(tmp_path, NETPLAN_GENERATOR)
+    os.mkfifo(root / "etc/netplan/60-fifo.yaml", 0o600)
+    t0 = time.monotonic()
+    done = _run_joined(root, "a.NETPLAN_TIMEOUT = 0.5")
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - t0 < 10
+    log = agent_log(root)
+    assert "netplan generate did not finish within 0.5 s: killed it" in log, log
+    assert (root / "etc/netplan/50-cloud-init.yaml").read_text() == NETPLAN_DHCP
+    assert not (root / "etc/netplan/90-netinject.yaml").exists()
+    assert not (root / "var/lib/netinject/instance-id").exists()
+
+
+# What an image may have in /etc/netplan, and whether the agent moves it aside (A4).
+NETPLAN_FILES = {
+    # An escaped key is still 'ethernets' to netplan (a text search missed it).
+    "10-escaped.yaml": ('network:\n  version: 2\n  "\\x65thernets":\n    all-eth:\n'
+                        '      match: {name: "eth*"}\n      dhcp4: true\n', True),
+    # The word in a comment or a value configures no ethernet (a text search moved these).
+    "20-comment.yaml": ("# ethernets: configured by netinject\nnetwork:\n  version: 2\n"
+                        "  renderer: networkd\n", False),
+    "30-wifi.yaml": ("network:\n  wifis:\n    wlan0:\n      access-points:\n"
+                     "        ethernets: {password: ethernets}\n", False),
+    "40-flow.yaml": ("network: {version: 2, ethernets: {eth0: {dhcp4: true}}}\n", True),
+    "50-bond.yaml": ("network:\n  bonds:\n    bond0:\n      interfaces: [eth0, eth1]\n", True),
+    "60-no-ethernets.yaml": ("network:\n  version: 2\n  ethernets: {}\n", False),
+    "70-empty.yaml": ("", False),
+    # netplan refuses what it cannot parse, so it configures nothing: moved aside.
+    "80-broken.yaml": ("network:\n  ethernets: [\n", True),
+    "85-not-a-mapping.yaml": ("network:\n  ethernets: eth0\n", True),
+}
+
+
+def test_netplan_files_are_judged_by_their_parsed_content(tmp_path: Path) -> None:
+    """A4: which of the image's netplan files make way for ours, decided from the parsed
+    document (PyYAML's safe_load), not a text search for b"ethernets"."""
+    from netinject.guest import contract, stacks
+
+    netplan = tmp_path / "etc/netplan"
+    netplan.mkdir(parents=True)
+    for name, (text, _) in NETPLAN_FILES.items():
+        (netplan / name).write_text(text)
+    (netplan / "90-netinject.yaml").write_text("network:\n  ethernets: {eth0: {}}\n")
+    os.mkfifo(netplan / "95-fifo.yaml")
+    ours = contract.Manifest(UUID_A, [contract.Entry("etc/netplan/90-netinject.yaml", b"",
+                                                     0o600)], [])
+    assert stacks.netplan_aside(str(tmp_path), ours) == [
+        f"etc/netplan/{name}" for name, (_, aside) in NETPLAN_FILES.items() if aside]
+
+
+def test_an_escaped_ethernets_key_is_moved_aside_at_boot(tmp_path: Path) -> None:
+    """A4 as the guest runs it (python3 -IS: PyYAML from dist-packages), with netplan's
+    real generator: the image's DHCP config behind an escaped key is moved aside, and
+    the generated config is ours alone."""
+    root = _netplan_guest(tmp_path, NETPLAN_GENERATOR)
+    escaped = NETPLAN_DHCP.replace("  ethernets:", '  "\\x65thernets":')
+    (root / "etc/netplan/50-cloud-init.yaml").write_text(escaped)
+    assert peers.netplan_generate(root).returncode == 0  # netplan reads it as ethernets
+    assert (root / "run/systemd/network/10-netplan-all-eth.network").exists()
+    done = run_agent(root)
+    assert done.returncode == 0, done.stderr
+    log = agent_log(root)
+    assert "moved /etc/netplan/50-cloud-init.yaml aside" in log, log
+    names = sorted(p.name for p in (root / "run/systemd/network").iterdir())
+    assert "10-netplan-eth0.network" in names
+    assert not any("all-eth" in n for n in names), names
+
+
+def test_without_pyyaml_the_netplan_image_keeps_its_config(tmp_path: Path) -> None:
+    """The image's files cannot be judged without a YAML parser (netplan.io depends on
+    python3-yaml, so only a broken image lacks it): the agent steps aside."""
+    root = _netplan_guest(tmp_path, NETPLAN_GENERATOR)
+    before = snapshot(root)
+    done = _run_joined(root, "a.DIST_PACKAGES = '/nonexistent'")
+    assert done.returncode == 0, done.stderr
+    assert "cannot read the image's netplan files: no PyYAML (python3-yaml) in " \
+           "/nonexistent" in agent_log(root)
+    assert snapshot(root) == before

@@ -9,6 +9,7 @@ and that what the command says about them is true.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -497,7 +498,7 @@ def test_interrupted_apply_is_rolled_back_by_the_next_one(tmp_path: Path) -> Non
             "def stop(_p): raise Stop\n"
             "m = a.verify(a.parse_bundle(sys.stdin.buffer.read()))\n"
             f"try: a.install({str(root)!r}, m, a.Log({str(root)!r}, True), stop, "
-            f"a.join({str(root)!r}, a.APPLY_BACKUP))\n"
+            f"a.join({str(root)!r}, a.APPLY_BACKUP), txid='t8')\n"
             "except Stop: pass\n")
     subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], input=raw, check=True, timeout=60)
     assert _snapshot(root) != before  # one file replaced, the others not: a mix
@@ -506,3 +507,151 @@ def test_interrupted_apply_is_rolled_back_by_the_next_one(tmp_path: Path) -> Non
     assert status.returncode == 1
     assert _snapshot(root) == before
     assert "rolled back an interrupted apply" in (root / "var/log/netinject.log").read_text()
+    # The interrupted transaction's outcome is recorded: asked, the guest tells the truth.
+    late = subprocess.run([*base, "apply-status", "--txid", "t8", *extra],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert (late.returncode, late.stdout) == (
+        1, "netinject-apply-status t8 unchanged: interrupted, then rolled back by a later "
+           "transaction\n")
+
+
+# -- issue 20: the apply backup ------------------------------------------------------------
+
+RULES = "etc/udev/rules.d/70-persistent-net.rules"
+
+
+def _agent(root: Path, cmd: str, txid: str, raw: bytes = b""
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), cmd, "--txid", txid,
+                           "--root", str(root), "--sysfs", str(root / "sys")],
+                          input=raw.decode("latin-1"), capture_output=True, text=True,
+                          check=False, timeout=60)
+
+
+def _backup_of(root: Path, entries: dict[str, str | None]) -> Path:
+    """An apply backup as an earlier transaction left it: {entry name: file text, or
+    None for an empty entry (an .absent or .txid- mark)}."""
+    backup = root / "var/lib/netinject/apply-backup"
+    backup.mkdir(parents=True)
+    for name, text in entries.items():
+        (backup / name).write_text(text or "")
+    return backup
+
+
+def test_a_symlinked_apply_backup_is_refused(tmp_path: Path) -> None:
+    """A5: recovery restored files from wherever var/lib/netinject/apply-backup pointed
+    (and then deleted there). Refused now: nothing restored, nothing deleted."""
+    from helpers.fuzz_image import tree_state
+
+    root, _ = _guest(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "etc%network%interfaces").write_text("iface eth0 inet manual # planted\n")
+    (outside / ".txid-t0").write_text("")
+    (root / "var/lib/netinject").mkdir(parents=True)
+    (root / "var/lib/netinject/apply-backup").symlink_to(outside)
+    before, outside_before = _snapshot(root), tree_state(outside)
+    for cmd in ("apply-status", "apply"):
+        done = _agent(root, cmd, "t1", b"not a bundle")
+        assert done.returncode == 3, done  # APPLY_BROKEN: the agent could not tell
+        assert done.stdout == (f"netinject-{cmd} t1 error: refusing to write through "
+                               f"symlinked directory {root}/var/lib/netinject/apply-backup\n")
+    assert _snapshot(root) == before
+    assert tree_state(outside) == outside_before
+
+
+def test_a_failed_apply_leaves_no_backup_for_the_next_one_to_restore(tmp_path: Path) -> None:
+    """H2: an apply that failed on a full disk (staging: ENOSPC, and recording its
+    outcome too) left its backup behind, and the next transaction quietly restored those
+    originals over what had changed since. The failed apply now drops its backup once
+    it has rolled back."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True,
+                   timeout=30)
+    try:
+        root = make_guest(mnt / "root", vm.document(), None)
+        (root / "etc/resolv.conf").unlink()
+        (root / "etc/resolv.conf").write_text("nameserver 192.0.2.99\n")
+        (root / "var/lib/netinject").mkdir()
+        port, subnet, network = vm.hotplug_port()
+        instance = parse_document(with_port(vm.document(), port, [subnet],
+                                            [network])).instance
+        raw, _ = bundle_for(instance, Options())
+        before = _snapshot(root)
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        for size in (65536, 4096, 1):  # every last byte of the tmpfs
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+        os.close(fd)
+        done = _agent(root, "apply", "t1", raw)
+        assert done.returncode == 1, done  # APPLY_UNCHANGED, and true
+        assert "No space left on device" in done.stdout, done.stdout
+        assert _snapshot(root) == before
+        assert not (root / "var/lib/netinject/apply-backup").exists()
+        # Room again; the guest's files change (an admin, a package) before the next
+        # transaction, which must not put the originals of t1's time back.
+        (mnt / "filler").unlink()
+        (root / RULES).write_text("# the admin's rule\n")
+        (root / "etc/network/interfaces.new").write_text("# the admin's config\n")
+        (root / "etc/network/interfaces.new").rename(root / "etc/network/interfaces")
+        changed = _snapshot(root)
+        done = _agent(root, "apply", "t2", b"not a bundle")
+        assert (done.returncode, done.stdout) == (
+            1, "netinject-apply t2 unchanged: not a netinject bundle\n")
+        assert _snapshot(root) == changed
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
+
+
+def test_the_backup_of_a_transaction_that_ended_is_dropped_not_restored(
+        tmp_path: Path) -> None:
+    """H2: a backup whose transaction ended (here: applied, and the backup's removal
+    was cut short) holds stale originals: dropped, saying so, nothing restored."""
+    root, _ = _guest(tmp_path)
+    (root / RULES).write_text("# installed by t1\n")
+    backup = _backup_of(root, {".txid-t1": None, RULES.replace("/", "%") + ".absent": None})
+    (root / "var/lib/netinject/apply-status").write_text("t1 applied\n")
+    before = _snapshot(root)
+    done = _agent(root, "apply-status", "t2")
+    assert (done.returncode, done.stdout) == (
+        1, "netinject-apply-status t2 cancelled: never ran\n")
+    assert _snapshot(root) == before
+    assert not backup.exists()
+    assert "dropped the backup of transaction t1, which ended (applied): nothing restored" \
+        in (root / "var/log/netinject.log").read_text()
+
+
+def test_a_backup_that_names_no_transaction_is_refused(tmp_path: Path) -> None:
+    """H2: a backup that does not say whose it is (an older agent's, or stale) is not
+    restored blindly: the agent refuses, and the host is told it could not be asked."""
+    root, _ = _guest(tmp_path)
+    (root / RULES).write_text("# the admin's rule\n")
+    backup = _backup_of(root, {RULES.replace("/", "%") + ".absent": None})
+    before = _snapshot(root)
+    done = _agent(root, "apply-status", "t2")
+    assert done.returncode == 3, done
+    assert "holds a backup that names no transaction: not restoring it blindly" \
+        in done.stdout
+    assert _snapshot(root) == before
+    assert backup.exists()
+
+
+def test_an_applied_transaction_that_cannot_be_recorded_is_rolled_back_at_once(
+        tmp_path: Path) -> None:
+    """H2: files installed but the outcome not recorded would leave the backup for the
+    next transaction to roll back behind the host's back: rolled back now, and said."""
+    root, _ = _guest(tmp_path)
+    (root / "var/lib/netinject/.apply-status.netinject-tmp").mkdir(parents=True)
+    port, subnet, network = vm.hotplug_port()
+    instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
+    raw, _ = bundle_for(instance, Options())
+    before = _snapshot(root)
+    done = _agent(root, "apply", "t1", raw)
+    assert done.returncode == 1, done
+    assert done.stdout.startswith("netinject-apply t1 unchanged: could not record the "
+                                  "outcome (")
+    assert done.stdout.endswith("): rolled back\n")
+    assert _snapshot(root) == before
+    assert not (root / "var/lib/netinject/apply-backup").exists()

@@ -2,14 +2,31 @@
 
 Never imported at boot: ``netinject guest-bundle`` ships it beside the joined agent, and
 the host's image builder calls it directly.
+
+Every path of the image is looked up inside it as a chroot would (resolve_in_root): the
+image's symlinks are the guest's, so an absolute one starts again at the image's root
+and none can lead to the build host's files. What install writes and uninstall removes
+is looked up before anything changes; an image that cannot take a file where the guest
+would find it (a loop, a link to nothing in the image, a directory in the way) is
+refused with exit 2 and nothing written.
 """
 
+import _stat
 import posix
 import sys
 
-from .contract import STACKS, STATE_DIR
-from .install import write_atomic
-from .paths import dirname, exists, isdir, isfile, islink, join, lexists, makedirs, relative_to
+from .contract import MAX_FILE, STACKS, STATE_DIR, AgentError
+from .install import _tmp_beside, write_atomic
+from .paths import (
+    dirname,
+    exists,
+    isdir,
+    islink,
+    lexists,
+    makedirs,
+    read_small,
+    resolve_in_root,
+)
 from .stacks import ANNOUNCING_STACKS, STACK_CONFIG
 
 TYPE_CHECKING = False
@@ -116,47 +133,81 @@ GENERATOR_OVERRIDE = "etc/udev/rules.d/75-persistent-net-generator.rules"
 KVM_EXCLUSION = r'^(ENV\{MATCHADDR\}=="\?\[2367abef\]:\*",\s*)ENV\{MATCHADDR\}=""'
 
 
+def _at(root: str, rel: str, follow: bool = True) -> "str | None":
+    """Where ``rel`` of the image is on this machine, None when the guest could not
+    reach anything there (a loop, a link to nothing, a file on the way): for reading
+    what the image has."""
+    try:
+        return resolve_in_root(root, rel, follow)
+    except AgentError:
+        return None
+
+
+def _exists(root: str, rel: str) -> bool:
+    path = _at(root, rel)
+    return path is not None and exists(path)
+
+
+def _read_text(root: str, rel: str) -> "str | None":
+    """A regular file's text (read non-blocking: a FIFO cannot hang the installer); None
+    when there is none."""
+    path = _at(root, rel)
+    if path is None:
+        return None
+    try:
+        return read_small(path, MAX_FILE).decode("utf-8")
+    except (OSError, UnicodeError):
+        return None
+
+
 def uses_systemd(root: str) -> bool:
-    init = join(root, "sbin/init")
-    if islink(init):
-        return "systemd" in posix.readlink(init)
-    return exists(join(root, "lib/systemd/systemd")) and not exists(
-        join(root, "sbin/init"))
+    """Whether the image boots systemd: /sbin/init is a link naming it (Debian's
+    /sbin/init -> /lib/systemd/systemd, also behind merged-usr's /sbin -> usr/sbin), or
+    there is no /sbin/init but systemd."""
+    init = _at(root, "sbin/init", follow=False)
+    if init is not None and islink(init):
+        try:
+            return "systemd" in posix.readlink(init)
+        except OSError:
+            return False
+    return _exists(root, "lib/systemd/systemd") and not _exists(root, "sbin/init")
 
 
-def fix_generator(root: str) -> "str | None":
-    """The seed's Debian fix: let the persistent-net generator honour KVM NICs."""
+def generator_fix(root: str) -> "bytes | None":
+    """The seed's Debian fix: the image's persistent-net generator rule (its override in
+    /etc if there is one) with the KVM exclusion turned into a jump to the whitelist, to
+    be written as the override; None when there is nothing to fix."""
     for rel in (GENERATOR_OVERRIDE, GENERATOR_RULES):
-        path = join(root, rel)
-        if not isfile(path):
+        text = _read_text(root, rel)
+        if text is None:
             continue
-        with open(path) as fh:
-            text = fh.read()
         if "globally_administered_whitelist" not in text:
             return None
         import re
 
         fixed = re.sub(KVM_EXCLUSION, r'\1GOTO="globally_administered_whitelist"', text,
                        flags=re.MULTILINE)
-        if fixed == text:
-            return None
-        write_atomic(join(root, GENERATOR_OVERRIDE), fixed.encode(), 0o644)
-        return GENERATOR_OVERRIDE
+        return fixed.encode() if fixed != text else None
     return None
 
 
 def _enabled(root: str, unit: str) -> bool:
     """Whether a systemd unit is enabled in the image (a link in some *.wants)."""
-    base = join(root, "etc/systemd/system")
+    base = "etc/systemd/system"
+    where = _at(root, base)
     try:
-        dirs = [d for d in posix.listdir(base) if d.endswith(".wants")]
+        dirs = [d for d in posix.listdir(where) if d.endswith(".wants")] if where else []
     except OSError:
         return False
-    return any(lexists(join(base, d, unit)) for d in dirs)
+    for d in dirs:
+        link = _at(root, "%s/%s/%s" % (base, d, unit), follow=False)
+        if link is not None and lexists(link):
+            return True
+    return False
 
 
 def _installed(root: str, *paths: str) -> bool:
-    return any(exists(join(root, p)) for p in paths)
+    return any(_exists(root, p) for p in paths)
 
 
 def detect_stack(root: str) -> "tuple[str | None, str]":
@@ -164,16 +215,18 @@ def detect_stack(root: str) -> "tuple[str | None, str]":
     order: netplan (it drives networkd or NetworkManager itself), ifupdown when its
     networking service is enabled, NetworkManager, systemd-networkd. (None, why) when
     there is none."""
+    netplan_dir = _at(root, "etc/netplan")
     if _installed(root, "usr/sbin/netplan", "usr/share/netplan/netplan.script") \
-            and isdir(join(root, "etc/netplan")):
+            and netplan_dir is not None and isdir(netplan_dir):
         return "netplan", "netplan is installed (/etc/netplan)"
     if _installed(root, "sbin/ifup", "usr/sbin/ifup") and _enabled(root, "networking.service"):
         return "ifupdown", "ifupdown's networking.service is enabled"
     if not uses_systemd(root) and _installed(root, "sbin/ifup", "usr/sbin/ifup"):
         return "ifupdown", "ifupdown is installed (sysvinit)"
+    nm_alias = _at(root, "etc/systemd/system/network-manager.service", follow=False)
     if _installed(root, "usr/sbin/NetworkManager") and (
             _enabled(root, "NetworkManager.service")
-            or lexists(join(root, "etc/systemd/system/network-manager.service"))):
+            or (nm_alias is not None and lexists(nm_alias))):
         return "nm", "NetworkManager.service is enabled"
     if _enabled(root, "systemd-networkd.service"):
         return "networkd", "systemd-networkd.service is enabled"
@@ -182,36 +235,100 @@ def detect_stack(root: str) -> "tuple[str | None, str]":
     return None, "no ifupdown, netplan, NetworkManager or enabled systemd-networkd"
 
 
-def _symlink(target: str, link: str) -> None:
-    makedirs(dirname(link))
-    if lexists(link):
-        posix.unlink(link)
-    posix.symlink(target, link)
+def _placed(root: str, rel: str, staged: bool = True) -> None:
+    """Check, before anything is written, that ``rel`` can be written where the guest
+    will find it: its directory resolves inside the image (resolve_in_root), and at the
+    name (and at its staging name, for a file write_atomic stages) there is nothing but
+    a file or a symlink, which are replaced. AgentError otherwise: found midway, it
+    would leave the image half installed."""
+    path = resolve_in_root(root, rel, follow_last=False)
+    kind = _kind(path)
+    if kind not in ("absent", "file", "symlink"):
+        raise AgentError("/%s: a %s is in the way" % (rel, kind))
+    kind = _kind(_tmp_beside(path))
+    if staged and kind not in ("absent", "file"):
+        raise AgentError("%s: a %s is in the way (not a file install left)"
+                         % (_tmp_beside("/" + rel), kind))
 
 
-def precompile(root: str) -> "str | None":
-    """Byte-compile the installed module when the image's Python has this interpreter's
-    bytecode format (same minor version), so no boot pays for compiling it."""
+def _kind(path: str) -> str:
+    """What is at ``path`` itself (not followed), in words."""
+    try:
+        mode = posix.lstat(path).st_mode
+    except FileNotFoundError:
+        return "absent"
+    if _stat.S_ISREG(mode):
+        return "file"
+    if _stat.S_ISLNK(mode):
+        return "symlink"
+    return "directory" if _stat.S_ISDIR(mode) else "special file"
+
+
+def _symlink(root: str, target: str, rel: str) -> None:
+    """A symlink at ``rel`` of the image (a link or file there is replaced)."""
+    path = resolve_in_root(root, rel, follow_last=False)
+    makedirs(dirname(path))
+    if lexists(path):
+        posix.unlink(path)
+    posix.symlink(target, path)
+
+
+def _pyc_path(root: str) -> "str | None":
+    """Where the compiled module goes when the image's Python has this interpreter's
+    bytecode format (same minor version); None when it has not."""
     tag = "python%d.%d" % sys.version_info[:2]
-    if root != "/" and not isdir(join(root, "usr/lib", tag)):
+    python = _at(root, "usr/lib/" + tag)
+    if (root != "/" and (python is None or not isdir(python))) \
+            or sys.implementation.cache_tag is None:
         return None
-    import py_compile
+    return "%s/__pycache__/netinject_guest.%s.pyc" % (dirname(MODULE_PATH),
+                                                     sys.implementation.cache_tag)
 
-    src = join(root, MODULE_PATH)
-    cfile = join(dirname(src), "__pycache__",
-                         "netinject_guest.%s.pyc" % sys.implementation.cache_tag)
-    py_compile.compile(src, cfile=cfile, dfile="/" + MODULE_PATH, doraise=True,
-                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
-    return cfile
+
+def precompile(root: str, out: "Callable[[str], None]") -> "bytes | None":
+    """The installed module byte-compiled, so no boot pays for compiling it; None (and
+    why, said) when it does not compile: it then compiles on first use. Compiled into a
+    scratch directory on this machine (py_compile writes through whatever directories
+    it is given), to be written into the image like any other file."""
+    import py_compile
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="netinject-pyc-") as tmp:
+            cfile = tmp + "/netinject_guest.pyc"
+            py_compile.compile(resolve_in_root(root, MODULE_PATH), cfile=cfile,
+                               dfile="/" + MODULE_PATH, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+            with open(cfile, "rb") as fh:
+                return fh.read()
+    except (OSError, py_compile.PyCompileError) as exc:
+        out("could not precompile the agent (%s); it compiles on first use" % exc)
+        return None
 
 
 def install_agent(root: str, out: "Callable[[str], None]", agent_source: bytes,
                   launcher_source: bytes, stack: "str | None" = None) -> int:
     """Install the boot service into the image tree at ``root``: the joined agent module
     (``agent_source``), its launcher, the systemd unit and the rcS script, and record the
-    image's network stack (``stack``, else detected) for the agent. Returns 2 (and
-    installs nothing) when no stack is given and none is found."""
-    r = root
+    image's network stack (``stack``, else detected) for the agent. Returns 2, says why
+    on stderr and installs nothing when no stack is given and none is found, or when the
+    image cannot take one of the files (see _placed)."""
+    try:
+        _is_tree(root)
+        return _install(root, out, agent_source, launcher_source, stack)
+    except (AgentError, OSError, UnicodeError) as exc:
+        sys.stderr.write("netinject-guest install: error: %s\n" % exc)
+        return 2
+
+
+def _is_tree(root: str) -> None:
+    """AgentError unless ``root`` is a directory or not there yet (install makes it)."""
+    if lexists(root) and not isdir(root):
+        raise AgentError("--root %s is not a directory" % root)
+
+
+def _install(r: str, out: "Callable[[str], None]", agent_source: bytes,
+             launcher_source: bytes, stack: "str | None") -> int:
     if stack is None:
         stack, why = detect_stack(r)
         if stack is None:
@@ -226,65 +343,98 @@ def install_agent(root: str, out: "Callable[[str], None]", agent_source: bytes,
         return 2
     else:
         out("network stack: %s (given)" % stack)
-    write_atomic(join(r, MODULE_PATH), agent_source, 0o644)
-    try:
-        cfile = precompile(r)
-    except (OSError, SyntaxError) as exc:
-        cfile = None
-        out("could not precompile the agent (%s); it compiles on first use" % exc)
-    write_atomic(join(r, LAUNCHER_PATH), launcher_source, 0o755)
-    write_atomic(join(r, UNIT_PATH), UNIT.encode(), 0o644)
-    write_atomic(join(r, INIT_PATH), INIT_SCRIPT.encode(), 0o755)
-    write_atomic(join(r, STACK_CONFIG), (stack + "\n").encode(), 0o644)
+    systemd = uses_systemd(r)
+    announcer = systemd and stack in ANNOUNCING_STACKS
+    fixed = generator_fix(r)
+    pyc = _pyc_path(r)
+    files = [MODULE_PATH, LAUNCHER_PATH, UNIT_PATH, INIT_PATH, STACK_CONFIG]
+    files += [ANNOUNCE_UNIT_PATH] if announcer else []
+    files += [GENERATOR_OVERRIDE] if fixed is not None else []
+    files += [pyc] if pyc is not None else []
+    links = [WANTS_LINK] + ([ANNOUNCE_WANTS_LINK] if announcer else []) if systemd \
+        else [RCS_LINK]
+    for rel in files:
+        _placed(r, rel)
+    for rel in links:
+        _placed(r, rel, staged=False)
+    state = resolve_in_root(r, STATE_DIR + "/backup")
+    if lexists(state) and not isdir(state):
+        raise AgentError("/%s/backup is in the way (not a directory)" % STATE_DIR)
+    write_atomic(r, MODULE_PATH, agent_source, 0o644)
+    compiled = precompile(r, out) if pyc is not None else None
+    if pyc is not None and compiled is not None:
+        write_atomic(r, pyc, compiled, 0o644)
+    write_atomic(r, LAUNCHER_PATH, launcher_source, 0o755)
+    write_atomic(r, UNIT_PATH, UNIT.encode(), 0o644)
+    write_atomic(r, INIT_PATH, INIT_SCRIPT.encode(), 0o755)
+    write_atomic(r, STACK_CONFIG, (stack + "\n").encode(), 0o644)
     # The state and backup directories exist before the first boot: two mkdirs fewer on
     # the boot path.
-    makedirs(join(r, STATE_DIR, "backup"), 0o700)
+    makedirs(state, 0o700)
     out("installed /%s, /%s, /%s, /%s" % (MODULE_PATH, LAUNCHER_PATH, UNIT_PATH, INIT_PATH))
-    if cfile:
-        out("precompiled /%s" % relative_to(r, cfile))
-    if uses_systemd(r):
-        _symlink("/" + UNIT_PATH, join(r, WANTS_LINK))
+    if compiled is not None:
+        out("precompiled /%s" % pyc)
+    if systemd:
+        _symlink(r, "/" + UNIT_PATH, WANTS_LINK)
         out("enabled %s (systemd)" % UNIT_NAME)
-        if stack in ANNOUNCING_STACKS:
-            write_atomic(join(r, ANNOUNCE_UNIT_PATH), ANNOUNCE_UNIT.encode(), 0o644)
-            _symlink("/" + ANNOUNCE_UNIT_PATH, join(r, ANNOUNCE_WANTS_LINK))
+        if announcer:
+            write_atomic(r, ANNOUNCE_UNIT_PATH, ANNOUNCE_UNIT.encode(), 0o644)
+            _symlink(r, "/" + ANNOUNCE_UNIT_PATH, ANNOUNCE_WANTS_LINK)
             out("enabled %s (systemd-networkd sends no gratuitous ARP)"
                 % ANNOUNCE_UNIT_NAME)
     else:
         # insserv orders rcS by the LSB header; with --root we place the link ourselves
         # at the front of rcS (X-Start-Before: networking holds trivially).
-        _symlink("../init.d/netinject", join(r, RCS_LINK))
+        _symlink(r, "../init.d/netinject", RCS_LINK)
         out("enabled /%s (sysvinit rcS)" % RCS_LINK)
-    fixed = fix_generator(r)
-    if fixed:
-        out("applied the KVM persistent-net fix in /%s" % fixed)
+    if fixed is not None:
+        write_atomic(r, GENERATOR_OVERRIDE, fixed, 0o644)
+        out("applied the KVM persistent-net fix in /%s" % GENERATOR_OVERRIDE)
     return 0
 
 
 def uninstall_agent(root: str, out: "Callable[[str], None]") -> int:
-    cache = join(root, dirname(MODULE_PATH), "__pycache__")
-    compiled = [relative_to(root, join(cache, f))
-                for f in (posix.listdir(cache) if isdir(cache) else [])
-                if f.startswith("netinject_guest.")]
-    for rel in (WANTS_LINK, ANNOUNCE_WANTS_LINK, RCS_LINK, UNIT_PATH, ANNOUNCE_UNIT_PATH,
-                INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG, *compiled):
-        path = join(root, rel)
-        if lexists(path):
+    """Remove what install added. Only names inside the image are removed (each looked up
+    in it, the name itself not followed); a name the guest could not reach (behind a
+    loop or a link to nothing) holds nothing of ours and is skipped, saying so. Returns
+    2 and says why on stderr on an error."""
+    try:
+        _is_tree(root)
+        return _uninstall(root, out)
+    except (AgentError, OSError, UnicodeError) as exc:
+        sys.stderr.write("netinject-guest uninstall: error: %s\n" % exc)
+        return 2
+
+
+def _uninstall(root: str, out: "Callable[[str], None]") -> int:
+    cache = dirname(MODULE_PATH) + "/__pycache__"
+    where = _at(root, cache)
+    names = sorted(posix.listdir(where)) if where is not None and isdir(where) else []
+    ours = [WANTS_LINK, ANNOUNCE_WANTS_LINK, RCS_LINK, UNIT_PATH, ANNOUNCE_UNIT_PATH,
+            INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG]
+    ours += [cache + "/" + f for f in names if f.startswith("netinject_guest.")]
+    if 'GOTO="globally_administered_whitelist"' in (_read_text(root, GENERATOR_OVERRIDE)
+                                                    or ""):
+        ours.append(GENERATOR_OVERRIDE)
+    for rel in ours:
+        try:
+            path = resolve_in_root(root, rel, follow_last=False)
+        except AgentError as exc:
+            out("skipped /%s: %s" % (rel, exc))
+            continue
+        kind = _kind(path)
+        if kind in ("file", "symlink"):
             posix.unlink(path)
             out("removed /%s" % rel)
+        elif kind != "absent":
+            out("left /%s: a %s, not what install made" % (rel, kind))
     # Directories go only when empty: recorded state and backups of a booted image stay.
-    for d in (cache, join(root, dirname(MODULE_PATH)), join(root, dirname(STACK_CONFIG)),
-              join(root, STATE_DIR, "backup"), join(root, STATE_DIR)):
+    for d in (cache, dirname(MODULE_PATH), dirname(STACK_CONFIG), STATE_DIR + "/backup",
+              STATE_DIR):
         try:
-            posix.rmdir(d)
-        except OSError:
+            posix.rmdir(resolve_in_root(root, d, follow_last=False))
+        except (OSError, AgentError):
             pass
-    override = join(root, GENERATOR_OVERRIDE)
-    if isfile(override):
-        with open(override) as fh:
-            if 'GOTO="globally_administered_whitelist"' in fh.read():
-                posix.unlink(override)
-                out("removed /%s" % GENERATOR_OVERRIDE)
     return 0
 
 
@@ -306,6 +456,11 @@ def main(argv: "list[str]", agent_source: bytes, launcher_source: bytes) -> int:
                                 "(default: detected: netplan, ifupdown with networking "
                                 "enabled, NetworkManager, systemd-networkd, in that order)")
     args = p.parse_args(argv)
+
+    def say(text: str) -> None:
+        # (A name from the image may not be UTF-8: shown escaped, not a traceback.)
+        print(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
     if args.cmd == "install":
-        return install_agent(args.root, print, agent_source, launcher_source, args.stack)
-    return uninstall_agent(args.root, print)
+        return install_agent(args.root, say, agent_source, launcher_source, args.stack)
+    return uninstall_agent(args.root, say)

@@ -15,6 +15,7 @@ from .contract import (
     APPLY_OK,
     APPLY_UNCHANGED,
     KEEP_SYMLINKS,
+    PRIVATE_DIRS,
     STATE_DIR,
     AgentError,
     Entry,
@@ -32,12 +33,13 @@ from .paths import (
     basename,
     dirname,
     isdir,
-    islink,
     join,
     lexists,
     makedirs,
     no_symlink_parents,
     read_small,
+    relative_to,
+    resolve_in_root,
 )
 
 TYPE_CHECKING = False
@@ -115,9 +117,13 @@ def _create(path: str, data: bytes, mode: int, owner: "tuple[int, int] | None" =
     return fd
 
 
-def write_atomic(path: str, data: bytes, mode: int) -> None:
-    """Write beside the target, fsync, rename over it (a symlink is replaced, never
-    followed)."""
+def write_atomic(root: str, rel: str, data: bytes, mode: int) -> None:
+    """Write ``rel`` of the tree at ``root``: beside the target, fsync, rename over it (a
+    symlink there is replaced, never followed). Its directory is looked up inside the
+    tree as a chroot would (resolve_in_root): a symlinked directory of an image never
+    takes the write out of the tree, and missing directories are made inside it. At
+    boot the root is '/', where that is the kernel's own lookup."""
+    path = resolve_in_root(root, rel, follow_last=False)
     d = dirname(path)
     makedirs(d)
     tmp = _tmp_beside(path)
@@ -135,6 +141,9 @@ def write_atomic(path: str, data: bytes, mode: int) -> None:
     _fsync_dir(d)
 
 
+TXID_MARK = ".txid-"  # an apply backup's entry naming its transaction (see Backup)
+
+
 class Backup:
     """Originals of replaced files under /var/lib/netinject/backup/<uuid>/.
 
@@ -145,11 +154,20 @@ class Backup:
     before the later renames that replace the originals. A path already backed up is
     never backed up again, so a re-run after a crash keeps the true originals rather
     than our half-installed files.
+
+    A hot-plug transaction's backup also names its transaction (``txid``): an empty
+    ``.txid-<T>`` entry, made before any other, so that recovery restores only the
+    backup of a transaction that did not end (see _recover). Entries that are not what
+    save() makes (a directory, a FIFO put there) are never restored.
     """
 
-    def __init__(self, root: str, uuid: str, directory: "str | None" = None) -> None:
+    def __init__(self, root: str, uuid: str, directory: "str | None" = None,
+                 txid: "str | None" = None) -> None:
+        self.root = root
         self.dir = directory or join(root, STATE_DIR, "backup", uuid)
+        self.txid = txid
         self.index: dict[str, str] = {}
+        self.marked: list[str] = []  # the transactions its .txid- entries name
         self.installed = 0  # how many files the install that made it replaced
         self.kept: list[str] = []  # guest paths that install left as they were (symlinks)
         try:
@@ -159,8 +177,19 @@ class Backup:
             names = []
             self.made = False
         for name in names:
-            kind = "absent" if name.endswith(".absent") else (
-                "symlink" if islink(join(self.dir, name)) else "file")
+            if name.startswith(TXID_MARK):
+                self.marked.append(name[len(TXID_MARK):])
+                continue
+            try:
+                mode = posix.lstat(join(self.dir, name)).st_mode
+            except OSError:
+                continue
+            if _stat.S_ISLNK(mode):
+                kind = "symlink"
+            elif not _stat.S_ISREG(mode):
+                continue
+            else:
+                kind = "absent" if name.endswith(".absent") else "file"
             rel = name[:-len(".absent")] if kind == "absent" else name
             rel = rel.replace("%", "/")
             if is_allowed_path(rel):
@@ -176,6 +205,9 @@ class Backup:
         if not self.made:
             makedirs(self.dir, 0o700)
             self.made = True
+        if self.txid is not None and self.txid not in self.marked:
+            _write_plain(join(self.dir, TXID_MARK + self.txid), b"", 0o600)
+            self.marked.append(self.txid)
         entry = self._entry(rel)
         if kind == "symlink":
             posix.symlink(posix.readlink(target), entry)
@@ -184,7 +216,8 @@ class Backup:
                 posix.link(target, entry)
             except OSError:  # another filesystem: a durable copy instead
                 with open(target, "rb") as fh:
-                    write_atomic(entry, fh.read(), posix.stat(target).st_mode & 0o7777)
+                    write_atomic(self.root, relative_to(self.root, entry), fh.read(),
+                                 posix.stat(target).st_mode & 0o7777)
         else:
             _remove_stale(entry + ".absent")
             _write_plain(entry + ".absent", b"", 0o600)
@@ -208,7 +241,7 @@ class Backup:
                 posix.rename(tmp, target)
             except OSError:
                 with open(entry, "rb") as fh:
-                    write_atomic(target, fh.read(), posix.stat(entry).st_mode & 0o7777)
+                    write_atomic(root, rel, fh.read(), posix.stat(entry).st_mode & 0o7777)
 
 
 def _write_plain(path: str, data: bytes, mode: int) -> None:
@@ -227,18 +260,28 @@ class Target:
         self.st = st
 
     @property
+    def private(self) -> bool:
+        """In a directory whose stack requires the manifest's mode and root's ownership
+        (PRIVATE_DIRS): NetworkManager ignores a keyfile others can read or another user
+        owns, netplan warns about a readable YAML. An old file's looser mode there would
+        silently leave the guest on DHCP."""
+        return self.entry.path.startswith(PRIVATE_DIRS)
+
+    @property
     def mode(self) -> int:
-        """A replaced file keeps its mode (0600 stays 0600); a new one gets the
-        manifest's."""
-        if self.kind == "file" and self.st is not None:
+        """A replaced file keeps its mode (0600 stays 0600), except a private one; a new
+        one, and a private one, get the manifest's."""
+        if self.kind == "file" and self.st is not None and not self.private:
             return self.st.st_mode & 0o7777
         return self.entry.mode
 
     @property
     def owner(self) -> "tuple[int, int] | None":
-        if self.kind == "file" and self.st is not None:
-            return self.st.st_uid, self.st.st_gid
-        return None
+        """A replaced file keeps its owner, except a private one, which becomes root's;
+        None: a new file, the agent's own (root's at boot)."""
+        if self.kind != "file" or self.st is None:
+            return None
+        return (0, 0) if self.private else (self.st.st_uid, self.st.st_gid)
 
 
 def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") -> None:
@@ -274,7 +317,8 @@ def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") ->
 
 
 def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
-            backup_dir: "str | None" = None, remove: "list[str] | None" = None) -> Backup:
+            backup_dir: "str | None" = None, remove: "list[str] | None" = None,
+            txid: "str | None" = None) -> Backup:
     """Install every manifest file as one transaction; on failure restore what was
     already replaced.
 
@@ -284,6 +328,7 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
     the instance uuid is recorded only after all of it, so the next boot finishes the job.
     ``remove``: allowlisted guest paths to move aside in the same transaction (into the
     backup, whence a rollback restores them): an image file that would override ours.
+    ``txid``: the hot-plug transaction the backup (``backup_dir``) belongs to.
     """
     # Preflight: every target must be writable without following a symlinked directory
     # and must not be something other than a file or symlink, before anything changes.
@@ -307,9 +352,9 @@ def install(root: str, manifest: Manifest, log: Log, after_each: object = None,
         kind, _st = target_stat(join(root, rel))
         if kind == "file":
             aside.append((rel, join(root, rel)))
-    if backup_dir is None:
-        no_symlink_parents(root, join(STATE_DIR, "backup", manifest.uuid, "x"))
-    backup = Backup(root, manifest.uuid, backup_dir)
+    directory = backup_dir or join(root, STATE_DIR, "backup", manifest.uuid)
+    no_symlink_parents(root, relative_to(root, directory) + "/x")
+    backup = Backup(root, manifest.uuid, directory, txid)
     backup.installed = len(targets)
     backup.kept = kept
     done: list[str] = []
@@ -413,47 +458,99 @@ def record_apply_status(root: str, txid: str, outcome: str) -> None:
     entries = [e for e in read_apply_status(root) if e[0] != txid]
     entries.append((txid, outcome))
     text = "".join("%s %s\n" % e for e in entries[-APPLY_STATUS_KEEP:])
-    write_atomic(join(root, APPLY_STATUS), text.encode("ascii", "replace"), 0o600)
+    write_atomic(root, APPLY_STATUS, text.encode("ascii", "replace"), 0o600)
 
 
-def _drop_backup(backup: Backup) -> None:
-    for name in (posix.listdir(backup.dir) if isdir(backup.dir) else []):
-        posix.unlink(join(backup.dir, name))
+def _apply_backup_dir(root: str) -> str:
+    """/var/lib/netinject/apply-backup; AgentError if it, or a directory on the way, is
+    a symlink: recovery would restore files from wherever it points, and dropping the
+    backup would delete there."""
+    no_symlink_parents(root, APPLY_BACKUP + "/x")
+    return join(root, APPLY_BACKUP)
+
+
+def _drop_apply_backup(root: str) -> None:
+    """Remove the apply backup: its entries, then its transaction marks (so that a
+    removal cut short still names its transaction), then the directory."""
+    directory = _apply_backup_dir(root)
     try:
-        posix.rmdir(backup.dir)
+        names = posix.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in sorted(names, key=lambda n: n.startswith(TXID_MARK)):
+        posix.unlink(join(directory, name))
+    try:
+        posix.rmdir(directory)
     except OSError:
         pass
 
 
-def _recover(root: str, log: Log) -> None:
-    """Roll back an apply that was interrupted midway (its backup is still there)."""
-    directory = join(root, APPLY_BACKUP)
-    if not isdir(directory):
-        return
-    backup = Backup(root, "", directory)
+def _restore_all(root: str, backup: Backup) -> None:
     for rel in backup.index:
         backup.restore(root, rel)
-    log("rolled back an interrupted apply (%d file(s))" % len(backup.index))
-    _drop_backup(backup)
+
+
+def _recover(root: str, log: Log) -> None:
+    """Deal with an apply backup a transaction left: restore it only if its transaction
+    did not end (interrupted: no outcome recorded) or ended broken (its rollback failed);
+    the backup of a transaction that ended (applied, rolled back, cancelled) is stale
+    and is dropped without restoring anything (its originals may be older than what is
+    there now). A backup that names no transaction is refused, not guessed at."""
+    directory = _apply_backup_dir(root)
+    if not lexists(directory):
+        return
+    if not isdir(directory):
+        raise AgentError("%s is not a directory" % directory)
+    backup = Backup(root, "", directory)
+    if len(backup.marked) != 1:
+        if backup.index:
+            raise AgentError("%s holds a backup that names %s transaction: not restoring "
+                             "it blindly (inspect it, then remove it)" % (
+                                 directory, "no" if not backup.marked else "more than one"))
+        log("removed an apply backup with nothing to restore")
+        _drop_apply_backup(root)
+        return
+    txid = backup.marked[0]
+    ended = dict(read_apply_status(root)).get(txid)
+    if ended is not None and not ended.startswith("broken"):
+        log("dropped the backup of transaction %s, which ended (%s): nothing restored"
+            % (txid, ended))
+        _drop_apply_backup(root)
+        return
+    _restore_all(root, backup)
+    _drop_apply_backup(root)
+    outcome = "unchanged: %s, then rolled back by a later transaction" % (
+        "interrupted" if ended is None else "its rollback failed")
+    log("rolled back %s apply of transaction %s (%d file(s))"
+        % ("an interrupted" if ended is None else "a broken", txid, len(backup.index)))
+    try:
+        record_apply_status(root, txid, outcome)
+    except (OSError, AgentError) as exc:
+        log("could not record the outcome of %s: %s" % (txid, exc))
 
 
 def _status(outcome: str) -> int:
-    return APPLY_OK if applied_kept(outcome) is not None else APPLY_UNCHANGED
+    if applied_kept(outcome) is not None:
+        return APPLY_OK
+    return APPLY_BROKEN if outcome.startswith("broken") else APPLY_UNCHANGED
 
 
 def _transaction(root: str, txid: str, log: Log,
                  body: "Callable[[], tuple[int, str]]") -> "tuple[int, str]":
     """Run ``body`` under the apply lock unless transaction ``txid`` already ended (its
-    recorded outcome is then the answer), after rolling back any interrupted apply."""
+    recorded outcome is then the answer), after dealing with a backup an earlier
+    transaction left (which may end ``txid`` itself: an interrupted ``txid`` rolled back)."""
     if not (is_plain_name(txid) and len(txid) <= 64):
         return APPLY_UNCHANGED, "refused: bad transaction id"
     lock = ApplyLock(root)
     try:
         ended = dict(read_apply_status(root)).get(txid)
+        if ended is None or ended.startswith("broken"):
+            _recover(root, log)
+            ended = dict(read_apply_status(root)).get(txid)
         if ended is not None:
             log("transaction %s already ended: %s" % (txid, ended))
             return _status(ended), ended
-        _recover(root, log)
         return body()
     finally:
         lock.close()
@@ -462,7 +559,10 @@ def _transaction(root: str, txid: str, log: Log,
 def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log,
           refuse: "str | None" = None) -> "tuple[int, str]":
     """Install a bundle as one transaction; (exit status, outcome recorded for txid).
-    ``refuse``: a reason to change nothing (recorded as the outcome like any other)."""
+    ``refuse``: a reason to change nothing (recorded as the outcome like any other).
+
+    The backup goes as soon as the transaction ends, applied or not: one left behind
+    would make the next transaction restore its (by then stale) originals."""
 
     def body() -> "tuple[int, str]":
         try:
@@ -473,18 +573,33 @@ def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log,
             if system != manifest.uuid:
                 raise AgentError("the bundle is for instance %s, not this machine (%s)"
                                  % (manifest.uuid, system))
-            backup = install(root, manifest, log, backup_dir=join(root, APPLY_BACKUP))
+            backup = install(root, manifest, log, backup_dir=join(root, APPLY_BACKUP),
+                             txid=txid)
         except AgentError as exc:
-            outcome = "unchanged: %s" % exc
-            record_apply_status(root, txid, outcome.replace("\n", " "))
+            broken = "rollback FAILED" in str(exc)
+            if not broken:  # every file is as it was: nothing left to restore
+                _drop_apply_backup(root)
+            # (A failed rollback keeps the backup: the next transaction retries it.)
+            outcome = ("broken: %s" if broken else "unchanged: %s") % exc
+            outcome = outcome.replace("\n", " ")
+            try:
+                record_apply_status(root, txid, outcome)
+            except (OSError, AgentError) as rexc:  # (a full disk): the reply tells the host
+                log("could not record the outcome of %s: %s" % (txid, rexc))
             log("apply %s: %s" % (txid, outcome))
-            if "rollback FAILED" in str(exc):
-                return APPLY_BROKEN, "broken: %s" % exc
-            _recover(root, log)
-            return APPLY_UNCHANGED, outcome
+            return _status(outcome), outcome
         outcome = applied_outcome(backup.kept)
-        record_apply_status(root, txid, outcome)
-        _drop_backup(backup)
+        try:
+            record_apply_status(root, txid, outcome)
+        except (OSError, AgentError) as exc:
+            # Unrecorded, the backup would have the next transaction roll these files
+            # back behind the host's back: roll back now, and say so.
+            _restore_all(root, backup)
+            _drop_apply_backup(root)
+            outcome = "unchanged: could not record the outcome (%s): rolled back" % exc
+            log("apply %s: %s" % (txid, outcome))
+            return APPLY_UNCHANGED, outcome
+        _drop_apply_backup(root)
         log("apply %s: %d file(s) installed" % (txid, backup.installed))
         return APPLY_OK, outcome
 

@@ -1,8 +1,9 @@
 """Path helpers for the guest agent, on ``posix`` alone.
 
 posixpath's behaviour for the cases the agent has (posixpath needs ``os``, which costs
-tens of ms to import on a first boot under TCG), plus reading small files and checking
-that nothing on the way to a path is a symlink.
+tens of ms to import on a first boot under TCG), plus reading small files, checking
+that nothing on the way to a path is a symlink, and resolving a path inside an image tree
+as a chroot would (``netinject-guest install --root``).
 """
 
 import _stat
@@ -133,3 +134,77 @@ def no_symlink_parents(root: str, rel: str, dirs: "set[str] | None" = None) -> N
             raise AgentError("refusing to write through symlinked directory %s" % cur)
         if dirs is not None and _stat.S_ISDIR(mode):
             dirs.add(cur)
+
+
+MAX_LINKS = 40  # symlinks followed in one lookup before it is a loop (Linux: ELOOP at 40)
+
+
+def resolve_in_root(root: str, rel: str, follow_last: bool = True) -> str:
+    """The path on this machine of ``rel`` inside the tree at ``root``, resolved as the
+    kernel resolves it for a process chrooted there: a symlink's absolute target starts
+    again at ``root`` and '..' never climbs above it. So a link in an image that leads to
+    the build host's own directory (etc/udev/rules.d -> /etc/udev/rules.d) is re-rooted
+    into the image, where the booted guest will look, and lookups never leave the tree;
+    relative links inside the tree (merged-usr's lib -> usr/lib) work as they do in the
+    guest.
+
+    Every directory on the returned path exists as a real directory (not a symlink)
+    inside the tree, except trailing names that do not exist yet (kept as given: a
+    makedirs creates them as directories inside the tree). ``follow_last`` False leaves
+    the final name unresolved (to replace or remove that name itself).
+
+    AgentError when the lookup fails as it would in the chroot: a loop (more than
+    MAX_LINKS links), a followed link whose target does not exist in the tree (a link
+    meant for the build host; nothing is created at its target), or a non-directory on
+    the way. The tree is assumed not to change under the lookup (it is the image being
+    built, not a live system another user writes to)."""
+    base = root.rstrip("/")
+    done: list[str] = []  # resolved names below root: real directories, or missing
+    # Names still to look up (last first), and whether each came from a link's target.
+    todo: list[tuple[str, bool]] = [(p, False) for p in reversed(rel.split("/"))]
+    links = 0
+    via = ""  # the last link followed, for messages
+    missing = False  # a name in ``done`` does not exist
+    while todo:
+        name, from_link = todo.pop()
+        if name in ("", "."):
+            continue
+        here = "/".join([*done, name])
+        if name == "..":
+            if missing:  # (as the kernel: no parent of what is not there)
+                raise AgentError("/%s: /%s does not exist" % (rel, here))
+            if done:
+                done.pop()
+            continue
+        try:
+            mode = posix.lstat(base + "/" + here).st_mode
+        except FileNotFoundError:
+            if from_link:
+                raise AgentError("/%s: the symlink %s leads to nothing in the image (/%s "
+                                 "is not there; a link meant for the build host?)"
+                                 % (rel, via, here)) from None
+            done.append(name)
+            missing = True
+            continue
+        except OSError as exc:
+            raise AgentError("/%s: cannot look at /%s: %s"
+                             % (rel, here, posix.strerror(exc.errno or 5))) from None
+        last = not todo  # (a trailing '/' or '.' makes it a directory to go through)
+        if _stat.S_ISLNK(mode) and (follow_last or not last):
+            links += 1
+            if links > MAX_LINKS:
+                raise AgentError("/%s: too many levels of symbolic links (a loop)" % rel)
+            try:
+                target = posix.readlink(base + "/" + here)
+            except OSError as exc:
+                raise AgentError("/%s: cannot read the link /%s: %s"
+                                 % (rel, here, posix.strerror(exc.errno or 5))) from None
+            via = "/%s -> %s" % (here, target)
+            if target.startswith("/"):
+                done = []
+            todo.extend((p, True) for p in reversed(target.split("/")))
+            continue
+        if not last and not _stat.S_ISDIR(mode):
+            raise AgentError("/%s: /%s is not a directory" % (rel, here))
+        done.append(name)
+    return base + "/" + "/".join(done) if done else (base or "/")
