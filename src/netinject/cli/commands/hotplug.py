@@ -82,7 +82,10 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
 
     doc = read_json(args.instance)
     if args.system_metadata_out is not None:
-        check_output(args.system_metadata_out, "--system-metadata-out")
+        inputs: list[Path] = [args.instance]
+        if args.hotplug_cmd == "attach":
+            inputs += [args.port, *args.subnet, *args.network]
+        check_output(args.system_metadata_out, "--system-metadata-out", inputs)
     attacher: hotplug.NicAttacher = (hotplug.QmpAttacher(args.qmp) if args.qmp
                                      else hotplug.LibvirtAttacher(args.libvirt))
     options = Options(Style(args.style))
