@@ -1,6 +1,7 @@
-"""The fuzz suite: hostile host inputs and hostile drives, with strict oracles.
+"""The fuzz suite: hostile host inputs, hostile drives and hostile output paths, with
+strict oracles.
 
-Three categories, each seeded (the same seed gives the same inputs):
+Four categories, each seeded (the same seed gives the same inputs):
 
 * ``neutron`` and ``network-data``: structural mutations of the golden documents in
   tests/cases (keys deleted or set to null, wrong types, hostile strings: zone ids,
@@ -17,9 +18,17 @@ Three categories, each seeded (the same seed gives the same inputs):
   payload (the manifest's hashes cannot be fooled by a damaged copy); no other
   exception, no hang (each input runs under a 5 s alarm); and the subset installed by
   ``run`` on a guest-shaped tree installs only the original files.
+* ``output-paths`` (tests/helpers/fuzz_outputs.py): valid inputs, hostile output paths
+  for ``render --out``, ``--system-metadata-out`` and ``drive --out`` (FIFOs, devices,
+  sockets, symlinks out of the tree at every level, dangling links, directories where
+  files go, read-only directories, the input as the output). Oracle: exit 0 with every
+  output a regular file with the golden bytes in its intended place and nothing else
+  changed, or exit 2/1 with a message and nothing changed anywhere; the exit status the
+  hazard calls for (``wrong verdicts``); never a traceback or a hang.
 
 Run: ``.venv/bin/python tests/helpers/fuzz.py --inputs 50000`` (figures per category; exit 1 on
-any finding). The test suite runs a bounded sample (tests/test_fuzz.py).
+any finding; ``--category NAME`` runs one with all the inputs). The test suite runs a
+bounded sample (tests/test_fuzz.py).
 """
 
 from __future__ import annotations
@@ -44,7 +53,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CASES = HERE.parent / "cases"
 sys.path.insert(0, str(HERE.parent.parent / "src"))
+sys.path.insert(0, str(HERE.parent))  # tests/: helpers.* when run as a script
 
+from helpers.fuzz_outputs import output_paths_fuzz  # noqa: E402
 from netinject import drive  # noqa: E402
 from netinject.cli import main  # noqa: E402
 from netinject.guest import contract, discovery, run  # noqa: E402
@@ -358,6 +369,7 @@ class Tally:
     tracebacks: int = 0
     partial_writes: int = 0
     injections: int = 0
+    wrong_verdicts: int = 0  # output-paths: not the exit status the planted hazard calls for
     findings: list[str] = field(default_factory=list)
 
     def finding(self, kind: str, text: str) -> None:
@@ -615,20 +627,27 @@ CATEGORIES: dict[str, Callable[[int, int], Tally]] = {
     "neutron": lambda count, seed: host_fuzz("neutron", count, seed),
     "network-data": lambda count, seed: host_fuzz("network-data", count, seed),
     "drive": drive_fuzz,
+    "output-paths": lambda count, seed: output_paths_fuzz(count, seed, Tally),
 }
+# Each category's part of --inputs: about equal time per category in the test sample
+# (an output-paths input builds a scenario and often a drive: ~5x a document input).
+SHARE = {"neutron": 0.35, "network-data": 0.25, "drive": 0.3, "output-paths": 0.1}
 
 
-def run_all(total: int, seed: int, out: Any = sys.stdout) -> dict[str, Tally]:
-    share = {"neutron": 0.4, "network-data": 0.3, "drive": 0.3}
+def run_all(total: int, seed: int, out: Any = sys.stdout,
+            only: list[str] | None = None) -> dict[str, Tally]:
     results = {}
     for name, fn in CATEGORIES.items():
-        count = max(1, int(total * share[name]))
+        if only is not None and name not in only:
+            continue
+        alone = only is not None and len(only) == 1
+        count = total if alone else max(1, int(total * SHARE[name]))
         t0 = time.monotonic()
         results[name] = tally = fn(count, seed)
         print(f"{name:13} {tally.inputs:7} inputs  {tally.accepted:6} accepted  "
               f"{tally.refused:6} refused  tracebacks {tally.tracebacks}  partial writes "
-              f"{tally.partial_writes}  injections {tally.injections}  "
-              f"({time.monotonic() - t0:.0f} s)", file=out, flush=True)
+              f"{tally.partial_writes}  injections {tally.injections}  wrong verdicts "
+              f"{tally.wrong_verdicts}  ({time.monotonic() - t0:.0f} s)", file=out, flush=True)
         for f in tally.findings:
             print(f"  {f}", file=out)
     return results
@@ -638,9 +657,12 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="netinject's fuzz suite (see the module doc)")
     p.add_argument("--inputs", type=int, default=50_000, help="inputs in all (default 50000)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--category", action="append", choices=list(CATEGORIES),
+                   help="run only this category (repeatable; one alone gets all --inputs)")
     args = p.parse_args(argv)
-    results = run_all(args.inputs, args.seed)
-    bad = sum(t.tracebacks + t.partial_writes + t.injections for t in results.values())
+    results = run_all(args.inputs, args.seed, only=args.category)
+    bad = sum(t.tracebacks + t.partial_writes + t.injections + t.wrong_verdicts
+              for t in results.values())
     print(f"total {sum(t.inputs for t in results.values())} inputs, {bad} finding(s)")
     return 1 if bad else 0
 
