@@ -86,6 +86,9 @@ BAD: list[tuple[str, Callable[[Doc], None], str]] = [
     ("missing-cidr", _del("subnets.0.cidr"), "subnets[0].cidr: is required but missing"),
     ("version-mismatch", _set("subnets.0.ip_version", 6),
      "subnets[0].cidr: '10.180.80.0/23' is not an IPv6 network"),
+    ("cidr-zero-prefix", _set("subnets.0.cidr", "0.0.0.0/0"),
+     "subnets[0].cidr: '0.0.0.0/0' has prefix length 0: an IPv4 subnet's prefix length "
+     "must be 1..32\n"),
     ("pattern-garbage", _set("system_metadata.ports_pattern", "__import__('os')"),
      "system_metadata.ports_pattern: "),
     ("pattern-index", _set("system_metadata.ports_pattern",
@@ -184,3 +187,90 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["render", "--print"]) == 2
     assert main(["render", str(tmp_path / "missing.json"), "--print"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_ipv6_subnet_with_a_zero_prefix_is_refused(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20 F2: a /0 subnet rendered address/0 in every stack; netplan's generator
+    refuses that (prefix 1..32, 1..128), so netplan images fell back to DHCP."""
+    doc = load_case("dual-stack")
+    doc["subnets"][1]["cidr"] = "::/0"
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert main(["render", str(src), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"netinject: {src}: invalid input (1 error(s)):\n"
+        "  subnets[1].cidr: '::/0' has prefix length 0: an IPv6 subnet's prefix length must "
+        "be 1..128\n")
+    assert not out.exists()
+
+
+def _cidr_address(net: Doc, cidr: str) -> None:
+    """The address with its prefix (address/prefix) and no netmask field."""
+    net["ip_address"] = cidr
+    del net["netmask"]
+
+
+ND_ZERO_PREFIX: list[tuple[str, Callable[[Doc], None], str]] = [
+    ("netmask", lambda nd: nd["networks"][0].__setitem__("netmask", "0.0.0.0"),
+     "networks[0].netmask: '0.0.0.0' gives prefix length 0: an IPv4 address's prefix "
+     "length must be 1..32"),
+    ("prefix-number", lambda nd: nd["networks"][0].__setitem__("netmask", 0),
+     "networks[0].netmask: 0 gives prefix length 0: an IPv4 address's prefix length must "
+     "be 1..32"),
+    ("ipv6-netmask", lambda nd: nd["networks"][1].__setitem__("netmask", "::"),
+     "networks[1].netmask: '::' gives prefix length 0: an IPv6 address's prefix length "
+     "must be 1..128"),
+    ("cidr-in-ip-address", lambda nd: _cidr_address(nd["networks"][0], "192.0.2.44/0"),
+     "networks[0].ip_address: '192.0.2.44/0' gives prefix length 0: an IPv4 address's "
+     "prefix length must be 1..32"),
+]
+
+
+@pytest.mark.parametrize(("name", "mutate", "message"), ND_ZERO_PREFIX,
+                         ids=[c[0] for c in ND_ZERO_PREFIX])
+def test_network_data_zero_prefix_is_refused(name: str, mutate: Callable[[Doc], None],
+                                             message: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    nd = json.loads((CASES / "network-data" / "network_data.json").read_text())
+    mutate(nd)
+    src = tmp_path / "nd.json"
+    src.write_text(json.dumps(nd))
+    img = tmp_path / "d.img"
+    assert main(["drive", "--network-data", str(src), "--out", str(img)]) == 2
+    assert capsys.readouterr().err == (
+        f"netinject: {src}: invalid input (1 error(s)):\n  {message}\n")
+    assert not img.exists()
+
+
+@pytest.mark.parametrize(("form", "prefix"), [("v4", 1), ("v4", 32), ("v6", 1), ("v6", 128)])
+def test_prefix_bounds_themselves_are_accepted(form: str, prefix: int, tmp_path: Path) -> None:
+    """The bounds are netplan's (and Neutron's, which refuses only /0): /1 and the host
+    prefixes /32 and /128 render (from network_data.json, where an address may carry
+    its own host prefix)."""
+    nd = json.loads((CASES / "network-data" / "network_data.json").read_text())
+    net = nd["networks"][0 if form == "v4" else 1]
+    net["netmask"] = str(prefix)
+    net["routes"] = [r for r in net["routes"] if r["netmask"] in ("0.0.0.0", "::")]
+    if prefix in (32, 128):
+        net["routes"] = []  # nothing is reachable on a host prefix
+    src = tmp_path / "nd.json"
+    src.write_text(json.dumps(nd))
+    out = tmp_path / "out"
+    assert main(["render", "--network-data", str(src), "--out", str(out),
+                 "--format", "netplan"]) == 0
+    ip = net["ip_address"]
+    assert f'        - "{ip}/{prefix}"\n' in (out / "etc/netplan/90-netinject.yaml").read_text()
+
+
+def test_model_refuses_a_zero_prefix_address() -> None:
+    import ipaddress
+
+    from netinject.model import AddrMode, IfAddress
+
+    with pytest.raises(ValueError, match=r"^10.0.0.5/0 has prefix length 0: an IPv4 "
+                                         r"address's prefix length must be 1\.\.32$"):
+        IfAddress(4, AddrMode.STATIC, ipaddress.ip_interface("10.0.0.5/0"))
+    with pytest.raises(ValueError, match=r"must be 1\.\.128$"):
+        IfAddress(6, AddrMode.DHCP, ipaddress.ip_interface("2001:db8::5/0"))

@@ -209,6 +209,24 @@ def test_bad_ports_pattern_literal_is_an_input_error(pattern: str, tmp_path: Pat
     assert "system_metadata.ports_pattern" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("pattern", ["[" * 1100, "[" * 100_000, "{\"a\": " * 1100])
+def test_deeply_nested_ports_pattern_is_a_field_error(pattern: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """Issue 20 F1: json.loads raised RecursionError (not a ValueError) on a deeply
+    nested ports_pattern, a traceback. The value is quoted shortened."""
+    doc = load_case("seed")
+    doc["system_metadata"]["ports_pattern"] = pattern
+    src = tmp_path / "doc.json"
+    src.write_text(json.dumps(doc))
+    assert main(["render", str(src), "--print"]) == 2
+    shown = "'" + pattern[:179] + f"...<{len(pattern) + 2} characters>"
+    assert capsys.readouterr().err == (
+        f"netinject: {src}: invalid input (1 error(s)):\n"
+        f"  system_metadata.ports_pattern: {shown} is nested too deeply (want a flat "
+        "mapping of port id to NIC index)\n")
+
+
 def test_input_path_that_is_a_directory(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", str(tmp_path), "--print"]) == 2

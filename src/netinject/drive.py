@@ -39,6 +39,7 @@ from xml.etree import ElementTree as ET
 from . import __version__
 from .errors import MISSING, FieldError, InvalidInput, NetinjectError
 from .guest import contract
+from .hostio import staged_file
 from .model import Instance
 from .render import FORMATS, Files, Options, render_all
 from .sources import network_data
@@ -281,26 +282,17 @@ class BuildResult:
 
 def build(instance: Instance, out: Path, fmt: DriveFormat = "vfat",
           options: Options | None = None) -> BuildResult:
-    """Build the drive into a temporary file beside ``out`` and rename it into place:
-    a failed build leaves no file behind."""
+    """Build the drive into a staging file beside ``out`` and rename it into place
+    (hostio.staged_file): a failed build leaves no file behind, and a device, FIFO,
+    directory or symlink at ``out`` is refused, never replaced or written through."""
     data = contents(instance, options)
     vol = volume_id(instance.uuid)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with staged_file(out, 0o644) as tmp:
         if fmt == "vfat":
             tmp.unlink()  # mkfs.fat -C creates the file itself
             build_vfat(data, tmp, vol)
         else:
             build_iso(data, tmp, vol)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
     return BuildResult(out, fmt, data.payload, out.stat().st_size, vol,
                        tuple(sorted(data.files)))
 

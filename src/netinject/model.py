@@ -77,6 +77,23 @@ def parse_network(text: object) -> IPv4Network | IPv6Network:
                          else "is not a CIDR") from None
 
 
+def prefix_bounds(version: int) -> tuple[int, int]:
+    """The prefix lengths an address (and so a subnet) may have: 1..32 for IPv4, 1..128
+    for IPv6. /0 is out: Neutron itself refuses a /0 subnet, and netplan's generator
+    refuses ``address/0`` (a netplan image would then fall back to DHCP). The host
+    prefixes are in: /31 and /127 are point-to-point links, /32 and /128 host routes
+    with an on-link gateway, and network_data.json may carry either."""
+    return 1, 32 if version == 4 else 128
+
+
+def prefix_problem(prefixlen: int, version: int, what: str = "address") -> str | None:
+    """Why a prefix length is out of prefix_bounds (None: it is not)."""
+    lo, hi = prefix_bounds(version)
+    if lo <= prefixlen <= hi:
+        return None
+    return f"an IPv{version} {what}'s prefix length must be {lo}..{hi}"
+
+
 def check_no_zone(value: IPv4Address | IPv6Address | IPv4Network | IPv6Network
                   | IPv4Interface | IPv6Interface) -> None:
     """The model's own guard: no address, network or interface carries a zone id,
@@ -196,6 +213,11 @@ class IfAddress:
         for value in (self.interface, self.gateway, *self.dns):
             if value is not None:
                 check_no_zone(value)
+        if self.interface is not None:
+            prefix = self.interface.network.prefixlen
+            problem = prefix_problem(prefix, self.interface.version)
+            if problem is not None:
+                raise ValueError(f"{self.interface} has prefix length {prefix}: {problem}")
 
     @property
     def is_static(self) -> bool:

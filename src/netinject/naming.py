@@ -144,6 +144,11 @@ def _decode(raw: object, path: str, errors: ErrorCollector) -> dict[str, object]
             return {}
         try:
             value = json.loads(text)
+        except RecursionError:
+            # json raises this (not a ValueError) past ~1000 levels: "[" * 1100.
+            errors.add(path, raw, "is nested too deeply (want a flat mapping of port id "
+                                  "to NIC index)")
+            return None
         except ValueError:
             try:
                 # The seed's form is a Python literal with single quotes. literal_eval

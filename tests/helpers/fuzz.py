@@ -1,4 +1,5 @@
-"""The fuzz suite: hostile host inputs, drives and image trees, with strict oracles.
+"""The fuzz suite: hostile host inputs, drives, image trees and output paths, with strict
+oracles.
 
 Four categories, each seeded (the same seed gives the same inputs):
 
@@ -22,10 +23,17 @@ Four categories, each seeded (the same seed gives the same inputs):
   looping and dangling links, FIFOs and devices where files are expected, odd modes;
   tests/helpers/fuzz_image.py). Oracle: nothing outside the image is created, modified
   or deleted; exit 0, or 2 with a message; no traceback, no hang.
+* ``output-paths`` (tests/helpers/fuzz_outputs.py): valid inputs, hostile output paths
+  for ``render --out``, ``--system-metadata-out`` and ``drive --out`` (FIFOs, devices,
+  sockets, symlinks out of the tree at every level, dangling links, directories where
+  files go, read-only directories, the input as the output). Oracle: exit 0 with every
+  output a regular file with the golden bytes in its intended place and nothing else
+  changed, or exit 2/1 with a message and nothing changed anywhere; the exit status the
+  hazard calls for (``wrong verdicts``); never a traceback or a hang.
 
 Run: ``.venv/bin/python tests/helpers/fuzz.py --inputs 50000`` (figures per category; exit 1 on
-any finding; ``--only CATEGORY``: that one alone). The test suite runs a bounded sample
-(tests/test_fuzz.py).
+any finding; ``--category NAME`` runs one with all the inputs). The test suite runs a
+bounded sample (tests/test_fuzz.py).
 """
 
 from __future__ import annotations
@@ -50,10 +58,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CASES = HERE.parent / "cases"
 sys.path.insert(0, str(HERE.parent.parent / "src"))
-sys.path.insert(0, str(HERE.parent))  # (run as a script: helpers.iso, helpers.fuzz_image)
+sys.path.insert(0, str(HERE.parent))  # tests/: helpers.* when run as a script
 
 from helpers import iso  # noqa: E402
 from helpers.fuzz_image import image_fuzz  # noqa: E402
+from helpers.fuzz_outputs import output_paths_fuzz  # noqa: E402
 from netinject import drive  # noqa: E402
 from netinject.cli import main  # noqa: E402
 from netinject.guest import contract, discovery, run  # noqa: E402
@@ -368,6 +377,7 @@ class Tally:
     partial_writes: int = 0
     injections: int = 0
     escapes: int = 0  # (image-tree: a change outside the image)
+    wrong_verdicts: int = 0  # output-paths: not the exit status the planted hazard calls for
     findings: list[str] = field(default_factory=list)
 
     def finding(self, kind: str, text: str) -> None:
@@ -687,28 +697,34 @@ CATEGORIES: dict[str, Callable[[int, int], Tally]] = {
     "network-data": lambda count, seed: host_fuzz("network-data", count, seed),
     "drive": drive_fuzz,
     "image-tree": image_tree_fuzz,
+    "output-paths": lambda count, seed: output_paths_fuzz(count, seed, Tally),
 }
+# Each category's part of --inputs: about equal time per category in the test sample
+# (an output-paths input builds a scenario and often a drive: ~5x a document input).
 
 
-# Each category's share of the inputs: about a quarter of the time each for the two input
-# forms, a damaged drive costs ~3 ms, an image tree ~20 ms (measured on 2 cores).
-SHARES = {"neutron": 0.35, "network-data": 0.27, "drive": 0.25, "image-tree": 0.13}
+# Each category's share of the inputs: a damaged drive costs ~3 ms, an image tree ~20 ms,
+# an output-path scenario ~25 ms (measured on 2 cores).
+SHARES = {"neutron": 0.3, "network-data": 0.22, "drive": 0.23, "image-tree": 0.12,
+          "output-paths": 0.13}
 
 
 def run_all(total: int, seed: int, out: Any = sys.stdout,
-            only: str | None = None) -> dict[str, Tally]:
-    """``total`` inputs over the categories by SHARES (``only``: all of them to one)."""
+            only: list[str] | None = None) -> dict[str, Tally]:
+    """``total`` inputs over the categories by SHARES (``only``: these; one alone gets
+    them all)."""
     results = {}
     for name, fn in CATEGORIES.items():
-        if only is not None and name != only:
+        if only is not None and name not in only:
             continue
-        count = total if only is not None else max(1, int(total * SHARES[name]))
+        alone = only is not None and len(only) == 1
+        count = total if alone else max(1, int(total * SHARES[name]))
         t0 = time.monotonic()
         results[name] = tally = fn(count, seed)
         print(f"{name:13} {tally.inputs:7} inputs  {tally.accepted:6} accepted  "
               f"{tally.refused:6} refused  tracebacks {tally.tracebacks}  partial writes "
               f"{tally.partial_writes}  injections {tally.injections}  escapes "
-              f"{tally.escapes}  "
+              f"{tally.escapes}  wrong verdicts {tally.wrong_verdicts}  "
               f"({time.monotonic() - t0:.0f} s)", file=out, flush=True)
         for f in tally.findings:
             print(f"  {f}", file=out)
@@ -719,10 +735,11 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="netinject's fuzz suite (see the module doc)")
     p.add_argument("--inputs", type=int, default=50_000, help="inputs in all (default 50000)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--only", choices=list(CATEGORIES), help="every input to this category")
+    p.add_argument("--category", action="append", choices=list(CATEGORIES),
+                   help="run only this category (repeatable; one alone gets all --inputs)")
     args = p.parse_args(argv)
-    results = run_all(args.inputs, args.seed, only=args.only)
-    bad = sum(t.tracebacks + t.partial_writes + t.injections + t.escapes
+    results = run_all(args.inputs, args.seed, only=args.category)
+    bad = sum(t.tracebacks + t.partial_writes + t.injections + t.escapes + t.wrong_verdicts
               for t in results.values())
     print(f"total {sum(t.inputs for t in results.values())} inputs, {bad} finding(s)")
     return 1 if bad else 0

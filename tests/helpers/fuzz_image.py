@@ -20,7 +20,7 @@ beside the image, sentinel included, is compared entry by entry: type, mode, own
 inode, content, times); no exception escapes (no traceback); the exit status is 0, or 2
 with a ``netinject-guest CMD: error:`` message; no hang.
 
-Run alone: ``.venv/bin/python tests/helpers/fuzz.py --inputs 3000 --only image-tree``.
+Run alone: ``.venv/bin/python tests/helpers/fuzz.py --inputs 3000 --category image-tree``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import platform
 import statistics
@@ -12,9 +13,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..hostio import write_atomic, write_tree
 from ..vm.harness import BootResult, HarnessError, boot, kvm_usable
 from ..vm.image import BOOTCHART_INIT, VariantImage
 from ..vm.progress import Progress
@@ -105,7 +107,6 @@ def run(names: Sequence[str], runs: int, progress: Progress,
                          + (f"{ttn:.1f} s" if ttn is not None else "never")
                          + f", boot finished after {fmt(res.boot_s)} s")
         if bootchart is not None:
-            bootchart.mkdir(parents=True, exist_ok=True)
             for name in names:
                 progress(f"bootchart boot: {name} (systemd-bootchart as init; not measured)")
                 res = boot_scenario(prepared, name, accel,
@@ -113,8 +114,7 @@ def run(names: Sequence[str], runs: int, progress: Progress,
                 svg = res.bootchart_svg()
                 if svg is None:
                     raise HarnessError(f"{name}: the guest reported no bootchart")
-                out_file = bootchart / f"{name}.svg"
-                out_file.write_bytes(svg)
+                out_file, = write_tree(bootchart, {PurePosixPath(f"{name}.svg"): svg})
                 charts[name] = str(out_file)
                 progress(f"  wrote {out_file}")
     finally:
@@ -275,12 +275,21 @@ def plot(data: dict[str, Any], out: Path) -> None:
     if handles:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    _save_figure(fig, out, dpi=110)
     plt.close(fig)
 
 
+def _save_figure(fig: Any, out: Path, dpi: int) -> None:
+    """The chart rendered in memory (the format from the file name, as savefig does),
+    then written like every output (hostio: whole or not at all, never through a
+    device, FIFO or link)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=out.suffix[1:].lower() or None)
+    write_atomic(out, buf.getvalue())
+
+
 def save_json(data: dict[str, Any], out: Path) -> None:
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    write_atomic(out, (json.dumps(data, indent=2) + "\n").encode())
 
 
 IMPORT_PROBE = ("os", "struct", "hashlib", "json", "re", "socket", "argparse",
@@ -442,5 +451,5 @@ def plot_timeline(data: dict[str, Any], out: Path) -> None:
     axes[-1][0].set_xlabel("seconds since the kernel started (systemd's unit timestamps; "
                            "first run of each scenario)")
     fig.suptitle(f"netinject: where boot time goes ({data['accel']})")
-    fig.savefig(out, dpi=100)
+    _save_figure(fig, out, dpi=100)
     plt.close(fig)

@@ -3,8 +3,9 @@
 Each command is a module in ``cli/commands/`` (shaped like netplan's CLI); this module
 builds the parser from them and turns every NetinjectError into a message and a status.
 
-Exit status: 0 success, 1 operational failure (a tool or device failed), 2 bad input
-or usage (every problem printed on stderr, nothing written).
+Exit status: 0 success, 1 operational failure (a tool or device failed, a write failed:
+then every output is as it was), 2 bad input or usage (every problem printed on stderr,
+nothing written).
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"netinject: error: {exc.filename}: no such file", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        # Anything the host refused that no layer above named (a socket, a device): a
+        # message, never a traceback. Writes name their file themselves (WriteError).
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"netinject: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("netinject: interrupted", file=sys.stderr)
         return 130

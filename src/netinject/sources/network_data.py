@@ -30,6 +30,7 @@ from ..model import (
     MacAddress,
     Nic,
     Route,
+    prefix_problem,
     unique_dns,
 )
 from ..policy import inject_enabled
@@ -211,6 +212,13 @@ def _interface(obj: Mapping[str, Any], path: str, version: int,
         return None
     net = _net_from_mask(ip, mask, f"{path}.netmask", errors, strict=False)
     if net is None:
+        return None
+    bad = prefix_problem(net.prefixlen, net.version)
+    if bad is not None:
+        # Name the field the prefix came from: netmask, or the address/prefix text.
+        given = obj.get("netmask") is not None
+        errors.add(f"{path}.netmask" if given else f"{path}.ip_address", mask if given else raw,
+                   f"gives prefix length {net.prefixlen}: {bad}")
         return None
     return ipaddress.ip_interface(f"{ip}/{net.prefixlen}")
 

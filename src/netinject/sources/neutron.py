@@ -24,6 +24,7 @@ from ..model import (
     MacAddress,
     Nic,
     Route,
+    prefix_problem,
     unique_dns,
 )
 from ..naming import PortsPattern, updated_system_metadata
@@ -80,6 +81,9 @@ def parse_subnet(raw: Any, path: str, errors: ErrorCollector) -> Subnet | None:
     cidr = f.as_network(f.get(obj, "cidr", f"{path}.cidr", errors), f"{path}.cidr", errors)
     if cidr is not None and version is not None and cidr.version != version:
         errors.add(f"{path}.cidr", str(cidr), f"is not an IPv{version} network")
+        cidr = None
+    if cidr is not None and (bad := prefix_problem(cidr.prefixlen, cidr.version, "subnet")):
+        errors.add(f"{path}.cidr", str(cidr), f"has prefix length {cidr.prefixlen}: {bad}")
         cidr = None
     gateway = f.as_ip(obj.get("gateway_ip"), f"{path}.gateway_ip", errors)
     if gateway is not None and cidr is not None and not _reachable(gateway, cidr):

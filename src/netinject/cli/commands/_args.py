@@ -47,6 +47,11 @@ def add_style_arg(p: argparse.ArgumentParser) -> None:
                         "seed's net-tools/arping lines (default: %(default)s)")
 
 
+def input_paths(args: argparse.Namespace) -> list[Path]:
+    """The input files add_input_args' arguments name (no output may be one of them)."""
+    return [p for p in (args.instance, args.network_data, args.meta_data) if p is not None]
+
+
 def instance_from(args: argparse.Namespace) -> tuple[Instance, dict[str, str] | None]:
     """The validated instance named by add_input_args' arguments."""
     if args.cloud is not None or args.server is not None:

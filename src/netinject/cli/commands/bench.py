@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path, PurePosixPath
 
-from ...hostio import check_output, check_tree
+from ...hostio import check_outputs, check_tree, write_atomic
 from ...vm.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
 
@@ -80,20 +80,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _check_outputs(*outputs: tuple[str, Path | None]) -> None:
     """Every output file a benchmark will write, checked before it boots anything."""
-    for option, path in outputs:
-        if path is not None:
-            check_output(path, option)
+    check_outputs(outputs)
+
+
+def _write_json(path: Path, data: object) -> None:
+    import json
+
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def cmd_bench_drive(args: argparse.Namespace) -> int:
-    import json
-
     from ...bench import drive as drive_bench
 
     _check_outputs(("--json", args.json))
     results = drive_bench.run(args.runs)
     if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        _write_json(args.json, results)
     return 0
 
 
@@ -132,8 +134,6 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_agent(args: argparse.Namespace) -> int:
-    import json
-
     from ...bench import boot as bench_boot
     from ...vm.progress import Progress
 
@@ -163,13 +163,11 @@ def cmd_bench_agent(args: argparse.Namespace) -> int:
             native = data["import_costs_native_ms"].get(mod)
             print(f"  {mod:22} {guest:8.2f} {fmt(native):>8}")
     if args.json is not None:
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
+        _write_json(args.json, data)
     return 0
 
 
 def cmd_bench_vendordata(args: argparse.Namespace) -> int:
-    import json
-
     from ...bench import vendordata
     from ...errors import UsageError
 
@@ -180,5 +178,5 @@ def cmd_bench_vendordata(args: argparse.Namespace) -> int:
     results = vendordata.run(args.rounds, args.drives, args.cold, args.cached,
                              args.instances)
     if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        _write_json(args.json, results)
     return 0

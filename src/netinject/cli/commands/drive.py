@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ...render import Options, Style
-from ._args import add_input_args, instance_from
+from ._args import add_input_args, input_paths, instance_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "Reproducible; no root or loop mount needed.")
     add_input_args(p)
     p.add_argument("--out", type=Path, required=True, metavar="IMAGE",
-                   help="image file to write (built beside it, renamed at the end)")
+                   help="image file to write: a regular file or a new path (built beside "
+                        "it, renamed at the end)")
     p.add_argument("--format", choices=["vfat", "iso9660"], default="vfat", dest="drive_format",
                    help="filesystem: vfat disk (default, live-migration friendly) or iso9660")
     p.add_argument("--libvirt-xml", action="store_true",
@@ -34,7 +35,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
     from ...hostio import check_output
 
     instance, _ = instance_from(args)
-    check_output(args.out, "--out")
+    check_output(args.out, "--out", input_paths(args))
     result = drive.build(instance, args.out, args.drive_format, Options(Style(args.style)))
     print(f"{result.path}: {result.format} config drive, label {drive.LABEL}, "
           f"{result.size // (1024 * 1024) or result.size} "

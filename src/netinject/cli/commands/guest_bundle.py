@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_guest_bundle(args: argparse.Namespace) -> int:
     from ... import guest_bundle
+    from ...hostio import check_output
 
+    check_output(args.out, "--out")
     print(guest_bundle.build(args.out))
     return 0

@@ -90,7 +90,10 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
     if args.qmp and not args.qga:
         raise UsageError("--qmp needs --qga SOCKET (the guest agent's socket)")
     if args.system_metadata_out is not None:
-        check_output(args.system_metadata_out, "--system-metadata-out")
+        inputs: list[Path] = [args.instance]
+        if args.hotplug_cmd == "attach":
+            inputs += [args.port, *args.subnet, *args.network]
+        check_output(args.system_metadata_out, "--system-metadata-out", inputs)
     attacher: hotplug.NicAttacher = (
         hotplug.QmpAttacher(args.qmp) if args.qmp
         else hotplug.LibvirtAttacher(args.libvirt, args.libvirt_uri))

@@ -25,9 +25,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ib.set_defaults(func=cmd_image_build)
 
 
+def _outputs(names: list[str]) -> dict[str, tuple[str, str, str]]:
+    """Each variant's three files in --out: <variant>.img, and the kernel and initrd as
+    vmlinuz and initrd.img (ifupdown images) or vmlinuz-<stack> and initrd.img-<stack>."""
+    from ...vm import image
+
+    out = {}
+    for n in names:
+        recipe = image.VARIANTS[n]
+        suffix = "" if recipe == "ifupdown" else f"-{recipe}"
+        out[n] = (f"{n}.img", f"vmlinuz{suffix}", f"initrd.img{suffix}")
+    return out
+
+
 def cmd_image_build(args: argparse.Namespace) -> int:
     import shutil
+    from pathlib import PurePosixPath
 
+    from ...hostio import check_tree, staged_file
     from ...vm import image
     from ...vm.progress import Progress
 
@@ -37,17 +52,18 @@ def cmd_image_build(args: argparse.Namespace) -> int:
             from ...errors import UsageError
 
             raise UsageError(f"unknown variant {n!r} (known: {', '.join(image.VARIANTS)})")
+    files = _outputs(names)
+    # Checked before anything is built (a build takes minutes): only regular files (or
+    # new paths) in --out, no link followed below it.
+    check_tree(args.out, {PurePosixPath(f): None for fs in files.values() for f in fs},
+               "--out")
     progress = Progress()
-    args.out.mkdir(parents=True, exist_ok=True)
     for n in names:
         built = image.build_variant(n, progress)
-        recipe = image.VARIANTS[n]
-        suffix = "" if recipe == "ifupdown" else f"-{recipe}"
-        for src, dst in ((built.image, args.out / f"{n}.img"),
-                         (built.kernel, args.out / f"vmlinuz{suffix}"),
-                         (built.initrd, args.out / f"initrd.img{suffix}")):
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(dst)
+        for src, name in zip((built.image, built.kernel, built.initrd), files[n],
+                             strict=True):
+            dst = args.out / name
+            with staged_file(dst, 0o644, replace_symlink=True) as tmp:
+                shutil.copyfile(src, tmp)
             print(dst)
     return 0

@@ -8,9 +8,16 @@ import sys
 from pathlib import Path
 
 from ...errors import UsageError
-from ...hostio import check_output, check_tree, write_atomic, write_tree
+from ...hostio import (
+    check_not_in_tree,
+    check_output,
+    check_tree,
+    file_output,
+    tree_outputs,
+    write_all,
+)
 from ...render import FORMATS, Options, Style, render
-from ._args import add_input_args, formats, instance_from
+from ._args import add_input_args, formats, input_paths, instance_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,7 +28,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "netplan YAML, NetworkManager keyfiles) and the files they share "
                     "(udev rules, resolv.conf, hostname). Files land under --out at their "
                     "guest paths (OUT/etc/network/interfaces, ...; netplan and "
-                    "NetworkManager files 0600). On bad input nothing is written.")
+                    "NetworkManager files 0600), all of them or none. --out itself may "
+                    "be a symlink; nothing below it is followed (a symlinked directory "
+                    "there is refused, a symlink at a file replaced). On bad input "
+                    "nothing is written.")
     add_input_args(p)
     p.add_argument("--out", type=Path, metavar="DIR", help="directory to write the tree into")
     p.add_argument("--print", action="store_true", dest="print_only",
@@ -29,7 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--format", type=formats, default=list(FORMATS), metavar="LIST",
                    help=f"comma-separated formats (default: all: {','.join(FORMATS)})")
     p.add_argument("--system-metadata-out", type=Path, metavar="FILE",
-                   help="write the instance's updated system metadata (ports_pattern) as JSON")
+                   help="write the instance's updated system metadata (ports_pattern) as "
+                        "JSON (a regular file or a new path; written with the tree)")
     p.set_defaults(func=run)
 
 
@@ -44,22 +55,27 @@ def run(args: argparse.Namespace) -> int:
     files = rendered.files
     for warning in rendered.warnings:
         print(f"netinject: warning: {warning}", file=sys.stderr)
+    inputs = input_paths(args)
     if not args.print_only:
         # Every output path is checked before the first write: a conflict found later
         # would leave some files written.
-        check_tree(args.out, files, "--out")
+        check_tree(args.out, files, "--out", inputs)
     if args.system_metadata_out is not None:
-        check_output(args.system_metadata_out, "--system-metadata-out")
+        check_output(args.system_metadata_out, "--system-metadata-out", inputs)
+        if not args.print_only:
+            check_not_in_tree(args.system_metadata_out, "--system-metadata-out", args.out,
+                              files, "--out")
     if args.print_only:
         for path, content in sorted(files.items()):
             print(f"==> {path} <==")
             sys.stdout.write(content)
         return 0
-    for written in write_tree(args.out, files):
-        print(written)
+    outputs = tree_outputs(args.out, files)
     if args.system_metadata_out is not None:
         assert sysmeta is not None
-        write_atomic(args.system_metadata_out,
-                     (json.dumps(sysmeta, indent=2, sort_keys=True) + "\n").encode())
-        print(args.system_metadata_out)
+        outputs.append(file_output(args.system_metadata_out, (json.dumps(
+            sysmeta, indent=2, sort_keys=True) + "\n").encode()))
+    # The tree and the system metadata land together or not at all.
+    for written in write_all(outputs):
+        print(written)
     return 0
