@@ -92,9 +92,64 @@ def test_guest_modules_import_only_their_siblings_and_the_stdlib(name: str) -> N
     assert {d for d in deps if not d.startswith("netinject.guest.")} == set()
 
 
-def test_formats_come_from_the_registry() -> None:
+def test_the_registry_is_every_stacks_renderer_then_the_shared_ones() -> None:
+    """The renderers come from the stacks' descriptors: nothing else lists the stacks'
+    formats."""
     from netinject import render
+    from netinject.guest.stacks import STACKS
 
-    assert tuple(render.REGISTRY) == render.FORMATS
-    assert set(render.FORMATS) == {"eni", "networkd", "netplan", "nm", "udev", "resolv",
-                                   "hostname"}
+    assert list(render.REGISTRY) == [s.format for s in STACKS] + ["udev", "resolv",
+                                                                   "hostname"]
+    for s in STACKS:
+        assert render.REGISTRY[s.format].__module__ == f"netinject.render.{s.format}"
+
+
+CASES = Path(__file__).parent / "cases"
+
+
+@pytest.mark.parametrize("stack", ["ifupdown", "networkd", "netplan", "nm"])
+def test_what_a_new_stack_must_provide(stack: str) -> None:
+    """Adding a network stack is one descriptor (guest/stacks.py, in STACKS), its
+    renderer module (render/<format>.py) and its golden files (tests/cases/*/expected):
+    everything else (the agent's allowlist and private modes, which files the agent
+    installs, detection, the agent's unit ordering, the announcer, hot-plug's bundle,
+    the drive, the vendordata answer, the test bed's images) is derived from those.
+    This lists what each of the three must hold."""
+    from netinject.guest import contract
+    from netinject.guest.stacks import STACK_NAMES, STACKS, Stack, stack_named, stack_of
+    from netinject.render import REGISTRY, Options, render_all
+    from netinject.sources.neutron import parse_document
+
+    s = stack_named(stack)
+    # The descriptor: a name (how images record it), a format, its guest paths, the
+    # units the agent runs before, and its Debian packages for the test bed.
+    assert isinstance(s, Stack)
+    assert s in STACKS
+    assert contract.is_plain_name(s.name)
+    assert STACK_NAMES.count(s.name) == 1
+    assert s.files or s.dirs
+    assert s.units
+    assert all(u.endswith(".service") for u in s.units)
+    assert type(s).detect is not Stack.detect  # how to tell an image uses it
+    # Its paths are the agent's allowlist and belong to it alone.
+    for d, suffixes in s.dirs:
+        assert d.startswith("etc/")
+        assert d.endswith("/")
+        assert suffixes
+        assert contract.is_allowed_path(d + "x" + suffixes[0])
+    for f in s.files:
+        assert contract.is_allowed_path(f)
+        assert stack_of(f) is s
+    # The renderer module, registered by the descriptor's format.
+    assert s.format in REGISTRY
+    # Golden files: every case renders files of this stack, owned by it, with its mode,
+    # byte for byte what tests/cases holds (test_render_golden compares the trees).
+    for case in sorted(CASES.glob("*/instance.json")):
+        files = render_all(parse_document(__import__("json").loads(case.read_text())).instance,
+                           (s.format,), Options())
+        assert files, case
+        for path, text in files.items():
+            assert stack_of(str(path)) is s
+            expected = case.parent / "expected" / path
+            assert expected.read_text() == text, expected
+            assert contract.file_mode(str(path)) == (0o600 if s.private else 0o644)

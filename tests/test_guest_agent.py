@@ -76,10 +76,12 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     from netinject.drive import volume_id
     from netinject.model import parse_uuid
 
-    vfat = f"vfat:{volume_id(parse_uuid(UUID_A)):08x}"
-    iso = f"iso9660:{volume_id(parse_uuid(UUID_A)):08x}"
-    assert (root / "var/lib/netinject/instance-id").read_text() == \
-        f"{UUID_A}\n{vfat if fmt == 'vfat' else iso}\n/dev/vdb\n"
+    serial = f"{volume_id(parse_uuid(UUID_A)):08x}"
+    # The fast path the launcher checks on later boots: udev's link of a vfat drive.
+    fast = f"/dev/disk/by-uuid/{serial[:4].upper()}-{serial[4:].upper()}"
+    assert (root / "var/lib/netinject/instance-id").read_text() == (
+        f"{UUID_A}\nvfat:{serial}\n/dev/vdb\n{fast}\n" if fmt == "vfat"
+        else f"{UUID_A}\niso9660:{serial}\n/dev/vdb\n-\n")
     # Originals kept: files, and "absent" for the new udev rules.
     bdir = root / f"var/lib/netinject/backup/{UUID_A}"
     assert (bdir / "etc%network%interfaces").read_bytes() == ORIGINAL_ENI
@@ -291,13 +293,20 @@ def test_unreadable_target_parent_steps_aside_before_any_change(tmp_path: Path) 
 
 
 CRASH = """
-import os, sys
+import os, posix, sys
 sys.path.insert(0, {agent_dir!r})
 import netinject_guest as agent
-def crash(path):
-    if path == {after!r}:
-        os._exit(9)   # power loss: no rollback, no cleanup
-agent.run({root!r}, wait=0, after_each=crash)
+class PowerLoss:
+    # posix as the agent sees it, but the rename that puts {after!r} in place is the
+    # last thing that happens: no rollback, no cleanup.
+    def __getattr__(self, name):
+        return getattr(posix, name)
+    def rename(self, src, dst):
+        posix.rename(src, dst)
+        if dst.endswith({after!r}):
+            os._exit(9)
+agent.posix = PowerLoss()
+agent.run(agent.RunArgs({root!r}, wait=0))
 """
 
 
@@ -392,7 +401,8 @@ def test_installed_launcher_decides_later_boots_without_loading_the_agent(
     from netinject.guest.contract import parse_result
 
     assert parse_result(result) == {"outcome": "unchanged", "instance": UUID_A,
-                                    "elapsed_ms": result.split("elapsed_ms=")[1].split()[0]}
+                                    "elapsed_ms": result.split("elapsed_ms=")[1].split()[0],
+                                    "message": "not the first boot"}
     assert said.endswith(f"not the first boot of instance {UUID_A} (drive "
                          f"vfat:{serial.lower()} on /dev/vdb): nothing to do")
     assert agent_log(root).endswith(later.stderr)

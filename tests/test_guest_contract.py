@@ -46,7 +46,8 @@ def test_first_boot_imports_only_the_allowlist(tmp_path: Path) -> None:
     root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "c.img", doc))
     code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
             "import netinject_guest as a; "
-            f"a.run({str(root)!r}, wait=0, quiet=True); print(' '.join(sorted(sys.modules)))")
+            f"a.run(a.RunArgs({str(root)!r}, wait=0, quiet=True)); "
+            "print(' '.join(sorted(sys.modules)))")
     done = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], capture_output=True,
                           text=True, check=True, timeout=60)
     loaded = set(done.stdout.split())
@@ -59,8 +60,40 @@ def test_launcher_constants_agree_with_the_contract() -> None:
     assert launcher.STATE_FILE == "/" + contract.STATE_FILE
     assert launcher.LOG_FILE == "/" + contract.LOG_FILE
     assert launcher.RESULT_PREFIX == contract.RESULT_PREFIX
-    for serial in ("3c598fc9", "00000000", "ffffffff", "b3e3d9e7"):
-        assert launcher.fat_uuid(serial) == contract.fat_uuid(serial)
+    line = "x\n" + "netinject-result outcome=unchanged elapsed_ms=1.0 instance=y -- z"
+    assert contract.parse_result(line) == {"outcome": "unchanged", "elapsed_ms": "1.0",
+                                           "instance": "y", "message": "z"}
+
+
+@pytest.mark.parametrize(("kind", "volume"), [("vfat", "3c598fc9"), ("vfat", "00000000"),
+                                              ("iso9660", "3c598fc9"), ("iso9660", "")])
+def test_the_launcher_acts_on_the_agents_record_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, volume: str) -> None:
+    """The agent decides what tells a later boot (run.fast_path: udev's by-uuid link of
+    a vfat drive, blkid's UUID of its serial; nothing for iso9660) and records it; the
+    launcher ends the boot exactly when that path exists, and decides nothing else."""
+    from netinject.guest import discovery, run
+
+    root = tmp_path / "root"
+    (root / "var/lib/netinject").mkdir(parents=True)
+    (root / "var/log").mkdir(parents=True)
+    found = discovery.Drive(str(root / "dev/vdb"), kind, volume)
+    run.record_state(str(root), "1e2d3c4b-5a69-4788-97a6-b5c4d3e2f1a0", found)
+    fields = (root / contract.STATE_FILE).read_text().split()
+    link = ("/dev/disk/by-uuid/" + volume[:4].upper() + "-" + volume[4:].upper()
+            if kind == "vfat" else "-")
+    assert fields == ["1e2d3c4b-5a69-4788-97a6-b5c4d3e2f1a0", f"{kind}:{volume}",
+                      "/dev/vdb", link]
+    monkeypatch.setattr("sys.stderr", open(tmp_path / "stderr", "w"))  # noqa: SIM115
+    assert launcher.later_boot(str(root)) is False  # no link (yet)
+    (root / "dev/disk/by-uuid").mkdir(parents=True)
+    (root / "dev/disk/by-uuid/3C59-8FC9").symlink_to("../../vdb")
+    (root / "dev/disk/by-uuid/0000-0000").symlink_to("../../vdb")
+    assert launcher.later_boot(str(root)) is (kind == "vfat")
+    if kind == "vfat":
+        said = contract.parse_result((root / contract.LOG_FILE).read_text())
+        assert said is not None
+        assert said["outcome"] == contract.Outcome.UNCHANGED
 
 
 def test_every_case_manifest_parses_back_with_the_agents_parser() -> None:
@@ -88,22 +121,25 @@ def test_host_cannot_write_a_manifest_the_agent_would_refuse() -> None:
 
 
 def test_result_line_round_trip() -> None:
-    line = contract.format_result("installed", 75.1, 61.4, files=4, instance="x")
+    line = contract.format_result("installed", 75.1, 61.4, "all  in\nplace",
+                                  {"files": 4, "instance": "x", "kept": ""})
+    assert line.endswith(" -- all in place")  # one line, whatever the message
     assert contract.parse_result("noise\n" + line + "\n") == {
         "outcome": "installed", "elapsed_ms": "75.1", "cpu_ms": "61.4", "files": "4",
-        "instance": "x"}
+        "instance": "x", "message": "all in place"}
     assert contract.parse_result("netinject-result outcome=bogus") is None
+    with pytest.raises(ValueError, match="unknown outcome"):
+        contract.format_result("bogus")
 
 
-@pytest.mark.parametrize(("kept", "text"), [
-    ([], "applied"), (["etc/resolv.conf"], "applied; kept etc/resolv.conf")])
-def test_applied_outcome_round_trip(kept: list[str], text: str) -> None:
-    """What apply records and prints for an installed bundle, and what the host reads
-    back from apply-status: the paths it kept as they were."""
-    assert contract.applied_outcome(kept) == text
-    assert contract.applied_kept(text) == kept
-    for other in ("unchanged: x", "cancelled: never ran", "applied;", "appliedx", ""):
-        assert contract.applied_kept(other) is None
+@pytest.mark.parametrize("outcome", contract.OUTCOMES)
+def test_every_outcome_travels_in_the_result_line(outcome: str) -> None:
+    """The typed outcome, not words: what apply and apply-status print, and what the host
+    (contract.parse_result) and exit_status read."""
+    line = contract.format_result(outcome, message="x -- y", fields={"txid": "t1"})
+    said = contract.parse_result(line)
+    assert said == {"outcome": outcome, "txid": "t1", "message": "x -- y"}
+    assert contract.exit_status(outcome) == {"applied": 0, "broken": 3}.get(outcome, 1)
 
 
 def test_join_refuses_a_name_defined_twice(monkeypatch: pytest.MonkeyPatch) -> None:

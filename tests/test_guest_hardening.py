@@ -221,11 +221,33 @@ def test_the_bound_stops_a_looping_real_time_process() -> None:
     assert time.monotonic() - t0 < 10
 
 
-def test_installed_unit_bounds_real_time(tmp_path: Path) -> None:
+ASK_REALTIME = """
+import posix
+ns = {{"__name__": "netinject_launcher"}}
+exec(compile(open({launcher!r}).read(), {launcher!r}, "exec"), ns)
+ns["ask_realtime"]()
+print(posix.sched_getscheduler(0) & ~posix.SCHED_RESET_ON_FORK == posix.SCHED_FIFO)
+"""
+
+
+def test_the_installed_launcher_takes_real_time_only_under_the_units_bound(
+        tmp_path: Path) -> None:
+    """The unit's LimitRTTIME= is a bound the installed launcher accepts: run under it
+    (prlimit, as systemd sets it), the launcher takes SCHED_FIFO; without a bound, or
+    under a looser one, it does not."""
     root = tmp_path / "img"
     subprocess.run([GUEST_PYTHON, "-I", "-S", str(BUNDLE), "install", "--root", str(root),
                     "--stack", "ifupdown"], check=True, capture_output=True, timeout=60)
     unit = (root / "lib/systemd/system/netinject.service").read_text()
-    assert "LimitRTTIME=200ms:400ms" in unit
-    launcher = (root / "usr/sbin/netinject-guest").read_text()
-    assert "realtime_bounded()" in launcher
+    soft, hard = (int(v.removesuffix("ms")) * 1000 for v in
+                  unit.split("LimitRTTIME=")[1].split()[0].split(":"))
+    code = ASK_REALTIME.format(launcher=str(root / "usr/sbin/netinject-guest"))
+
+    def fifo(*prlimit: str) -> bool:
+        done = subprocess.run([*prlimit, GUEST_PYTHON, "-I", "-S", "-c", code],
+                              capture_output=True, text=True, check=True, timeout=60)
+        return done.stdout.split() == ["True"]
+
+    assert fifo("prlimit", f"--rttime={soft}:{hard}")
+    assert not fifo()
+    assert not fifo("prlimit", "--rttime=5000000:10000000")

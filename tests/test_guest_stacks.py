@@ -26,6 +26,8 @@ from helpers.guest import (
     run_agent,
     snapshot,
 )
+from netinject.guest.contract import Outcome, parse_result
+from netinject.guest.log import Log
 from netinject.vm.image import NETPLAN_DHCP
 
 NETPLAN_GENERATOR = Path("/usr/libexec/netplan/generate")  # netplan.io's, on this host
@@ -245,8 +247,10 @@ def test_hotplug_apply_changes_nothing_on_a_non_ifupdown_image(tmp_path: Path) -
                            "--root", str(root), "--sysfs", str(root / "sys")],
                           input=raw, capture_output=True, timeout=60, check=False)
     assert done.returncode == 1, done.stderr  # APPLY_UNCHANGED
-    assert b"NIC hot-plug supports ifupdown images only (this image uses networkd)" \
-        in done.stdout
+    said = parse_result(done.stdout.decode())
+    assert said is not None
+    assert said["outcome"] == Outcome.UNCHANGED
+    assert said["message"] == "this image's stack (networkd) cannot take live changes yet"
     after = snapshot(root)
     assert {k: v for k, v in after.items() if k.startswith("etc/")} == \
         {k: v for k, v in before.items() if k.startswith("etc/")}
@@ -293,7 +297,7 @@ def _run_joined(root: Path, *settings: str) -> subprocess.CompletedProcess[str]:
     generator bound, another dist-packages directory), as the guest runs it."""
     code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
             f"import netinject_guest as a; {'; '.join(settings)}; "
-            f"sys.exit(a.run({str(root)!r}, wait=0, quiet=True))")
+            f"sys.exit(a.run(a.RunArgs({str(root)!r}, wait=0, quiet=True)))")
     return subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], capture_output=True,
                           text=True, timeout=30, check=False)
 
@@ -310,7 +314,7 @@ def _gone(pid: int) -> bool:
 def test_a_netplan_generator_that_never_ends_is_killed_and_rolled_back(
         tmp_path: Path) -> None:
     """A3: the agent ran netplan's generator without a time limit. Bounded now: after
-    NETPLAN_TIMEOUT it kills the generator's process group (its child too), rolls back
+    Netplan.timeout it kills the generator's process group (its child too), rolls back
     as for a failed generate, and boot goes on with the image's config."""
     pids = tmp_path / "sleepers"
     gen = tmp_path / "generate"
@@ -322,12 +326,16 @@ def test_a_netplan_generator_that_never_ends_is_killed_and_rolled_back(
     os.symlink(gen, root / "usr/libexec/netplan/generate")
     before = snapshot(root)
     try:
-        done = _run_joined(root, "a.NETPLAN_TIMEOUT = 0.5")
+        done = _run_joined(root, "a.NETPLAN.timeout = 0.5")
         assert done.returncode == 0, done.stderr
         log = agent_log(root)
         # Ours, then the image's own files again after the rollback: both bounded.
-        assert log.count("netplan generate did not finish within 0.5 s: killed it") == 2, log
-        assert "stepping aside" in log
+        steps = [line for line in log.splitlines() if line.startswith("netinject: [")]
+        assert sum("netplan generate did not finish within 0.5 s: killed it" in line
+                   for line in steps) == 2, log
+        said = parse_result(log)
+        assert said is not None
+        assert said["outcome"] == Outcome.ROLLED_BACK
         after = snapshot(root)
         assert {k: v for k, v in after.items() if k.startswith("etc/")} == \
             {k: v for k, v in before.items() if k.startswith("etc/")}
@@ -346,7 +354,7 @@ def test_a_fifo_among_the_netplan_files_cannot_hold_the_boot(tmp_path: Path) -> 
     root = _netplan_guest(tmp_path, NETPLAN_GENERATOR)
     os.mkfifo(root / "etc/netplan/60-fifo.yaml", 0o600)
     t0 = time.monotonic()
-    done = _run_joined(root, "a.NETPLAN_TIMEOUT = 0.5")
+    done = _run_joined(root, "a.NETPLAN.timeout = 0.5")
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - t0 < 10
     log = agent_log(root)
@@ -389,7 +397,8 @@ def test_netplan_files_are_judged_by_their_parsed_content(tmp_path: Path) -> Non
     os.mkfifo(netplan / "95-fifo.yaml")
     ours = contract.Manifest(UUID_A, [contract.Entry("etc/netplan/90-netinject.yaml", b"",
                                                      0o600)], [])
-    assert stacks.netplan_aside(str(tmp_path), ours) == [
+    ours_paths = {e.path for e in ours.entries}
+    assert stacks.NETPLAN.aside(str(tmp_path), ours_paths, Log(str(tmp_path), True)) == [
         f"etc/netplan/{name}" for name, (_, aside) in NETPLAN_FILES.items() if aside]
 
 
@@ -416,7 +425,7 @@ def test_without_pyyaml_the_netplan_image_keeps_its_config(tmp_path: Path) -> No
     python3-yaml, so only a broken image lacks it): the agent steps aside."""
     root = _netplan_guest(tmp_path, NETPLAN_GENERATOR)
     before = snapshot(root)
-    done = _run_joined(root, "a.DIST_PACKAGES = '/nonexistent'")
+    done = _run_joined(root, "a.NETPLAN.dist_packages = '/nonexistent'")
     assert done.returncode == 0, done.stderr
     assert "cannot read the image's netplan files: no PyYAML (python3-yaml) in " \
            "/nonexistent" in agent_log(root)

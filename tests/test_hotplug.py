@@ -25,14 +25,15 @@ import pytest
 from conftest import QgaAgent as Agent
 from helpers.guest import AGENT, GUEST_PYTHON, make_guest
 from netinject.cli import main
+from netinject.guest import contract
 from netinject.hotplug import (
     ApplyOutcome,
     GuestSide,
     HotplugError,
-    _kept,
     apply_in_guest,
     attach,
     bundle_for,
+    kept_paths,
     with_port,
 )
 from netinject.model import Nic
@@ -73,7 +74,7 @@ def _new_files() -> dict[str, bytes]:
     port, subnet, network = vm.hotplug_port()
     instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
     _, files = bundle_for(instance, Options())
-    return files
+    return {p: files[p] for p in FILES}  # (what an ifupdown guest installs)
 
 
 def _state(root: Path, old: dict[str, bytes | None], new: dict[str, bytes]) -> str:
@@ -109,8 +110,9 @@ def test_attach_installs_every_file_in_one_transaction(qga: Agent, tmp_path: Pat
                  or "netinject-restore" in p.name]
     assert leftovers == []
     assert not (root / "var/lib/netinject/apply-backup").exists()
-    status = (root / "var/lib/netinject/apply-status").read_text()
-    assert status.endswith(" applied\n")
+    said = contract.parse_result((root / "var/lib/netinject/apply-status").read_text())
+    assert said is not None
+    assert said["outcome"] == contract.Outcome.APPLIED
 
 
 def test_apply_keeps_a_resolv_conf_symlink(qga: Agent, tmp_path: Path) -> None:
@@ -174,7 +176,7 @@ def test_a_lost_reply_with_a_kept_resolv_conf_symlink_is_applied_not_mixed(
     assert res.applied is not None
     assert res.applied.outcome is ApplyOutcome.APPLIED, res.applied.detail
     assert "reply lost" in res.applied.detail
-    assert "applied; kept etc/resolv.conf" in res.applied.detail  # the guest's word
+    assert res.applied.guest == "applied"  # the guest's word, typed
     assert rec.calls == ["attach eth1"]
     # What the guest has: the new files, and the symlink kept (its target untouched).
     assert os.readlink(root / "etc/resolv.conf") == "../run/resolv.conf"
@@ -185,11 +187,12 @@ def test_a_lost_reply_with_a_kept_resolv_conf_symlink_is_applied_not_mixed(
 
 def test_only_paths_the_agent_may_keep_are_left_out_of_the_readback() -> None:
     """An answer claiming it kept a file the agent always replaces does not make the
-    host skip that file."""
-    line = b"netinject-apply-status t1 applied; kept etc/resolv.conf etc/network/interfaces\n"
-    assert _kept(line, "t1") == {"etc/resolv.conf"}
-    assert _kept(line, "t2") == set()  # another transaction's answer
-    assert _kept(b"netinject-apply-status t1 unchanged: x\n", "t1") == set()
+    host skip that file; only an applied answer keeps anything."""
+    said = contract.parse_result(
+        "netinject-result outcome=applied txid=t1 kept=etc/resolv.conf,etc/network/interfaces")
+    assert said is not None
+    assert kept_paths(said) == {"etc/resolv.conf"}
+    assert kept_paths({"outcome": "rolled-back", "kept": "etc/resolv.conf"}) == set()
 
 
 def test_failed_install_rolls_back_every_file(qga: Agent, tmp_path: Path) -> None:
@@ -468,11 +471,11 @@ def test_apply_status_fences_off_a_transaction_that_has_not_run(tmp_path: Path) 
     status = subprocess.run([*base, "apply-status", *extra], capture_output=True, text=True,
                             check=False, timeout=60)
     assert status.returncode == 1
-    assert "cancelled" in status.stdout
+    assert _said(status.stdout)["outcome"] == contract.Outcome.FENCED
     late = subprocess.run([*base, "apply", *extra], input=raw, capture_output=True,
                           check=False, timeout=60)
     assert late.returncode == 1
-    assert b"cancelled" in late.stdout
+    assert _said(late.stdout.decode())["outcome"] == contract.Outcome.FENCED
     assert _snapshot(root) == before
     # A new transaction goes through.
     done = subprocess.run([*base, "apply", *extra[:1], "t2", *extra[2:]], input=raw,
@@ -492,12 +495,18 @@ def test_interrupted_apply_is_rolled_back_by_the_next_one(tmp_path: Path) -> Non
     instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
     raw, _ = bundle_for(instance, Options())
     # Simulate the interruption: run the install by hand and stop after the first rename.
-    code = (f"import sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
+    # (The agent's posix, with the first rename of a staged file ending the process.)
+    code = (f"import posix, sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
             "import netinject_guest as a\n"
             "class Stop(BaseException): pass\n"
-            "def stop(_p): raise Stop\n"
-            "m = a.verify(a.parse_bundle(sys.stdin.buffer.read()))\n"
-            f"try: a.install({str(root)!r}, m, a.Log({str(root)!r}, True), stop, "
+            "class Posix:\n"
+            "    def __getattr__(self, name): return getattr(posix, name)\n"
+            "    def rename(self, src, dst):\n"
+            "        posix.rename(src, dst)\n"
+            "        if src.endswith('.netinject-tmp'): raise Stop\n"
+            "a.posix = Posix()\n"
+            "m = a.verify(a.parse_bundle(sys.stdin.buffer.read())).for_stack(a.IFUPDOWN)\n"
+            f"try: a.install({str(root)!r}, m, a.Log({str(root)!r}, True), "
             f"a.join({str(root)!r}, a.APPLY_BACKUP), txid='t8')\n"
             "except Stop: pass\n")
     subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code], input=raw, check=True, timeout=60)
@@ -510,9 +519,10 @@ def test_interrupted_apply_is_rolled_back_by_the_next_one(tmp_path: Path) -> Non
     # The interrupted transaction's outcome is recorded: asked, the guest tells the truth.
     late = subprocess.run([*base, "apply-status", "--txid", "t8", *extra],
                           capture_output=True, text=True, check=False, timeout=60)
-    assert (late.returncode, late.stdout) == (
-        1, "netinject-apply-status t8 unchanged: interrupted, then rolled back by a later "
-           "transaction\n")
+    assert late.returncode == 1
+    assert _said(late.stdout) == {
+        "outcome": contract.Outcome.ROLLED_BACK, "txid": "t8",
+        "message": "interrupted, then rolled back by a later transaction"}
 
 
 # -- issue 20: the apply backup ------------------------------------------------------------
@@ -526,6 +536,13 @@ def _agent(root: Path, cmd: str, txid: str, raw: bytes = b""
                            "--root", str(root), "--sysfs", str(root / "sys")],
                           input=raw.decode("latin-1"), capture_output=True, text=True,
                           check=False, timeout=60)
+
+
+def _said(stdout: str) -> dict[str, str]:
+    """The agent's typed answer: its result line (contract.parse_result)."""
+    said = contract.parse_result(stdout)
+    assert said is not None, stdout
+    return said
 
 
 def _backup_of(root: Path, entries: dict[str, str | None]) -> Path:
@@ -551,11 +568,13 @@ def test_a_symlinked_apply_backup_is_refused(tmp_path: Path) -> None:
     (root / "var/lib/netinject").mkdir(parents=True)
     (root / "var/lib/netinject/apply-backup").symlink_to(outside)
     before, outside_before = _snapshot(root), tree_state(outside)
-    for cmd in ("apply-status", "apply"):
-        done = _agent(root, cmd, "t1", b"not a bundle")
-        assert done.returncode == 3, done  # APPLY_BROKEN: the agent could not tell
-        assert done.stdout == (f"netinject-{cmd} t1 error: refusing to write through "
-                               f"symlinked directory {root}/var/lib/netinject/apply-backup\n")
+    for cmd, txid in (("apply-status", "t1"), ("apply", "t2")):
+        done = _agent(root, cmd, txid, b"not a bundle")
+        assert done.returncode == 1, done  # refused: nothing changed
+        assert _said(done.stdout) == {
+            "outcome": contract.Outcome.UNCHANGED, "txid": txid,
+            "message": f"refused: refusing to write through symlinked directory "
+                       f"{root}/var/lib/netinject/apply-backup"}
     assert _snapshot(root) == before
     assert tree_state(outside) == outside_before
 
@@ -587,7 +606,9 @@ def test_a_failed_apply_leaves_no_backup_for_the_next_one_to_restore(tmp_path: P
         os.close(fd)
         done = _agent(root, "apply", "t1", raw)
         assert done.returncode == 1, done  # APPLY_UNCHANGED, and true
-        assert "No space left on device" in done.stdout, done.stdout
+        said = _said(done.stdout)
+        assert said["outcome"] in (contract.Outcome.ROLLED_BACK, contract.Outcome.UNCHANGED)
+        assert "No space left on device" in said["message"], done.stdout
         assert _snapshot(root) == before
         assert not (root / "var/lib/netinject/apply-backup").exists()
         # Room again; the guest's files change (an admin, a package) before the next
@@ -598,8 +619,9 @@ def test_a_failed_apply_leaves_no_backup_for_the_next_one_to_restore(tmp_path: P
         (root / "etc/network/interfaces.new").rename(root / "etc/network/interfaces")
         changed = _snapshot(root)
         done = _agent(root, "apply", "t2", b"not a bundle")
-        assert (done.returncode, done.stdout) == (
-            1, "netinject-apply t2 unchanged: not a netinject bundle\n")
+        assert done.returncode == 1
+        assert _said(done.stdout) == {"outcome": contract.Outcome.UNCHANGED, "txid": "t2",
+                                      "message": "not a netinject bundle"}
         assert _snapshot(root) == changed
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
@@ -612,11 +634,12 @@ def test_the_backup_of_a_transaction_that_ended_is_dropped_not_restored(
     root, _ = _guest(tmp_path)
     (root / RULES).write_text("# installed by t1\n")
     backup = _backup_of(root, {".txid-t1": None, RULES.replace("/", "%") + ".absent": None})
-    (root / "var/lib/netinject/apply-status").write_text("t1 applied\n")
+    (root / "var/lib/netinject/apply-status").write_text(
+        "netinject-result outcome=applied txid=t1 -- 1 file(s) installed\n")
     before = _snapshot(root)
     done = _agent(root, "apply-status", "t2")
-    assert (done.returncode, done.stdout) == (
-        1, "netinject-apply-status t2 cancelled: never ran\n")
+    assert done.returncode == 1
+    assert _said(done.stdout)["outcome"] == contract.Outcome.FENCED
     assert _snapshot(root) == before
     assert not backup.exists()
     assert "dropped the backup of transaction t1, which ended (applied): nothing restored" \
@@ -625,15 +648,18 @@ def test_the_backup_of_a_transaction_that_ended_is_dropped_not_restored(
 
 def test_a_backup_that_names_no_transaction_is_refused(tmp_path: Path) -> None:
     """H2: a backup that does not say whose it is (an older agent's, or stale) is not
-    restored blindly: the agent refuses, and the host is told it could not be asked."""
+    restored blindly: the agent refuses every new transaction, changing nothing, and
+    says why."""
     root, _ = _guest(tmp_path)
     (root / RULES).write_text("# the admin's rule\n")
     backup = _backup_of(root, {RULES.replace("/", "%") + ".absent": None})
     before = _snapshot(root)
     done = _agent(root, "apply-status", "t2")
-    assert done.returncode == 3, done
+    assert done.returncode == 1, done
+    said = _said(done.stdout)
+    assert said["outcome"] == contract.Outcome.UNCHANGED
     assert "holds a backup that names no transaction: not restoring it blindly" \
-        in done.stdout
+        in said["message"]
     assert _snapshot(root) == before
     assert backup.exists()
 
@@ -650,8 +676,61 @@ def test_an_applied_transaction_that_cannot_be_recorded_is_rolled_back_at_once(
     before = _snapshot(root)
     done = _agent(root, "apply", "t1", raw)
     assert done.returncode == 1, done
-    assert done.stdout.startswith("netinject-apply t1 unchanged: could not record the "
-                                  "outcome (")
-    assert done.stdout.endswith("): rolled back\n")
+    said = _said(done.stdout)
+    assert said["outcome"] == contract.Outcome.ROLLED_BACK
+    assert said["message"].startswith("could not record the outcome (")
     assert _snapshot(root) == before
     assert not (root / "var/lib/netinject/apply-backup").exists()
+
+
+# -- issue 21: typed outcomes --------------------------------------------------------------
+
+FAULTY = """
+import posix, sys
+sys.path.insert(0, {agent_dir!r})
+import netinject_guest as a
+class Faulty:
+    # The agent's posix, where only the first {allowed} rename(s) of a staged file
+    # succeed and no file can be put back (every restore fails): a rollback that fails,
+    # every time it is tried.
+    renames = 0
+    def __getattr__(self, name):
+        return getattr(posix, name)
+    def rename(self, src, dst):
+        if src.endswith(".netinject-restore"):
+            raise OSError(5, "Input/output error (injected)")
+        if src.endswith(".netinject-tmp"):
+            Faulty.renames += 1
+            if Faulty.renames > {allowed}:
+                raise OSError(28, "No space left on device (injected)")
+        posix.rename(src, dst)
+a.posix = Faulty()
+sys.exit(a.main(sys.argv[1:]))
+"""
+
+
+def test_a_rollback_that_fails_reads_broken_through_apply_and_apply_status(
+        tmp_path: Path) -> None:
+    """A rollback that fails leaves the files neither all old nor all new: ``apply``
+    says broken, and so does ``apply-status`` for the same transaction (it used to say
+    unchanged: the status was decided by searching the error's text). Both answer with
+    the typed outcome in their result line, and exit 3."""
+    root, _ = _guest(tmp_path)
+    port, subnet, network = vm.hotplug_port()
+    instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
+    raw, _ = bundle_for(instance, Options())
+    where = ["--txid", "t1", "--root", str(root), "--sysfs", str(root / "sys")]
+    applied = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", FAULTY.format(
+        agent_dir=str(AGENT.parent), allowed=1), "apply", *where], input=raw,
+        capture_output=True, check=False, timeout=60)
+    status = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", FAULTY.format(
+        agent_dir=str(AGENT.parent), allowed=0), "apply-status", *where],
+        capture_output=True, check=False, timeout=60)
+    for done in (applied, status):
+        said = _said(done.stdout.decode())
+        assert (done.returncode, said["outcome"], said["txid"]) == (
+            3, contract.Outcome.BROKEN, "t1"), done
+    assert "rollback FAILED" in _said(applied.stdout.decode())["message"]
+    # The guest's files are a mix indeed: the first file is new, the others are not.
+    new, now = _new_files(), _snapshot(root)
+    assert [now[p] == new[p] for p in FILES] == [True, False, False]

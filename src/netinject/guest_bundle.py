@@ -1,7 +1,8 @@
 """The guest agent as shipped: its modules joined into one file, and the bundle.
 
-The agent is a small package (``netinject.guest``: contract, paths, log, readers,
-discovery, install, nics, stacks, run) so it can be read one concern at a time; the guest
+The agent is a small package (``netinject.guest``: errors, paths, proc, stacks, contract,
+log, readers, discovery, install, txn, nics, announce, run) so it can be read one concern
+at a time; the guest
 gets it as ONE module, ``netinject_guest.py``, so boot pays nothing for the split (one file to
 find, read and unmarshal). Joining drops each module's imports of its siblings (every
 top-level name in the boot modules is unique, which ``join`` checks) and keeps the rest
@@ -23,23 +24,11 @@ from pathlib import Path
 
 from .hostio import write_atomic
 
-BOOT_MODULES = ("contract", "paths", "log", "readers", "discovery", "install", "nics", "stacks",
-                "run")
+BOOT_MODULES = ("errors", "paths", "proc", "stacks", "contract", "log", "readers", "discovery",
+                "install", "txn", "nics", "announce", "run")
 JOINED_NAME = "netinject_guest"
 IMAGE_NAME = "netinject_guest_image"
 
-MAIN = b"""import time
-started = time.monotonic()
-cpu_started = time.process_time()
-import sys
-if sys.argv[1:2] in (["install"], ["uninstall"]):
-    import netinject_guest_image
-    sys.exit(netinject_guest_image.main(
-        sys.argv[1:], __loader__.get_data("netinject_guest.py"),
-        __loader__.get_data("launcher.py")))
-import netinject_guest
-sys.exit(netinject_guest.main(started=started, cpu_started=cpu_started))
-"""
 SHEBANG = b"#!/usr/bin/python3 -IS\n"
 
 
@@ -107,6 +96,11 @@ def launcher_source() -> bytes:
     return resources.files("netinject.guest").joinpath("launcher.py").read_bytes()
 
 
+def main_source() -> bytes:
+    """The zipapp's __main__.py (guest/zipapp_main.py)."""
+    return resources.files("netinject.guest").joinpath("zipapp_main.py").read_bytes()
+
+
 def agent_source() -> bytes:
     """The joined agent as installed in an image (/usr/lib/netinject/netinject_guest.py)."""
     return joined_source().encode("utf-8")
@@ -115,7 +109,7 @@ def agent_source() -> bytes:
 def build(out: Path) -> Path:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in (("__main__.py", MAIN), (f"{JOINED_NAME}.py", agent_source()),
+        for name, data in (("__main__.py", main_source()), (f"{JOINED_NAME}.py", agent_source()),
                            (f"{IMAGE_NAME}.py", image_source().encode()),
                            ("launcher.py", launcher_source())):
             info = zipfile.ZipInfo(name, date_time=(2010, 1, 1, 0, 0, 0))

@@ -26,16 +26,29 @@ from typing import Any, Protocol
 
 from .errors import NetinjectError
 from .guest import contract
+from .guest.stacks import STACK_CONFIG, Stack, read_stack, stack_named, stack_of
 from .model import Instance, Nic
-from .qga import GuestAgent, QgaError, QgaTimeout, QgaUnavailable
-from .render import Options, render_all
+from .qga import ExecResult, GuestAgent, QgaError, QgaTimeout, QgaUnavailable
+from .render import STACK_RENDERERS, Options, render_all
 from .sources.neutron import LoadedInstance, parse_document
 
-HOTPLUG_FORMATS = ("eni", "udev", "resolv")
+HOTPLUG_FORMATS = (*STACK_RENDERERS, "udev", "resolv")
+"""What a live change writes: every stack's network files (the agent installs its image's,
+as from a drive), the NIC names and the resolver; not the hostname, which a running guest
+may have been given since."""
 
 
 class HotplugError(NetinjectError):
-    """The hot-plug could not be done; the guest was left as it was."""
+    """The hot-plug could not be done. ``result``: what the guest's files are now (its
+    outcome says truthfully which: all as before, or not)."""
+
+    def __init__(self, message: str, result: ApplyResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+    @property
+    def outcome(self) -> ApplyOutcome:
+        return self.result.outcome if self.result is not None else ApplyOutcome.UNCHANGED
 
 
 # -- writing files into the guest ---------------------------------------------------------
@@ -61,21 +74,30 @@ class GuestSide:
 
 
 class ApplyOutcome(enum.Enum):
-    APPLIED = "applied"
-    UNCHANGED = "unchanged"
-    MIXED = "mixed"
-    UNKNOWN = "unknown"
+    """What the guest's files are after an apply, as the host established it: the
+    guest's own answer (contract.Outcome) when it came, else read back."""
+
+    APPLIED = "applied"  # all new
+    UNCHANGED = "unchanged"  # all as before (refused, rolled back, or fenced off)
+    MIXED = "mixed"  # some new, some not: a rollback failed (the guest says broken)
+    UNKNOWN = "unknown"  # the guest could not be asked
+
+
+# The guest's outcomes (contract.Outcome) that leave every file as it was.
+_AS_BEFORE = (contract.Outcome.UNCHANGED, contract.Outcome.ROLLED_BACK,
+              contract.Outcome.FENCED)
 
 
 @dataclass(frozen=True)
 class ApplyResult:
     outcome: ApplyOutcome
     detail: str
+    guest: str | None = None  # the guest's own outcome (contract.Outcome), when it said
 
 
 def bundle_for(instance: Instance, options: Options) -> tuple[bytes, dict[str, bytes]]:
-    """The bundle ``netinject-guest apply`` reads (manifest + payload, as on the drive),
-    and the files it installs by guest path."""
+    """The bundle ``netinject-guest apply`` reads (manifest + payload, as on the drive:
+    every stack's files; the agent installs its image's), and the files by guest path."""
     from . import drive
 
     rendered = render_all(instance, HOTPLUG_FORMATS, options)
@@ -103,15 +125,32 @@ def _read_files(ga: GuestAgent, side: GuestSide, paths: Iterable[str]
     return {p: _read_or_none(ga, side.path(PurePosixPath(p))) for p in paths}
 
 
+def guest_stack(ga: GuestAgent, side: GuestSide) -> Stack:
+    """The network stack the guest's agent installs files for (what ``netinject-guest
+    install`` recorded; ifupdown without a record, as the agent reads it)."""
+    raw = _read_or_none(ga, side.path(PurePosixPath(STACK_CONFIG)))
+    if raw is None:
+        return read_stack("/nonexistent")  # (the agent's own default)
+    try:
+        return stack_named(raw.decode("ascii", "replace").strip())
+    except contract.AgentError as exc:
+        raise HotplugError(f"the guest's /{STACK_CONFIG}: {exc}",
+                           ApplyResult(ApplyOutcome.UNCHANGED, str(exc))) from None
+
+
 def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
                    side: GuestSide) -> ApplyResult:
     """Install the instance's files in the running guest as one transaction.
 
-    Returns what the guest's files are now, established from the guest itself: APPLIED
-    (all new), UNCHANGED (all as before), MIXED or UNKNOWN (the agent could not be asked).
-    A QgaError before the transaction was sent means UNCHANGED by construction.
+    Returns what the guest's files are now, established from the guest itself: its
+    typed answer (contract.Outcome, in its result line), or after a lost reply its
+    apply-status and the files read back: APPLIED (all new), UNCHANGED (all as before),
+    MIXED or UNKNOWN (the agent could not be asked). A QgaError before the transaction
+    was sent means UNCHANGED by construction.
     """
-    raw, files = bundle_for(instance, options)
+    raw, rendered = bundle_for(instance, options)
+    stack = guest_stack(ga, side)
+    files = {p: c for p, c in rendered.items() if stack_of(p) in (None, stack)}
     txid = secrets.token_hex(8)
     # The originals, to tell "unchanged" from "applied" should the reply be lost.
     originals = _read_files(ga, side, files)
@@ -127,20 +166,41 @@ def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
         res = ga.wait(pid, side.command[0])
     except QgaError as exc:
         return _recover(ga, side, txid, files, originals, f"reply lost ({exc})")
-    text = res.stdout.decode(errors="replace").strip()
-    if res.exitcode == contract.APPLY_OK:
-        return ApplyResult(ApplyOutcome.APPLIED, text)
-    if res.exitcode == contract.APPLY_UNCHANGED:
-        return ApplyResult(ApplyOutcome.UNCHANGED, text or res.stderr.decode(errors="replace"))
-    return _readback(ga, side, files, originals,
-                     text or res.stderr.decode(errors="replace").strip()
-                     or f"exit {res.exitcode}")
+    said = contract.parse_result(res.stdout.decode(errors="replace"))
+    why = _words(said, res)
+    if said is None:  # an agent without result lines: its exit status says
+        if res.exitcode in (contract.APPLY_OK, contract.APPLY_UNCHANGED):
+            return ApplyResult(ApplyOutcome.APPLIED if res.exitcode == contract.APPLY_OK
+                               else ApplyOutcome.UNCHANGED, why)
+        return _readback(ga, side, files, originals, why)
+    return _from_guest(ga, side, files, originals, said, why)
+
+
+def _words(said: dict[str, str] | None, res: ExecResult) -> str:
+    if said is not None:
+        return f"{said['outcome']}: {said.get('message', '')}".rstrip(": ")
+    return (res.stdout.decode(errors="replace").strip()
+            or res.stderr.decode(errors="replace").strip() or f"exit {res.exitcode}")
+
+
+def _from_guest(ga: GuestAgent, side: GuestSide, files: Mapping[str, bytes],
+                originals: Mapping[str, bytes | None], said: dict[str, str], why: str
+                ) -> ApplyResult:
+    """The result of the guest's typed answer: applied and the as-before outcomes are
+    taken at their word; broken (a rollback failed) is read back."""
+    outcome = said["outcome"]
+    if outcome == contract.Outcome.APPLIED:
+        return ApplyResult(ApplyOutcome.APPLIED, why, outcome)
+    if outcome in _AS_BEFORE:
+        return ApplyResult(ApplyOutcome.UNCHANGED, why, outcome)
+    back = _readback(ga, side, files, originals, why)
+    return ApplyResult(back.outcome, back.detail, outcome)
 
 
 def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, bytes],
              originals: Mapping[str, bytes | None], why: str) -> ApplyResult:
     """After a lost reply: ask the guest what became of ``txid`` (fencing it off if it
-    never ran), then read the files back."""
+    never ran), then read the files back (leaving out what it says it kept)."""
     deadline = time.monotonic() + side.recovery_timeout
     last = why
     while time.monotonic() < deadline:
@@ -154,27 +214,25 @@ def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, byt
         except QgaError as exc:  # an answer, not a lost one: asking again will not help
             last = str(exc)
             break
-        if res.exitcode not in (contract.APPLY_OK, contract.APPLY_UNCHANGED):
-            last = res.stdout.decode(errors="replace") or f"exit {res.exitcode}"
+        said = contract.parse_result(res.stdout.decode(errors="replace"))
+        if said is None or said["outcome"] == contract.Outcome.BROKEN:
+            last = _words(said, res)
             break
-        kept = _kept(res.stdout, txid) if res.exitcode == contract.APPLY_OK else set()
-        return _readback(ga, side, files, originals,
-                         f"{why}; the guest says: "
-                         f"{res.stdout.decode(errors='replace').strip()}", kept)
+        kept = kept_paths(said)
+        back = _readback(ga, side, files, originals,
+                         f"{why}; the guest says: {_words(said, res)}", kept)
+        return ApplyResult(back.outcome, back.detail, said["outcome"])
     return ApplyResult(ApplyOutcome.UNKNOWN,
                        f"{why}; the guest could not be asked afterwards ({last})")
 
 
-def _kept(stdout: bytes, txid: str) -> set[str]:
-    """The guest paths the agent says it kept as they were in transaction ``txid`` (its
-    answer line: 'netinject-apply-status TXID OUTCOME', see contract.applied_outcome);
-    only paths it may keep (contract.KEEP_SYMLINKS) count."""
-    for line in stdout.decode(errors="replace").splitlines():
-        prefix, _, rest = line.partition(f" {txid} ")
-        if prefix in ("netinject-apply", "netinject-apply-status"):
-            kept = contract.applied_kept(rest.strip()) or []
-            return set(kept) & set(contract.KEEP_SYMLINKS)
-    return set()
+def kept_paths(said: Mapping[str, str]) -> set[str]:
+    """The guest paths an applied transaction says it kept as they were (``kept=``);
+    only paths the agent may keep (contract.KEEP_SYMLINKS) count, so an answer cannot
+    make the host skip a file the agent always replaces."""
+    if said.get("outcome") != contract.Outcome.APPLIED:
+        return set()
+    return set(said.get("kept", "").split(",")) & set(contract.KEEP_SYMLINKS)
 
 
 def _readback(ga: GuestAgent, side: GuestSide, files: Mapping[str, bytes],
@@ -382,7 +440,7 @@ def attach(doc: Mapping[str, Any], port: Mapping[str, Any], ga: GuestAgent,
     applied = configure(ga, loaded.instance, options or Options(), side or GuestSide())
     configured = applied.outcome is ApplyOutcome.APPLIED
     if not configured and not allow_dhcp_fallback:
-        raise HotplugError(f"{nic.name} was not attached: {describe(applied)}")
+        raise HotplugError(f"{nic.name} was not attached: {describe(applied)}", applied)
     attached_at = time.monotonic()
     attacher.attach(nic, tap or f"tap{nic.index}")  # default: the host tap for ethN
     ok = configured and wait_for_address(ga, nic, timeout)
@@ -401,6 +459,6 @@ def detach(doc: Mapping[str, Any], port_id: str, ga: GuestAgent, attacher: NicAt
     attacher.detach(nic)
     applied = configure(ga, after.instance, options or Options(), side or GuestSide())
     if applied.outcome is not ApplyOutcome.APPLIED:
-        raise HotplugError(f"{nic.name} was detached, but {describe(applied)}")
+        raise HotplugError(f"{nic.name} was detached, but {describe(applied)}", applied)
     # Parsing the document without the port already dropped it from ports_pattern.
     return HotplugResult(nic, dict(after.system_metadata), None, True, None, applied)

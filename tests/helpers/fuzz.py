@@ -663,7 +663,7 @@ def _run_agent(work: Path, img: Path, payload: dict[str, bytes], tally: Tally,
     shutil.copyfile(img, root / "dev/vdb")
     signal.alarm(10)
     try:
-        rc = run.run(str(root), wait=0, quiet=True)
+        rc = run.run(run.RunArgs(str(root), wait=0, quiet=True))
     except BaseException as exc:
         tally.finding("tracebacks", f"agent run {n}: {type(exc).__name__}: {exc}")
         return

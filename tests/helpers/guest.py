@@ -29,7 +29,8 @@ def _shipped() -> tuple[Path, Path]:
     from netinject import guest_bundle
 
     digest = hashlib.sha256(guest_bundle.agent_source() + guest_bundle.image_source().encode()
-                            + guest_bundle.launcher_source()).hexdigest()[:12]
+                            + guest_bundle.launcher_source()
+                            + guest_bundle.main_source()).hexdigest()[:12]
     d = Path(tempfile.gettempdir()) / f"netinject-test-agent-{digest}"
     agent, bundle = d / "netinject_guest.py", d / "netinject-guest.pyz"
     if not agent.exists() or not bundle.exists():

@@ -2,13 +2,20 @@
 
 Standard library only, Python >= 3.9: the host imports this module (netinject.drive,
 netinject.hotplug, the harness) and ``netinject guest-bundle`` joins it into the agent.
-It holds the labels, the limits, the guest-path allowlist, the manifest's line grammar
-(writer and parser), the state file, the hot-plug bundle, the agent's result line, and
-the names a drive's files get (``iso_name``, ``fat_uuid``). Nothing here touches disk.
+It holds the labels, the limits, the guest-path allowlist (built from the stacks'
+descriptors, guest/stacks.py), the manifest's line grammar (writer and parser), the
+state file, the hot-plug bundle, the outcomes and the agent's result line, and the names
+a drive's files get (``iso_name``, ``fat_uuid``). Nothing here touches disk.
 """
 
 # (The agent is one joined module at boot: sibling imports are removed by the joiner, so
 # every top-level name in guest/ is unique.)
+
+from .errors import AgentError, NoPayload, NotOnDrive
+from .paths import is_plain_name
+from .stacks import STACKS, Stack, stack_of
+
+__all__ = ["AgentError", "NoPayload", "NotOnDrive", "is_plain_name"]  # (re-exported)
 
 VERSION = "0.1.0"
 MANIFEST_FORMATS = (1, 2)  # 2: files for every stack, 'announce' records
@@ -29,59 +36,42 @@ VENDOR_KEY = "netinject"
 VENDOR_FORMATS = (1,)
 VENDOR_MAX = 4 * MAX_FILE  # every vendordata target's answer together
 MANIFEST_HEAD = 8  # the 'instance' record is among the manifest's first lines
-FILE_MODE = 0o644  # the mode the host gives a payload file (PRIVATE_DIRS: PRIVATE_MODE)
+FILE_MODE = 0o644  # the mode the host gives a payload file (a private stack's: PRIVATE_MODE)
 PRIVATE_MODE = 0o600
 
-# Guest paths the payload may write: each network stack's config, udev rules, resolver,
-# hostname.
-ALLOWED_FILES = ("etc/network/interfaces", "etc/resolv.conf", "etc/hostname")
-ALLOWED_DIRS = ("etc/network/interfaces.d/", "etc/udev/rules.d/", "etc/systemd/network/",
-                "etc/netplan/", "etc/NetworkManager/system-connections/")
+# Guest paths the payload may write: the files every stack uses (resolver, hostname, udev
+# rules naming the NICs) and each network stack's own (its descriptor's files and dirs).
+# A file in an allowed directory must have a plain name and one of the suffixes its
+# reader takes ("": any).
+SHARED_FILES = ("etc/resolv.conf", "etc/hostname")
+SHARED_DIRS: "tuple[tuple[str, tuple[str, ...]], ...]" = (("etc/udev/rules.d/", (".rules",)),)
+ALLOWED_FILES = SHARED_FILES + tuple(f for s in STACKS for f in s.files)
+ALLOWED_DIRS = SHARED_DIRS + tuple(d for s in STACKS for d in s.dirs)
 ALLOWED_MODES = (0o644, 0o640, 0o600, 0o444)
-# Files only root may read: netplan warns about others (and may carry secrets);
-# NetworkManager ignores a keyfile others can read.
-PRIVATE_DIRS = ("etc/netplan/", "etc/NetworkManager/system-connections/")
-# The network stacks a drive carries config for, and where each one's files live; the
-# agent installs the files of the image's stack and the files of none (udev rules,
-# resolv.conf, hostname), and skips the others.
-STACKS = ("ifupdown", "networkd", "netplan", "nm")
-STACK_PATHS = (("etc/network/", "ifupdown"), ("etc/systemd/network/", "networkd"),
-               ("etc/netplan/", "netplan"), ("etc/NetworkManager/", "nm"))
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _HEX = frozenset("0123456789abcdef")
-
-def is_plain_name(name: str) -> bool:
-    """A file name of letters, digits, '.', '_', '-' (not starting with '.' or '-')."""
-    return (0 < len(name) <= 128 and name[0] not in ".-" and set(name) <= _NAME_CHARS)
 
 
 def is_allowed_path(path: str) -> bool:
     """One of the allowlisted guest paths: no '..', no absolute path, no other place."""
     if path in ALLOWED_FILES:
         return True
-    for d in ALLOWED_DIRS:
+    for d, suffixes in ALLOWED_DIRS:
         if path.startswith(d) and is_plain_name(path[len(d):]):
-            return path.endswith(_SUFFIXES.get(d, ("",)))
+            return path.endswith(suffixes)
     return False
 
 
-# What a file in an allowlisted directory must be called for its reader to take it.
-_SUFFIXES = {"etc/udev/rules.d/": (".rules",), "etc/systemd/network/": (".network", ".link"),
-             "etc/netplan/": (".yaml",),
-             "etc/NetworkManager/system-connections/": (".nmconnection",)}
-
-
-def stack_of(path: str) -> "str | None":
-    """The network stack a guest path's file is for (None: every stack uses it)."""
-    for prefix, stack in STACK_PATHS:
-        if path.startswith(prefix):
-            return stack
-    return None
+def is_private(path: str) -> bool:
+    """Whether the file at a guest path must be root's alone (0600): its stack's are
+    (NetworkManager ignores a keyfile others can read; netplan warns and may carry
+    secrets). The manifest's mode and root's ownership then win over an old file's."""
+    stack = stack_of(path)
+    return stack is not None and stack.private
 
 
 def file_mode(path: str) -> int:
     """The mode the host gives the file at a guest path."""
-    return PRIVATE_MODE if path.startswith(PRIVATE_DIRS) else FILE_MODE
+    return PRIVATE_MODE if is_private(path) else FILE_MODE
 
 
 def is_uuid(text: str) -> bool:
@@ -117,10 +107,6 @@ def sha256_hex(data: bytes) -> str:
         except ImportError:
             continue
     raise AgentError("no sha256 implementation in this Python")
-
-
-class AgentError(Exception):
-    """A reason to step aside and leave the image's own configuration in place."""
 
 
 def fat_uuid(serial: str) -> str:
@@ -181,6 +167,14 @@ class Manifest:
         self.nics = nics
         # (NIC name, IPv4 address): static addresses to announce where the stack does not
         self.announce = announce or []
+
+    def for_stack(self, stack: Stack) -> "Manifest":
+        """The manifest with only the files of ``stack`` and the shared ones."""
+        entries = [e for e in self.entries if stack_of(e.path) in (None, stack)]
+        if not any(stack_of(e.path) is stack for e in entries):
+            raise AgentError("the drive carries no %s config (made by a netinject that "
+                             "did not know this stack?)" % stack.name)
+        return Manifest(self.uuid, entries, self.nics, self.announce)
 
 
 def manifest_instance(raw: bytes) -> "str | None":
@@ -282,15 +276,6 @@ def verify(payload: "dict[str, bytes]") -> Manifest:
     return Manifest(records.uuid, entries, records.nics, records.announce)
 
 
-class NotOnDrive(AgentError):
-    """A directory the agent looked for is not on the drive."""
-
-
-class NoPayload(AgentError):
-    """The drive carries no netinject payload for this instance (not an error: the image
-    keeps its DHCP configuration)."""
-
-
 def vendor_payload(raw: bytes) -> "dict[str, bytes]":
     """The payload files (name -> bytes, as in the netinject/ directory of netinject's
     own drive) from nova's vendor_data2.json: its ``netinject`` key holds the manifest
@@ -331,34 +316,12 @@ def vendor_payload(raw: bytes) -> "dict[str, bytes]":
 # -- the hot-plug bundle --------------------------------------------------------------------
 
 BUNDLE_MAGIC = b"netinject-bundle 1\n"
-# netinject-guest apply / apply-status exit statuses: the files are all new, all as they
-# were, or (a rollback failed) neither.
-APPLY_OK, APPLY_UNCHANGED, APPLY_BROKEN = 0, 1, 3
 BUNDLE_MAX = 8 * MAX_FILE
-APPLIED = "applied"
-_KEPT = "; kept "
 KEEP_SYMLINKS = ("etc/resolv.conf",)
 """Paths whose symlink the agent keeps rather than replaces (first boot and apply):
 resolv.conf pointing at resolvconf's or systemd-resolved's file means the image manages
-DNS itself (the ENI's dns-nameservers feeds resolvconf)."""
-
-
-def applied_outcome(kept: "list[str]") -> str:
-    """The outcome an apply that installed its bundle records and prints (apply-status
-    gives it back): 'applied', then '; kept PATH ...' for the guest paths it left as
-    they were by design (KEEP_SYMLINKS that are symlinks), so the host knows per path
-    what 'all new' means when it reads the files back."""
-    return APPLIED + (_KEPT + " ".join(kept) if kept else "")
-
-
-def applied_kept(outcome: str) -> "list[str] | None":
-    """The guest paths an applied outcome (see applied_outcome) kept as they were; None
-    when the outcome is not 'applied'."""
-    if outcome == APPLIED:
-        return []
-    if outcome.startswith(APPLIED + _KEPT):
-        return outcome[len(APPLIED + _KEPT):].split()
-    return None
+DNS itself (the ENI's dns-nameservers feeds resolvconf). An apply's result names the
+paths it kept (``kept=``), so the host knows per path what 'all new' means."""
 
 
 def bundle(files: "list[tuple[str, bytes]]") -> bytes:
@@ -442,12 +405,14 @@ def format_manifest(instance: str, style: str, generator: str,
 
 
 # -- the state file -------------------------------------------------------------------------
-# /var/lib/netinject/instance-id: the applied instance uuid, the drive it came from
-# ('vfat:<serial>', 'iso9660:<volume set id>') and the device it was on, one per line.
+# /var/lib/netinject/instance-id, one field per line: the applied instance uuid, the drive
+# it came from ('vfat:<serial>', 'iso9660:<volume set id>'), the device it was on, and
+# the path whose presence tells the launcher, on a later boot, that the same drive is
+# there ('-': none; the agent decides, run.fast_path).
 
 
-def format_state(instance: str, drive_ident: str, device: str) -> str:
-    return "%s\n%s\n%s\n" % (instance, drive_ident, device)
+def format_state(instance: str, drive_ident: str, device: str, fast_path: str) -> str:
+    return "%s\n%s\n%s\n%s\n" % (instance, drive_ident, device, fast_path)
 
 
 def parse_state(raw: bytes) -> "list[str]":
@@ -456,35 +421,87 @@ def parse_state(raw: bytes) -> "list[str]":
     return fields if fields and is_uuid(fields[0]) else []
 
 
-# -- the result line ------------------------------------------------------------------------
-# The agent's last line on every boot, for machines (the harness, monitoring): the prefix
-# and space-separated key=value pairs, no spaces in values.
+# -- outcomes and the result line ------------------------------------------------------------
 
+
+class Outcome:
+    """What a boot run, an apply or an apply-status came to: one word, the value of
+    ``outcome=`` in the result line; its message says why in words. Code and tests decide
+    by these values, never by a message's text."""
+
+    # The boot run.
+    INSTALLED = "installed"  # a first boot: the files are in place
+    NO_DRIVE = "no-drive"  # no config drive: the image's own config applies
+    NO_PAYLOAD = "no-payload"  # a drive without netinject's payload (a legacy image)
+    STEPPED_ASIDE = "stepped-aside"  # refused before changing anything (untrusted drive...)
+    # The boot run and apply.
+    UNCHANGED = "unchanged"  # nothing to do, or refused before changing anything
+    ROLLED_BACK = "rolled-back"  # changes began, failed, and every file is as it was
+    BROKEN = "broken"  # changes began, failed, and the rollback failed too: neither
+    # Apply and apply-status.
+    APPLIED = "applied"  # every file is new
+    FENCED = "fenced"  # apply-status: the transaction never ran, and now never will
+
+
+OUTCOMES = (Outcome.INSTALLED, Outcome.NO_DRIVE, Outcome.NO_PAYLOAD, Outcome.STEPPED_ASIDE,
+            Outcome.UNCHANGED, Outcome.ROLLED_BACK, Outcome.BROKEN, Outcome.APPLIED,
+            Outcome.FENCED)
+# netinject-guest apply / apply-status exit statuses: the files are all new, all as they
+# were, or (a rollback failed) neither.
+APPLY_OK, APPLY_UNCHANGED, APPLY_BROKEN = 0, 1, 3
+
+
+def exit_status(outcome: str) -> int:
+    """apply's and apply-status's exit status for an outcome."""
+    if outcome == Outcome.APPLIED:
+        return APPLY_OK
+    return APPLY_BROKEN if outcome == Outcome.BROKEN else APPLY_UNCHANGED
+
+
+# The result line: the agent's last line on every boot, and what apply and apply-status
+# print and record, for machines (the harness, the host's hot-plug, monitoring): the
+# prefix, space-separated key=value pairs (no spaces in values), then ' -- ' and the
+# message, for people.
 RESULT_PREFIX = "netinject-result"
-OUTCOMES = ("installed", "unchanged", "no-drive", "no-payload", "stepped-aside")
+MESSAGE_SEP = " -- "
 
 
-def format_result(outcome: str, elapsed_ms: float, cpu_ms: "float | None" = None,
-                  **fields: object) -> str:
-    parts = [RESULT_PREFIX, "outcome=%s" % outcome, "elapsed_ms=%.1f" % elapsed_ms]
+def format_result(outcome: str, elapsed_ms: "float | None" = None,
+                  cpu_ms: "float | None" = None, message: str = "",
+                  fields: "dict[str, object] | None" = None) -> str:
+    """``outcome`` (one of OUTCOMES), the timings, ``fields`` (key=value; empty values
+    left out) and the message."""
+    if outcome not in OUTCOMES:
+        raise ValueError("unknown outcome %r" % outcome)
+    parts = [RESULT_PREFIX, "outcome=%s" % outcome]
+    if elapsed_ms is not None:
+        parts.append("elapsed_ms=%.1f" % elapsed_ms)
     if cpu_ms is not None:
         parts.append("cpu_ms=%.1f" % cpu_ms)
-    parts += ["%s=%s" % (k, str(v).replace(" ", "_")) for k, v in sorted(fields.items())]
-    return " ".join(parts)
+    parts += ["%s=%s" % (k, str(v).replace(" ", "_"))
+              for k, v in sorted((fields or {}).items()) if v is not None and v != ""]
+    line = " ".join(parts)
+    message = " ".join(message.split())  # one line
+    return line + MESSAGE_SEP + message if message else line
 
 
 def parse_result(text: str) -> "dict[str, str] | None":
-    """The last result line in ``text`` (a log, a console) as a dict, or None."""
+    """The last result line in ``text`` (a log, a console, apply's output) as a dict
+    (its fields, and ``message`` when it has one), or None."""
     found = None
     for line in text.splitlines():
         at = line.find(RESULT_PREFIX + " ")
         if at < 0:
             continue
+        head, sep, message = line[at + len(RESULT_PREFIX) + 1:].rstrip("\r").partition(
+            MESSAGE_SEP)
         fields = {}
-        for item in line[at + len(RESULT_PREFIX) + 1:].split(" "):
+        for item in head.split(" "):
             key, eq, value = item.partition("=")
             if eq:
-                fields[key] = value.rstrip("\r")
+                fields[key] = value
         if fields.get("outcome") in OUTCOMES:
+            if sep:
+                fields["message"] = message
             found = fields
     return found

@@ -15,19 +15,10 @@ import _stat
 import posix
 import sys
 
-from .contract import MAX_FILE, STACKS, STATE_DIR, AgentError
-from .install import _tmp_beside, write_atomic
-from .paths import (
-    dirname,
-    exists,
-    isdir,
-    islink,
-    lexists,
-    makedirs,
-    read_small,
-    resolve_in_root,
-)
-from .stacks import ANNOUNCING_STACKS, STACK_CONFIG
+from .contract import STATE_DIR, AgentError
+from .install import tmp_beside, write_atomic
+from .paths import dirname, isdir, lexists, makedirs, resolve_in_root
+from .stacks import STACK_CONFIG, STACK_NAMES, STACKS, ImageTree, detect_stack, stack_named
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,8 +33,7 @@ DefaultDependencies=no
 Wants=network-pre.target
 After=systemd-udevd.service systemd-udev-trigger.service systemd-remount-fs.service
 After=local-fs.target
-Before=network-pre.target networking.service systemd-networkd.service NetworkManager.service
-Before=netplan-configure.service
+Before=network-pre.target %s
 Before=shutdown.target
 Conflicts=shutdown.target
 ConditionPathExists=/usr/sbin/netinject-guest
@@ -65,7 +55,7 @@ TimeoutStartSec=30
 
 [Install]
 WantedBy=multi-user.target
-"""
+""" % " ".join(u for s in STACKS for u in s.units)  # (before every stack's: stacks.py)
 
 ANNOUNCE_UNIT_NAME = "netinject-announce.service"
 ANNOUNCE_UNIT = """\
@@ -133,52 +123,12 @@ GENERATOR_OVERRIDE = "etc/udev/rules.d/75-persistent-net-generator.rules"
 KVM_EXCLUSION = r'^(ENV\{MATCHADDR\}=="\?\[2367abef\]:\*",\s*)ENV\{MATCHADDR\}=""'
 
 
-def _at(root: str, rel: str, follow: bool = True) -> "str | None":
-    """Where ``rel`` of the image is on this machine, None when the guest could not
-    reach anything there (a loop, a link to nothing, a file on the way): for reading
-    what the image has."""
-    try:
-        return resolve_in_root(root, rel, follow)
-    except AgentError:
-        return None
-
-
-def _exists(root: str, rel: str) -> bool:
-    path = _at(root, rel)
-    return path is not None and exists(path)
-
-
-def _read_text(root: str, rel: str) -> "str | None":
-    """A regular file's text (read non-blocking: a FIFO cannot hang the installer); None
-    when there is none."""
-    path = _at(root, rel)
-    if path is None:
-        return None
-    try:
-        return read_small(path, MAX_FILE).decode("utf-8")
-    except (OSError, UnicodeError):
-        return None
-
-
-def uses_systemd(root: str) -> bool:
-    """Whether the image boots systemd: /sbin/init is a link naming it (Debian's
-    /sbin/init -> /lib/systemd/systemd, also behind merged-usr's /sbin -> usr/sbin), or
-    there is no /sbin/init but systemd."""
-    init = _at(root, "sbin/init", follow=False)
-    if init is not None and islink(init):
-        try:
-            return "systemd" in posix.readlink(init)
-        except OSError:
-            return False
-    return _exists(root, "lib/systemd/systemd") and not _exists(root, "sbin/init")
-
-
-def generator_fix(root: str) -> "bytes | None":
+def generator_fix(tree: ImageTree) -> "bytes | None":
     """The seed's Debian fix: the image's persistent-net generator rule (its override in
     /etc if there is one) with the KVM exclusion turned into a jump to the whitelist, to
     be written as the override; None when there is nothing to fix."""
     for rel in (GENERATOR_OVERRIDE, GENERATOR_RULES):
-        text = _read_text(root, rel)
+        text = tree.read_text(rel)
         if text is None:
             continue
         if "globally_administered_whitelist" not in text:
@@ -191,50 +141,6 @@ def generator_fix(root: str) -> "bytes | None":
     return None
 
 
-def _enabled(root: str, unit: str) -> bool:
-    """Whether a systemd unit is enabled in the image (a link in some *.wants)."""
-    base = "etc/systemd/system"
-    where = _at(root, base)
-    try:
-        dirs = [d for d in posix.listdir(where) if d.endswith(".wants")] if where else []
-    except OSError:
-        return False
-    for d in dirs:
-        link = _at(root, "%s/%s/%s" % (base, d, unit), follow=False)
-        if link is not None and lexists(link):
-            return True
-    return False
-
-
-def _installed(root: str, *paths: str) -> bool:
-    return any(_exists(root, p) for p in paths)
-
-
-def detect_stack(root: str) -> "tuple[str | None, str]":
-    """The network stack the image brings its NICs up with, and why we think so. In
-    order: netplan (it drives networkd or NetworkManager itself), ifupdown when its
-    networking service is enabled, NetworkManager, systemd-networkd. (None, why) when
-    there is none."""
-    netplan_dir = _at(root, "etc/netplan")
-    if _installed(root, "usr/sbin/netplan", "usr/share/netplan/netplan.script") \
-            and netplan_dir is not None and isdir(netplan_dir):
-        return "netplan", "netplan is installed (/etc/netplan)"
-    if _installed(root, "sbin/ifup", "usr/sbin/ifup") and _enabled(root, "networking.service"):
-        return "ifupdown", "ifupdown's networking.service is enabled"
-    if not uses_systemd(root) and _installed(root, "sbin/ifup", "usr/sbin/ifup"):
-        return "ifupdown", "ifupdown is installed (sysvinit)"
-    nm_alias = _at(root, "etc/systemd/system/network-manager.service", follow=False)
-    if _installed(root, "usr/sbin/NetworkManager") and (
-            _enabled(root, "NetworkManager.service")
-            or (nm_alias is not None and lexists(nm_alias))):
-        return "nm", "NetworkManager.service is enabled"
-    if _enabled(root, "systemd-networkd.service"):
-        return "networkd", "systemd-networkd.service is enabled"
-    if _installed(root, "sbin/ifup", "usr/sbin/ifup"):
-        return "ifupdown", "ifupdown is installed"
-    return None, "no ifupdown, netplan, NetworkManager or enabled systemd-networkd"
-
-
 def _placed(root: str, rel: str, staged: bool = True) -> None:
     """Check, before anything is written, that ``rel`` can be written where the guest
     will find it: its directory resolves inside the image (resolve_in_root), and at the
@@ -245,10 +151,10 @@ def _placed(root: str, rel: str, staged: bool = True) -> None:
     kind = _kind(path)
     if kind not in ("absent", "file", "symlink"):
         raise AgentError("/%s: a %s is in the way" % (rel, kind))
-    kind = _kind(_tmp_beside(path))
+    kind = _kind(tmp_beside(path))
     if staged and kind not in ("absent", "file"):
         raise AgentError("%s: a %s is in the way (not a file install left)"
-                         % (_tmp_beside("/" + rel), kind))
+                         % (tmp_beside("/" + rel), kind))
 
 
 def _kind(path: str) -> str:
@@ -277,7 +183,7 @@ def _pyc_path(root: str) -> "str | None":
     """Where the compiled module goes when the image's Python has this interpreter's
     bytecode format (same minor version); None when it has not."""
     tag = "python%d.%d" % sys.version_info[:2]
-    python = _at(root, "usr/lib/" + tag)
+    python = ImageTree(root).at("usr/lib/" + tag)
     if (root != "/" and (python is None or not isdir(python))) \
             or sys.implementation.cache_tag is None:
         return None
@@ -330,22 +236,24 @@ def _is_tree(root: str) -> None:
 def _install(r: str, out: "Callable[[str], None]", agent_source: bytes,
              launcher_source: bytes, stack: "str | None") -> int:
     if stack is None:
-        stack, why = detect_stack(r)
-        if stack is None:
+        found, why = detect_stack(r)
+        if found is None:
             sys.stderr.write("netinject-guest install: error: cannot tell this image's "
                              "network stack (%s); give --stack (one of %s)\n"
-                             % (why, ", ".join(STACKS)))
+                             % (why, ", ".join(STACK_NAMES)))
             return 2
-        out("network stack: %s (%s)" % (stack, why))
-    elif stack not in STACKS:
+        out("network stack: %s (%s)" % (found.name, why))
+    elif stack not in STACK_NAMES:
         sys.stderr.write("netinject-guest install: error: --stack %r: choose one of %s\n"
-                         % (stack, ", ".join(STACKS)))
+                         % (stack, ", ".join(STACK_NAMES)))
         return 2
     else:
+        found = stack_named(stack)
         out("network stack: %s (given)" % stack)
-    systemd = uses_systemd(r)
-    announcer = systemd and stack in ANNOUNCING_STACKS
-    fixed = generator_fix(r)
+    tree = ImageTree(r)
+    systemd = tree.uses_systemd()
+    announcer = systemd and found.announces
+    fixed = generator_fix(tree)
     pyc = _pyc_path(r)
     files = [MODULE_PATH, LAUNCHER_PATH, UNIT_PATH, INIT_PATH, STACK_CONFIG]
     files += [ANNOUNCE_UNIT_PATH] if announcer else []
@@ -367,7 +275,7 @@ def _install(r: str, out: "Callable[[str], None]", agent_source: bytes,
     write_atomic(r, LAUNCHER_PATH, launcher_source, 0o755)
     write_atomic(r, UNIT_PATH, UNIT.encode(), 0o644)
     write_atomic(r, INIT_PATH, INIT_SCRIPT.encode(), 0o755)
-    write_atomic(r, STACK_CONFIG, (stack + "\n").encode(), 0o644)
+    write_atomic(r, STACK_CONFIG, (found.name + "\n").encode(), 0o644)
     # The state and backup directories exist before the first boot: two mkdirs fewer on
     # the boot path.
     makedirs(state, 0o700)
@@ -407,13 +315,14 @@ def uninstall_agent(root: str, out: "Callable[[str], None]") -> int:
 
 
 def _uninstall(root: str, out: "Callable[[str], None]") -> int:
+    tree = ImageTree(root)
     cache = dirname(MODULE_PATH) + "/__pycache__"
-    where = _at(root, cache)
+    where = tree.at(cache)
     names = sorted(posix.listdir(where)) if where is not None and isdir(where) else []
     ours = [WANTS_LINK, ANNOUNCE_WANTS_LINK, RCS_LINK, UNIT_PATH, ANNOUNCE_UNIT_PATH,
             INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG]
     ours += [cache + "/" + f for f in names if f.startswith("netinject_guest.")]
-    if 'GOTO="globally_administered_whitelist"' in (_read_text(root, GENERATOR_OVERRIDE)
+    if 'GOTO="globally_administered_whitelist"' in (tree.read_text(GENERATOR_OVERRIDE)
                                                     or ""):
         ours.append(GENERATOR_OVERRIDE)
     for rel in ours:
@@ -451,7 +360,7 @@ def main(argv: "list[str]", agent_source: bytes, launcher_source: bytes) -> int:
         i = sub.add_parser(name, help=helptext)
         i.add_argument("--root", default="/", help="image root (default: this system)")
         if name == "install":
-            i.add_argument("--stack", choices=STACKS,
+            i.add_argument("--stack", choices=STACK_NAMES,
                            help="the image's network stack, whose files the agent installs "
                                 "(default: detected: netplan, ifupdown with networking "
                                 "enabled, NetworkManager, systemd-networkd, in that order)")

@@ -1,11 +1,14 @@
 #!/usr/bin/python3 -IS
 """netinject-guest: the boot service's launcher (the agent is ../lib/netinject/).
 
-Installed as /usr/sbin/netinject-guest. Later boots are decided here with built-in
-modules only, so they do not load the agent: if udev linked the drive the recorded boot
-applied ('vfat:<serial>' in the state file) in /dev/disk/by-uuid, nothing is new.
-Everything else goes to the agent. The constants below repeat the contract's (this file
-must not import the agent); a test checks that they agree.
+Installed as /usr/sbin/netinject-guest. A later boot whose answer the agent left ready is
+ended here with built-in modules only, without loading the agent: on the first boot the
+agent recorded in the state file the path whose presence means the same drive is still
+there (udev's /dev/disk/by-uuid link of a vfat drive; run.fast_path decides which), and
+if it is there, nothing is new. The launcher decides nothing itself; everything else goes
+to the agent. Only the unit's own command lines are looked at ('run', and 'run --root
+DIR' as tests give it): the agent parses the rest. The constants below repeat the
+contract's (this file must not import the agent); a test checks that they agree.
 """
 
 import time
@@ -22,26 +25,22 @@ RESULT_PREFIX = "netinject-result"
 RTTIME_MAX_US = 1_000_000  # real-time priority only under a bound at least this tight
 
 
-def fat_uuid(serial: str) -> str:
-    """blkid's UUID for a FAT volume serial, as udev names /dev/disk/by-uuid (the
-    contract's fat_uuid, repeated here: a test checks that they agree)."""
-    return "%s-%s" % (serial[:4].upper(), serial[4:8].upper())
-
-
 def later_boot(root: str) -> bool:
-    """True (after logging it) when the state file names a vfat drive udev has linked."""
+    """True (after logging it) when the path the state file's fourth line names (the
+    agent's record of how to recognise this drive) exists under ``root``."""
     try:
         fd = posix.open(root + STATE_FILE, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW)
         try:
             state = posix.read(fd, 4096).decode("ascii").split()
         finally:
             posix.close(fd)
-        if len(state) != 3 or not state[1].startswith("vfat:") or len(state[1]) != 13:
+        if len(state) != 4 or not state[3].startswith("/dev/"):
             return False
-        posix.lstat("%s/dev/disk/by-uuid/%s" % (root, fat_uuid(state[1][5:])))
+        posix.lstat(root + state[3])
         elapsed = (time.monotonic() - started) * 1000
         text = ("netinject: [%7.1f ms] not the first boot of instance %s (drive %s on %s): "
-                "nothing to do\n%s outcome=unchanged elapsed_ms=%.1f instance=%s\n"
+                "nothing to do\n%s outcome=unchanged elapsed_ms=%.1f instance=%s -- not the "
+                "first boot\n"
                 % (elapsed, state[0], state[1], state[2], RESULT_PREFIX, elapsed, state[0]))
         fd = posix.open(root + LOG_FILE, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT
                         | posix.O_NOFOLLOW | posix.O_NONBLOCK, 0o644)

@@ -9,7 +9,14 @@ as a chroot would (``netinject-guest install --root``).
 import _stat
 import posix
 
-from .contract import AgentError
+from .errors import AgentError
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def is_plain_name(name: str) -> bool:
+    """A file name of letters, digits, '.', '_', '-' (not starting with '.' or '-')."""
+    return (0 < len(name) <= 128 and name[0] not in ".-" and set(name) <= _NAME_CHARS)
 
 
 def join(path: str, *parts: str) -> str:

@@ -4,21 +4,25 @@
 first boot installs the files and renames NICs; the instance uuid is recorded last, so
 a crash midway re-runs on the next boot. It never blocks or breaks boot: on any problem
 it changes nothing (or rolls back what it changed), logs why, and exits 0 so the image's
-own DHCP configuration applies. Every path goes through ``--root`` (and ``--sysfs``,
-``--dev``) so tests run it against a directory tree shaped like a guest.
+own DHCP configuration applies. Its last line is the result line (contract.Outcome).
+Every path goes through ``--root`` (and ``--sysfs``, ``--dev``) so tests run it against a
+directory tree shaped like a guest.
 """
 
 import posix
 import sys
 
+from .announce import announce, write_announce
 from .contract import (
-    APPLY_BROKEN,
     BUNDLE_MAX,
     MANIFEST_NAMES,
     STATE_FILE,
     VERSION,
     AgentError,
+    Manifest,
     NoPayload,
+    Outcome,
+    fat_uuid,
     format_result,
     format_state,
     manifest_instance,
@@ -34,26 +38,88 @@ from .discovery import (
     probe_label,
     read_payload,
 )
-from .install import (
-    _read_all,
-    _remove_stale,
-    _write_plain,
-    apply,
-    apply_status,
-    install,
-)
+from .install import Backup, InstallFailed, install, remove_stale, restore, write_new
 from .log import Log
 from .nics import rename_nics
 from .paths import join, no_symlink_parents, read_small, relative_to
-from .stacks import (
-    ANNOUNCING_STACKS,
-    announce,
-    for_stack,
-    netplan_aside,
-    netplan_generate,
-    read_stack,
-    write_announce,
-)
+from .stacks import Stack, read_stack
+from .txn import apply, apply_status, read_input
+
+BY_UUID = "/dev/disk/by-uuid/"
+NO_FAST_PATH = "-"
+
+
+class RunArgs:
+    """``run``'s options (parse_run_args)."""
+
+    def __init__(self, root: str = "/", sysfs: "str | None" = None,
+                 dev: "str | None" = None, drive: "str | None" = None,
+                 wait: float = DEFAULT_WAIT, quiet: bool = False) -> None:
+        self.root = root
+        self.sysfs = sysfs or join(root, "sys")
+        self.dev = dev or join(root, "dev")
+        self.drive = drive
+        self.wait = wait
+        self.quiet = quiet
+
+
+RUN_USAGE = """\
+usage: netinject-guest run [--root DIR] [--sysfs DIR] [--dev DIR] [--drive DEVICE]
+                           [--wait SECONDS] [--quiet]
+
+The boot service: install the static network config injected on the config drive
+(label config-2) on the instance's first boot, before the network service starts.
+Always exits 0 (on any problem the image's own config applies), but for usage errors.
+
+  --root DIR        guest root (default /)
+  --sysfs DIR       sysfs to read (default ROOT/sys)
+  --dev DIR         device directory (default ROOT/dev)
+  --drive DEVICE    read this device or image instead of searching
+  --wait SECONDS    seconds to wait for the drive to appear (default %s)
+  --quiet           log to the file only
+""" % DEFAULT_WAIT
+
+_RUN_VALUES = ("--root", "--sysfs", "--dev", "--drive", "--wait")
+
+
+def parse_run_args(argv: "list[str]") -> RunArgs:
+    """``run``'s one parser (argv without 'run'), small on purpose: argparse costs tens of
+    ms to import under emulation, on every boot. ValueError with a usage message."""
+    values: dict[str, str] = {}
+    quiet = False
+    i = 0
+    while i < len(argv):
+        key, eq, value = argv[i].partition("=")
+        if key == "--quiet" and not eq:
+            quiet = True
+        elif key in _RUN_VALUES:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError("%s needs a value" % key)
+                i += 1
+                value = argv[i]
+            values[key] = value
+        else:
+            raise ValueError("unknown option %r" % argv[i])
+        i += 1
+    try:
+        wait = float(values.get("--wait", DEFAULT_WAIT))
+    except ValueError:
+        raise ValueError("--wait: %r is not a number of seconds"
+                         % values["--wait"]) from None
+    if not 0 <= wait <= 600:
+        raise ValueError("--wait: %s is not between 0 and 600 seconds" % wait)
+    return RunArgs(values.get("--root", "/"), values.get("--sysfs"), values.get("--dev"),
+                   values.get("--drive"), wait, quiet)
+
+
+class Result:
+    """What the run came to (contract.Outcome), why, and fields for the result line."""
+
+    def __init__(self, outcome: str, message: str = "", **fields: object) -> None:
+        self.outcome = outcome
+        self.message = message
+        self.fields = fields
 
 
 def priority_note() -> str:
@@ -74,184 +140,172 @@ def read_state(root: str) -> "list[str]":
         return []
 
 
-def run(root: str = "/", sysfs: "str | None" = None, dev: "str | None" = None,
-        drive: "str | None" = None, wait: float = DEFAULT_WAIT, quiet: bool = False,
-        after_each: object = None, started: "float | None" = None,
+def later_boot(state: "list[str]", found: Drive) -> "str | None":
+    """Why this is not the first boot of the instance whose config is in place, or None.
+    The one place that decides (the launcher only looks for the link record_state
+    left). Same drive as the boot that applied it (its id names it: netinject's drives;
+    nova's iso9660 ones have none), or a drive whose manifest names the recorded
+    instance: nothing is new. Reads only the manifest's head, never the whole payload."""
+    if not state:
+        return None
+    if found.volume_id and state[1:2] == [found.ident]:
+        return "drive %s on %s" % (found.ident, found.path)
+    head = read_payload(found, MANIFEST_NAMES)
+    raw = head.get(MANIFEST_NAMES[0]) or head.get(MANIFEST_NAMES[1]) or b""
+    if manifest_instance(raw) == state[0]:
+        return "its manifest names instance %s" % state[0]
+    return None
+
+
+def fast_path(found: Drive) -> str:
+    """What tells the launcher, on a later boot, that this drive is still there without
+    loading the agent: udev's /dev/disk/by-uuid link of a vfat drive (blkid's UUID of
+    its serial, which netinject derives from the instance uuid). None for iso9660."""
+    return BY_UUID + fat_uuid(found.volume_id) if found.kind == "vfat" else NO_FAST_PATH
+
+
+def record_state(root: str, uuid: str, found: Drive) -> None:
+    """Record the applied instance, last: if a crash loses it, the next boot simply
+    applies the same files again (idempotent; the backups already exist). Not fsynced
+    for the same reason."""
+    path = join(root, STATE_FILE)
+    no_symlink_parents(root, STATE_FILE)
+    remove_stale(path + ".tmp")
+    write_new(path + ".tmp", format_state(uuid, found.ident, "/" + relative_to(
+        root, found.path), fast_path(found)).encode(), 0o644)
+    posix.rename(path + ".tmp", path)
+
+
+def find(args: RunArgs) -> "Drive | None":
+    if args.drive:
+        return probe_label(args.drive)
+    return probe_by_label(args.dev) or find_drive(args.sysfs, args.dev, args.wait)
+
+
+def first_boot(args: RunArgs, found: Drive, log: Log) -> Result:
+    """Everything after the drive was found: decide, verify, install, rename, record."""
+    state = read_state(args.root)
+    log("config drive %s (%s, label %s%s)" % (
+        found.path, found.kind, found.label or "-",
+        ", volume %s" % found.volume_id if found.volume_id else ""))
+    why = later_boot(state, found)
+    if why is not None:
+        log("not the first boot of instance %s (%s): nothing to do" % (state[0], why))
+        return Result(Outcome.UNCHANGED, "not the first boot", instance=state[0])
+    manifest = verify(read_payload(found))
+    log("manifest ok: instance %s, %d file(s), %d NIC(s)"
+        % (manifest.uuid, len(manifest.entries), len(manifest.nics)))
+    check_origin(args.sysfs, found, manifest.uuid)
+    log("first boot of instance %s" % manifest.uuid)
+    stack = read_stack(args.root)
+    manifest = manifest.for_stack(stack)
+    log("network stack: %s (%d file(s) for it and for every stack)"
+        % (stack.name, len(manifest.entries)))
+    backup = install(args.root, manifest, log,
+                     remove=stack.aside(args.root, set(e.path for e in manifest.entries), log))
+    count = take_effect(args, stack, manifest, backup, log)
+    if stack.announces:
+        try:
+            n = write_announce(args.root, manifest)
+            if n:
+                log("%d IPv4 address(es) left for netinject-announce" % n)
+        except (OSError, AgentError) as exc:  # the config is in place: go on
+            log("could not leave the addresses to announce: %s" % exc)
+    record_state(args.root, manifest.uuid, found)
+    log("done: %d file(s) installed, %d NIC(s) renamed (cpu %.1f ms)"
+        % (backup.installed, count, log.cpu_ms()))
+    return Result(Outcome.INSTALLED, instance=manifest.uuid, files=backup.installed,
+                  nics_renamed=count)
+
+
+def take_effect(args: RunArgs, stack: Stack, manifest: Manifest, backup: Backup,
+                log: Log) -> int:
+    """Rename the NICs and run what the stack needs (stack.commit); on failure roll the
+    files back (and commit the image's own again) and raise InstallFailed. Returns how
+    many NICs were renamed."""
+    try:
+        count = rename_nics(manifest.nics, args.sysfs, log)
+        stack.commit(args.root, log)
+        return count
+    except AgentError as exc:
+        log("rolling back installed files")
+        failed = restore(args.root, backup, backup.changed, log)
+        try:
+            stack.commit(args.root, log)  # the image's own config again
+        except AgentError as cexc:
+            log("after the rollback: %s" % cexc)
+        raise InstallFailed("%s%s" % (exc, "; rollback FAILED for /%s" % ", /".join(failed)
+                                      if failed else "; every file is as it was"),
+                            bool(failed)) from None
+
+
+def run(args: RunArgs, started: "float | None" = None,
         cpu_started: "float | None" = None) -> int:
     """The boot service. Always returns 0: boot goes on whatever happens here.
 
-    ``started``: time.monotonic() when the launcher began (the interpreter is up), so the
-    log's timings include loading this module; else they start here.
+    ``started``, ``cpu_started``: time.monotonic() and time.process_time() when the
+    launcher began (the interpreter is up), so the log's timings include loading this
+    module; else they start here.
     """
-    log = Log(root, quiet, started, cpu_started)
+    log = Log(args.root, args.quiet, started, cpu_started)
     if started is not None:
         log("netinject-guest %s loaded%s" % (VERSION, priority_note()))
-    sysfs = sysfs or join(root, "sys")
-    dev = dev or join(root, "dev")
     found: Drive | None = None
-    result: dict[str, object] = {"outcome": "stepped-aside"}
+    result = Result(Outcome.STEPPED_ASIDE)
     try:
-        state = read_state(root)
-        recorded = state[0] if state else None
-        # (A later boot from a vfat drive udev linked by its serial is decided by the
-        # launcher before this module is even loaded.)
-        found = probe_label(drive) if drive else (probe_by_label(dev)
-                                                   or find_drive(sysfs, dev, wait))
+        found = find(args)
         if found is None:
             log("no config drive (label config-2) found: leaving the image's network "
                 "config in place")
-            result = {"outcome": "no-drive"}
-            return 0
-        # (nova's own iso9660 drives have an empty volume set id: no identity there.)
-        if recorded is not None and found.volume_id and state[1:2] == [found.ident]:
-            # Same drive as the boot that applied it: nothing new (no payload reads).
-            log("not the first boot of instance %s (drive %s on %s): nothing to do"
-                % (recorded, found.ident, found.path))
-            result = {"outcome": "unchanged", "instance": recorded}
-            return 0
-        log("config drive %s (%s, label %s%s)" % (
-            found.path, found.kind, found.label,
-            ", volume %s" % found.volume_id if found.volume_id else ""))
-        if recorded is not None:
-            head = read_payload(found, MANIFEST_NAMES)
-            raw = head.get(MANIFEST_NAMES[0]) or head.get(MANIFEST_NAMES[1]) or b""
-            if manifest_instance(raw) == recorded:
-                log("not the first boot of instance %s: nothing to do" % recorded)
-                result = {"outcome": "unchanged", "instance": recorded}
-                return 0
-        payload = read_payload(found)
-        manifest = verify(payload)
-        log("manifest ok: instance %s, %d file(s), %d NIC(s)"
-            % (manifest.uuid, len(manifest.entries), len(manifest.nics)))
-        check_origin(sysfs, found, manifest.uuid)
-        if recorded == manifest.uuid:
-            log("not the first boot of instance %s: nothing to do" % manifest.uuid)
-            result = {"outcome": "unchanged", "instance": recorded}
-            return 0
-        log("first boot of instance %s" % manifest.uuid)
-        stack = read_stack(root)
-        manifest = for_stack(manifest, stack)
-        aside = netplan_aside(root, manifest) if stack == "netplan" else []
-        log("network stack: %s (%d file(s) for it and for every stack)"
-            % (stack, len(manifest.entries)))
-        backup = install(root, manifest, log, after_each, remove=aside)
-        try:
-            count = rename_nics(manifest.nics, sysfs, log)
-            if stack == "netplan":
-                netplan_generate(root, log)
-        except AgentError:
-            log("rolling back installed files")
-            for rel in reversed([e.path for e in manifest.entries] + aside):
-                try:
-                    backup.restore(root, rel)
-                except (OSError, AgentError) as exc:
-                    log("rollback of /%s failed: %s" % (rel, exc))
-            if stack == "netplan":
-                try:
-                    netplan_generate(root, log)  # the image's own config again
-                except AgentError as exc:
-                    log("netplan generate after the rollback: %s" % exc)
-            raise
-        if stack in ANNOUNCING_STACKS:
-            try:
-                n = write_announce(root, manifest)
-                if n:
-                    log("%d IPv4 address(es) left for netinject-announce" % n)
-            except (OSError, AgentError) as exc:  # the config is in place: go on
-                log("could not leave the addresses to announce: %s" % exc)
-        # Recorded last, and not fsynced: if a crash loses it, the next boot simply
-        # applies the same files again (idempotent; the backups already exist).
-        record = join(root, STATE_FILE)
-        no_symlink_parents(root, STATE_FILE)
-        _remove_stale(record + ".tmp")
-        _write_plain(record + ".tmp", format_state(
-            manifest.uuid, found.ident, "/" + relative_to(root, found.path)).encode(), 0o644)
-        posix.rename(record + ".tmp", record)
-        log("done: %d file(s) installed, %d NIC(s) renamed (cpu %.1f ms)"
-            % (backup.installed, count, log.cpu_ms()))
-        result = {"outcome": "installed", "instance": manifest.uuid,
-                  "files": backup.installed, "nics_renamed": count}
+            result = Result(Outcome.NO_DRIVE, "no config drive")
+        else:
+            result = first_boot(args, found, log)
     except NoPayload as exc:
         log("%s: leaving the image's network config in place" % exc)
-        result = {"outcome": "no-payload"}
+        result = Result(Outcome.NO_PAYLOAD, str(exc))
+    except InstallFailed as exc:
+        log("stepping aside: %s" % exc)
+        result = Result(Outcome.BROKEN if exc.broken else Outcome.ROLLED_BACK, str(exc))
     except AgentError as exc:
         log("stepping aside: %s" % exc)
+        result = Result(Outcome.STEPPED_ASIDE, str(exc))
     except Exception as exc:  # never break boot, whatever went wrong
         log("stepping aside after an unexpected error: %s: %s" % (type(exc).__name__, exc))
+        result = Result(Outcome.STEPPED_ASIDE, "unexpected %s" % type(exc).__name__)
     finally:
         if found is not None:
             found.close()
-        outcome = str(result.pop("outcome"))
-        log.lines.append(format_result(outcome, log.elapsed_ms(), log.cpu_ms(), **result))
+        log.lines.append(format_result(result.outcome, log.elapsed_ms(), log.cpu_ms(),
+                                       result.message, result.fields))
         log.flush()
     return 0
 
 
 def _apply_main(cmd: str, root: str, sysfs: "str | None", txid: str) -> int:
+    """apply / apply-status: the transaction's result line on stdout, its exit status."""
     log = Log(root, quiet=True)
     sysfs = sysfs or join(root, "sys")
     try:
         if cmd == "apply":
-            raw = _read_all(0, BUNDLE_MAX)
-            # The host sends ifupdown's file; the other stacks would also need their
-            # daemon told before the NIC appears (not done yet): change nothing.
-            try:
-                stack = read_stack(root)
-                refuse = None if stack == "ifupdown" else (
-                    "NIC hot-plug supports ifupdown images only (this image uses %s)"
-                    % stack)
-            except AgentError as exc:
-                refuse = str(exc)
-            status, outcome = apply(root, sysfs, txid, raw, log, refuse)
+            ended = apply(root, sysfs, txid, read_input(0, BUNDLE_MAX), log)
         else:
-            status, outcome = apply_status(root, txid, log)
+            ended = apply_status(root, txid, log)
+        line, status = ended.line, ended.status
     except (OSError, AgentError) as exc:
-        status, outcome = APPLY_BROKEN, "error: %s" % exc
-        log("%s %s: %s" % (cmd, txid, outcome))
+        # The transaction could not even be looked at: whether its files changed is
+        # not known here (the host reads them back).
+        line = format_result(Outcome.BROKEN, message="%s failed: %s" % (cmd, exc),
+                             fields={"txid": txid})
+        status = 3
+        log(line)
     finally:
         log.flush()
     try:
-        sys.stdout.write("netinject-%s %s %s\n" % (cmd, txid, outcome))
+        sys.stdout.write(line + "\n")
         sys.stdout.flush()
     except OSError:
         pass  # the host's end is gone: the outcome is recorded for apply-status
     return status
-
-
-RUN_OPTIONS = {"--root": "root", "--sysfs": "sysfs", "--dev": "dev", "--drive": "drive",
-               "--wait": "wait"}
-
-
-def _fast_run_args(argv: list[str]) -> "dict[str, object] | None":
-    """Parse ``run [--opt VALUE]... [--quiet]`` without argparse (it costs tens of ms
-    under emulation on the boot path). None for anything else: argparse handles it."""
-    if not argv or argv[0] != "run":
-        return None
-    out: dict[str, object] = {}
-    i = 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--quiet":
-            out["quiet"] = True
-            i += 1
-            continue
-        key, eq, value = arg.partition("=")
-        if key not in RUN_OPTIONS:
-            return None
-        if not eq:
-            if i + 1 >= len(argv):
-                return None
-            value = argv[i + 1]
-            i += 1
-        if key == "--wait":
-            try:
-                out["wait"] = float(value)
-            except ValueError:
-                return None
-        else:
-            out[RUN_OPTIONS[key]] = value
-        i += 1
-    return out
 
 
 def main(argv: "list[str] | None" = None, started: "float | None" = None,
@@ -259,9 +313,21 @@ def main(argv: "list[str] | None" = None, started: "float | None" = None,
     """``started``, ``cpu_started``: time.monotonic() and time.process_time() when the
     launcher began, for the run log."""
     args_list = sys.argv[1:] if argv is None else argv
-    fast = _fast_run_args(args_list)
-    if fast is not None:
-        return run(started=started, cpu_started=cpu_started, **fast)  # type: ignore[arg-type]
+    if args_list[:1] == ["run"]:
+        if any(a in ("-h", "--help") for a in args_list[1:]):
+            sys.stdout.write(RUN_USAGE)
+            return 0
+        try:
+            run_args = parse_run_args(args_list[1:])
+        except ValueError as exc:
+            sys.stderr.write(RUN_USAGE.split("\n\n")[0] + "\n"
+                             "netinject-guest run: error: %s\n" % exc)
+            return 2
+        return run(run_args, started, cpu_started)
+    return _other_commands(args_list)
+
+
+def _other_commands(args_list: "list[str]") -> int:
     import argparse
 
     p = argparse.ArgumentParser(
@@ -272,14 +338,9 @@ def main(argv: "list[str] | None" = None, started: "float | None" = None,
                "'uninstall --root IMAGE' to add the boot service to an image or remove it.")
     p.add_argument("--version", action="version", version="netinject-guest " + VERSION)
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    r = sub.add_parser("run", help="the boot service (always exits 0)")
-    r.add_argument("--root", default="/", help="guest root (default /)")
-    r.add_argument("--sysfs", help="sysfs to read (default ROOT/sys)")
-    r.add_argument("--dev", help="device directory (default ROOT/dev)")
-    r.add_argument("--drive", help="read this device or image instead of searching")
-    r.add_argument("--wait", type=float, default=DEFAULT_WAIT,
-                   help="seconds to wait for the drive to appear (default %(default)s)")
-    r.add_argument("--quiet", action="store_true", help="log to the file only")
+    # 'run' is parsed by parse_run_args (main); listed here for the help only.
+    sub.add_parser("run", help="the boot service (always exits 0; run --help)",
+                   add_help=False)
     for name, helptext in (("apply", "install a bundle from stdin as one transaction "
                                      "(NIC hot-plug; exit 0 applied, 1 unchanged, 3 broken)"),
                            ("apply-status", "the outcome of a transaction; fences it off if "
@@ -301,9 +362,6 @@ def main(argv: "list[str] | None" = None, started: "float | None" = None,
         finally:
             log.flush()
         return 0
-    if args.cmd == "run":
-        return run(args.root, args.sysfs, args.dev, args.drive, args.wait, args.quiet,
-                   started=started, cpu_started=cpu_started)
     if args.cmd in ("apply", "apply-status"):
         return _apply_main(args.cmd, args.root, args.sysfs, args.txid)
     p.print_help()

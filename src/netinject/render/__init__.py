@@ -9,27 +9,31 @@ through qemu-guest-agent): one writer per side touches the disk.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from importlib import import_module
 
+from ..guest.stacks import STACKS
 from ..model import Instance
-from . import eni, hostname, netplan, networkd, nm, resolv, udev
+from . import hostname, resolv, udev
 from .base import Files, Options, Rendered, Renderer, Style
 
 __all__ = ["FORMATS", "REGISTRY", "Files", "Options", "Rendered", "Renderer", "Style", "get",
            "render", "render_all"]
 
-REGISTRY: dict[str, Renderer] = {
-    "eni": eni.render,
-    "networkd": networkd.render,
-    "netplan": netplan.render,
-    "nm": nm.render,
+SHARED: dict[str, Renderer] = {
     "udev": udev.render,
     "resolv": resolv.render,
     "hostname": hostname.render,
 }
-"""Format name -> renderer, in the order formats are rendered and listed. A new format
-is one module and one line here. ``eni``, ``networkd``, ``netplan`` and ``nm`` are the
-network stacks' own files (a drive carries all four; the agent installs its image's);
-``udev``, ``resolv`` and ``hostname`` serve every stack."""
+"""The formats every stack uses: NIC names pinned to MACs, the resolver, the hostname."""
+
+STACK_RENDERERS: dict[str, Renderer] = {
+    s.format: import_module(f"{__name__}.{s.format}").render for s in STACKS}
+"""Each network stack's own files: the module named by its descriptor's ``format``
+(guest/stacks.py), so a new stack is its descriptor and a module here. A drive carries
+every stack's files; the agent installs its image's."""
+
+REGISTRY: dict[str, Renderer] = {**STACK_RENDERERS, **SHARED}
+"""Format name -> renderer, in the order formats are rendered and listed."""
 FORMATS: tuple[str, ...] = tuple(REGISTRY)
 
 
