@@ -30,6 +30,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from ..errors import NetinjectError
@@ -78,123 +79,43 @@ GLEAN_VERSION = "1.25.1"
 BOOTCHART_INIT = "/lib/systemd/systemd-bootchart"
 KERNEL_APPEND = "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 panic=-1"
 
-DHCP_ENI = """\
-# The loopback network interface
-auto lo
-iface lo inet loopback
+# The files a variant adds to its base, shipped as package data in netinject/vm/files/
+# (read as bytes, so their bytes are what the image and its cache key get):
+#
+# * interfaces.dhcp, 99-dhcp.network, 50-cloud-init.yaml: what a stock image of each
+#   stack asks DHCP with (a cloud image's generic config), as /etc/network/interfaces,
+#   /etc/systemd/network/99-dhcp.network and /etc/netplan/50-cloud-init.yaml;
+# * interfaces.cloud-init, 99-netinject-bench.cfg: the cloud-init image's ENI (sources
+#   interfaces.d) and its datasource list (/etc/cloud/cloud.cfg.d/);
+# * interfaces.glean: the glean image's ENI (glean writes one file per NIC);
+# * netinject-report.sh, netinject-report.service: the report service (harness.py parses
+#   its output), as /usr/local/sbin/netinject-report and its unit (the script's three
+#   long lines are its bytes from when it was a Python string, whose backslash-newlines
+#   joined them: splitting them again would change every image's cache key);
+# * bootchart.conf: systemd-bootchart's limits (sampling stops on SIGHUP from the report,
+#   when boot has finished; these only bound it).
+DATA_FILES = (
+    "interfaces.dhcp", "99-dhcp.network", "50-cloud-init.yaml", "interfaces.cloud-init",
+    "99-netinject-bench.cfg", "interfaces.glean", "netinject-report.sh",
+    "netinject-report.service", "bootchart.conf",
+)
 
-# The primary network interface (a stock cloud image: ask DHCP)
-auto eth0
-allow-hotplug eth0
-iface eth0 inet dhcp
-"""
-# What a stock image of each stack asks DHCP with (a cloud image's generic config).
-NETWORKD_DHCP = """\
-[Match]
-Name=eth*
 
-[Network]
-DHCP=yes
-"""
-NETPLAN_DHCP = """\
-# A cloud image's netplan config (as cloud-init writes it): every NIC asks DHCP.
-network:
-  version: 2
-  ethernets:
-    all-eth:
-      match:
-        name: "eth*"
-      dhcp4: true
-"""
-CLOUD_INIT_ENI = """\
-# The loopback network interface
-auto lo
-iface lo inet loopback
+def data_file(name: str) -> bytes:
+    """A file of netinject/vm/files/ (package data), exactly as shipped."""
+    return (resources.files("netinject.vm") / "files" / name).read_bytes()
 
-source /etc/network/interfaces.d/*
-"""
-CLOUD_INIT_CFG = """\
-# netinject benchmark: read the config drive only.
-datasource_list: [ ConfigDrive, None ]
-"""
-REPORT_SCRIPT = """\
-#!/bin/sh
-# Prints in-guest facts to the serial console once boot has finished (netinject bench).
-systemctl is-system-running --wait >/dev/null 2>&1
-{
-echo "=== NETINJECT-REPORT BEGIN ==="
-echo "--- systemd-analyze"; systemd-analyze 2>&1
-echo "--- blame"; systemd-analyze blame 2>&1 | head -n 12
-echo "--- ip-addr"; ip -j addr
-echo "--- ip-route"; ip -j route
-echo "--- ip-link"; ip -j link
-echo "--- resolv"; cat /etc/resolv.conf 2>&1
-echo "--- hostname"; cat /etc/hostname 2>&1
-echo "--- udev-rules"; cat /etc/udev/rules.d/70-persistent-net.rules 2>&1
-echo "--- netinject-log"; cat /var/log/netinject.log 2>&1
-echo "--- networking"; systemctl show -p ActiveState -p Result networking.service 2>&1
-echo "--- unit-times"; systemctl show -p Id -p InactiveExitTimestampMonotonic \
-  -p ActiveEnterTimestampMonotonic netinject.service systemd-udev-settle.service \
-  ifupdown-pre.service networking.service cloud-init-local.service \
-  glean-early.service glean@eth0.service systemd-networkd.service \
-  NetworkManager.service netinject-announce.service systemd-networkd-wait-online.service \
-  NetworkManager-wait-online.service 2>&1
-if grep -q netinject.timeline /proc/cmdline; then
-  echo "--- critical-chain"; systemd-analyze critical-chain --no-pager network.target 2>&1
-  echo "--- journal-pid1"; journalctl -b _PID=1 -o short-monotonic --no-pager 2>&1 | tail -n 400
-  echo "--- all-unit-times"
-  systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic \
-    '*.service' '*.target' '*.socket' '*.mount' 2>&1
-fi
-if grep -q netinject.probe-imports /proc/cmdline; then
-  echo "--- import-costs"
-  for m in os struct hashlib json re socket argparse encodings.utf_16_le; do
-    /usr/bin/python3 -I -S -c "import time; t = time.perf_counter(); import $m; \
-print('$m %.2f' % ((time.perf_counter() - t) * 1000))"
-  done
-fi
-if grep -q netinject.bootchart /proc/cmdline; then
-  # systemd-bootchart (started as init) stops sampling on SIGHUP and writes its SVG.
-  pkill -HUP -x systemd-bootcha
-  for _ in $(seq 1 300); do
-    svg=$(ls /run/log/bootchart-*.svg 2>/dev/null | head -n 1)
-    [ -n "$svg" ] && [ -s "$svg" ] && ! pgrep -x systemd-bootcha >/dev/null && break
-    sleep 0.2
-  done
-  echo "--- bootchart"
-  if [ -n "$svg" ]; then gzip -9 -c "$svg" | base64 -w 76; fi
-fi
-echo "=== NETINJECT-REPORT END ==="
-} >/dev/ttyS0 2>&1
-if grep -q netinject.poweroff /proc/cmdline; then systemctl poweroff; fi
-"""
-# Sampling stops on SIGHUP from the report (boot finished); these only bound it.
-BOOTCHART_CONF = """\
-[Bootchart]
-Samples=2400
-Frequency=20
-Relative=no
-Output=/run/log
-"""
-GLEAN_ENI = """\
-# The loopback network interface; glean writes one file per NIC into interfaces.d
-auto lo
-iface lo inet loopback
 
-source /etc/network/interfaces.d/*.cfg
-"""
-REPORT_UNIT = """\
-[Unit]
-Description=netinject bench: report in-guest facts on the serial console
-After=multi-user.target
-
-[Service]
-Type=simple
-ExecStart=/usr/local/sbin/netinject-report
-
-[Install]
-WantedBy=multi-user.target
-"""
+# The texts by their former names (tests use them).
+DHCP_ENI = data_file("interfaces.dhcp").decode()
+NETWORKD_DHCP = data_file("99-dhcp.network").decode()
+NETPLAN_DHCP = data_file("50-cloud-init.yaml").decode()
+CLOUD_INIT_ENI = data_file("interfaces.cloud-init").decode()
+CLOUD_INIT_CFG = data_file("99-netinject-bench.cfg").decode()
+GLEAN_ENI = data_file("interfaces.glean").decode()
+REPORT_SCRIPT = data_file("netinject-report.sh").decode()
+REPORT_UNIT = data_file("netinject-report.service").decode()
+BOOTCHART_CONF = data_file("bootchart.conf").decode()
 
 
 class ImageBuildError(NetinjectError):
@@ -329,17 +250,18 @@ def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
         "etc/hostname": (b"debian\n", 0o644),
         "etc/hosts": (b"127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n", 0o644),
         "etc/fstab": (b"/dev/vda / ext4 defaults 0 1\n", 0o644),
-        "usr/local/sbin/netinject-report": (REPORT_SCRIPT.encode(), 0o755),
-        "etc/systemd/system/netinject-report.service": (REPORT_UNIT.encode(), 0o644),
-        "etc/systemd/bootchart.conf": (BOOTCHART_CONF.encode(), 0o644),
+        "usr/local/sbin/netinject-report": (data_file("netinject-report.sh"), 0o755),
+        "etc/systemd/system/netinject-report.service":
+            (data_file("netinject-report.service"), 0o644),
+        "etc/systemd/bootchart.conf": (data_file("bootchart.conf"), 0o644),
     }
     baked = name == "baked-static" or name.startswith("baked-")
     if recipe == "ifupdown":
-        files["etc/network/interfaces"] = (DHCP_ENI.encode(), 0o644)
+        files["etc/network/interfaces"] = (data_file("interfaces.dhcp"), 0o644)
     elif recipe == "networkd" and not baked:
-        files["etc/systemd/network/99-dhcp.network"] = (NETWORKD_DHCP.encode(), 0o644)
+        files["etc/systemd/network/99-dhcp.network"] = (data_file("99-dhcp.network"), 0o644)
     elif recipe == "netplan" and not baked:
-        files["etc/netplan/50-cloud-init.yaml"] = (NETPLAN_DHCP.encode(), 0o600)
+        files["etc/netplan/50-cloud-init.yaml"] = (data_file("50-cloud-init.yaml"), 0o600)
     if name != "cloud-init":
         files["etc/cloud/cloud-init.disabled"] = (b"", 0o644)
     if baked:
@@ -348,10 +270,11 @@ def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
                                      Options()).items():
             files[str(path)] = (text.encode(), file_mode(str(path)))
     elif name == "cloud-init":
-        files["etc/network/interfaces"] = (CLOUD_INIT_ENI.encode(), 0o644)
-        files["etc/cloud/cloud.cfg.d/99-netinject-bench.cfg"] = (CLOUD_INIT_CFG.encode(), 0o644)
+        files["etc/network/interfaces"] = (data_file("interfaces.cloud-init"), 0o644)
+        files["etc/cloud/cloud.cfg.d/99-netinject-bench.cfg"] = (
+            data_file("99-netinject-bench.cfg"), 0o644)
     elif name == "glean":
-        files["etc/network/interfaces"] = (GLEAN_ENI.encode(), 0o644)
+        files["etc/network/interfaces"] = (data_file("interfaces.glean"), 0o644)
         # Marker for the cache key: the glean release installed below.
         files["usr/local/share/netinject-glean-version"] = (GLEAN_VERSION.encode(), 0o644)
     elif name.startswith("inject"):
