@@ -123,6 +123,7 @@ class Stack:
     dirs: "tuple[tuple[str, tuple[str, ...]], ...]" = ()
     private = False
     units: "tuple[str, ...]" = ()
+    daemon = ""  # the unit whose start brings the NICs up (the test bed times it)
     announces = False
     live = False
     debian_packages: "tuple[str, ...]" = ()
@@ -162,6 +163,7 @@ class Ifupdown(Stack):
     files = ("etc/network/interfaces",)
     dirs = (("etc/network/interfaces.d/", ("",)),)
     units = ("networking.service",)
+    daemon = "networking.service"
     live = True
     debian_packages = ("ifupdown", "isc-dhcp-client")
 
@@ -193,6 +195,7 @@ class Networkd(Stack):
     format = "networkd"
     dirs = (("etc/systemd/network/", (".network", ".link")),)
     units = ("systemd-networkd.service",)
+    daemon = "systemd-networkd.service"
     announces = True
     debian_enable = ("systemd-networkd.service",)
 
@@ -211,6 +214,7 @@ class NetworkManager(Stack):
     dirs = (("etc/NetworkManager/system-connections/", (".nmconnection",)),)
     private = True
     units = ("NetworkManager.service",)
+    daemon = "NetworkManager.service"
     debian_packages = ("network-manager",)
     debian_enable = ("NetworkManager.service",)
 
@@ -238,6 +242,7 @@ class Netplan(Stack):
     dirs = (("etc/netplan/", (".yaml",)),)
     private = True
     units = ("netplan-configure.service",)
+    daemon = "systemd-networkd.service"  # its default renderer (Debian's netplan.io)
     announces = True
     debian_packages = ("netplan.io",)
     # netplan.io 0.106 ships /usr/libexec/netplan/generate (older: /lib/netplan/generate).

@@ -35,39 +35,36 @@ from pathlib import Path
 
 from ..errors import NetinjectError
 from ..guest.contract import file_mode
-from ..render import Options, render_all
+from ..guest.stacks import IFUPDOWN, stack_named
+from ..guest.stacks import STACKS as GUEST_STACKS
+from ..render import SHARED, Options, render_all
 from ..sources.neutron import parse_document
 from . import testbed as vm
 from .cache import cache_dir
 
 SUITE = "bookworm"
 RECIPE_VERSION = 3
-PACKAGES = (
-    "systemd", "systemd-sysv", "udev", "ifupdown", "iproute2", "isc-dhcp-client",
-    "linux-image-amd64", "initramfs-tools", "python3-minimal", "qemu-guest-agent",
-    "cloud-init", "procps", "systemd-bootchart",
-)
-STACK_PACKAGES = (
+# What every test-bed image has besides its network stack: systemd, the kernel, Python
+# for the agent, qemu-guest-agent for hot-plug, systemd-bootchart for bench --bootchart.
+COMMON_PACKAGES = (
     "systemd", "systemd-sysv", "udev", "iproute2", "linux-image-amd64", "initramfs-tools",
     "python3-minimal", "qemu-guest-agent", "procps", "systemd-bootchart",
 )
-# One base tree per network stack: Debian's ifupdown images (with cloud-init for its
-# scenario), and three without ifupdown: systemd-networkd alone, netplan on networkd, and
-# NetworkManager. Each recipe: its packages, and units to enable (netplan's generator
-# enables networkd by itself).
+# One base tree per network stack (guest/stacks.py: its Debian packages and the units a
+# Debian image enables for it). The ifupdown base also carries cloud-init, for the
+# cloud-init scenario (its other variants disable it).
+EXTRA_PACKAGES = {IFUPDOWN.name: ("cloud-init",)}
 RECIPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "ifupdown": (PACKAGES, ()),
-    "networkd": (STACK_PACKAGES, ("systemd-networkd.service",)),
-    "netplan": ((*STACK_PACKAGES, "netplan.io"), ()),
-    "nm": ((*STACK_PACKAGES, "network-manager"), ("NetworkManager.service",)),
-}
+    s.name: ((*COMMON_PACKAGES, *s.debian_packages, *EXTRA_PACKAGES.get(s.name, ())),
+             s.debian_enable) for s in GUEST_STACKS}
 # A small initramfs (virtio + ext4) instead of MODULES=most: seconds less to unpack
 # under emulation, for every variant alike.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console",
                      "virtio_scsi", "ext4", "crc32c_generic")
 DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*",
                  "/usr/share/info/*")
-STACKS = ("networkd", "netplan", "nm")
+# The stacks with variants of their own (ifupdown's are the unprefixed ones).
+STACKS = tuple(s.name for s in GUEST_STACKS if s is not IFUPDOWN)
 # Variant -> the recipe of its base tree.
 VARIANTS: dict[str, str] = {
     "dhcp": "ifupdown", "baked-static": "ifupdown", "inject": "ifupdown",
@@ -236,9 +233,6 @@ def build_base(progress: Progress, cache: Path | None = None,
     return Base(root, kernel, initrd, key)
 
 
-# The format that holds each recipe's network config, and the formats every stack uses.
-STACK_FORMAT = {"ifupdown": "eni", "networkd": "networkd", "netplan": "netplan", "nm": "nm"}
-SHARED_FORMATS = ("udev", "resolv", "hostname")
 
 
 def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
@@ -266,7 +260,7 @@ def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
         files["etc/cloud/cloud-init.disabled"] = (b"", 0o644)
     if baked:
         instance = parse_document(vm.document()).instance
-        for path, text in render_all(instance, (STACK_FORMAT[recipe], *SHARED_FORMATS),
+        for path, text in render_all(instance, (stack_named(recipe).format, *SHARED),
                                      Options()).items():
             files[str(path)] = (text.encode(), file_mode(str(path)))
     elif name == "cloud-init":

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import drive
+from ..guest.stacks import STACKS
 from ..render import Options
 from ..sources.neutron import parse_document
 from . import image as images
@@ -43,13 +44,15 @@ AGENT_UNITS = {"inject": "netinject.service", "cloud-init": "cloud-init-local.se
                "glean": "glean@eth0.service", "inject-networkd": "netinject.service",
                "inject-netplan": "netinject.service", "inject-nm": "netinject.service"}
 # The unit each image's stack brings the network up with (what the agent must finish
-# before), by the recipe of the scenario's image.
-STACK_UNITS = {"ifupdown": "networking.service", "networkd": "systemd-networkd.service",
-               "netplan": "systemd-networkd.service", "nm": "NetworkManager.service"}
-NETWORK_UNITS = {f"inject-{s}": STACK_UNITS[s] for s in ("networkd", "netplan", "nm")}
+# before), by the recipe of the scenario's image (its descriptor's daemon).
+STACK_UNITS = {s.name: s.daemon for s in STACKS}
+NETWORK_UNITS = {f"inject-{s}": STACK_UNITS[s] for s in images.STACKS}
 NETWORK_UNITS["inject"] = STACK_UNITS["ifupdown"]
-STACK_SCENARIOS = tuple(f"{kind}-{stack}" for stack in ("networkd", "netplan", "nm")
+STACK_SCENARIOS = tuple(f"{kind}-{stack}" for stack in images.STACKS
                         for kind in ("inject", "baked", "dhcp-timeout"))
+# How the test bed's image of each stack is made (scenario descriptions).
+STACK_IMAGES = {"networkd": "systemd-networkd alone",
+                "netplan": "netplan 0.106 on systemd-networkd", "nm": "NetworkManager 1.42"}
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -70,10 +73,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("glean-later", "glean", "inject", False,
              "glean, second boot of the same instance (its units skip: config exists)",
              True),
-    *(sc for stack, about, unit in (
-        ("networkd", "systemd-networkd alone", "systemd-networkd.service"),
-        ("netplan", "netplan 0.106 on systemd-networkd", "systemd-networkd.service"),
-        ("nm", "NetworkManager 1.42", "NetworkManager.service"))
+    *(sc for stack, about in STACK_IMAGES.items()
       for sc in (
         Scenario(f"inject-{stack}", f"inject-{stack}", "inject", False,
                  f"{about}, no ifupdown: the agent installs the drive's {stack} files"),
