@@ -1,17 +1,22 @@
 """What the benchmarks write with --json: the shape of the files committed in docs/ (the
-figures rebuilt from a file's per-boot lists give that file back, summaries included)."""
+figures rebuilt from a file's per-boot lists give that file back, summaries included),
+and every benchmark's file replaced whole, never rewritten in place."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from netinject.bench import agent, boot, vendordata
+from netinject.bench import drive as bench_drive
 from netinject.bench.agent import AgentCosts
 from netinject.bench.boot import BootResults, BootSeries, ScenarioResult
+from netinject.cli import main
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SERIES = [f.name for f in dataclasses.fields(BootSeries)]
@@ -49,3 +54,32 @@ def test_agent_json_is_the_committed_shape_and_figures() -> None:
     out = AgentCosts(**{k: v for k, v in data.items() if k in fields}).to_json()
     assert out == data
     assert list(out) == list(data)
+
+
+RESULTS: dict[str, Any] = {
+    "drive": {"vfat": [1.0]}, "vendordata": {"rounds": 1},
+    "boot": BootResults("tcg", 1, {"inject": ScenarioResult(
+        "about", "netinject.service", "networking.service", BootSeries([21.0], [25.0]))},
+        host="h", kernel="k", date="d"),
+    "agent": AgentCosts("tcg", 1)}
+
+
+@pytest.mark.parametrize(("bench", "module", "function"), [
+    ("drive", bench_drive, "run"), ("boot", boot, "run"), ("agent", agent, "agent_costs"),
+    ("vendordata", vendordata, "run")])
+def test_every_bench_replaces_its_json_whole(
+        bench: str, module: Any, function: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The old file is renamed over, not truncated and rewritten: a hard link to it
+    keeps the old figures (a reader never sees half a file)."""
+    monkeypatch.setattr(module, function, lambda *a, **kw: RESULTS[bench])
+    out, link = tmp_path / "figures.json", tmp_path / "old.json"
+    out.write_text("old figures\n")
+    os.link(out, link)
+    assert main(["bench", bench, "--runs", "1", "--json", str(out)]
+                if bench != "vendordata" else ["bench", bench, "--json", str(out)]) == 0
+    result = RESULTS[bench]
+    assert json.loads(out.read_text()) == (result if isinstance(result, dict)
+                                           else result.to_json())
+    assert link.read_text() == "old figures\n"
+    capsys.readouterr()

@@ -84,6 +84,8 @@ def _check_outputs(*outputs: tuple[str, Path | None]) -> None:
 
 
 def _write_json(path: Path, data: object) -> None:
+    """Every benchmark's --json: indented, whole or not at all (hostio.write_atomic: a
+    failed write leaves the file as it was, never half a file)."""
     import json
 
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
