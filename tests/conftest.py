@@ -7,11 +7,13 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from netinject.qga import SocketTransport
 
 CASES = Path(__file__).parent / "cases"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -84,6 +86,25 @@ class QgaAgent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class FaultyTransport(SocketTransport):
+    """The real socket client; ``fault`` runs right before guest command number ``at``
+    (counting every command sent, the first being 0)."""
+
+    def __init__(self, path: Path, timeout: float, at: int,
+                 fault: Callable[[], None]) -> None:
+        super().__init__(path, timeout)
+        self.at = at
+        self.fault = fault
+        self.sent: list[str] = []
+
+    def command(self, execute: str, arguments: dict[str, Any] | None,
+                timeout: float) -> Any:
+        if len(self.sent) == self.at:
+            self.fault()
+        self.sent.append(execute)
+        return super().command(execute, arguments, timeout)
 
 
 @pytest.fixture

@@ -1,14 +1,24 @@
-"""The boot timeline: systemd's unit timestamps from a guest's report, the units chosen
-for a scenario's panel, and the chart (matplotlib, written and read back as a PNG).
-The real boots with --timeline run from the benchmark; here the report text is the
-format systemctl show prints (captured from a real guest's console)."""
+"""The boot timeline: systemd's unit timestamps from a guest's report, a boot's figures
+taken from them, the units chosen for a scenario's panel, the chart (matplotlib: its bars
+read back from the drawn axes, and the PNG written), and the text table. The real boots
+with --timeline run from the benchmark; here the report text is the format systemctl
+show prints (captured from a real guest's console)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from netinject.bench.boot import plot_timeline, timeline_units
+import pytest
+
+from netinject.bench.boot import BootResults, BootSeries, ScenarioResult
+from netinject.bench.report import (
+    TimelinePanel,
+    format_table,
+    plot_timeline,
+    timeline_units,
+)
 from netinject.vm.harness import BootResult
+from netinject.vm.scenarios import SCENARIOS
 
 REPORT = {
     "unit-times": """Id=netinject.service
@@ -56,42 +66,86 @@ def test_timeline_units_keep_the_path_and_the_longest_others() -> None:
     assert units == sorted(units, key=lambda u: times[u][0])
 
 
-def test_timeline_chart_is_written(tmp_path: Path) -> None:
-    data = {"accel": "tcg", "scenarios": {"inject": {"median_s": 21.0},
-                                          "dhcp-timeout": {"median_s": None}},
-            "timelines": {"inject": {u: list(t) for u, t in _result().unit_times().items()},
-                          "dhcp-timeout": {"networking.service": [14000.0, 75000.0]}}}
+def _drawn(panel: TimelinePanel) -> list[tuple[str, float, float]]:
+    return [(b.unit, round(b.start_s, 6), round(b.end_s, 6)) for b in panel.bars]
+
+
+def test_timeline_chart_draws_each_scenarios_units_where_they_ran(tmp_path: Path) -> None:
+    results = BootResults("tcg", 1, {"inject": _scenario([21.0]),
+                                     "dhcp-timeout": _scenario([None])},
+                          timelines={"inject": _result().unit_times(),
+                                     "dhcp-timeout": {"networking.service": (14000.0, 75000.0),
+                                                      "blip.service": (500.0, 510.0)}})
     out = tmp_path / "t.png"
-    plot_timeline(data, out)
+    panels = plot_timeline(results, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 10_000
+    # Read back from the drawn axes: one panel per scenario, a row per unit in start
+    # order, each bar from the unit's start to when it was up (s since the kernel
+    # started); a unit that did not run (udev-settle) has no row.
+    assert [p.title for p in panels] == ["inject: network after 21.0 s from QEMU start",
+                                         "dhcp-timeout: network never came up"]
+    assert _drawn(panels[0]) == [("netinject.service", 9.66342, 10.534718),
+                                 ("ifupdown-pre.service", 10.9, 14.918705),
+                                 ("networking.service", 14.92, 16.1)]
+    # A unit shorter than 0.05 s is still drawn, 0.05 s wide.
+    assert _drawn(panels[1]) == [("blip.service", 0.5, 0.55),
+                                 ("networking.service", 14.0, 75.0)]
 
 
-def _scenario(ttn: list[float | None], **extra: object) -> dict[str, object]:
-    ok = [v for v in ttn if v is not None]
-    return {"time_to_network_s": ttn, "median_s": sorted(ok)[len(ok) // 2] if ok else None,
-            "min_s": min(ok) if ok else None, "max_s": max(ok) if ok else None,
-            "failures": ttn.count(None), "boot_median_s": 25.0, "agent_unit": None,
-            "agent_unit_median_ms": None, "agent_ms": [None] * len(ttn),
-            "agent_unit_ms": [None] * len(ttn), "network_unit": "systemd-networkd.service",
-            "network_unit_start_median_s": 14.0, "network_unit_ready_median_s": 18.9,
-            "agent_slack_ms": [None] * len(ttn), **extra}
+def test_timeline_without_unit_timestamps_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="run with --timeline"):
+        plot_timeline(BootResults("tcg", 1, {"inject": _scenario([21.0])}), tmp_path / "t.png")
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_a_boots_figures_come_from_systemds_timestamps() -> None:
+    """netinject.service 9663.42..10534.718 ms, networking.service from 14920 ms."""
+    boots = BootSeries()
+    boots.add(_result(), SCENARIOS["inject"])
+    assert boots.agent_unit_ms == [871.3]
+    assert boots.network_unit_start_s == [14.92]
+    assert boots.network_unit_ready_s == [16.1]
+    assert boots.agent_slack_ms == [4385.3]  # the agent was done that long before
+    assert boots.time_to_network_s == [20.0]
+    # glean's unit did not run in this report; the slack is only the agent's.
+    glean = BootSeries()
+    glean.add(_result(), SCENARIOS["glean"])
+    assert glean.agent_unit_ms == [None]
+    assert glean.agent_slack_ms == [None]
+    assert glean.network_unit_start_s == [14.92]
+
+
+def _scenario(ttn: list[float | None], agent_unit: str | None = None,
+              network_unit: str = "systemd-networkd.service", **boots: list[float | None],
+              ) -> ScenarioResult:
+    """A scenario's result from per-boot figures: boot finished at 25 s and the network
+    unit from 14.0 s to 18.9 s in every boot unless given."""
+    n = len(ttn)
+    series: dict[str, list[float | None]] = {
+        "boot_s": [25.0] * n, "network_unit_start_s": [14.0] * n,
+        "network_unit_ready_s": [18.9] * n, **boots}
+    return ScenarioResult("", agent_unit, network_unit,
+                          BootSeries(time_to_network_s=ttn, **series))
 
 
 def test_table_puts_each_stack_against_its_floor_and_its_stall() -> None:
-    from netinject.bench.boot import format_table
-
-    data = {"accel": "tcg", "runs": 3, "scenarios": {
+    results = BootResults("tcg", 3, {
         "inject-networkd": _scenario(
-            [21.0, 22.0, 23.0], agent_unit="netinject.service", agent_unit_median_ms=870.0,
-            agent_ms=[100.0, 110.0, 120.0], agent_slack_ms=[2000.0, 2500.0, 3000.0],
-            network_unit_start_median_s=17.0, network_unit_ready_median_s=18.7),
+            [21.0, 22.0, 23.0], agent_unit="netinject.service",
+            agent_unit_ms=[860.0, 870.0, 880.0], agent_ms=[100.0, 110.0, 120.0],
+            agent_slack_ms=[2000.0, 2500.0, 3000.0], network_unit_start_s=[16.0, 17.0, 18.0],
+            network_unit_ready_s=[18.6, 18.7, 18.8]),
         "baked-networkd": _scenario([20.0, 21.0, 22.0]),
         "dhcp-timeout-networkd": _scenario([None, None, None]),
-    }}
-    text = format_table(data)
+    })
+    text = format_table(results)
     line = next(x for x in text.splitlines() if x.startswith("networkd:"))
     assert "inject 22.0 s; floor (baked) 21.0 s, +1.00 s (+4.8%)" in line
     assert "DHCP stall: network never, boot finished 25.0 s" in line
     assert "agent 110.0 ms (unit 870.0 ms)" in line
+    assert "done [2000.0, 2500.0, 3000.0] ms before systemd-networkd.service started" in line
     assert "started at 17.0 s and was up at 18.7 s (baked: 14.0 s and 18.9 s)" in line
+    row = next(x for x in text.splitlines() if x.startswith("dhcp-timeout-networkd"))
+    assert row.split()[1:5] == ["never", "-", "-", "-"]
+    assert "0/3" in row

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -86,6 +92,87 @@ def test_builds_are_byte_identical(fmt: str, tmp_path: Path) -> None:
     finally:
         del os.environ["TZ"]
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+@contextlib.contextmanager
+def _timezone(name: str) -> Iterator[None]:
+    """The process's local timezone set (tzset) for a block, then put back."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = name
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def _iso_dates(image: bytes) -> tuple[bytes, bytes]:
+    """The primary volume descriptor's creation date (17 bytes, ECMA-119 8.4.26) and its
+    root directory record's date (7 bytes: years since 1900, month, day, h, m, s, GMT
+    offset)."""
+    pvd = image[16 * 2048:17 * 2048]
+    return pvd[813:830], pvd[156 + 18:156 + 25]
+
+
+def test_an_iso_build_stops_only_pycdlibs_clock(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """While pycdlib builds (here: inside its add_fp), another thread, and the building
+    thread outside pycdlib, read the real clock and the real local timezone; pycdlib
+    alone sees 2010-01-01 UTC, which is what the image carries."""
+    import pycdlib
+
+    seen: dict[str, tuple[float, int]] = {}
+    real_add_fp = pycdlib.PyCdlib.add_fp
+
+    def add_fp(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not seen:
+            def look() -> None:
+                seen["other thread"] = (time.time(), time.localtime().tm_gmtoff)
+            other = threading.Thread(target=look)
+            other.start()
+            other.join()
+            seen["builder"] = (time.time(), time.localtime().tm_gmtoff)
+            clock = sys.modules["pycdlib.pycdlib"].time
+            seen["pycdlib"] = (clock.time(), clock.localtime(clock.time()).tm_gmtoff)
+        return real_add_fp(self, *args, **kwargs)
+
+    monkeypatch.setattr(pycdlib.PyCdlib, "add_fp", add_fp)
+    with _timezone("Asia/Shanghai"):  # UTC+8, no daylight saving
+        assert _drive(CASES / "dual-stack" / "instance.json", tmp_path / "c.iso",
+                      "--format", "iso9660") == 0
+    now = time.time()
+    for who in ("other thread", "builder"):
+        assert abs(seen[who][0] - now) < 300, who
+        assert seen[who][1] == 8 * 3600, who
+    assert seen["pycdlib"] == (1262304000.0, 0)
+    assert _iso_dates((tmp_path / "c.iso").read_bytes()) == (
+        b"2010010100000000\x00", bytes([110, 1, 1, 0, 0, 0, 0]))
+    assert sys.modules["pycdlib.pycdlib"].time is time  # put back afterwards
+
+
+def test_iso_builds_in_threads_are_byte_identical(tmp_path: Path) -> None:
+    """Four ISO builds at once (as the vendordata service's threads could start them)
+    give the bytes of one build alone, and leave pycdlib with the real clock."""
+    from netinject import drive
+
+    instance = parse_document(load_case("dual-stack")).instance
+    drive.build(instance, tmp_path / "alone.iso", "iso9660")
+    start = threading.Barrier(4)
+
+    def build(n: int) -> None:
+        start.wait()
+        drive.build(instance, tmp_path / f"{n}.iso", "iso9660")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(build, range(4)))
+    alone = (tmp_path / "alone.iso").read_bytes()
+    assert all((tmp_path / f"{n}.iso").read_bytes() == alone for n in range(4))
+    assert [name for name, m in sys.modules.items()
+            if name.startswith("pycdlib") and getattr(m, "time", time) is not time] == []
 
 
 def test_different_uuid_gives_different_volume_id(tmp_path: Path, write_json: Any) -> None:

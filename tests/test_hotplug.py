@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from conftest import FaultyTransport
 from conftest import QgaAgent as Agent
 from helpers.guest import AGENT, GUEST_PYTHON, make_guest
 from netinject.cli import main
@@ -326,25 +327,6 @@ def test_cli_system_metadata_out_is_checked_before_the_guest_is_touched(
 
 
 # -- the fault matrix ----------------------------------------------------------------------
-
-
-class FaultyTransport(SocketTransport):
-    """The real socket client; ``fault`` runs right before guest command number ``at``
-    (counting every command sent, the first being 0)."""
-
-    def __init__(self, path: Path, timeout: float, at: int,
-                 fault: Callable[[], None]) -> None:
-        super().__init__(path, timeout)
-        self.at = at
-        self.fault = fault
-        self.sent: list[str] = []
-
-    def command(self, execute: str, arguments: dict[str, Any] | None,
-                timeout: float) -> Any:
-        if len(self.sent) == self.at:
-            self.fault()
-        self.sent.append(execute)
-        return super().command(execute, arguments, timeout)
 
 
 def _faults(qga: Agent) -> dict[str, Callable[[], None]]:

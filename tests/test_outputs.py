@@ -150,13 +150,13 @@ def test_hotplug_system_metadata_out_device_is_refused_before_the_guest_is_asked
 def no_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
     """The benchmarks must not start (their outputs are refused first): each would boot
     guests or build drives for minutes."""
-    from netinject.bench import boot, vendordata
+    from netinject.bench import agent, boot, vendordata
     from netinject.bench import drive as bench_drive
 
     def started(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the benchmark started: its output was not checked first")
 
-    for mod, name in ((boot, "run"), (boot, "agent_costs"), (bench_drive, "run"),
+    for mod, name in ((boot, "run"), (agent, "agent_costs"), (bench_drive, "run"),
                       (vendordata, "run")):
         monkeypatch.setattr(mod, name, started)
 

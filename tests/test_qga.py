@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FaultyTransport
 from conftest import QgaAgent as Agent
 from netinject.qga import GuestAgent, QgaError, QgaTimeout, QgaUnavailable, SocketTransport
 
@@ -42,12 +43,25 @@ def test_sync_discards_garbage_and_stale_replies(qga: Agent) -> None:
 def test_file_write_read_back_and_large_chunked_write(qga: Agent, tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     data = os.urandom(300 * 1024 + 17)  # several chunks, last one partial
-    chunks: list[int] = []
-    with GuestAgent.unix(qga.sock) as ga:
-        ga.write_file(str(target), data, between_chunks=chunks.append)
+    t = FaultyTransport(qga.sock, 10.0, -1, lambda: None)  # records, no fault
+    with GuestAgent(t) as ga:
+        ga.write_file(str(target), data)
         assert target.read_bytes() == data
         assert ga.read_file(str(target)) == data
-    assert len(chunks) == 7
+    assert t.sent.count("guest-file-write") == 7
+
+
+def test_agent_lost_between_chunks_is_an_error_not_a_hang(qga: Agent, tmp_path: Path) -> None:
+    """qemu-ga killed after three of seven chunks (commands: open, then the writes):
+    write_file raises a typed error at once, its handle's close failing quietly."""
+    assert qga.proc is not None
+    proc = qga.proc
+    t = FaultyTransport(qga.sock, 2.0, 4, proc.kill)
+    t0 = time.monotonic()
+    with GuestAgent(t, 2.0) as ga, pytest.raises(QgaUnavailable):
+        ga.write_file(str(tmp_path / "out.bin"), os.urandom(300 * 1024))
+    assert time.monotonic() - t0 < 4
+    assert t.sent[:5] == ["guest-file-open", *["guest-file-write"] * 4]
 
 
 def test_exec_exit_code_and_output(qga: Agent) -> None:

@@ -27,12 +27,16 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+import types
 import uuid as uuidlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from time import struct_time
 from typing import Any, Literal
 from xml.etree import ElementTree as ET
 
@@ -233,18 +237,54 @@ def build_vfat(data: DriveContents, out: Path, vol_id: int,
             _run([mcopy, "-i", str(out), "-m", *map(str, locals_), f"::/{parent}/"], env)
 
 
+class _StoppedClock:
+    """The ``time`` module as pycdlib's own modules see it while it builds: time()
+    stopped at ``epoch`` and localtime() read as UTC; everything else the real module."""
+
+    def __init__(self, epoch: int) -> None:
+        self._epoch = float(epoch)
+
+    def time(self) -> float:
+        return self._epoch
+
+    @staticmethod
+    def localtime(secs: float | None = None) -> struct_time:
+        return time.gmtime(secs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+# One ISO build at a time swaps pycdlib's clock: two builds in threads must not restore
+# each other's (the second would save the first's stopped clock as the real one).
+_PYCDLIB_CLOCK = threading.Lock()
+
+
+def _pycdlib_modules_reading_time() -> list[types.ModuleType]:
+    """pycdlib's modules that hold the ``time`` module as a global (pycdlib.pycdlib,
+    headervd, dates, udf, ... in 1.22), found rather than listed: a version that reads
+    the clock from another module is covered too."""
+    return [m for name, m in list(sys.modules.items())
+            if name.partition(".")[0] == "pycdlib" and getattr(m, "time", None) is time]
+
+
 @contextlib.contextmanager
 def _frozen_clock(epoch: int) -> Iterator[None]:
-    """pycdlib stamps records with time.time()/localtime(): freeze both (UTC) while
-    it builds, so the image does not depend on when or in which timezone it was made."""
-    real_time, real_localtime = time.time, time.localtime
-    time.time = lambda: float(epoch)
-    time.localtime = time.gmtime
-    try:
-        yield
-    finally:
-        time.time = real_time
-        time.localtime = real_localtime
+    """pycdlib stamps records with time.time()/localtime() and takes no timestamp of
+    ours: while it builds, its modules' own ``time`` name is a stopped UTC clock, so the
+    image does not depend on when or in which timezone it was made. The global time
+    module is left alone: other threads (the vendordata service's), and this one outside
+    pycdlib, keep the real clock."""
+    clock = _StoppedClock(epoch)
+    with _PYCDLIB_CLOCK:
+        modules = _pycdlib_modules_reading_time()
+        for module in modules:
+            vars(module)["time"] = clock
+        try:
+            yield
+        finally:
+            for module in modules:
+                vars(module)["time"] = time
 
 
 def build_iso(data: DriveContents, out: Path, vol_id: int) -> None:

@@ -19,7 +19,6 @@ import json
 import random
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -274,20 +273,17 @@ class GuestAgent:
         with contextlib.suppress(QgaError):
             self.call("guest-file-close", {"handle": handle})
 
-    def write_file(self, path: str, data: bytes,
-                   between_chunks: Callable[[int], None] | None = None) -> None:
+    def write_file(self, path: str, data: bytes) -> None:
         """Write ``data`` to ``path`` in the guest, in base64 chunks."""
         handle = self._open(path, "w")
         try:
-            for n, off in enumerate(range(0, len(data), CHUNK) or [0]):
+            for off in range(0, len(data), CHUNK) or [0]:
                 chunk = data[off:off + CHUNK]
                 done = self.call("guest-file-write", {
                     "handle": handle, "buf-b64": base64.b64encode(chunk).decode()})
                 if int(done.get("count", -1)) != len(chunk):
                     raise QgaError(f"guest-file-write {path}: short write "
                                    f"({done.get('count')} of {len(chunk)} bytes)")
-                if between_chunks is not None:
-                    between_chunks(n)
             self.call("guest-file-flush", {"handle": handle})
         finally:
             self._close_handle(handle)
@@ -337,13 +333,6 @@ class GuestAgent:
                 raise QgaTimeout(f"{path} did not finish in time in the guest")
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
-
-    def check(self, path: str, args: list[str]) -> ExecResult:
-        res = self.exec(path, args)
-        if res.exitcode != 0:
-            raise QgaError(f"{path} {' '.join(args)} failed in the guest "
-                           f"(exit {res.exitcode}): {res.stderr.decode(errors='replace')}")
-        return res
 
     # -- network ---------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ be pasted in. Unknown fields are ignored; missing required fields are errors.
 from __future__ import annotations
 
 import ipaddress
+import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -184,28 +185,75 @@ def parse_port(raw: Any, path: str, errors: ErrorCollector) -> Port | None:
 
 
 def parse_document(doc: Any, source: str = "") -> LoadedInstance:
-    """Validate an instance document; raise InvalidInput listing every problem."""
+    """Validate an instance document; raise InvalidInput listing every problem. Each
+    part is read even when an earlier one failed, so one run names all the problems;
+    the model is built only from a document without any."""
     errors = ErrorCollector()
+    top = _document(doc, source, errors)
+    facts = _instance_facts(top, errors)
+    image = f.as_obj(top.get("image"), "image", errors) or {}
+    props = f.as_str_map(image.get("properties"), "image.properties", errors)
+    sysmeta = f.as_str_map(top.get("system_metadata"), "system_metadata", errors)
+    networks = _networks(top, errors)
+    subnets, invalid_subnets = _subnets(top, networks, errors)
+    ports = _ports(top, networks, subnets, invalid_subnets, errors)
+    pattern = PortsPattern.empty()
+    with errors.catching():
+        pattern = PortsPattern.from_system_metadata(sysmeta)
+    errors.raise_if_any(source)
+    assert facts.uuid is not None
+
+    pattern = pattern.allocate(p.id for p in ports)
+    nics = tuple(sorted(
+        (build_nic(p, pattern.entries[p.id], subnets, networks) for p in ports),
+        key=lambda n: n.index))
+    instance = Instance(
+        uuid=facts.uuid, nics=nics, hostname=facts.hostname, name=facts.name,
+        dns=unique_dns(ip for nic in nics for a in nic.addresses for ip in a.dns),
+        inject=inject_enabled(props, sysmeta), availability_zone=facts.zone,
+        launch_index=facts.launch_index or 0)
+    return LoadedInstance(instance, updated_system_metadata(sysmeta, pattern))
+
+
+def _document(doc: Any, source: str, errors: ErrorCollector) -> Mapping[str, Any]:
+    """The document's top-level object; anything else is refused at once (there is
+    nothing further to check)."""
     top = f.as_obj(doc, "", errors)
     if top is None:
         if not errors.errors:
             errors.add("", doc, "is not an instance document (want a JSON object)")
         errors.raise_if_any(source)
         raise AssertionError  # unreachable
+    return top
+
+
+@dataclass(frozen=True)
+class _InstanceFacts:
+    """The ``instance`` object's fields (None where missing or invalid)."""
+
+    uuid: uuidlib.UUID | None
+    hostname: Hostname | None
+    name: str | None
+    zone: str | None
+    launch_index: int | None
+
+
+def _instance_facts(top: Mapping[str, Any], errors: ErrorCollector) -> _InstanceFacts:
+    """``instance``: uuid (required; not reported missing again when ``instance``
+    itself is missing or not an object), hostname, name, zone, launch index."""
     raw_inst = f.get(top, "instance", "instance", errors)
     inst = f.as_obj(raw_inst, "instance", errors) or {}
     uuid = f.as_uuid(f.get(inst, "uuid", "instance.uuid", errors) if raw_inst is not None
                      and isinstance(raw_inst, Mapping) else None, "instance.uuid", errors)
-    hostname = _hostname(inst.get("hostname"), "instance.hostname", errors)
-    name = f.as_text(inst.get("name"), "instance.name", errors)
-    zone = f.as_text(inst.get("availability_zone"), "instance.availability_zone", errors)
-    launch_index = f.as_int(inst.get("launch_index", 0), "instance.launch_index", errors,
-                            0, 1 << 31)
+    return _InstanceFacts(
+        uuid, _hostname(inst.get("hostname"), "instance.hostname", errors),
+        f.as_text(inst.get("name"), "instance.name", errors),
+        f.as_text(inst.get("availability_zone"), "instance.availability_zone", errors),
+        f.as_int(inst.get("launch_index", 0), "instance.launch_index", errors, 0, 1 << 31))
 
-    image = f.as_obj(top.get("image"), "image", errors) or {}
-    props = f.as_str_map(image.get("properties"), "image.properties", errors)
-    sysmeta = f.as_str_map(top.get("system_metadata"), "system_metadata", errors)
 
+def _networks(top: Mapping[str, Any], errors: ErrorCollector) -> dict[str, int | None]:
+    """``networks``: each valid network's id and MTU (None: not given)."""
     networks: dict[str, int | None] = {}
     for i, raw in enumerate(f.as_list(f.get(top, "networks", "networks", errors),
                                       "networks", errors)):
@@ -220,13 +268,17 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
         if nid in networks:
             errors.add(f"{path}.id", nid, "is a duplicate network id")
         networks[nid] = mtu
+    return networks
 
+
+def _subnets(top: Mapping[str, Any], networks: Mapping[str, int | None],
+             errors: ErrorCollector) -> tuple[dict[str, Subnet], set[str]]:
+    """``subnets``: the valid ones by id, and the ids of those that failed validation
+    (references to them are not reported again as dangling: their own errors are)."""
     subnets: dict[str, Subnet] = {}
     raw_subnets = f.as_list(f.get(top, "subnets", "subnets", errors), "subnets", errors)
-    # Ids of subnets that exist but failed validation: references to them are not
-    # reported again as dangling (their own errors already are).
-    invalid_subnets = {s.get("id") for s in raw_subnets
-                       if isinstance(s, Mapping) and isinstance(s.get("id"), str)}
+    invalid: set[str] = {s["id"] for s in raw_subnets
+                         if isinstance(s, Mapping) and isinstance(s.get("id"), str)}
     for i, raw in enumerate(raw_subnets):
         subnet = parse_subnet(raw, f"subnets[{i}]", errors)
         if subnet is None:
@@ -237,8 +289,14 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
             errors.add(f"subnets[{i}].network_id", subnet.network_id,
                        "refers to no network in networks[]")
         subnets[subnet.id] = subnet
-    invalid_subnets -= set(subnets)
+    return subnets, invalid - set(subnets)
 
+
+def _ports(top: Mapping[str, Any], networks: Mapping[str, int | None],
+           subnets: Mapping[str, Subnet], invalid_subnets: set[str],
+           errors: ErrorCollector) -> list[Port]:
+    """``ports``: the valid ones, in order. A port is left out if it repeats an
+    earlier kept port's id or MAC, or refers to a network or subnet it cannot use."""
     ports: list[Port] = []
     port_paths: dict[str, str] = {}
     macs: dict[MacAddress, str] = {}
@@ -247,61 +305,62 @@ def parse_document(doc: Any, source: str = "") -> LoadedInstance:
         port = parse_port(raw, path, errors)
         if port is None:
             continue
-        ok = True
-        if port.id in port_paths:
-            errors.add(f"{path}.id", port.id, f"is a duplicate of {port_paths[port.id]}.id")
-            ok = False
-        if port.mac in macs:
-            errors.add(f"{path}.mac_address", str(port.mac),
-                       f"is also the MAC of {macs[port.mac]}")
-            ok = False
+        ok = _port_is_unique(port, path, port_paths, macs, errors)
         if port.network_id not in networks:
             errors.add(f"{path}.network_id", port.network_id,
                        "refers to no network in networks[]")
             ok = False
-        for j, (sid, ip) in enumerate(port.fixed_ips):
-            ipath = f"{path}.fixed_ips[{j}]"
-            sub = subnets.get(sid)
-            if sub is None:
-                if sid not in invalid_subnets:
-                    errors.add(f"{ipath}.subnet_id", sid, "refers to no subnet in subnets[]")
-                ok = False
-                continue
-            if sub.network_id != port.network_id:
-                errors.add(f"{ipath}.subnet_id", sid,
-                           f"belongs to network {sub.network_id!r}, not the port's "
-                           f"network {port.network_id!r}")
-                ok = False
-            if ip not in sub.cidr:
-                errors.add(f"{ipath}.ip_address", str(ip), f"is not inside subnet {sub.cidr}")
-                ok = False
-            elif ip in (sub.cidr.network_address, *(
-                    [sub.cidr.broadcast_address] if sub.version == 4
-                    and sub.cidr.prefixlen < 31 else [])):
-                errors.add(f"{ipath}.ip_address", str(ip),
-                           f"is the network or broadcast address of {sub.cidr}")
-                ok = False
+        ok = _fixed_ips_fit(port, path, subnets, invalid_subnets, errors) and ok
         if ok:
             ports.append(port)
             port_paths[port.id] = path
             macs[port.mac] = path
+    return ports
 
-    pattern = PortsPattern.empty()
-    with errors.catching():
-        pattern = PortsPattern.from_system_metadata(sysmeta)
-    errors.raise_if_any(source)
-    assert uuid is not None
 
-    pattern = pattern.allocate(p.id for p in ports)
-    nics = tuple(sorted(
-        (build_nic(p, pattern.entries[p.id], subnets, networks) for p in ports),
-        key=lambda n: n.index))
-    instance = Instance(
-        uuid=uuid, nics=nics, hostname=hostname, name=name,
-        dns=unique_dns(ip for nic in nics for a in nic.addresses for ip in a.dns),
-        inject=inject_enabled(props, sysmeta), availability_zone=zone,
-        launch_index=launch_index or 0)
-    return LoadedInstance(instance, updated_system_metadata(sysmeta, pattern))
+def _port_is_unique(port: Port, path: str, port_paths: Mapping[str, str],
+                    macs: Mapping[MacAddress, str], errors: ErrorCollector) -> bool:
+    """Whether the port's id and MAC are not those of a port already kept (both are
+    checked, so both are reported)."""
+    ok = True
+    if port.id in port_paths:
+        errors.add(f"{path}.id", port.id, f"is a duplicate of {port_paths[port.id]}.id")
+        ok = False
+    if port.mac in macs:
+        errors.add(f"{path}.mac_address", str(port.mac),
+                   f"is also the MAC of {macs[port.mac]}")
+        ok = False
+    return ok
+
+
+def _fixed_ips_fit(port: Port, path: str, subnets: Mapping[str, Subnet],
+                   invalid_subnets: set[str], errors: ErrorCollector) -> bool:
+    """Whether every fixed IP names a known subnet of the port's network and lies inside
+    it, not on its network or (IPv4, up to /30) broadcast address. Every IP is checked."""
+    ok = True
+    for j, (sid, ip) in enumerate(port.fixed_ips):
+        ipath = f"{path}.fixed_ips[{j}]"
+        sub = subnets.get(sid)
+        if sub is None:
+            if sid not in invalid_subnets:
+                errors.add(f"{ipath}.subnet_id", sid, "refers to no subnet in subnets[]")
+            ok = False
+            continue
+        if sub.network_id != port.network_id:
+            errors.add(f"{ipath}.subnet_id", sid,
+                       f"belongs to network {sub.network_id!r}, not the port's "
+                       f"network {port.network_id!r}")
+            ok = False
+        if ip not in sub.cidr:
+            errors.add(f"{ipath}.ip_address", str(ip), f"is not inside subnet {sub.cidr}")
+            ok = False
+        elif ip in (sub.cidr.network_address, *(
+                [sub.cidr.broadcast_address] if sub.version == 4
+                and sub.cidr.prefixlen < 31 else [])):
+            errors.add(f"{ipath}.ip_address", str(ip),
+                       f"is the network or broadcast address of {sub.cidr}")
+            ok = False
+    return ok
 
 
 def build_nic(port: Port, index: int, subnets: Mapping[str, Subnet],

@@ -84,6 +84,8 @@ def _check_outputs(*outputs: tuple[str, Path | None]) -> None:
 
 
 def _write_json(path: Path, data: object) -> None:
+    """Every benchmark's --json: indented, whole or not at all (hostio.write_atomic: a
+    failed write leaves the file as it was, never half a file)."""
     import json
 
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
@@ -101,6 +103,7 @@ def cmd_bench_drive(args: argparse.Namespace) -> int:
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     from ...bench import boot as bench_boot
+    from ...bench import report
     from ...vm.progress import Progress
 
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
@@ -118,23 +121,23 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     if args.bootchart is not None:
         check_tree(args.bootchart, {PurePosixPath(f"{n}.svg"): None for n in names},
                    "--bootchart")
-    data = bench_boot.run(names, args.runs, Progress(), timeline=args.timeline is not None,
-                          bootchart=args.bootchart)
-    print(bench_boot.format_table(data))
+    results = bench_boot.run(names, args.runs, Progress(),
+                             timeline=args.timeline is not None, bootchart=args.bootchart)
+    print(report.format_table(results))
     if args.json is not None:
-        bench_boot.save_json(data, args.json)
+        _write_json(args.json, results.to_json())
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot is not None:
-        bench_boot.plot(data, args.plot)
+        report.plot(results, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.timeline is not None:
-        bench_boot.plot_timeline(data, args.timeline)
+        report.plot_timeline(results, args.timeline)
         print(f"wrote {args.timeline}", file=sys.stderr)
     return 0
 
 
 def cmd_bench_agent(args: argparse.Namespace) -> int:
-    from ...bench import boot as bench_boot
+    from ...bench import agent as bench_agent
     from ...vm.progress import Progress
 
     if args.runs < 1:
@@ -142,28 +145,10 @@ def cmd_bench_agent(args: argparse.Namespace) -> int:
 
         raise UsageError("give --runs >= 1")
     _check_outputs(("--json", args.json))
-    data = bench_boot.agent_costs(args.runs, Progress(), imports=args.imports)
-    fmt = bench_boot.fmt
-    f1, f2 = data["first_boot_ms"], data["second_boot_ms"]
-    print(f"agent's own work ({data['accel']}, {data['runs']} run(s)): first boot median "
-          f"{fmt(data['first_boot_median_ms'])} ms {f1} (of it CPU: median "
-          f"{fmt(data['first_boot_cpu_median_ms'])} ms "
-          f"{data['first_boot_cpu_ms']}); second boot median "
-          f"{fmt(data['second_boot_median_ms'])} ms {f2}")
-    off = data["first_boot_off_critical_path"]
-    print(f"agent's unit as systemd saw it (first boots, Starting to Finished): median "
-          f"{fmt(data['first_boot_unit_median_ms'])} ms {data['first_boot_unit_ms']}; "
-          f"finished before networking could start (ifupdown-pre done) in "
-          f"{sum(1 for v in off if v)}/{len(off)} boot(s), slack "
-          f"{data['first_boot_slack_before_networking_ms']} ms")
-    if data["import_costs_guest_ms"]:
-        print(f"import cost, fresh interpreter (ms): module, guest ({data['accel']}), "
-              "this host (native)")
-        for mod, guest in data["import_costs_guest_ms"].items():
-            native = data["import_costs_native_ms"].get(mod)
-            print(f"  {mod:22} {guest:8.2f} {fmt(native):>8}")
+    costs = bench_agent.agent_costs(args.runs, Progress(), imports=args.imports)
+    print(bench_agent.format_report(costs))
     if args.json is not None:
-        _write_json(args.json, data)
+        _write_json(args.json, costs.to_json())
     return 0
 
 

@@ -26,6 +26,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ... import drive
     from ...bench import boot as bench_boot
+    from ...bench import report
     from ...render import FORMATS, render_all
     from ...sources.neutron import parse_document
     from ...vm import testbed as vm
@@ -48,5 +49,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
     names = ["inject"] if args.skip_dhcp else ["inject", "dhcp-timeout"]
     data = bench_boot.run(names, 1, progress)
     print("== 4. time to network")
-    print(bench_boot.format_table(data))
+    print(report.format_table(data))
     return 0
