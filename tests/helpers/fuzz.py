@@ -1,6 +1,7 @@
-"""The fuzz suite: hostile host inputs and hostile drives, with strict oracles.
+"""The fuzz suite: hostile host inputs, hostile drives and hostile requests to the
+vendordata service, with strict oracles.
 
-Three categories, each seeded (the same seed gives the same inputs):
+Four categories, each seeded (the same seed gives the same inputs):
 
 * ``neutron`` and ``network-data``: structural mutations of the golden documents in
   tests/cases (keys deleted or set to null, wrong types, hostile strings: zone ids,
@@ -17,6 +18,12 @@ Three categories, each seeded (the same seed gives the same inputs):
   payload (the manifest's hashes cannot be fooled by a damaged copy); no other
   exception, no hang (each input runs under a 5 s alarm); and the subset installed by
   ``run`` on a guest-shaped tree installs only the original files.
+* ``vendordata``: hostile requests to the vendordata service, in process (the WSGI app
+  around a real service whose cloud is a stand-in) and over loopback (the real
+  ``netinject vendordata serve``, with and without auth), slow clients included. Oracle:
+  every answer a well-formed HTTP response with a status in the documented set, never
+  500, a bounded JSON body naming no cloud URL; no hang; no traceback in the log. See
+  tests/helpers/fuzz_vendordata.py.
 
 Run: ``.venv/bin/python tests/helpers/fuzz.py --inputs 50000`` (figures per category; exit 1 on
 any finding). The test suite runs a bounded sample (tests/test_fuzz.py).
@@ -43,7 +50,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CASES = HERE.parent / "cases"
+# Run as a script, this directory would come first on sys.path, and its modules would
+# shadow packages of the same name (helpers/openstack.py: openstacksdk).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent.parent / "src"))
+sys.path.insert(1, str(HERE.parent))  # helpers.* when run as a script
 
 from netinject import drive  # noqa: E402
 from netinject.cli import main  # noqa: E402
@@ -358,7 +369,9 @@ class Tally:
     tracebacks: int = 0
     partial_writes: int = 0
     injections: int = 0
+    violations: int = 0  # vendordata: an answer or log outside the oracle
     findings: list[str] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)  # e.g. answers by status
 
     def finding(self, kind: str, text: str) -> None:
         setattr(self, kind, getattr(self, kind) + 1)
@@ -611,24 +624,37 @@ def _run_agent(work: Path, img: Path, payload: dict[str, bytes], tally: Tally,
 
 # -- command line --------------------------------------------------------------------------
 
+def vendordata_fuzz(count: int, seed: int) -> Tally:
+    from helpers.fuzz_vendordata import vendordata_fuzz as run_category
+
+    return run_category(count, seed)
+
+
 CATEGORIES: dict[str, Callable[[int, int], Tally]] = {
     "neutron": lambda count, seed: host_fuzz("neutron", count, seed),
     "network-data": lambda count, seed: host_fuzz("network-data", count, seed),
     "drive": drive_fuzz,
+    "vendordata": vendordata_fuzz,
 }
+SHARE = {"neutron": 0.35, "network-data": 0.25, "drive": 0.3, "vendordata": 0.1}
 
 
-def run_all(total: int, seed: int, out: Any = sys.stdout) -> dict[str, Tally]:
-    share = {"neutron": 0.4, "network-data": 0.3, "drive": 0.3}
+def run_all(total: int, seed: int, out: Any = sys.stdout,
+            only: list[str] | None = None) -> dict[str, Tally]:
     results = {}
-    for name, fn in CATEGORIES.items():
-        count = max(1, int(total * share[name]))
+    chosen = [n for n in CATEGORIES if not only or n in only]
+    for name in chosen:
+        fn = CATEGORIES[name]
+        count = max(1, int(total * SHARE[name] / sum(SHARE[n] for n in chosen)))
         t0 = time.monotonic()
         results[name] = tally = fn(count, seed)
         print(f"{name:13} {tally.inputs:7} inputs  {tally.accepted:6} accepted  "
               f"{tally.refused:6} refused  tracebacks {tally.tracebacks}  partial writes "
-              f"{tally.partial_writes}  injections {tally.injections}  "
-              f"({time.monotonic() - t0:.0f} s)", file=out, flush=True)
+              f"{tally.partial_writes}  injections {tally.injections}  violations "
+              f"{tally.violations}  ({time.monotonic() - t0:.0f} s)", file=out, flush=True)
+        if tally.outcomes:
+            print("  " + "  ".join(f"{k} {v}" for k, v in sorted(tally.outcomes.items())),
+                  file=out)
         for f in tally.findings:
             print(f"  {f}", file=out)
     return results
@@ -638,9 +664,12 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="netinject's fuzz suite (see the module doc)")
     p.add_argument("--inputs", type=int, default=50_000, help="inputs in all (default 50000)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--only", action="append", choices=sorted(CATEGORIES),
+                   help="run this category only (repeatable; --inputs shared among them)")
     args = p.parse_args(argv)
-    results = run_all(args.inputs, args.seed)
-    bad = sum(t.tracebacks + t.partial_writes + t.injections for t in results.values())
+    results = run_all(args.inputs, args.seed, only=args.only)
+    bad = sum(t.tracebacks + t.partial_writes + t.injections + t.violations
+              for t in results.values())
     print(f"total {sum(t.inputs for t in results.values())} inputs, {bad} finding(s)")
     return 1 if bad else 0
 
