@@ -1,6 +1,7 @@
 """A bounded sample of the fuzz suite (tests/helpers/fuzz.py) on every run: 3,000 inputs over
-both input forms, damaged drives, hostile image trees and hostile output paths, with
-the suite's oracles.
+both input forms, damaged drives, hostile image trees, hostile output paths and hostile
+requests to the vendordata service (in process and on loopback, without the OpenStack
+peer), with the suite's oracles.
 ``.venv/bin/python tests/helpers/fuzz.py --inputs 50000`` runs the full suite."""
 
 from __future__ import annotations

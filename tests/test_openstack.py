@@ -350,6 +350,86 @@ def test_auth_accepts_novas_token_and_refuses_others(
         assert r.json()["instance"] == iid
 
 
+@pytest.mark.parametrize("auth", ["keystone", "no-auth"])
+def test_slow_clients_do_not_delay_novas_call(
+        auth: str, openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
+    """Issue 20, V1: sixteen connections trickling a byte every 0.5 s (headers or body)
+    used to hold all 8 threads of the service's worker, so nova's call waited past its
+    5 s read timeout. Each request is now read whole before a thread sees it: nova's
+    call (a real build: Glance, Neutron, rendering) is answered well within it."""
+    from helpers.vendordata import slow_clients
+
+    iid, _ports, image = two_nic_instance(tenant)
+    body = {"instance-id": iid, "image-id": image.id, "hostname": "vm1"}
+    headers = {} if auth == "no-auth" else {"X-Auth-Token": _token("nova")}
+    args = ("--no-auth",) if auth == "no-auth" else ()
+    with service(tmp_path, "netinject", *args) as svc:
+        # The service's first call authenticates it with Keystone (seconds on this
+        # peer, at times past the deadline: then the build lands for the next call):
+        # made before the slow clients come.
+        warm = {**body, "hostname": "warm"}
+        deadline = time.monotonic() + 30
+        while requests.post(svc.url, json=warm, headers=headers,
+                            timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, svc.text()
+            time.sleep(0.5)
+        with slow_clients(svc.url) as stats:
+            t0 = time.monotonic()
+            r = requests.post(svc.url, json=body, headers=headers, timeout=5)
+            took = time.monotonic() - t0
+        assert r.status_code == 200, r.text
+        assert r.json()["files"]["hostname"] == "vm1\n"  # built for this call
+        assert took < 2.5, (took, stats)
+        assert stats["sent"] >= 16
+
+
+@pytest.mark.parametrize("broken", ["keystone-down", "no-catalog-entry"])
+def test_keystone_or_catalog_failures_are_a_502_without_the_reason(
+        broken: str, openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
+    """Issue 20, V3: Keystone down (the auth URL a closed port) or the region missing
+    from the catalog was a 500 whose reply held the service's auth URL. Now a 502
+    naming the call; the reason only in the service's log."""
+    iid, _ports, image = two_nic_instance(tenant)
+    entry = openstack_peer.cloud("netinject")
+    dead = f"http://127.0.0.1:{free_port()}/v3"
+    extra: dict[str, Any] = ({"auth": {**entry["auth"], "auth_url": dead}}
+                             if broken == "keystone-down" else {"region_name": "Nowhere"})
+    with service(tmp_path, "netinject", "--no-auth",
+                 clouds_yaml=clouds_with(openstack_peer, tmp_path, **extra)) as svc:
+        r = requests.post(svc.url, json={"instance-id": iid, "image-id": image.id},
+                          timeout=10)
+        log = svc.text()
+    assert r.status_code == 502, r.text
+    assert r.json() == {"error": f"Glance: image {image.id} failed (the reason is in the "
+                                 "service's log)"}
+    assert "127.0.0.1" not in r.text
+    assert "http" not in r.text
+    reason = dead if broken == "keystone-down" else "Nowhere region not found"
+    assert reason in log, log
+    assert "Traceback" not in log, log
+
+
+def test_the_answer_follows_the_hostname_nova_sends(
+        openstack_peer: Peer, tenant: Tenant) -> None:
+    """Issue 20, V4: a new hostname for an instance got the answer built for the old
+    one, even past --fresh, until a port, subnet or network changed."""
+    iid, _ports, image = two_nic_instance(tenant)
+    svc = Vendordata(Settings(cloud="netinject", deadline=30))
+    try:
+        req = {"instance-id": iid, "image-id": image.id, "hostname": "vm1"}
+        assert svc.handle(req).body["files"]["hostname"] == "vm1\n"
+        renamed = svc.handle({**req, "hostname": "web-2"})
+        assert (renamed.how, renamed.body["files"]["hostname"]) == ("built", "web-2\n")
+        svc.settle()
+        svc.settings = Settings(cloud="netinject", deadline=30, fresh=0)
+        assert svc.handle(req).body["files"]["hostname"] == "vm1\n"
+        again = svc.handle(req)
+        assert (again.how, again.body["files"]["hostname"]) == ("revalidated", "vm1\n")
+    finally:
+        svc.settle()
+        svc.close()
+
+
 # -- the NIC index map on port tags, and the cache ---------------------------------------------
 
 
@@ -499,17 +579,19 @@ def test_render_cloud_errors_are_clear(openstack_peer: Peer, tenant: Tenant) -> 
 
 def test_the_wsgi_factory_runs_under_plain_gunicorn(
         openstack_peer: Peer, tenant: Tenant, tmp_path: Path) -> None:
-    """The documented production form: gunicorn with the factory, settings from the
-    environment."""
+    """The documented production form: gunicorn with the factory and netinject's
+    worker, settings from the environment."""
     import sys
 
     iid, _ports, image = two_nic_instance(tenant)
     port = free_port()
     log = (tmp_path / "gunicorn.log").open("w")
-    env = {**os.environ, "NETINJECT_CLOUD": "netinject", "NETINJECT_ROLES": "service"}
+    env = {**os.environ, "NETINJECT_CLOUD": "netinject", "NETINJECT_ROLES": "service",
+           "NETINJECT_READ_TIMEOUT": "1"}
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("gunicorn")), "--workers", "2", "--threads", "4",
-         "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}",
+         "--worker-class", "netinject.openstack.server.Worker",
+         "--bind", f"127.0.0.1:{port}",
          "netinject.openstack.wsgi:application()"], env=env, stdout=log,
         stderr=subprocess.STDOUT)
     try:
@@ -520,6 +602,12 @@ def test_the_wsgi_factory_runs_under_plain_gunicorn(
         r = requests.post(url, json=body, headers={"X-Auth-Token": _token("nova")}, timeout=10)
         assert r.status_code == 200
         assert r.json()["instance"] == iid
+        # The worker's read timeout from the environment: a request cut short, 408.
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+            assert s.recv(100).startswith(b"HTTP/1.1 408 ")
     finally:
         proc.terminate()
         proc.wait(10)
@@ -538,3 +626,8 @@ def test_the_wsgi_factory_needs_its_cloud() -> None:
         {"NETINJECT_CLOUD": "x", "NETINJECT_ROLES": "a, b", "NETINJECT_FRESH": "5"})
     assert (settings.cloud, settings.fresh, auth, roles, memcached) == (
         "x", 5.0, True, ("a", "b"), None)
+    assert settings.max_builds == 64
+    assert settings_from_env({"NETINJECT_CLOUD": "x", "NETINJECT_MAX_BUILDS": "9"}
+                             )[0].max_builds == 9
+    with pytest.raises(UsageError, match="NETINJECT_MAX_BUILDS must be at least 1"):
+        settings_from_env({"NETINJECT_CLOUD": "x", "NETINJECT_MAX_BUILDS": "0"})

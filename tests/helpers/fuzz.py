@@ -1,5 +1,5 @@
-"""The fuzz suite: hostile host inputs, drives, image trees and output paths, with strict
-oracles.
+"""The fuzz suite: hostile host inputs, drives, image trees, output paths and requests to
+the vendordata service, with strict oracles.
 
 Four categories, each seeded (the same seed gives the same inputs):
 
@@ -30,6 +30,12 @@ Four categories, each seeded (the same seed gives the same inputs):
   output a regular file with the golden bytes in its intended place and nothing else
   changed, or exit 2/1 with a message and nothing changed anywhere; the exit status the
   hazard calls for (``wrong verdicts``); never a traceback or a hang.
+* ``vendordata``: hostile requests to the vendordata service, in process (the WSGI app
+  around a real service whose cloud is a stand-in) and over loopback (the real
+  ``netinject vendordata serve``, with and without auth), slow clients included. Oracle:
+  every answer a well-formed HTTP response with a status in the documented set, never
+  500, a bounded JSON body naming no cloud URL; no hang; no traceback in the log. See
+  tests/helpers/fuzz_vendordata.py.
 
 Run: ``.venv/bin/python tests/helpers/fuzz.py --inputs 50000`` (figures per category; exit 1 on
 any finding; ``--category NAME`` runs one with all the inputs). The test suite runs a
@@ -57,8 +63,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CASES = HERE.parent / "cases"
+# Run as a script, this directory would come first on sys.path, and its modules would
+# shadow packages of the same name (helpers/openstack.py: openstacksdk).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent.parent / "src"))
-sys.path.insert(0, str(HERE.parent))  # tests/: helpers.* when run as a script
+sys.path.insert(1, str(HERE.parent))  # helpers.* when run as a script
 
 from helpers import iso  # noqa: E402
 from helpers.fuzz_image import image_fuzz  # noqa: E402
@@ -378,7 +387,9 @@ class Tally:
     injections: int = 0
     escapes: int = 0  # (image-tree: a change outside the image)
     wrong_verdicts: int = 0  # output-paths: not the exit status the planted hazard calls for
+    violations: int = 0  # vendordata: an answer or log outside the oracle
     findings: list[str] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)  # e.g. answers by status
 
     def finding(self, kind: str, text: str) -> None:
         setattr(self, kind, getattr(self, kind) + 1)
@@ -692,40 +703,45 @@ def image_tree_fuzz(count: int, seed: int) -> Tally:
 
 # -- command line --------------------------------------------------------------------------
 
+def vendordata_fuzz(count: int, seed: int) -> Tally:
+    from helpers.fuzz_vendordata import vendordata_fuzz as run_category
+
+    return run_category(count, seed)
+
+
 CATEGORIES: dict[str, Callable[[int, int], Tally]] = {
     "neutron": lambda count, seed: host_fuzz("neutron", count, seed),
     "network-data": lambda count, seed: host_fuzz("network-data", count, seed),
     "drive": drive_fuzz,
     "image-tree": image_tree_fuzz,
     "output-paths": lambda count, seed: output_paths_fuzz(count, seed, Tally),
+    "vendordata": vendordata_fuzz,
 }
-# Each category's part of --inputs: about equal time per category in the test sample
-# (an output-paths input builds a scenario and often a drive: ~5x a document input).
-
-
 # Each category's share of the inputs: a damaged drive costs ~3 ms, an image tree ~20 ms,
-# an output-path scenario ~25 ms (measured on 2 cores).
-SHARES = {"neutron": 0.3, "network-data": 0.22, "drive": 0.23, "image-tree": 0.12,
-          "output-paths": 0.13}
+# an output-path scenario ~25 ms, a vendordata request ~7 ms (measured on 2 cores).
+SHARES = {"neutron": 0.27, "network-data": 0.2, "drive": 0.22, "image-tree": 0.11,
+          "output-paths": 0.11, "vendordata": 0.09}
 
 
 def run_all(total: int, seed: int, out: Any = sys.stdout,
             only: list[str] | None = None) -> dict[str, Tally]:
-    """``total`` inputs over the categories by SHARES (``only``: these; one alone gets
-    them all)."""
+    """``total`` inputs over the categories by SHARES (``only``: these, sharing
+    ``total`` in the same proportions)."""
     results = {}
-    for name, fn in CATEGORIES.items():
-        if only is not None and name not in only:
-            continue
-        alone = only is not None and len(only) == 1
-        count = total if alone else max(1, int(total * SHARES[name]))
+    chosen = [n for n in CATEGORIES if not only or n in only]
+    for name in chosen:
+        fn = CATEGORIES[name]
+        count = max(1, int(total * SHARES[name] / sum(SHARES[n] for n in chosen)))
         t0 = time.monotonic()
         results[name] = tally = fn(count, seed)
         print(f"{name:13} {tally.inputs:7} inputs  {tally.accepted:6} accepted  "
               f"{tally.refused:6} refused  tracebacks {tally.tracebacks}  partial writes "
               f"{tally.partial_writes}  injections {tally.injections}  escapes "
-              f"{tally.escapes}  wrong verdicts {tally.wrong_verdicts}  "
-              f"({time.monotonic() - t0:.0f} s)", file=out, flush=True)
+              f"{tally.escapes}  wrong verdicts {tally.wrong_verdicts}  violations "
+              f"{tally.violations}  ({time.monotonic() - t0:.0f} s)", file=out, flush=True)
+        if tally.outcomes:
+            print("  " + "  ".join(f"{k} {v}" for k, v in sorted(tally.outcomes.items())),
+                  file=out)
         for f in tally.findings:
             print(f"  {f}", file=out)
     return results
@@ -735,11 +751,12 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="netinject's fuzz suite (see the module doc)")
     p.add_argument("--inputs", type=int, default=50_000, help="inputs in all (default 50000)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--category", action="append", choices=list(CATEGORIES),
-                   help="run only this category (repeatable; one alone gets all --inputs)")
+    p.add_argument("--category", "--only", action="append", choices=sorted(CATEGORIES),
+                   help="run this category only (repeatable; --inputs shared among them)")
     args = p.parse_args(argv)
     results = run_all(args.inputs, args.seed, only=args.category)
     bad = sum(t.tracebacks + t.partial_writes + t.injections + t.escapes + t.wrong_verdicts
+              + t.violations
               for t in results.values())
     print(f"total {sum(t.inputs for t in results.values())} inputs, {bad} finding(s)")
     return 1 if bad else 0

@@ -18,7 +18,14 @@ from ..errors import NetinjectError
 
 
 class CloudError(NetinjectError):
-    """The cloud could not be reached or refused a call (not the instance's data)."""
+    """The cloud could not be reached or refused a call (not the instance's data).
+
+    ``what``: the call that failed, without the reason (no URL, no host): what the
+    service may tell a caller; the message (for the log and the CLI) has the reason."""
+
+    def __init__(self, message: str, what: str = "") -> None:
+        super().__init__(message)
+        self.what = what or "the cloud"
 
 
 @dataclass(frozen=True)
@@ -44,12 +51,17 @@ def connect(cloud: str, timeout: float | None = None) -> Any:
     """
     import openstack
     import openstack.config.exceptions
+    from keystoneauth1 import exceptions as ks_exc
+    from openstack import exceptions as sdk_exc
 
     try:
         conn = openstack.connect(cloud=cloud, api_timeout=timeout)
     except openstack.config.exceptions.OpenStackConfigException as exc:
         raise CloudError(f"cloud {cloud!r}: {exc} (see clouds.yaml, or set "
-                         "OS_CLIENT_CONFIG_FILE)") from None
+                         "OS_CLIENT_CONFIG_FILE)", "the cloud's configuration") from None
+    except (ks_exc.ClientException, sdk_exc.SDKException) as exc:
+        raise CloudError(f"cloud {cloud!r}: {type(exc).__name__}: {exc}",
+                         "the cloud's configuration") from None
     # One connection serves every thread of a service worker: keep-alive connections
     # for all of them (requests' default pool holds 10).
     from requests.adapters import HTTPAdapter
@@ -59,21 +71,25 @@ def connect(cloud: str, timeout: float | None = None) -> Any:
     return conn
 
 
-def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """One API call; every failure (connection, timeout, HTTP >= 400) as CloudError."""
+def _call(what: str, conn: Any, service: str, method: str, path: str,
+          **kwargs: Any) -> Any:
+    """One API call (``conn.<service>.<method>(path, ...)``); every failure as
+    CloudError: Keystone or the catalog (reached when the proxy is first looked up),
+    the connection, a timeout, HTTP >= 400."""
     from keystoneauth1 import exceptions as ks_exc
     from openstack import exceptions as sdk_exc
 
     try:
-        response = fn(*args, **kwargs)
+        response = getattr(getattr(conn, service), method)(path, **kwargs)
     except (ks_exc.ClientException, sdk_exc.SDKException, OSError) as exc:
-        raise CloudError(f"{what}: {type(exc).__name__}: {exc}") from None
+        raise CloudError(f"{what}: {type(exc).__name__}: {exc}", what) from None
     if response.status_code >= 400:
-        raise CloudError(f"{what}: HTTP {response.status_code}: {_gist(response.text)}")
+        raise CloudError(f"{what}: HTTP {response.status_code}: {_gist(response.text)}",
+                         what)
     try:
         return response.json() if response.content else {}
     except ValueError:
-        raise CloudError(f"{what}: the answer is not JSON") from None
+        raise CloudError(f"{what}: the answer is not JSON", what) from None
 
 
 def _gist(text: str) -> str:
@@ -87,9 +103,10 @@ def _gist(text: str) -> str:
 
 def image(conn: Any, image_id: str) -> Mapping[str, Any]:
     """The Glance v2 image (custom properties are top-level keys)."""
-    body = _call(f"Glance: image {image_id}", conn.image.get, f"/images/{image_id}")
+    what = f"Glance: image {image_id}"
+    body = _call(what, conn, "image", "get", f"/images/{image_id}")
     if not isinstance(body, Mapping):
-        raise CloudError(f"Glance: image {image_id}: not an image object")
+        raise CloudError(f"{what}: not an image object", what)
     return body
 
 
@@ -99,10 +116,11 @@ def image_properties(body: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _list(conn: Any, kind: str, key: str, **params: Any) -> list[Mapping[str, Any]]:
-    body = _call(f"Neutron: list {kind}", conn.network.get, f"/{kind}", params=params)
+    what = f"Neutron: list {kind}"
+    body = _call(what, conn, "network", "get", f"/{kind}", params=params)
     items = body.get(key) if isinstance(body, Mapping) else None
     if not isinstance(items, list):
-        raise CloudError(f"Neutron: list {kind}: no {key!r} list in the answer")
+        raise CloudError(f"{what}: no {key!r} list in the answer", what)
     return [i for i in items if isinstance(i, Mapping)]
 
 
@@ -138,14 +156,15 @@ def snapshot(conn: Any, instance_id: str) -> Snapshot:
 
 def set_tags(conn: Any, port_id: str, tags: Sequence[str]) -> None:
     """Replace a port's tags (Neutron's tag extension: PUT /ports/ID/tags)."""
-    _call(f"Neutron: tags of port {port_id}", conn.network.put, f"/ports/{port_id}/tags",
-          json={"tags": list(tags)})
+    _call(f"Neutron: tags of port {port_id}", conn, "network", "put",
+          f"/ports/{port_id}/tags", json={"tags": list(tags)})
 
 
 def server(conn: Any, server_id: str) -> Mapping[str, Any]:
     """A nova server (for the live commands: its image, name and ports)."""
-    body = _call(f"nova: server {server_id}", conn.compute.get, f"/servers/{server_id}")
+    what = f"nova: server {server_id}"
+    body = _call(what, conn, "compute", "get", f"/servers/{server_id}")
     srv = body.get("server") if isinstance(body, Mapping) else None
     if not isinstance(srv, Mapping):
-        raise CloudError(f"nova: server {server_id}: not a server object")
+        raise CloudError(f"{what}: not a server object", what)
     return srv

@@ -23,16 +23,25 @@ The service holds no state a replica needs (the NIC map lives on the port tags),
 number of replicas can run behind a load balancer; each has its own cache.
 
 Never past nova's read timeout: every answer comes within ``deadline`` seconds (default
-4, under nova's default 5). A build that takes longer is answered 504 (nova stores
-``{}`` and the guest keeps DHCP) and goes on in the background, so the next call finds
-it in the cache. Neutron or Glance failing is a 502; bad Neutron data a 422 naming the
-port or subnet field; the reason is logged with the instance id.
+4, under nova's default 5) of the request's arrival (``arrived``: netinject's gunicorn
+worker says when the request was read whole, so time spent waiting for a thread counts).
+A build that takes longer is answered 504 (nova stores ``{}`` and the guest keeps DHCP)
+and goes on in the background, so the next call finds it in the cache. Neutron, Glance,
+Keystone or the catalog failing is a 502 naming the call, not the reason; bad Neutron
+data a 422 naming the port or subnet field; the reason is logged with the instance id.
+
+Bounded: at most ``max_builds`` builds are under way or queued at once (a build runs on
+after its 504, so a slow cloud would otherwise pile them up and make every later call
+wait behind them). A call that needs one more, or that waited past the deadline before
+it was handled, is answered 503 with Retry-After at once (nova stores ``{}``), logged at
+most once a second with the count left out.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import threading
 import time
@@ -43,7 +52,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInput, NetinjectError
+from ..errors import InvalidInput, NetinjectError, quote
+from ..model import Hostname
 from ..naming import PortsPattern
 from ..policy import PROPERTY, inject_enabled
 from ..render import Options
@@ -65,6 +75,7 @@ class Settings:
     api_timeout: float = 3.0
     max_entries: int = 10000
     workers: int = 8
+    max_builds: int = 64
     options: Options = field(default_factory=Options)
 
 
@@ -72,7 +83,9 @@ class Settings:
 class Answer:
     status: int
     body: dict[str, Any]
-    how: str  # for the log and the benchmark: built, cached, revalidated, legacy, error
+    how: str  # for the log and the benchmark: built, cached, revalidated, legacy, error,
+    # busy
+    retry_after: int | None = None  # seconds (the Retry-After of a 503)
 
     @property
     def ok(self) -> bool:
@@ -83,30 +96,65 @@ class BadRequest(NetinjectError):
     pass
 
 
+class Throttled:
+    """Warnings at most once per ``every`` seconds; the next line says how many were
+    left out (a flood of refusals must not flood the log)."""
+
+    def __init__(self, log: logging.Logger, every: float = 1.0) -> None:
+        self.log = log
+        self.every = every
+        self._lock = threading.Lock()
+        self._last = -math.inf
+        self._skipped = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.every:
+                self._skipped += 1
+                return
+            skipped, self._skipped, self._last = self._skipped, 0, now
+        if skipped:
+            msg, args = msg + " (%d more like it left out of the log)", (*args, skipped)
+        self.log.warning(msg, *args)
+
+
 @dataclass
 class _Entry:
     image_id: str
+    hostname: str | None
     revisions: tuple[tuple[str, int], ...]
     body: dict[str, Any]
     checked: float
     port_ids: frozenset[str] = frozenset()
 
+    def answers(self, image_id: str, hostname: str | None) -> bool:
+        """Built for what the answer depends on in nova's request (the instance id is
+        the cache key; Glance and Neutron are checked by revision)."""
+        return self.image_id == image_id and self.hostname == hostname
+
 
 def parse_request(body: Any) -> tuple[Request, str]:
-    """nova's POST body -> (request, image id); BadRequest naming the field."""
+    """nova's POST body -> (request, image id); BadRequest naming the field (its value
+    shortened, as FieldError does)."""
     if not isinstance(body, dict):
         raise BadRequest("the body is not a JSON object")
     iid = body.get("instance-id")
     if not isinstance(iid, str) or not _UUID.fullmatch(iid):
-        raise BadRequest(f"instance-id: {iid!r} is not a uuid")
+        raise BadRequest(f"instance-id: {quote(iid)} is not a uuid")
     image = body.get("image-id")
     if image is None or image == "":
         image = ""  # boot from volume: nova sends no image
     elif not isinstance(image, str) or not _IDENT.fullmatch(image):
-        raise BadRequest(f"image-id: {image!r} is not an image id")
+        raise BadRequest(f"image-id: {quote(image)} is not an image id")
     host = body.get("hostname")
     if host is not None and not isinstance(host, str):
-        raise BadRequest(f"hostname: {host!r} is not a string")
+        raise BadRequest(f"hostname: {quote(host)} is not a string")
+    if host:
+        try:
+            Hostname.parse(host)
+        except ValueError as exc:
+            raise BadRequest(f"hostname: {quote(host)} {exc}") from None
     import uuid
 
     return Request(str(uuid.UUID(iid)), host or None), image
@@ -124,7 +172,10 @@ class Vendordata:
         # thread that adds it (which holds the lock).
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        self._flights: dict[str, tuple[Future[Answer], float]] = {}
+        # Builds under way or queued, by what they answer: (instance, image, hostname).
+        self._flights: dict[tuple[str, str, str | None], tuple[Future[Answer], float]] = {}
+        self._busy = Throttled(LOG)
+        self._bad = Throttled(LOG)
         self._pool = ThreadPoolExecutor(max_workers=settings.workers,
                                         thread_name_prefix="vendordata")
         # Fan-out calls and tag writes (never waits on _pool: no deadlock).
@@ -133,6 +184,7 @@ class Vendordata:
         self._objs: OrderedDict[tuple[str, str], tuple[float, Mapping[str, Any]]] = \
             OrderedDict()
         self._writes: set[Future[None]] = set()
+        self._closing = False
 
     def conn(self) -> Any:
         with self._lock:
@@ -141,34 +193,49 @@ class Vendordata:
             return self._conn
 
     def close(self) -> None:
+        self._closing = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=False, cancel_futures=True)
 
-    def handle(self, body: Any) -> Answer:
-        started = time.monotonic()
+    def handle(self, body: Any, arrived: float | None = None) -> Answer:
+        """nova's request -> the answer, within ``deadline`` seconds of ``arrived``
+        (``time.monotonic()`` when the request was read; default: now)."""
+        started = time.monotonic() if arrived is None else arrived
         try:
             req, image_id = parse_request(body)
         except BadRequest as exc:
-            LOG.warning("bad request: %s", exc)
+            self._bad.warning("bad request: %s", exc)
             return Answer(400, {"error": str(exc)}, "error")
+        key = (req.instance_id, image_id, req.hostname)
+        busy = ""
         with self._lock:
             entry = self._cache.get(req.instance_id)
-            if (entry is not None and entry.image_id == image_id
+            if (entry is not None and entry.answers(image_id, req.hostname)
                     and started - entry.checked < self.settings.fresh):
                 self._cache.move_to_end(req.instance_id)
                 return Answer(200, entry.body, "cached")
-            found = self._flights.get(req.instance_id)
+            found = self._flights.get(key)
             if found is None:
-                found = (self._pool.submit(self._build, req, image_id, entry), started)
-                self._flights[req.instance_id] = found
-                found[0].add_done_callback(functools.partial(self._landed, req.instance_id))
+                waited = time.monotonic() - started
+                if waited >= self.settings.deadline:
+                    busy = f"the request waited {waited:.1f} s to be handled"
+                elif len(self._flights) >= self.settings.max_builds:
+                    busy = f"{len(self._flights)} builds are under way or queued"
+                else:
+                    found = (self._pool.submit(self._build, req, image_id, entry),
+                             time.monotonic())
+                    self._flights[key] = found
+                    found[0].add_done_callback(functools.partial(self._landed, key))
+        if found is None:
+            return self._refuse_busy(req.instance_id, busy)
         flight, since = found
         # A call that joins a build under way waits only for what is left of the
-        # build's own deadline: nova's 5-6 calls for one drive cost one deadline, not
-        # one each, when Neutron or Glance hangs.
+        # build's own deadline (and of its own): nova's 5-6 calls for one drive cost
+        # one deadline, not one each, when Neutron or Glance hangs.
+        now = time.monotonic()
         try:
             answer = flight.result(timeout=max(0.0, self.settings.deadline
-                                               - (time.monotonic() - since)))
+                                               - (now - min(since, started))))
         except FutureTimeout:
             LOG.warning("instance %s: no answer within %.1f s (Neutron or Glance slow); "
                         "answering 504, the build goes on for the next call",
@@ -177,9 +244,17 @@ class Vendordata:
                           "error")
         return answer
 
-    def _landed(self, instance_id: str, _done: Future[Answer]) -> None:
+    def _refuse_busy(self, instance_id: str, why: str) -> Answer:
+        retry = max(1, math.ceil(self.settings.deadline))
+        self._busy.warning("instance %s: busy (%s; at most %d at once): answering 503, "
+                           "Retry-After %d s", instance_id, why, self.settings.max_builds,
+                           retry)
+        return Answer(503, {"error": f"busy: {why}; try again later"}, "busy",
+                      retry_after=retry)
+
+    def _landed(self, key: tuple[str, str, str | None], _done: Future[Answer]) -> None:
         with self._lock:
-            self._flights.pop(instance_id, None)
+            self._flights.pop(key, None)
 
     def _store(self, instance_id: str, entry: _Entry) -> None:
         with self._lock:
@@ -193,17 +268,24 @@ class Vendordata:
         try:
             answer = self._build_unlogged(req, image_id, old)
         except cloud.CloudError as exc:
+            # The reason (URLs, hosts, the SDK's words) only in the log.
             LOG.warning("instance %s: %s", req.instance_id, exc)
-            return Answer(502, {"error": str(exc)}, "error")
+            return Answer(502, {"error": f"{exc.what} failed (the reason is in the "
+                                         "service's log)"}, "error")
         except InvalidInput as exc:
             reasons = [str(e) for e in exc.errors]
             LOG.warning("instance %s: invalid Neutron data: %s", req.instance_id,
                         "; ".join(reasons))
             return Answer(422, {"error": "invalid Neutron data", "fields": reasons},
                           "error")
-        except Exception as exc:  # a bug must not take the service down: nova gets {}
+        except Exception:  # a bug must not take the service down: nova gets {}
+            if self._closing:  # a build under way when the service stopped
+                LOG.info("instance %s: the service stopped during the build",
+                         req.instance_id)
+                return Answer(503, {"error": "the service is stopping"}, "busy")
             LOG.exception("instance %s: unexpected error", req.instance_id)
-            return Answer(500, {"error": f"{type(exc).__name__}: {exc}"}, "error")
+            return Answer(500, {"error": "internal error (the reason is in the service's "
+                                         "log)"}, "error")
         LOG.info("instance %s: %s in %.0f ms", req.instance_id, answer.how,
                  (time.monotonic() - t0) * 1000)
         return answer
@@ -248,16 +330,17 @@ class Vendordata:
         snap = cloud.Snapshot(tuple(ports), tuple(subnets), tuple(nets.result()))
         now = time.monotonic()
         # (A legacy answer, {}, is never reused for an image that now has the property.)
-        if (old is not None and old.image_id == image_id and old.body
+        if (old is not None and old.answers(image_id, req.hostname) and old.body
                 and old.revisions == snap.revisions):
-            self._store(req.instance_id, _Entry(image_id, snap.revisions, old.body, now))
+            self._store(req.instance_id, _Entry(image_id, req.hostname, snap.revisions,
+                                                old.body, now))
             return Answer(200, old.body, "revalidated")
         plan = nicmap.plan(req.instance_id,
                            [nicmap.PortTags.from_port(p) for p in snap.ports])
         # Validated before any tag is written: bad data changes nothing in Neutron.
         body = payload(instance(document(req, image, snap, plan.pattern)),
                        self.settings.options)
-        entry = _Entry(image_id, snap.revisions, body, time.monotonic(),
+        entry = _Entry(image_id, req.hostname, snap.revisions, body, time.monotonic(),
                        frozenset(str(p.get("id")) for p in snap.ports))
         self._store(req.instance_id, entry)
         if plan.tags:
@@ -305,7 +388,7 @@ class Vendordata:
 
     def _legacy(self, req: Request, image_id: str, why: str) -> Answer:
         LOG.info("instance %s: %s: answering {} (the guest keeps DHCP)", req.instance_id, why)
-        self._store(req.instance_id, _Entry(image_id, (), {}, time.monotonic()))
+        self._store(req.instance_id, _Entry(image_id, req.hostname, (), {}, time.monotonic()))
         return Answer(200, {}, "legacy")
 
 

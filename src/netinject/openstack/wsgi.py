@@ -9,8 +9,14 @@ or with ``netinject vendordata serve`` (gunicorn, built in). Settings come from 
 environment: NETINJECT_CLOUD (the clouds.yaml entry, required), NETINJECT_AUTH
 (``keystone``, the default, or ``none``), NETINJECT_ROLES (roles a caller's token must
 hold, comma-separated; default ``admin,service``), NETINJECT_DEADLINE, NETINJECT_FRESH
-(seconds; see service.py), NETINJECT_MEMCACHED (``host:port,...``: keystonemiddleware's
-token cache, shared by workers and replicas).
+(seconds; see service.py), NETINJECT_MAX_BUILDS (builds under way or queued per process,
+beyond which calls get 503; default 64), NETINJECT_MEMCACHED (``host:port,...``:
+keystonemiddleware's token cache, shared by workers and replicas).
+
+Under gunicorn, use netinject's worker (``--worker-class
+netinject.openstack.server.Worker``, NETINJECT_READ_TIMEOUT): it reads each request
+whole, within a deadline and a size limit, before a thread sees it (see server.py);
+otherwise put a buffering proxy in front (README).
 
 Routes: ``POST /`` (any path: nova posts to the URL it is given) answers nova's
 request; ``GET /healthcheck`` answers 200 without authentication, for load balancers.
@@ -37,21 +43,28 @@ LOG = logging.getLogger("netinject.vendordata")
 
 BODY_MAX = 1 << 20  # nova's body carries user-data (64 KiB at most, base64)
 DEFAULT_ROLES = ("admin", "service")
+ARRIVED = "netinject.arrived"
+"""environ key: ``time.monotonic()`` when the request was read whole (set by
+netinject's gunicorn worker); the service's deadline counts from it."""
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
-            422: "Unprocessable Entity", 500: "Internal Server Error", 502: "Bad Gateway",
-            504: "Gateway Timeout"}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+           413: "Payload Too Large", 422: "Unprocessable Entity",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
-def _reply(start: StartResponse, status: int, body: object) -> list[bytes]:
+def _reply(start: StartResponse, status: int, body: object,
+           retry_after: int | None = None) -> list[bytes]:
     data = json.dumps(body, sort_keys=True).encode()
-    start(f"{status} {_REASONS.get(status, 'Error')}",
-          [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
-           ("Cache-Control", "no-store")])
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+               ("Cache-Control", "no-store")]
+    if retry_after is not None:
+        headers.append(("Retry-After", str(retry_after)))
+    start(f"{status} {REASONS.get(status, 'Error')}", headers)
     return [data]
 
 
@@ -87,13 +100,35 @@ class App:
             length = -1
         if length < 0 or length > BODY_MAX:
             return _reply(start, 413, {"error": f"body over {BODY_MAX} bytes"})
-        raw = environ["wsgi.input"].read(length) if length else b""
+        raw = _read(environ["wsgi.input"], length)
+        if raw is None:
+            return _reply(start, 400, {"error": "the body ended early"})
         try:
             body = json.loads(raw)
         except ValueError:
             return _reply(start, 400, {"error": "the body is not JSON"})
-        answer = self.service.handle(body)
-        return _reply(start, answer.status, answer.body)
+        except RecursionError:
+            return _reply(start, 400, {"error": "the body is nested too deeply"})
+        arrived = environ.get(ARRIVED)
+        answer = self.service.handle(
+            body, arrived if isinstance(arrived, float) else None)
+        return _reply(start, answer.status, answer.body, answer.retry_after)
+
+
+def _read(stream: Any, length: int) -> bytes | None:
+    """``length`` bytes of the body (None: it ended first, or the client went away)."""
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < length:
+            part = stream.read(length - got)
+            if not part:
+                return None
+            parts.append(part)
+            got += len(part)
+    except OSError:
+        return None
+    return b"".join(parts)
 
 
 def cloud_config(cloud_name: str) -> Any:
@@ -173,9 +208,13 @@ def settings_from_env(env: dict[str, str] | None = None
     try:
         settings = Settings(cloud=name,
                             deadline=float(env.get("NETINJECT_DEADLINE", "4")),
-                            fresh=float(env.get("NETINJECT_FRESH", "60")))
+                            fresh=float(env.get("NETINJECT_FRESH", "60")),
+                            max_builds=int(env.get("NETINJECT_MAX_BUILDS", "64")))
     except ValueError as exc:
-        raise UsageError(f"NETINJECT_DEADLINE/NETINJECT_FRESH: {exc}") from None
+        raise UsageError("NETINJECT_DEADLINE/NETINJECT_FRESH/NETINJECT_MAX_BUILDS: "
+                         f"{exc}") from None
+    if settings.max_builds < 1:
+        raise UsageError("NETINJECT_MAX_BUILDS must be at least 1")
     return settings, mode == "keystone", roles, env.get("NETINJECT_MEMCACHED") or None
 
 

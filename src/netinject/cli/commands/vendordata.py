@@ -55,6 +55,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--fresh", type=float, default=60.0, metavar="SECONDS",
                    help="serve an answer from memory this long before checking Neutron's "
                         "revision numbers again (default: %(default)s)")
+    s.add_argument("--max-builds", type=int, default=64, metavar="N",
+                   help="answers being built or queued at once, per worker process; a call "
+                        "that needs one more gets 503 with Retry-After at once (default: "
+                        "%(default)s)")
+    s.add_argument("--read-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="a request's headers and body must arrive whole within this time "
+                        "(one deadline, not per read), else 408; each request is read "
+                        "whole before a thread handles it, bodies over 1 MiB get 413 "
+                        "(default: %(default)s)")
     s.set_defaults(func=cmd_serve)
 
 
@@ -63,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gunicorn.app.base import BaseApplication
 
+    from ...openstack.server import worker_class
     from ...openstack.service import Settings
     from ...openstack.wsgi import make_app
 
@@ -74,19 +84,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name}: must be at least 1")
     if not 0 < args.deadline <= 60 or args.fresh < 0:
         raise UsageError("--deadline must be in (0, 60] seconds and --fresh >= 0")
+    if args.max_builds < 1:
+        raise UsageError("--max-builds: must be at least 1")
+    if not 0 < args.read_timeout <= 300:
+        raise UsageError("--read-timeout must be in (0, 300] seconds")
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     if not roles and not args.no_auth:
         raise UsageError("--roles: give at least one role")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(cloud=args.cloud, deadline=args.deadline, fresh=args.fresh)
+    settings = Settings(cloud=args.cloud, deadline=args.deadline, fresh=args.fresh,
+                        max_builds=args.max_builds)
     # Built here, before the workers fork: a bad --cloud fails now, with exit 2.
     app = make_app(settings, auth=not args.no_auth, roles=roles, memcached=args.memcached)
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
+            # gunicorn's gthread worker, reading each request whole (within
+            # --read-timeout, bodies up to 1 MiB) before a thread sees it.
+            worker = worker_class(args.read_timeout)
             for key, value in (("bind", args.listen), ("workers", args.workers),
-                               ("threads", args.threads), ("worker_class", "gthread"),
+                               ("threads", args.threads), ("worker_class", worker),
                                ("accesslog", "-"), ("timeout", 30),
                                ("proc_name", "netinject-vendordata")):
                 self.cfg.set(key, value)
