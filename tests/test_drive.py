@@ -275,19 +275,34 @@ def test_bad_input_leaves_no_image(tmp_path: Path, write_json: Any,
     assert list(out.iterdir()) == []
 
 
-def test_failed_tool_leaves_no_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    fake = bindir / "mmd"
-    fake.write_text("#!/bin/sh\necho 'disk full' >&2\nexit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+def test_failed_write_leaves_no_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The image is written in-process (netinject.vfat): a disk that fills up half-way is a
+    message and exit 1, and neither the image nor its staging file is left behind."""
+    import errno
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)  # netinject.vfat's only way to write
     out = tmp_path / "out"
     out.mkdir()
     assert _drive(CASES / "seed" / "instance.json", out / "c.img") == 1
-    assert "mmd failed (exit 1): disk full" in capsys.readouterr().err
+    assert "No space left on device" in capsys.readouterr().err
     assert list(out.iterdir()) == []
+
+
+def test_drive_starts_no_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nova's 64 MiB vfat drive is written without mkfs.fat or mtools (each of the old
+    process starts cost more than the whole in-process build)."""
+    from netinject import drive
+
+    def started(args: list[str], env: object) -> None:
+        pytest.fail(f"started {args[0]}")
+
+    monkeypatch.setattr(drive, "_run", started)
+    assert _drive(CASES / "multi-nic-reordered" / "instance.json", tmp_path / "c.img") == 0
+    assert blkid(tmp_path / "c.img")["LABEL"] == "config-2"
 
 
 def test_libvirt_xml_attaches_read_only_virtio_disk(tmp_path: Path,

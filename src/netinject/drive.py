@@ -13,9 +13,11 @@ Unlike nova, network_data.json lists every known address as a static network (wi
 routes and the link MTU) even when its subnet has DHCP enabled: whichever agent the guest
 runs, it need not wait on DHCP.
 
-vfat images are built with dosfstools + mtools, iso9660 with pycdlib: no root, no loop
-mount, no kernel vfat driver. Builds are reproducible: fixed timestamps, entries written
-in sorted order, the volume id derived from the instance uuid.
+vfat images are written by netinject.vfat (in-process: the image mkfs.fat + mtools make,
+byte for byte, without starting them; they remain the path for forced FAT sizes and
+images past FAT16), iso9660 with pycdlib: no root, no loop mount, no kernel vfat driver.
+Builds are reproducible: fixed timestamps, entries written in sorted order, the volume id
+derived from the instance uuid.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from time import struct_time
 from typing import Any, Literal
 from xml.etree import ElementTree as ET
 
-from . import __version__
+from . import __version__, vfat
 from .errors import MISSING, FieldError, InvalidInput, NetinjectError
 from .guest import contract
 from .hostio import staged_file
@@ -208,10 +210,29 @@ def _image_size(data: DriveContents) -> int:
 
 def build_vfat(data: DriveContents, out: Path, vol_id: int,
                fat: tuple[int, int] | None = None) -> None:
-    """mkfs.fat (reproducible) + mtools: no root, no mount, no kernel vfat driver.
+    """Create ``out`` (which must not exist) as a vfat drive: no root, no mount, no kernel
+    vfat driver.
 
-    ``fat``: (FAT size, image KiB) to force FAT12/16/32 (what mkfs.fat picks for nova's
-    64 MiB is FAT16; other tools and sizes give the others, which the agent reads too)."""
+    The image is written in-process by netinject.vfat: byte-identical to what
+    mkfs.fat --invariant + mmd + mcopy make from the same contents, without their three
+    or more process starts. ``fat``: (FAT size, image KiB) forces FAT12/16/32 (what
+    mkfs.fat picks for nova's 64 MiB is FAT16; other tools and sizes give the others,
+    which the agent reads too): forced sizes, and a drive so large mkfs.fat would make
+    it FAT32, are built by those tools themselves (_build_vfat_tools)."""
+    geo = vfat.geometry(_image_size(data)) if fat is None else None
+    if geo is None:
+        _build_vfat_tools(data, out, vol_id, fat)
+        return
+    try:
+        vfat.write_image(out, data.files, geo, vol_id, LABEL, FIXED_EPOCH)
+    except vfat.FatError as exc:
+        raise DriveBuildError(f"vfat: {exc}") from None
+
+
+def _build_vfat_tools(data: DriveContents, out: Path, vol_id: int,
+                      fat: tuple[int, int] | None) -> None:
+    """mkfs.fat (reproducible) + mtools: one mmd for every directory, one mcopy per
+    directory of its files, every clock at FIXED_EPOCH in UTC."""
     mkfs = _tool("mkfs.fat", "dosfstools")
     mmd, mcopy = (_tool(t, "mtools") for t in ("mmd", "mcopy"))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MTOOLS_SKIP_CHECK": "1",
@@ -329,7 +350,7 @@ def build(instance: Instance, out: Path, fmt: DriveFormat = "vfat",
     vol = volume_id(instance.uuid)
     with staged_file(out, 0o644) as tmp:
         if fmt == "vfat":
-            tmp.unlink()  # mkfs.fat -C creates the file itself
+            tmp.unlink()  # build_vfat creates the file itself (O_EXCL, as mkfs.fat -C)
             build_vfat(data, tmp, vol)
         else:
             build_iso(data, tmp, vol)
