@@ -25,7 +25,7 @@ if "service" not in roles:
 
 # neutron and glance validate tokens (admin); nova's service user calls the vendordata
 # service with its token (service role), as devstack sets it up; netinject reads every
-# project's ports and images and tags ports (admin: see the README's operator guide).
+# project's ports and images and tags ports (admin: see docs/operator-guide.md).
 for name, role_names in (("neutron", ["admin", "service"]), ("glance", ["admin", "service"]),
                          ("nova", ["admin", "service"]), ("netinject", ["admin", "service"])):
     user = idp.create_user(name=name, password=password, domain_id="default",

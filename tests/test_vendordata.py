@@ -366,3 +366,19 @@ def test_bad_fields_of_novas_request_are_400s_naming_them(
         assert answer.status == 400
         assert answer.body["error"].startswith(message), answer.body
         assert stub.listings == 0
+
+
+@pytest.mark.parametrize(("key", "value"), [("NETINJECT_DEADLINE", "-1"),
+                                            ("NETINJECT_DEADLINE", "0"),
+                                            ("NETINJECT_DEADLINE", "61"),
+                                            ("NETINJECT_FRESH", "-5")])
+def test_the_environment_is_held_to_serves_bounds(key: str, value: str) -> None:
+    """The WSGI factory's settings from the environment take the bounds ``vendordata
+    serve`` takes from its options."""
+    from netinject.errors import UsageError
+    from netinject.openstack.wsgi import settings_from_env
+
+    with pytest.raises(UsageError, match=key):
+        settings_from_env({"NETINJECT_CLOUD": "x", key: value})
+    settings_from_env({"NETINJECT_CLOUD": "x", "NETINJECT_DEADLINE": "4",
+                       "NETINJECT_FRESH": "0"})

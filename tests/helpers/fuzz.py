@@ -1,7 +1,7 @@
 """The fuzz suite: hostile host inputs, drives, image trees, output paths and requests to
 the vendordata service, with strict oracles.
 
-Four categories, each seeded (the same seed gives the same inputs):
+Seven categories, each seeded (the same seed gives the same inputs):
 
 * ``neutron`` and ``network-data``: structural mutations of the golden documents in
   tests/cases (keys deleted or set to null, wrong types, hostile strings: zone ids,

@@ -45,7 +45,8 @@ def later_boot(root: str) -> bool:
         fd = posix.open(root + LOG_FILE, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT
                         | posix.O_NOFOLLOW | posix.O_NONBLOCK, 0o644)
         try:
-            posix.write(fd, text.encode())
+            if posix.fstat(fd).st_mode & 0o170000 == 0o100000:  # a regular file only
+                posix.write(fd, text.encode())
         finally:
             posix.close(fd)
         sys.stderr.write(text)

@@ -20,7 +20,7 @@ nova creates the ports it allocates one after another in request order, but Neut
 created_at has one-second resolution, and ports made beforehand (``--nic port-id=``)
 carry their own creation time. Where the two orders differ, the NICs are still named
 consistently (each name is pinned to its MAC); only ``eth<n>`` differs from the kernel's
-PCI order. See the README.
+PCI order. See docs/operator-guide.md.
 """
 
 from __future__ import annotations

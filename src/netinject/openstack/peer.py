@@ -75,8 +75,9 @@ class Peer:
     def nova_conf(self, name: str, target: str | None, *, failure_fatal: bool = False,
                   connect_timeout: float = 5, read_timeout: float = 5,
                   auth: bool = True) -> Path:
-        """A nova.conf (in the state directory) with the vendordata settings the README's
-        operator guide gives; ``target``: the DynamicJSON URL (None: StaticJSON only)."""
+        """A nova.conf (in the state directory) with the vendordata settings
+        docs/operator-guide.md gives; ``target``: the DynamicJSON URL (None: StaticJSON
+        only)."""
         nova = self.cloud("nova")["auth"]
 
         def section(head: str) -> str:

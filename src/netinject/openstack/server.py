@@ -7,7 +7,7 @@ calls and no time limit: a client that trickles its headers or body holds the th
 long as it likes, and ``--threads`` such clients stall the worker (health checks
 included). Its non-keep-alive close also lingers up to 2 s in the event loop, for every
 client that does not close its end. gunicorn's own answer is a buffering proxy in front
-(README, operator guide); this worker does that buffering itself:
+(docs/operator-guide.md); this worker does that buffering itself:
 
 * the event loop reads each request whole (headers and body, ``Content-Length`` or
   chunked) before a thread sees it; a thread then reads the request from memory, never

@@ -16,7 +16,7 @@ keystonemiddleware's token cache, shared by workers and replicas).
 Under gunicorn, use netinject's worker (``--worker-class
 netinject.openstack.server.Worker``, NETINJECT_READ_TIMEOUT): it reads each request
 whole, within a deadline and a size limit, before a thread sees it (see server.py);
-otherwise put a buffering proxy in front (README).
+otherwise put a buffering proxy in front (docs/operator-guide.md).
 
 Routes: ``POST /`` (any path: nova posts to the URL it is given) answers nova's
 request; ``GET /healthcheck`` answers 200 without authentication, for load balancers.
@@ -215,6 +215,9 @@ def settings_from_env(env: dict[str, str] | None = None
                          f"{exc}") from None
     if settings.max_builds < 1:
         raise UsageError("NETINJECT_MAX_BUILDS must be at least 1")
+    if not 0 < settings.deadline <= 60 or settings.fresh < 0:
+        raise UsageError(f"NETINJECT_DEADLINE must be in (0, 60] seconds and NETINJECT_FRESH "
+                         f">= 0 (got {settings.deadline:g} and {settings.fresh:g})")
     return settings, mode == "keystone", roles, env.get("NETINJECT_MEMCACHED") or None
 
 

@@ -3,7 +3,7 @@
 Each output format is one module with a pure ``render(instance, options)`` function that
 returns the files it produces, keyed by their path relative to the guest's root. They
 know nothing about where the files end up (a directory, a config drive, a running guest
-through qemu-guest-agent): one writer per side touches the disk.
+through qemu-guest-agent): they write nothing (docs/design.md, who writes to disk).
 """
 
 from __future__ import annotations

@@ -20,15 +20,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "the instance's ports, subnets and networks in Neutron, keep the NIC "
                     "index map on the port tags, and answer the rendered files; nova puts "
                     "the answer in openstack/<version>/vendor_data2.json (key: the "
-                    "target's name, which must be 'netinject'). See the README's operator "
-                    "guide for nova.conf.")
+                    "target's name, which must be 'netinject'). See docs/operator-guide.md "
+                    "for nova.conf.")
     vsub = p.add_subparsers(dest="vendordata_command", metavar="COMMAND", required=True)
     s = vsub.add_parser(
         "serve", help="run the service (gunicorn, threaded workers)",
         description="Run the vendordata service with gunicorn. For production, run the WSGI "
                     "application 'netinject.openstack.wsgi:application()' under your own "
-                    "gunicorn or uwsgi (settings from NETINJECT_* variables; see the "
-                    "README); this command is the same thing with the settings as options.",
+                    "gunicorn or uwsgi (settings from NETINJECT_* variables; see "
+                    "docs/operator-guide.md); this command is the same thing with the "
+                    "settings as options.",
         epilog="Logs one line per built answer and every refusal or failure, with the "
                "instance id, on stderr.")
     s.add_argument("--cloud", required=True, metavar="NAME",
