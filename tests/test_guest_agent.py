@@ -293,19 +293,19 @@ def test_unreadable_target_parent_steps_aside_before_any_change(tmp_path: Path) 
 
 
 CRASH = """
-import os, posix, sys
+import os, sys
 sys.path.insert(0, {agent_dir!r})
 import netinject_guest as agent
 class PowerLoss:
-    # posix as the agent sees it, but the rename that puts {after!r} in place is the
+    # os as the agent sees it, but the rename that puts {after!r} in place is the
     # last thing that happens: no rollback, no cleanup.
     def __getattr__(self, name):
-        return getattr(posix, name)
+        return getattr(os, name)
     def rename(self, src, dst):
-        posix.rename(src, dst)
+        os.rename(src, dst)
         if dst.endswith({after!r}):
             os._exit(9)
-agent.posix = PowerLoss()
+agent.os = PowerLoss()
 agent.run(agent.RunArgs({root!r}, wait=0))
 """
 

@@ -477,16 +477,16 @@ def test_interrupted_apply_is_rolled_back_by_the_next_one(tmp_path: Path) -> Non
     instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
     raw, _ = bundle_for(instance, Options())
     # Simulate the interruption: run the install by hand and stop after the first rename.
-    # (The agent's posix, with the first rename of a staged file ending the process.)
-    code = (f"import posix, sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
+    # (The agent's os, with the first rename of a staged file ending the process.)
+    code = (f"import os, sys; sys.path.insert(0, {str(AGENT.parent)!r}); "
             "import netinject_guest as a\n"
             "class Stop(BaseException): pass\n"
-            "class Posix:\n"
-            "    def __getattr__(self, name): return getattr(posix, name)\n"
+            "class Os:\n"
+            "    def __getattr__(self, name): return getattr(os, name)\n"
             "    def rename(self, src, dst):\n"
-            "        posix.rename(src, dst)\n"
+            "        os.rename(src, dst)\n"
             "        if src.endswith('.netinject-tmp'): raise Stop\n"
-            "a.posix = Posix()\n"
+            "a.os = Os()\n"
             "m = a.verify(a.parse_bundle(sys.stdin.buffer.read())).for_stack(a.IFUPDOWN)\n"
             f"try: a.install({str(root)!r}, m, a.Log({str(root)!r}, True), "
             f"a.join({str(root)!r}, a.APPLY_BACKUP), txid='t8')\n"
@@ -668,16 +668,16 @@ def test_an_applied_transaction_that_cannot_be_recorded_is_rolled_back_at_once(
 # -- issue 21: typed outcomes --------------------------------------------------------------
 
 FAULTY = """
-import posix, sys
+import os, sys
 sys.path.insert(0, {agent_dir!r})
 import netinject_guest as a
 class Faulty:
-    # The agent's posix, where only the first {allowed} rename(s) of a staged file
+    # The agent's os, where only the first {allowed} rename(s) of a staged file
     # succeed and no file can be put back (every restore fails): a rollback that fails,
     # every time it is tried.
     renames = 0
     def __getattr__(self, name):
-        return getattr(posix, name)
+        return getattr(os, name)
     def rename(self, src, dst):
         if src.endswith(".netinject-restore"):
             raise OSError(5, "Input/output error (injected)")
@@ -685,8 +685,8 @@ class Faulty:
             Faulty.renames += 1
             if Faulty.renames > {allowed}:
                 raise OSError(28, "No space left on device (injected)")
-        posix.rename(src, dst)
-a.posix = Faulty()
+        os.rename(src, dst)
+a.os = Faulty()
 sys.exit(a.main(sys.argv[1:]))
 """
 

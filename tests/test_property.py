@@ -84,24 +84,6 @@ def test_arbitrary_input_renders_parseable_eni_or_is_rejected(doc: Any, style: s
             assert b"\x00" not in content
 
 
-# The guest agent's own path helpers (it cannot import os on the boot path) against
-# posixpath, on paths made of the parts that matter: '', '.', '..', names, slashes.
-PATH_PARTS = st.lists(st.sampled_from(["", ".", "..", "a", "dev", "vdb", "/", "//"]),
-                      max_size=7).map("/".join)
-
-
-@given(PATH_PARTS, st.lists(PATH_PARTS, max_size=3))
-def test_agent_path_helpers_match_posixpath(path: str, parts: list[str]) -> None:
-    import posixpath
-
-    from netinject.guest import paths as agent
-
-    assert agent.join(path, *parts) == posixpath.join(path, *parts)
-    assert agent.dirname(path) == posixpath.dirname(path)
-    assert agent.basename(path) == posixpath.basename(path)
-    assert agent.normpath(path) == posixpath.normpath(path)
-
-
 def test_agent_makedirs_and_predicates(tmp_path: Path) -> None:
     import pytest
 

@@ -44,16 +44,26 @@ def _sibling_imports(tree: ast.Module) -> list[ast.ImportFrom]:
     return [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1]
 
 
-def _defined(tree: ast.Module) -> set[str]:
-    names: set[str] = set()
+def _defined(tree: ast.Module) -> dict[str, str]:
+    """The top-level names a module binds, each with what it binds: its own definition
+    (``def``), or the standard-library object an import binds (two modules importing
+    the same object under the same name do not clash; anything else does)."""
+    names: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.ClassDef):
-            names.add(node.name)
+            names[node.name] = "def"
         elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            names.update((t.id, "def") for t in node.targets if isinstance(t, ast.Name))
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            names.add(node.target.id)
-    return names - {"TYPE_CHECKING"}
+            names[node.target.id] = "def"
+        elif isinstance(node, ast.Import):
+            names.update((a.asname or a.name.split(".")[0], f"import {a.name}")
+                         for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.update((a.asname or a.name, f"from {node.module} import {a.name}")
+                         for a in node.names)
+    names.pop("TYPE_CHECKING", None)
+    return names
 
 
 def _without_lines(text: str, nodes: list[ast.ImportFrom]) -> list[str]:
@@ -64,7 +74,7 @@ def _without_lines(text: str, nodes: list[ast.ImportFrom]) -> list[str]:
 
 def joined_source() -> str:
     """The boot modules as one module (see the module docstring)."""
-    owner: dict[str, str] = {}
+    owner: dict[str, tuple[str, str]] = {}
     out = ["#!/usr/bin/python3 -IS",
            '"""netinject-guest: netinject\'s guest agent, joined from netinject.guest.{'
            + ",".join(BOOT_MODULES) + '} by netinject guest-bundle. Standard library only, '
@@ -72,10 +82,11 @@ def joined_source() -> str:
     for name in BOOT_MODULES:
         text = module_source(name)
         tree = ast.parse(text)
-        for defined in _defined(tree):
-            if defined in owner:
-                raise JoinError(f"{defined!r} is defined in both {owner[defined]} and {name}")
-            owner[defined] = name
+        for defined, what in _defined(tree).items():
+            if defined in owner and (what == "def" or owner[defined][1] != what):
+                raise JoinError(f"{defined!r} is defined in both {owner[defined][0]} and "
+                                f"{name}")
+            owner.setdefault(defined, (name, what))
         out.append(f"\n# ---- {name}.py " + "-" * (70 - len(name)))
         out.extend(_without_lines(text, _sibling_imports(tree)))
     return "\n".join(out) + "\n"

@@ -11,11 +11,11 @@ a drive's files get (``iso_name``, ``fat_uuid``). Nothing here touches disk.
 # (The agent is one joined module at boot: sibling imports are removed by the joiner, so
 # every top-level name in guest/ is unique.)
 
-from .errors import AgentError, NoPayload, NotOnDrive
-from .paths import is_plain_name
+from .errors import AgentError as AgentError  # (re-exported: the host takes these
+from .errors import NoPayload as NoPayload  # from the contract)
+from .errors import NotOnDrive as NotOnDrive
+from .paths import is_plain_name as is_plain_name
 from .stacks import STACKS, Stack, stack_of
-
-__all__ = ["AgentError", "NoPayload", "NotOnDrive", "is_plain_name"]  # (re-exported)
 
 VERSION = "0.1.0"
 MANIFEST_FORMATS = (1, 2)  # 2: files for every stack, 'announce' records

@@ -6,8 +6,8 @@ wait. Its payload is read straight off the device (see readers). A drive is trus
 if it is read-only and its manifest names this machine's SMBIOS system UUID.
 """
 
-import _stat
-import posix
+import os
+import stat
 import struct
 import time
 
@@ -47,7 +47,7 @@ class Drive:
 
     def close(self) -> None:
         if self.fd >= 0:
-            posix.close(self.fd)
+            os.close(self.fd)
             self.fd = -1
 
     @property
@@ -59,10 +59,10 @@ def open_device(path: str) -> int:
     """A read-only descriptor on a block device (or an image file standing in for one).
     O_NONBLOCK: a FIFO (or a tty) put where a device should be must not hang boot in
     open(); anything but a block device or regular file is refused (OSError)."""
-    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
-    mode = posix.fstat(fd).st_mode
-    if not (_stat.S_ISBLK(mode) or _stat.S_ISREG(mode)):
-        posix.close(fd)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISBLK(mode) or stat.S_ISREG(mode)):
+        os.close(fd)
         raise OSError(19, "not a block device: %s" % path)
     return fd
 
@@ -80,7 +80,7 @@ def probe_label(dev: str) -> "Drive | None":
         return None
     found = None
     try:
-        boot = posix.pread(fd, 512, 0)
+        boot = os.pread(fd, 512, 0)
         if len(boot) == 512 and boot[510:512] == b"\x55\xaa":
             # FAT12/16 keep serial and label at 39/43, FAT32 at 67/71 ("FAT" at 54/82).
             for off, fs_off in ((43, 54), (71, 82)):
@@ -90,7 +90,7 @@ def probe_label(dev: str) -> "Drive | None":
                         serial = struct.unpack_from("<I", boot, off - 4)[0]
                         found = Drive(dev, "vfat", "%08x" % serial, fd, label)
         if found is None:
-            pvd = posix.pread(fd, 2048, 32768)
+            pvd = os.pread(fd, 2048, 32768)
             if pvd[0:6] == b"\x01CD001":
                 label = pvd[40:72].rstrip(b" \x00").decode("ascii", "replace")
                 if label in LABELS:
@@ -99,7 +99,7 @@ def probe_label(dev: str) -> "Drive | None":
     except OSError:
         pass
     if found is None:
-        posix.close(fd)
+        os.close(fd)
     return found
 
 
@@ -115,10 +115,10 @@ def ro_attribute(sysfs: str, drive: "Drive") -> str:
     """The sysfs 'ro' attribute of the drive's device: /sys/dev/block/MAJ:MIN/ro for a
     block device, else /sys/class/block/<name>/ro (an image file standing in for one)."""
     if drive.fd >= 0:
-        st = posix.fstat(drive.fd)
-        if _stat.S_ISBLK(st.st_mode):
-            return join(sysfs, "dev/block", "%d:%d" % (posix.major(st.st_rdev),
-                                                       posix.minor(st.st_rdev)), "ro")
+        st = os.fstat(drive.fd)
+        if stat.S_ISBLK(st.st_mode):
+            return join(sysfs, "dev/block", "%d:%d" % (os.major(st.st_rdev),
+                                                       os.minor(st.st_rdev)), "ro")
     return join(sysfs, "class/block", basename(drive.path), "ro")
 
 
@@ -158,7 +158,7 @@ def probe_by_label(dev: str) -> "Drive | None":
     for label in LABELS:
         link = join(dev, "disk/by-label", label)
         try:
-            target = posix.readlink(link)
+            target = os.readlink(link)
         except OSError:
             continue
         path = normpath(join(dirname(link), target))
@@ -187,7 +187,7 @@ def find_drive(sysfs: str, dev: str, wait: float) -> "Drive | None":
     seen: set[str] = set()
     while True:
         try:
-            names = posix.listdir(join(sysfs, "class/block"))
+            names = os.listdir(join(sysfs, "class/block"))
         except OSError:
             names = []
         candidates = [n for n in names if n not in seen

@@ -11,8 +11,8 @@ would find it (a loop, a link to nothing in the image, a directory in the way) i
 refused with exit 2 and nothing written.
 """
 
-import _stat
-import posix
+import os
+import stat
 import sys
 
 from .contract import STATE_DIR, AgentError
@@ -160,14 +160,14 @@ def _placed(root: str, rel: str, staged: bool = True) -> None:
 def _kind(path: str) -> str:
     """What is at ``path`` itself (not followed), in words."""
     try:
-        mode = posix.lstat(path).st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return "absent"
-    if _stat.S_ISREG(mode):
+    if stat.S_ISREG(mode):
         return "file"
-    if _stat.S_ISLNK(mode):
+    if stat.S_ISLNK(mode):
         return "symlink"
-    return "directory" if _stat.S_ISDIR(mode) else "special file"
+    return "directory" if stat.S_ISDIR(mode) else "special file"
 
 
 def _symlink(root: str, target: str, rel: str) -> None:
@@ -175,8 +175,8 @@ def _symlink(root: str, target: str, rel: str) -> None:
     path = resolve_in_root(root, rel, follow_last=False)
     makedirs(dirname(path))
     if lexists(path):
-        posix.unlink(path)
-    posix.symlink(target, path)
+        os.unlink(path)
+    os.symlink(target, path)
 
 
 def _pyc_path(root: str) -> "str | None":
@@ -318,7 +318,7 @@ def _uninstall(root: str, out: "Callable[[str], None]") -> int:
     tree = ImageTree(root)
     cache = dirname(MODULE_PATH) + "/__pycache__"
     where = tree.at(cache)
-    names = sorted(posix.listdir(where)) if where is not None and isdir(where) else []
+    names = sorted(os.listdir(where)) if where is not None and isdir(where) else []
     ours = [WANTS_LINK, ANNOUNCE_WANTS_LINK, RCS_LINK, UNIT_PATH, ANNOUNCE_UNIT_PATH,
             INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG]
     ours += [cache + "/" + f for f in names if f.startswith("netinject_guest.")]
@@ -333,7 +333,7 @@ def _uninstall(root: str, out: "Callable[[str], None]") -> int:
             continue
         kind = _kind(path)
         if kind in ("file", "symlink"):
-            posix.unlink(path)
+            os.unlink(path)
             out("removed /%s" % rel)
         elif kind != "absent":
             out("left /%s: a %s, not what install made" % (rel, kind))
@@ -341,7 +341,7 @@ def _uninstall(root: str, out: "Callable[[str], None]") -> int:
     for d in (cache, dirname(MODULE_PATH), dirname(STACK_CONFIG), STATE_DIR + "/backup",
               STATE_DIR):
         try:
-            posix.rmdir(resolve_in_root(root, d, follow_last=False))
+            os.rmdir(resolve_in_root(root, d, follow_last=False))
         except (OSError, AgentError):
             pass
     return 0

@@ -7,8 +7,8 @@ crash at any point leaves either the original or a complete new file at each pat
 the true originals in the backup.
 """
 
-import _stat
-import posix
+import os
+import stat
 
 from .contract import (
     KEEP_SYMLINKS,
@@ -41,34 +41,34 @@ class InstallFailed(AgentError):
         self.broken = broken
 
 
-def target_stat(target: str) -> "tuple[str, posix.stat_result | None]":
+def target_stat(target: str) -> "tuple[str, os.stat_result | None]":
     """'file', 'symlink' or 'absent' (one lstat) and the lstat result (None when absent);
     AgentError for anything else."""
     try:
-        st = posix.lstat(target)
+        st = os.lstat(target)
     except FileNotFoundError:
         return "absent", None
     except OSError as exc:
-        raise AgentError("cannot look at %s: %s" % (target, posix.strerror(exc.errno or 5))
+        raise AgentError("cannot look at %s: %s" % (target, os.strerror(exc.errno or 5))
                          ) from None
-    if _stat.S_ISLNK(st.st_mode):
+    if stat.S_ISLNK(st.st_mode):
         return "symlink", st
-    if _stat.S_ISREG(st.st_mode):
+    if stat.S_ISREG(st.st_mode):
         return "file", st
     raise AgentError("%s exists and is not a regular file" % target)
 
 
 def _fsync_dir(path: str) -> None:
     try:
-        fd = posix.open(path, posix.O_RDONLY | posix.O_DIRECTORY)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
     try:
-        posix.fsync(fd)
+        os.fsync(fd)
     except OSError:
         pass
     finally:
-        posix.close(fd)
+        os.close(fd)
 
 
 def tmp_beside(path: str) -> str:
@@ -82,7 +82,7 @@ def remove_stale(path: str) -> None:
     file leaves that file alone); anything else there is not ours to touch."""
     kind = target_stat(path)[0]
     if kind == "file":
-        posix.unlink(path)
+        os.unlink(path)
     elif kind != "absent":
         raise AgentError("%s is in the way (a %s, not a file netinject left)" % (path, kind))
 
@@ -92,19 +92,19 @@ def _create(path: str, data: bytes, mode: int, owner: "tuple[int, int] | None" =
     """Create ``path`` afresh (O_EXCL|O_NOFOLLOW: never through a symlink or into an
     existing file), write ``data`` with ``mode`` (and ``owner``); the open descriptor,
     for the caller to fsync and close."""
-    fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW
-                    | posix.O_CLOEXEC, mode)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                    | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:
-            view = view[posix.write(fd, view):]
+            view = view[os.write(fd, view):]
         if owner is not None:
-            posix.fchown(fd, owner[0], owner[1])
-        posix.fchmod(fd, mode)
+            os.fchown(fd, owner[0], owner[1])
+        os.fchmod(fd, mode)
     except OSError:
-        posix.close(fd)
+        os.close(fd)
         try:
-            posix.unlink(path)
+            os.unlink(path)
         except OSError:
             pass
         raise
@@ -124,13 +124,13 @@ def write_atomic(root: str, rel: str, data: bytes, mode: int) -> None:
     remove_stale(tmp)
     fd = _create(tmp, data, mode)
     try:
-        posix.fsync(fd)
+        os.fsync(fd)
     finally:
-        posix.close(fd)
+        os.close(fd)
     try:
-        posix.rename(tmp, path)
+        os.rename(tmp, path)
     except OSError:
-        posix.unlink(tmp)
+        os.unlink(tmp)
         raise
     _fsync_dir(d)
 
@@ -166,7 +166,7 @@ class Backup:
         self.kept: list[str] = []  # guest paths that install left as they were (symlinks)
         self.changed: list[str] = []  # guest paths that install replaced or moved aside
         try:
-            names = posix.listdir(self.dir)
+            names = os.listdir(self.dir)
             self.made = True
         except OSError:
             names = []
@@ -176,12 +176,12 @@ class Backup:
                 self.marked.append(name[len(TXID_MARK):])
                 continue
             try:
-                mode = posix.lstat(join(self.dir, name)).st_mode
+                mode = os.lstat(join(self.dir, name)).st_mode
             except OSError:
                 continue
-            if _stat.S_ISLNK(mode):
+            if stat.S_ISLNK(mode):
                 kind = "symlink"
-            elif not _stat.S_ISREG(mode):
+            elif not stat.S_ISREG(mode):
                 continue
             else:
                 kind = "absent" if name.endswith(".absent") else "file"
@@ -205,14 +205,14 @@ class Backup:
             self.marked.append(self.txid)
         entry = self._entry(rel)
         if kind == "symlink":
-            posix.symlink(posix.readlink(target), entry)
+            os.symlink(os.readlink(target), entry)
         elif kind == "file":
             try:
-                posix.link(target, entry)
+                os.link(target, entry)
             except OSError:  # another filesystem: a durable copy instead
                 with open(target, "rb") as fh:
                     write_atomic(self.root, relative_to(self.root, entry), fh.read(),
-                                 posix.stat(target).st_mode & 0o7777)
+                                 os.stat(target).st_mode & 0o7777)
         else:
             remove_stale(entry + ".absent")
             write_new(entry + ".absent", b"", 0o600)
@@ -226,22 +226,22 @@ class Backup:
         remove_stale(tmp)
         if kind == "absent":
             if lexists(target):
-                posix.unlink(target)
+                os.unlink(target)
         elif kind == "symlink":
-            posix.symlink(posix.readlink(entry), tmp)
-            posix.rename(tmp, target)
+            os.symlink(os.readlink(entry), tmp)
+            os.rename(tmp, target)
         elif kind == "file":
             try:
-                posix.link(entry, tmp)
-                posix.rename(tmp, target)
+                os.link(entry, tmp)
+                os.rename(tmp, target)
             except OSError:
                 with open(entry, "rb") as fh:
-                    write_atomic(root, rel, fh.read(), posix.stat(entry).st_mode & 0o7777)
+                    write_atomic(root, rel, fh.read(), os.stat(entry).st_mode & 0o7777)
 
 
 def write_new(path: str, data: bytes, mode: int) -> None:
     """Create ``path`` (never through a symlink, never over a file) with ``data``."""
-    posix.close(_create(path, data, mode))
+    os.close(_create(path, data, mode))
 
 
 class Target:
@@ -249,7 +249,7 @@ class Target:
     (kind and lstat), looked at once in the preflight."""
 
     def __init__(self, entry: Entry, path: str, kind: str,
-                 st: "posix.stat_result | None") -> None:
+                 st: "os.stat_result | None") -> None:
         self.entry = entry
         self.path = path
         self.kind = kind
@@ -301,15 +301,15 @@ def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") ->
             remove_stale(tmp)
             fds.append(_create(tmp, t.entry.data, t.mode, t.owner))
             staged.append(tmp)
-        if hasattr(posix, "posix_fadvise"):
+        if hasattr(os, "posix_fadvise"):
             for fd in fds:
                 # Starts writeback without waiting for it (WB_SYNC_NONE).
-                posix.posix_fadvise(fd, 0, 0, posix.POSIX_FADV_DONTNEED)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         for fd in fds:
-            posix.fsync(fd)
+            os.fsync(fd)
     finally:
         for fd in fds:
-            posix.close(fd)
+            os.close(fd)
 
 
 def install(root: str, manifest: Manifest, log: Log, backup_dir: "str | None" = None,
@@ -361,11 +361,11 @@ def install(root: str, manifest: Manifest, log: Log, backup_dir: "str | None" = 
             backup.save(rel, path, "file")
         stage_files(targets, staged, dirs)
         for t, tmp in zip(targets, staged):
-            posix.rename(tmp, t.path)
+            os.rename(tmp, t.path)
             done.append(t.entry.path)
             log("installed /%s (%d bytes)" % (t.entry.path, len(t.entry.data)))
         for rel, path in aside:
-            posix.unlink(path)
+            os.unlink(path)
             done.append(rel)
             log("moved /%s aside (kept in the backup)" % rel)
         backup.changed = done
@@ -373,7 +373,7 @@ def install(root: str, manifest: Manifest, log: Log, backup_dir: "str | None" = 
         log("install failed (%s): rolling back %d file(s)" % (exc, len(done)))
         for tmp in staged[len(done):]:
             try:
-                posix.unlink(tmp)
+                os.unlink(tmp)
             except OSError:
                 pass
         failed = restore(root, backup, done, log)

@@ -1,7 +1,7 @@
 """The agent's log: timestamped lines to the console and /var/log/netinject.log."""
 
-import _stat
-import posix
+import os
+import stat
 import sys
 import time
 
@@ -46,19 +46,19 @@ class Log:
             except OSError:
                 pass
         path = join(self.root, LOG_FILE)
-        flags = (posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_NOFOLLOW
-                 | posix.O_NONBLOCK | posix.O_CLOEXEC)
+        flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                 | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             no_symlink_parents(self.root, LOG_FILE)
             try:
-                fd = posix.open(path, flags, 0o644)
+                fd = os.open(path, flags, 0o644)
             except FileNotFoundError:  # no log directory yet (an image tree)
                 makedirs(dirname(path))
-                fd = posix.open(path, flags, 0o644)
+                fd = os.open(path, flags, 0o644)
             try:
-                if _stat.S_ISREG(posix.fstat(fd).st_mode):
-                    posix.write(fd, text.encode("utf-8", "replace"))
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.write(fd, text.encode("utf-8", "replace"))
             finally:
-                posix.close(fd)
+                os.close(fd)
         except (OSError, AgentError):
             pass  # a read-only, full or tampered /var must not break boot

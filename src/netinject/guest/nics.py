@@ -5,7 +5,7 @@ renames them itself: links down, temporary names for swaps, SIOCSIFNAME ioctls (
 ``ip link set`` does, without a subprocess), all-or-nothing.
 """
 
-import posix
+import os
 import struct
 
 from .contract import AgentError
@@ -55,7 +55,7 @@ def current_names(sysfs: str) -> dict[str, str]:
     out: dict[str, str] = {}
     base = join(sysfs, "class/net")
     try:
-        names = posix.listdir(base)
+        names = os.listdir(base)
     except OSError:
         return out
     for name in names:
@@ -128,7 +128,7 @@ def rename_nics(wanted: list[tuple[str, str]], sysfs: str, log: Log,
                 except OSError:
                     pass
         raise AgentError("NIC rename failed (%s); names restored"
-                         % posix.strerror(exc.errno or 5)) from None
+                         % os.strerror(exc.errno or 5)) from None
     finally:
         if netdev is None:
             nd.close()

@@ -1,13 +1,25 @@
-"""Path helpers for the guest agent, on ``posix`` alone.
+"""Path helpers for the guest agent: reading small files without hanging on a FIFO,
+checking that nothing on the way to a path is a symlink, and resolving a path inside an
+image tree as a chroot would (``netinject-guest install --root``). The rest is
+``os.path``.
 
-posixpath's behaviour for the cases the agent has (posixpath needs ``os``, which costs
-tens of ms to import on a first boot under TCG), plus reading small files, checking
-that nothing on the way to a path is a symlink, and resolving a path inside an image tree
-as a chroot would (``netinject-guest install --root``).
+(The agent once avoided ``os`` for ~20 ms of import time under emulation, with its own
+copies of posixpath's functions; natively ``os`` costs ~1 ms, and the agent is done
+seconds before the network service needs it, so it uses the standard module: measured
+with ``netinject bench agent --imports``, see docs/benchmarks.md.)
 """
 
-import _stat
-import posix
+import os
+import stat
+from os.path import basename as basename  # (re-exported: the other modules take the
+from os.path import dirname as dirname  # os.path functions they use from here)
+from os.path import exists as exists
+from os.path import isdir as isdir
+from os.path import isfile as isfile
+from os.path import islink as islink
+from os.path import join as join
+from os.path import lexists as lexists
+from os.path import normpath as normpath
 
 from .errors import AgentError
 
@@ -19,91 +31,17 @@ def is_plain_name(name: str) -> bool:
     return (0 < len(name) <= 128 and name[0] not in ".-" and set(name) <= _NAME_CHARS)
 
 
-def join(path: str, *parts: str) -> str:
-    for part in parts:
-        if part.startswith("/"):
-            path = part
-        elif not path or path.endswith("/"):
-            path += part
-        else:
-            path += "/" + part
-    return path
-
-
-def dirname(path: str) -> str:
-    head = path[:path.rfind("/") + 1]
-    stripped = head.rstrip("/")
-    return stripped if stripped else head
-
-
-def basename(path: str) -> str:
-    return path[path.rfind("/") + 1:]
-
-
-def normpath(path: str) -> str:
-    """'.' and '..' resolved lexically, as posixpath.normpath ('/..' is '/'; POSIX keeps
-    exactly two leading slashes)."""
-    absolute = path.startswith("/")
-    lead = "//" if path.startswith("//") and not path.startswith("///") else "/"
-    out: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part != "..":
-            out.append(part)
-        elif out and out[-1] != "..":
-            out.pop()
-        elif not absolute:
-            out.append(part)
-    text = "/".join(out)
-    return (lead + text) if absolute else (text or ".")
-
-
-def _mode(path: str, follow: bool = True) -> int:
-    """The file's st_mode, 0 if it cannot be looked at."""
+def _lmode(path: str) -> int:
+    """The st_mode of ``path`` itself (not followed), 0 if it cannot be looked at."""
     try:
-        return (posix.stat(path) if follow else posix.lstat(path)).st_mode
+        return os.lstat(path).st_mode
     except (OSError, ValueError):
         return 0
 
 
-def lexists(path: str) -> bool:
-    return _mode(path, False) != 0
-
-
-def exists(path: str) -> bool:
-    return _mode(path) != 0
-
-
-def isdir(path: str) -> bool:
-    return _stat.S_ISDIR(_mode(path))
-
-
-def isfile(path: str) -> bool:
-    return _stat.S_ISREG(_mode(path))
-
-
-def islink(path: str) -> bool:
-    return _stat.S_ISLNK(_mode(path, False))
-
-
 def makedirs(path: str, mode: int = 0o777) -> None:
-    """mkdir -p (an existing directory is fine)."""
-    try:
-        posix.mkdir(path, mode)
-    except FileNotFoundError:
-        parent = dirname(path.rstrip("/"))
-        if not parent or parent == path:
-            raise
-        makedirs(parent, mode)
-        try:
-            posix.mkdir(path, mode)
-        except FileExistsError:
-            if not isdir(path):
-                raise
-    except FileExistsError:
-        if not isdir(path):
-            raise
+    """mkdir -p (an existing directory is fine; anything else there is not)."""
+    os.makedirs(path, mode, exist_ok=True)
 
 
 def relative_to(root: str, path: str) -> str:
@@ -117,13 +55,13 @@ def read_small(path: str, limit: int = 4096) -> bytes:
     """The start of a small regular file (sysfs attributes, the state file), no file
     object. Opened non-blocking and checked to be a regular file: a FIFO put there
     cannot hang the agent."""
-    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        if not _stat.S_ISREG(posix.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(22, "not a regular file: %s" % path)
-        return posix.read(fd, limit)
+        return os.read(fd, limit)
     finally:
-        posix.close(fd)
+        os.close(fd)
 
 
 def no_symlink_parents(root: str, rel: str, dirs: "set[str] | None" = None) -> None:
@@ -136,10 +74,10 @@ def no_symlink_parents(root: str, rel: str, dirs: "set[str] | None" = None) -> N
         cur = join(cur, part)
         if dirs is not None and cur in dirs:
             continue
-        mode = _mode(cur, follow=False)
-        if _stat.S_ISLNK(mode):
+        mode = _lmode(cur)
+        if stat.S_ISLNK(mode):
             raise AgentError("refusing to write through symlinked directory %s" % cur)
-        if dirs is not None and _stat.S_ISDIR(mode):
+        if dirs is not None and stat.S_ISDIR(mode):
             dirs.add(cur)
 
 
@@ -184,7 +122,7 @@ def resolve_in_root(root: str, rel: str, follow_last: bool = True) -> str:
                 done.pop()
             continue
         try:
-            mode = posix.lstat(base + "/" + here).st_mode
+            mode = os.lstat(base + "/" + here).st_mode
         except FileNotFoundError:
             if from_link:
                 raise AgentError("/%s: the symlink %s leads to nothing in the image (/%s "
@@ -195,23 +133,23 @@ def resolve_in_root(root: str, rel: str, follow_last: bool = True) -> str:
             continue
         except OSError as exc:
             raise AgentError("/%s: cannot look at /%s: %s"
-                             % (rel, here, posix.strerror(exc.errno or 5))) from None
+                             % (rel, here, os.strerror(exc.errno or 5))) from None
         last = not todo  # (a trailing '/' or '.' makes it a directory to go through)
-        if _stat.S_ISLNK(mode) and (follow_last or not last):
+        if stat.S_ISLNK(mode) and (follow_last or not last):
             links += 1
             if links > MAX_LINKS:
                 raise AgentError("/%s: too many levels of symbolic links (a loop)" % rel)
             try:
-                target = posix.readlink(base + "/" + here)
+                target = os.readlink(base + "/" + here)
             except OSError as exc:
                 raise AgentError("/%s: cannot read the link /%s: %s"
-                                 % (rel, here, posix.strerror(exc.errno or 5))) from None
+                                 % (rel, here, os.strerror(exc.errno or 5))) from None
             via = "/%s -> %s" % (here, target)
             if target.startswith("/"):
                 done = []
             todo.extend((p, True) for p in reversed(target.split("/")))
             continue
-        if not last and not _stat.S_ISDIR(mode):
+        if not last and not stat.S_ISDIR(mode):
             raise AgentError("/%s: /%s is not a directory" % (rel, here))
         done.append(name)
     return base + "/" + "/".join(done) if done else (base or "/")

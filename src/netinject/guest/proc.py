@@ -2,7 +2,7 @@
 ``subprocess``: it imports selectors, signal and more on the boot path), the child in a
 process group of its own, killed with whatever it started when it overruns."""
 
-import posix
+import os
 
 from .errors import AgentError
 
@@ -13,15 +13,15 @@ def run_bounded(argv: "list[str]", limit: float, what: str) -> None:
     """Run ``argv`` (argv[0] an absolute path) to its end within ``limit`` seconds;
     AgentError (naming ``what``) when it fails, cannot start, or overruns (then it and its
     process group are killed first). Its output goes where the agent's goes."""
-    pid = posix.fork()
+    pid = os.fork()
     if pid == 0:  # the child: exec, never return into the agent
         try:
-            posix.setpgid(0, 0)  # its own group: what it starts goes with it on a timeout
-            posix.execv(argv[0], argv)
+            os.setpgid(0, 0)  # its own group: what it starts goes with it on a timeout
+            os.execv(argv[0], argv)
         finally:
-            posix._exit(127)
+            os._exit(127)
     try:
-        posix.setpgid(pid, pid)  # (also here: whichever runs first)
+        os.setpgid(pid, pid)  # (also here: whichever runs first)
     except OSError:
         pass
     code = wait_bounded(pid, limit)
@@ -43,18 +43,18 @@ def wait_bounded(pid: int, limit: float) -> "int | None":
     deadline = time.monotonic() + limit
     pause = 0.001
     while True:
-        done, status = posix.waitpid(pid, posix.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return posix.waitstatus_to_exitcode(status) \
-                if hasattr(posix, "waitstatus_to_exitcode") else status >> 8
+            return os.waitstatus_to_exitcode(status) \
+                if hasattr(os, "waitstatus_to_exitcode") else status >> 8
         if time.monotonic() >= deadline:
             break
         time.sleep(pause)
         pause = min(pause * 2, 0.01)
-    for kill, target in ((posix.killpg, pid), (posix.kill, pid)):
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
         try:
             kill(target, SIGKILL)
         except OSError:
             pass
-    posix.waitpid(pid, 0)
+    os.waitpid(pid, 0)
     return None

@@ -1,7 +1,7 @@
 """Read-only FAT and ISO9660 readers: just enough to read the netinject payload off a
 config drive without mounting it (no kernel vfat module, nothing to unmount)."""
 
-import posix
+import os
 import struct
 
 from .contract import AgentError, NotOnDrive, iso_name
@@ -39,13 +39,13 @@ class FatReader:
         # emulated I/O round trip in a guest without KVM). The FAT itself is read only
         # for chains longer than one cluster, a sector at a time.
         self.window_off = min(self.root_off, self.data_off)
-        self.window = posix.pread(self.fd, self.WINDOW, self.window_off)
+        self.window = os.pread(self.fd, self.WINDOW, self.window_off)
 
     def _read(self, off: int, size: int) -> bytes:
         rel = off - self.window_off
         if rel >= 0 and rel + size <= len(self.window):
             return self.window[rel:rel + size]
-        data = posix.pread(self.fd, size, off)
+        data = os.pread(self.fd, size, off)
         if len(data) != size:
             raise AgentError("drive truncated (short read at offset %d)" % off)
         return data
@@ -194,7 +194,7 @@ class IsoReader:
         self.joliet = False
         # The primary descriptor and the next ones in one read (genisoimage: the Joliet
         # descriptor, then the terminator).
-        head = posix.pread(self.fd, 4 * 2048, 16 * 2048)
+        head = os.pread(self.fd, 4 * 2048, 16 * 2048)
         if len(head) < 2048:
             raise AgentError("drive truncated (short read at offset %d)" % (16 * 2048))
         pvd = head[:2048]
@@ -214,7 +214,7 @@ class IsoReader:
             self.rock = rock_ridge or sp
 
     def _read(self, off: int, size: int) -> bytes:
-        data = posix.pread(self.fd, size, off)
+        data = os.pread(self.fd, size, off)
         if len(data) != size:
             raise AgentError("drive truncated (short read at offset %d)" % off)
         return data
@@ -236,7 +236,7 @@ class IsoReader:
             first += len(chunk) // 2048
             if len(chunk) % 2048 or first >= self.VD_END or not chunk:
                 return None
-            chunk = posix.pread(self.fd, min(4, self.VD_END - first) * 2048, first * 2048)
+            chunk = os.pread(self.fd, min(4, self.VD_END - first) * 2048, first * 2048)
         return None
 
     @staticmethod

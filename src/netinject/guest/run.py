@@ -9,7 +9,7 @@ Every path goes through ``--root`` (and ``--sysfs``, ``--dev``) so tests run it 
 directory tree shaped like a guest.
 """
 
-import posix
+import os
 import sys
 
 from .announce import announce, write_announce
@@ -125,10 +125,10 @@ class Result:
 def priority_note() -> str:
     """' (real-time priority, bounded)' when the launcher got it for this boot run."""
     try:
-        policy = posix.sched_getscheduler(0) & ~posix.SCHED_RESET_ON_FORK
+        policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
     except (AttributeError, OSError):
         return ""
-    return " (real-time priority, bounded)" if policy == posix.SCHED_FIFO else ""
+    return " (real-time priority, bounded)" if policy == os.SCHED_FIFO else ""
 
 
 def read_state(root: str) -> "list[str]":
@@ -173,7 +173,7 @@ def record_state(root: str, uuid: str, found: Drive) -> None:
     remove_stale(path + ".tmp")
     write_new(path + ".tmp", format_state(uuid, found.ident, "/" + relative_to(
         root, found.path), fast_path(found)).encode(), 0o644)
-    posix.rename(path + ".tmp", path)
+    os.rename(path + ".tmp", path)
 
 
 def find(args: RunArgs) -> "Drive | None":

@@ -25,7 +25,7 @@ Adding a stack is a new descriptor in STACKS, its renderer module and its golden
 (tests/test_architecture.py lists what a new stack must provide).
 """
 
-import posix
+import os
 
 from .errors import AgentError
 from .paths import exists, isdir, islink, join, lexists, read_small, resolve_in_root
@@ -86,7 +86,7 @@ class ImageTree:
         base = "etc/systemd/system"
         where = self.at(base)
         try:
-            dirs = [d for d in posix.listdir(where) if d.endswith(".wants")] if where \
+            dirs = [d for d in os.listdir(where) if d.endswith(".wants")] if where \
                 else []
         except OSError:
             return False
@@ -107,7 +107,7 @@ class ImageTree:
         init = self.at("sbin/init", follow=False)
         if init is not None and islink(init):
             try:
-                return "systemd" in posix.readlink(init)
+                return "systemd" in os.readlink(init)
             except OSError:
                 return False
         return self.has("lib/systemd/systemd") and not self.has("sbin/init")
@@ -274,7 +274,7 @@ class Netplan(Stack):
         is not a regular file (read non-blocking: a FIFO cannot hang the agent here)."""
         d = self.dirs[0][0]
         try:
-            names = sorted(posix.listdir(join(root, d)))
+            names = sorted(os.listdir(join(root, d)))
         except FileNotFoundError:
             return []
         aside = []

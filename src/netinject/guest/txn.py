@@ -16,7 +16,7 @@ if its transaction never ended (interrupted) or ended broken (its rollback faile
 never followed through a symlink.
 """
 
-import posix
+import os
 
 from .contract import (
     STATE_DIR,
@@ -72,7 +72,7 @@ def read_input(fd: int, limit: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = posix.read(fd, 65536)
+        chunk = os.read(fd, 65536)
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)
@@ -87,14 +87,14 @@ class ApplyLock:
     def __init__(self, root: str) -> None:
         no_symlink_parents(root, APPLY_LOCK)
         makedirs(join(root, STATE_DIR), 0o700)
-        self.fd = posix.open(join(root, APPLY_LOCK), posix.O_RDWR | posix.O_CREAT
-                             | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC, 0o600)
+        self.fd = os.open(join(root, APPLY_LOCK), os.O_RDWR | os.O_CREAT
+                             | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         import fcntl
 
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def close(self) -> None:
-        posix.close(self.fd)  # releases the lock
+        os.close(self.fd)  # releases the lock
 
 
 def read_apply_status(root: str) -> "dict[str, Ended]":
@@ -137,13 +137,13 @@ def drop_backup(root: str) -> None:
     removal cut short still names its transaction), then the directory."""
     directory = _backup_dir(root)
     try:
-        names = posix.listdir(directory)
+        names = os.listdir(directory)
     except FileNotFoundError:
         return
     for name in sorted(names, key=lambda n: n.startswith(TXID_MARK)):
-        posix.unlink(join(directory, name))
+        os.unlink(join(directory, name))
     try:
-        posix.rmdir(directory)
+        os.rmdir(directory)
     except OSError:
         pass
 
