@@ -51,7 +51,9 @@ def test_vfat_drive_matches_render(case: str, tmp_path: Path) -> None:
     payload = {e.path: files[f"netinject/{e.source}"] for e in manifest.files}
     assert payload == rendered
     doc = load_case(case)
-    assert manifest.format == 2
+    assert manifest.format == 3
+    assert manifest.facts is not None  # each NIC's facts, for live changes
+    assert [(f.name, f.mac) for f in manifest.facts.values()] == manifest.nics
     assert manifest.uuid == doc["instance"]["uuid"]
     assert {e.path: e.sha256 for e in manifest.files} == {
         k: hashlib.sha256(v).hexdigest() for k, v in rendered.items()}

@@ -61,7 +61,7 @@ def test_first_boot_installs_exactly_the_manifest_files(fmt: str, tmp_path: Path
     changed = {k for k in after if after.get(k) != before.get(k)}
     files_changed = {k for k in changed if after[k][0] == "file"}
     b = f"var/lib/netinject/backup/{UUID_A}"
-    expected_state = {"var/lib/netinject/instance-id",
+    expected_state = {"var/lib/netinject/instance-id", "var/lib/netinject/applied-manifest",
                       f"{b}/etc%network%interfaces",
                       f"{b}/etc%hostname", f"{b}/etc%udev%rules.d%70-persistent-net.rules.absent"}
     # /etc/resolv.conf is a symlink in this image (resolvconf or systemd-resolved manage
@@ -219,8 +219,8 @@ TAMPERED = [
     ("rules-escape", _file_field(1, "etc/udev/rules.d/../../passwd", True),
      "is not an allowed guest path"),
     ("setuid", _file_field(3, "4755"), "mode '4755' is not allowed"),
-    ("version", lambda lines: ["netinject-manifest 3", *lines[1:]],
-     "unknown manifest format '3'"),
+    ("version", lambda lines: ["netinject-manifest 4", *lines[1:]],
+     "unknown manifest format '4'"),
     ("unknown-record", lambda lines: [*lines, "exec /bin/sh"], "unknown record 'exec'"),
 ]
 

@@ -235,25 +235,41 @@ def test_bad_announce_record_is_refused(record: str, tmp_path: Path) -> None:
                  "bad announce record")
 
 
-def test_hotplug_apply_changes_nothing_on_a_non_ifupdown_image(tmp_path: Path) -> None:
+def test_apply_on_a_tree_installs_the_images_stack_files_and_brings_nothing_up(
+        tmp_path: Path) -> None:
+    """A live change on a networkd image tree (``--root``: tests, image builds): this
+    stack's files and the shared ones are installed, the NICs whose config changed are
+    named in the typed result, and nothing of the host's is brought up or down (no
+    networkctl runs: the tree has none, and a refusal would say so)."""
     from netinject.hotplug import bundle_for
     from netinject.render import Options
     from netinject.sources.neutron import parse_document
 
     root = _guest(tmp_path, "networkd")
-    raw, _files = bundle_for(parse_document(instance_doc(DOC)).instance, Options())
+    raw, files = bundle_for(parse_document(instance_doc(DOC)).instance, Options())
     before = snapshot(root)
     done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "apply", "--txid", "t1",
                            "--root", str(root), "--sysfs", str(root / "sys")],
                           input=raw, capture_output=True, timeout=60, check=False)
-    assert done.returncode == 1, done.stderr  # APPLY_UNCHANGED
+    assert done.returncode == 0, done.stdout
     said = parse_result(done.stdout.decode())
     assert said is not None
-    assert said["outcome"] == Outcome.UNCHANGED
-    assert said["message"] == "this image's stack (networkd) cannot take live changes yet"
+    assert said["outcome"] == Outcome.APPLIED
+    assert said["changed"] == "eth0,eth1,eth2"  # no record of an older config: all
     after = snapshot(root)
-    assert {k: v for k, v in after.items() if k.startswith("etc/")} == \
-        {k: v for k, v in before.items() if k.startswith("etc/")}
+    changed = {k for k in after if k.startswith("etc/") and after[k][0] == "file"
+               and after[k] != before.get(k)}
+    assert changed == {p for p in files if p.startswith(("etc/systemd/network/",
+                                                         "etc/udev/"))}
+    assert (root / "var/lib/netinject/applied-manifest").exists()
+    # The same bundle again: nothing to change, nothing touched.
+    again = subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "apply", "--txid", "t2",
+                            "--root", str(root), "--sysfs", str(root / "sys")],
+                           input=raw, capture_output=True, timeout=60, check=False)
+    said = parse_result(again.stdout.decode())
+    assert (again.returncode, said and said["outcome"]) == (1, Outcome.UNCHANGED)
+    assert {k: v for k, v in snapshot(root).items() if k.startswith("etc/")} == \
+        {k: v for k, v in after.items() if k.startswith("etc/")}
 
 
 # -- issue 20 ------------------------------------------------------------------------------

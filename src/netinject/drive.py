@@ -46,8 +46,9 @@ from . import __version__, vfat
 from .errors import MISSING, FieldError, InvalidInput, NetinjectError
 from .guest import contract
 from .hostio import staged_file
-from .model import Instance
+from .model import AddrMode, Instance, Nic
 from .render import FORMATS, Files, Options, render_all
+from .render.base import nic_routes
 from .sources import network_data
 
 LABEL = contract.LABELS[0]
@@ -121,7 +122,7 @@ def source_names(files: Files) -> dict[PurePosixPath, str]:
 def manifest(instance: Instance, files: Files, style: str) -> str:
     """What the guest agent may install (the contract's grammar: see
     ``contract.format_manifest``): each file's guest path, source name, mode and sha256,
-    and each NIC's pinned name and MAC."""
+    and each NIC's pinned name and MAC with what its config brings up (nic_facts)."""
     names = source_names(files)
     return contract.format_manifest(
         str(instance.uuid), style, f"netinject {__version__}",
@@ -130,7 +131,31 @@ def manifest(instance: Instance, files: Files, style: str) -> str:
          for path, content in sorted(files.items())],
         [(nic.name, str(nic.mac)) for nic in instance.nics],
         [(nic.name, str(a.interface.ip)) for nic in instance.nics for a in nic.addresses
-         if a.version == 4 and a.is_static and a.interface is not None])
+         if a.version == 4 and a.is_static and a.interface is not None],
+        [nic_facts(instance, nic) for nic in instance.nics])
+
+
+_MODES = {(AddrMode.DHCP, 4): "dhcp4", (AddrMode.DHCP, 6): "dhcp6",
+          (AddrMode.SLAAC, 6): "slaac", (AddrMode.DHCPV6_STATELESS, 6): "dhcpv6-stateless"}
+
+
+def nic_facts(instance: Instance, nic: Nic) -> contract.NicFacts:
+    """What the NIC's config brings up, as every stack's renderer writes it: MTU, its
+    addresses, its routes (render.base.nic_routes: the family's default route where it
+    carries it, host routes) and the DNS servers on the NIC that carries them."""
+    facts = contract.NicFacts(nic.name, str(nic.mac))
+    facts.mtu = nic.mtu
+    for a in nic.addresses:
+        if a.is_static and a.interface is not None:
+            facts.addrs.append(str(a.interface))
+        elif (a.mode, a.version) in _MODES:
+            facts.addrs.append(_MODES[(a.mode, a.version)])
+    for dest, gateway in nic_routes(instance, nic):
+        default = "0.0.0.0/0" if gateway.version == 4 else "::/0"
+        facts.routes.append((str(dest) if dest is not None else default, str(gateway)))
+    if instance.dns_nic() is nic:
+        facts.dns = [str(d) for d in instance.dns]
+    return facts
 
 
 def _json(obj: Any) -> bytes:

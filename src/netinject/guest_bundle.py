@@ -1,8 +1,8 @@
 """The guest agent as shipped: its modules joined into one file, and the bundle.
 
 The agent is a small package (``netinject.guest``: errors, paths, proc, stacks, contract,
-log, readers, discovery, install, txn, nics, announce, run) so it can be read one concern
-at a time; the guest
+log, readers, discovery, install, live, announce, txn, nics, run) so it can be read one
+concern at a time; the guest
 gets it as ONE module, ``netinject_guest.py``, so boot pays nothing for the split (one file to
 find, read and unmarshal). Joining drops each module's imports of its siblings (every
 top-level name in the boot modules is unique, which ``join`` checks) and keeps the rest
@@ -25,7 +25,7 @@ from pathlib import Path
 from .hostio import write_atomic
 
 BOOT_MODULES = ("errors", "paths", "proc", "stacks", "contract", "log", "readers", "discovery",
-                "install", "txn", "nics", "announce", "run")
+                "install", "live", "announce", "txn", "nics", "run")
 JOINED_NAME = "netinject_guest"
 IMAGE_NAME = "netinject_guest_image"
 

@@ -8,22 +8,47 @@ arping needed), without holding the address back as networkd's
 DuplicateAddressDetection=ipv4 would (~6 s).
 """
 
-from .contract import Manifest, is_ipv4, is_nic_name
+from .contract import AgentError, Manifest, is_ipv4, is_nic_name
 from .install import write_atomic
 from .log import Log
 from .paths import join, read_small
+from .proc import run_command, tool
+from .stacks import Changes
 
 ANNOUNCE_FILE = "run/netinject/announce"
 
 
-def write_announce(root: str, manifest: Manifest) -> int:
-    """Leave the manifest's static IPv4 addresses for netinject-announce.service:
-    'NIC ADDRESS' lines in /run (gone on the next boot, so later boots announce none)."""
-    if not manifest.announce:
+def write_announce(root: str, manifest: Manifest,
+                   only: "list[str] | None" = None) -> int:
+    """Leave the manifest's static IPv4 addresses (of the NICs in ``only``, else all)
+    for netinject-announce.service: 'NIC ADDRESS' lines in /run (gone on the next boot,
+    so later boots announce none)."""
+    pairs = [p for p in manifest.announce if only is None or p[0] in only]
+    if not pairs:
         return 0
     write_atomic(root, ANNOUNCE_FILE, "".join(
-        "%s %s\n" % pair for pair in manifest.announce).encode("ascii"), 0o644)
-    return len(manifest.announce)
+        "%s %s\n" % pair for pair in pairs).encode("ascii"), 0o644)
+    return len(pairs)
+
+
+ANNOUNCE_UNIT = "netinject-announce.service"
+
+
+def announce_later(root: str, manifest: Manifest, changes: Changes, log: Log) -> None:
+    """After a live change on a stack that sends no gratuitous ARP: the changed and added
+    NICs' static IPv4 addresses announced once they are up (a hot-plugged NIC: when it
+    appears), by netinject-announce.service, started without waiting for it."""
+    try:
+        if not write_announce(root, manifest, changes.changed + changes.added):
+            return
+        systemctl = tool("systemctl", root)
+        if systemctl is None:
+            raise AgentError("no systemctl")
+        run_command([systemctl, "--no-block", "start", ANNOUNCE_UNIT], 15,
+                    "systemctl start " + ANNOUNCE_UNIT)
+        log("%s started for %s" % (ANNOUNCE_UNIT, changes))
+    except (OSError, AgentError) as exc:  # the change is in place: go on
+        log("could not announce the changed addresses: %s" % exc)
 
 
 ANNOUNCE_COUNT = 3  # as ifupdown's file does (arping -U -c 3), and NetworkManager

@@ -18,7 +18,7 @@ from .paths import is_plain_name as is_plain_name
 from .stacks import STACKS, Stack, stack_of
 
 VERSION = "0.1.0"
-MANIFEST_FORMATS = (1, 2)  # 2: files for every stack, 'announce' records
+MANIFEST_FORMATS = (1, 2, 3)  # 2: files for every stack, 'announce'; 3: each NIC's facts
 MANIFEST_FORMAT = MANIFEST_FORMATS[-1]
 LABELS = ("config-2", "CONFIG-2")  # nova writes the label lower-case
 STATE_DIR = "var/lib/netinject"
@@ -49,6 +49,7 @@ ALLOWED_FILES = SHARED_FILES + tuple(f for s in STACKS for f in s.files)
 ALLOWED_DIRS = SHARED_DIRS + tuple(d for s in STACKS for d in s.dirs)
 ALLOWED_MODES = (0o644, 0o640, 0o600, 0o444)
 _HEX = frozenset("0123456789abcdef")
+_HEX6 = frozenset("0123456789abcdef:")
 
 
 def is_allowed_path(path: str) -> bool:
@@ -137,12 +138,50 @@ class FileRecord:
         self.sha256 = sha256
 
 
+class NicFacts:
+    """What a manifest (format 3) says one NIC's config brings up: its MAC, MTU,
+    addresses (static ones as CIDRs; 'dhcp4', 'dhcp6', 'slaac', 'dhcpv6-stateless'),
+    routes (destination CIDR, gateway; the default route as 0.0.0.0/0 or ::/0) and DNS
+    servers. The agent compares them across transactions to tell which NICs a change
+    touches, and checks a running NIC against them."""
+
+    def __init__(self, name: str, mac: str) -> None:
+        self.name = name
+        self.mac = mac
+        self.mtu: int | None = None
+        self.addrs: list[str] = []
+        self.routes: list[tuple[str, str]] = []
+        self.dns: list[str] = []
+
+    def key(self) -> "tuple[object, ...]":
+        """Everything that, changed, needs the NIC's config brought up again."""
+        return (self.mac, self.mtu, tuple(self.addrs), tuple(self.routes), tuple(self.dns))
+
+    def static(self) -> "list[str]":
+        """The static addresses (CIDRs)."""
+        return [a for a in self.addrs if "/" in a]
+
+    def records(self) -> "list[str]":
+        """The manifest lines that say these facts (format_manifest writes them)."""
+        out = ["nic %s %s" % (self.name, self.mac)]
+        if self.mtu is not None:
+            out.append("mtu %s %d" % (self.name, self.mtu))
+        out += ["addr %s %s" % (self.name, a) for a in self.addrs]
+        out += ["route %s %s %s" % (self.name, d, g) for d, g in self.routes]
+        out += ["dns %s %s" % (self.name, d) for d in self.dns]
+        return out
+
+
+ADDR_MODES = ("dhcp4", "dhcp6", "slaac", "dhcpv6-stateless")
+
+
 class ManifestRecords:
     """A parsed manifest (grammar checked, payload not yet looked at)."""
 
     def __init__(self, fmt: int, uuid: str, files: "list[FileRecord]",
                  nics: "list[tuple[str, str]]", style: str, generator: str,
-                 announce: "list[tuple[str, str]] | None" = None) -> None:
+                 announce: "list[tuple[str, str]] | None" = None,
+                 facts: "dict[str, NicFacts] | None" = None) -> None:
         self.format = fmt
         self.uuid = uuid
         self.files = files
@@ -150,6 +189,7 @@ class ManifestRecords:
         self.style = style
         self.generator = generator
         self.announce = announce or []
+        self.facts = facts  # None: a manifest before format 3 says nothing of them
 
 
 class Entry:
@@ -161,12 +201,15 @@ class Entry:
 
 class Manifest:
     def __init__(self, uuid: str, entries: "list[Entry]", nics: "list[tuple[str, str]]",
-                 announce: "list[tuple[str, str]] | None" = None) -> None:
+                 announce: "list[tuple[str, str]] | None" = None,
+                 facts: "dict[str, NicFacts] | None" = None, raw: bytes = b"") -> None:
         self.uuid = uuid
         self.entries = entries
         self.nics = nics
         # (NIC name, IPv4 address): static addresses to announce where the stack does not
         self.announce = announce or []
+        self.facts = facts  # by NIC name; None before format 3
+        self.raw = raw  # the manifest's text, as verified
 
     def for_stack(self, stack: Stack) -> "Manifest":
         """The manifest with only the files of ``stack`` and the shared ones."""
@@ -174,7 +217,7 @@ class Manifest:
         if not any(stack_of(e.path) is stack for e in entries):
             raise AgentError("the drive carries no %s config (made by a netinject that "
                              "did not know this stack?)" % stack.name)
-        return Manifest(self.uuid, entries, self.nics, self.announce)
+        return Manifest(self.uuid, entries, self.nics, self.announce, self.facts, self.raw)
 
 
 def manifest_instance(raw: bytes) -> "str | None":
@@ -206,6 +249,7 @@ def parse_manifest(raw: bytes) -> ManifestRecords:
     files: list[FileRecord] = []
     nics: list[tuple[str, str]] = []
     announce: list[tuple[str, str]] = []
+    facts: dict[str, NicFacts] = {}
     seen: set[str] = set()
     for n, line in enumerate(lines[1:], start=2):
         fields = line.split(" ")
@@ -249,13 +293,67 @@ def parse_manifest(raw: bytes) -> ManifestRecords:
             if len(fields) != 3 or not is_nic_name(fields[1]) or not is_ipv4(fields[2]):
                 raise AgentError("manifest line %d: bad announce record %r" % (n, line))
             announce.append((fields[1], fields[2]))
+        elif key in ("mtu", "addr", "route", "dns") and head[1] == "3":
+            nic = facts.get(fields[1]) if len(fields) > 1 else None
+            if nic is None or not _fact(nic, key, fields[2:]):
+                raise AgentError("manifest line %d: bad %s record %r" % (n, key, line))
         else:
             raise AgentError("manifest line %d: unknown record %r" % (n, key))
+        if key == "nic":
+            facts[fields[1]] = NicFacts(fields[1], fields[2])
     if uuid is None:
         raise AgentError("manifest names no instance")
     if not files:
         raise AgentError("manifest lists no files")
-    return ManifestRecords(int(head[1]), uuid, files, nics, style, generator, announce)
+    return ManifestRecords(int(head[1]), uuid, files, nics, style, generator, announce,
+                           facts if head[1] == "3" else None)
+
+
+def _fact(nic: NicFacts, key: str, args: "list[str]") -> bool:
+    """Take one format-3 record's fields into ``nic``; False when they are not what
+    format_manifest writes."""
+    if key == "mtu" and len(args) == 1 and nic.mtu is None:
+        if args[0].isdigit() and args[0].isascii() and 68 <= int(args[0]) <= 65535:
+            nic.mtu = int(args[0])
+            return True
+    elif key == "addr" and len(args) == 1 and args[0] not in nic.addrs:
+        if args[0] in ADDR_MODES or is_cidr(args[0], static=True):
+            nic.addrs.append(args[0])
+            return True
+    elif key == "route" and len(args) == 2:
+        if is_cidr(args[0]) and is_ip(args[1]):
+            nic.routes.append((args[0], args[1]))
+            return True
+    elif key == "dns" and len(args) == 1 and is_ip(args[0]) and args[0] not in nic.dns:
+        nic.dns.append(args[0])
+        return True
+    return False
+
+
+def is_ip(text: str) -> bool:
+    """An IPv4 address (is_ipv4) or an IPv6 address as inet_pton reads it (hex digits and
+    colons only: no zone id, no embedded IPv4 text)."""
+    if is_ipv4(text):
+        return True
+    if not (2 <= len(text) <= 39 and set(text) <= _HEX6):
+        return False
+    import _socket
+
+    try:
+        _socket.inet_pton(_socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def is_cidr(text: str, static: bool = False) -> bool:
+    """'address/prefix' (an interface, ``static``: prefix at least 1) or a network."""
+    address, slash, prefix = text.partition("/")
+    if not slash or not (prefix.isdigit() and prefix.isascii() and len(prefix) <= 3) \
+            or not is_ip(address) or prefix != str(int(prefix)):
+        return False
+    bits = 32 if is_ipv4(address) else 128
+    return (1 if static else 0) <= int(prefix) <= bits
 
 
 def verify(payload: "dict[str, bytes]") -> Manifest:
@@ -273,7 +371,8 @@ def verify(payload: "dict[str, bytes]") -> Manifest:
             raise AgentError("sha256 mismatch for %s: the drive is damaged or was "
                              "altered" % f.path)
         entries.append(Entry(f.path, data, f.mode))
-    return Manifest(records.uuid, entries, records.nics, records.announce)
+    return Manifest(records.uuid, entries, records.nics, records.announce, records.facts,
+                    raw)
 
 
 def vendor_payload(raw: bytes) -> "dict[str, bytes]":
@@ -361,23 +460,30 @@ def parse_bundle(raw: bytes) -> "dict[str, bytes]":
 def format_manifest(instance: str, style: str, generator: str,
                     files: "list[tuple[str, str, int, str]]",
                     nics: "list[tuple[str, str]]",
-                    announce: "list[tuple[str, str]] | None" = None) -> str:
+                    announce: "list[tuple[str, str]] | None" = None,
+                    facts: "list[NicFacts] | None" = None) -> str:
     """The manifest: what the guest agent may install. One record per line, fields
     separated by one space, so the agent reads it with str.split (no JSON or regex module
     on the boot path)::
 
-        netinject-manifest 2
+        netinject-manifest 3
         generator netinject 0.1.0
         style default
         instance <uuid>
         file <guest path> <source name> <mode> <sha256>
         nic <ethN> <mac>
+        mtu <ethN> <bytes>
+        addr <ethN> <address/prefix | dhcp4 | dhcp6 | slaac | dhcpv6-stateless>
+        route <ethN> <destination/prefix> <gateway>
+        dns <ethN> <server>
         announce <ethN> <IPv4 address>
 
     ``files``: (guest path, source name, mode, sha256 hex); ``nics``: (name, mac);
-    ``announce``: the static IPv4 addresses to announce where the stack does not. Every
-    field is checked here as the agent checks it, so the host cannot write a manifest the
-    agent would refuse (ValueError).
+    ``facts``: each NIC's (NicFacts, in ``nics``' order: its nic record and the mtu,
+    addr, route and dns records after it); ``announce``: the static IPv4 addresses to
+    announce where the stack does not. Every field is checked here as the agent checks
+    it (the text is parsed back with the agent's parser), so the host cannot write a
+    manifest the agent would refuse (ValueError).
     """
     if not is_uuid(instance):
         raise ValueError("instance %r is not a lower-case UUID" % instance)
@@ -391,17 +497,26 @@ def format_manifest(instance: str, style: str, generator: str,
         if mode not in ALLOWED_MODES or len(digest) != 64 or not set(digest) <= _HEX:
             raise ValueError("bad mode or sha256 for %r" % path)
         lines.append("file %s %s %04o %s" % (path, source, mode, digest))
+    by_name = {f.name: f for f in facts or []}
     for name, mac in nics:
         if not is_nic_name(name) or not is_mac(mac):
             raise ValueError("bad NIC record %r %r" % (name, mac))
-        lines.append("nic %s %s" % (name, mac))
+        fact = by_name.get(name)
+        if fact is None or fact.mac != mac:
+            raise ValueError("no facts for NIC %s %s" % (name, mac))
+        lines += fact.records()
     for name, address in announce or []:
         if not is_nic_name(name) or not is_ipv4(address):
             raise ValueError("bad announce record %r %r" % (name, address))
         lines.append("announce %s %s" % (name, address))
     if not is_plain_name(style) or not all(is_plain_name(w) for w in generator.split(" ")):
         raise ValueError("bad style %r or generator %r" % (style, generator))
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    try:
+        parse_manifest(text.encode("ascii"))
+    except (AgentError, UnicodeError) as exc:
+        raise ValueError("the agent would refuse this manifest: %s" % exc) from None
+    return text
 
 
 # -- the state file -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .paths import (
     lexists,
     makedirs,
     no_symlink_parents,
+    read_small,
     relative_to,
     resolve_in_root,
 )
@@ -271,6 +272,18 @@ class Target:
             return self.st.st_mode & 0o7777
         return self.entry.mode
 
+    def same(self) -> bool:
+        """Whether the file there already is this one: bytes, mode and owner."""
+        if self.kind != "file" or self.st is None or self.st.st_size != len(self.entry.data):
+            return False
+        if self.st.st_mode & 0o7777 != self.mode or (
+                self.private and (self.st.st_uid, self.st.st_gid) != (0, 0)):
+            return False
+        try:
+            return read_small(self.path, len(self.entry.data) + 1) == self.entry.data
+        except OSError:
+            return False
+
     @property
     def owner(self) -> "tuple[int, int] | None":
         """A replaced file keeps its owner, except a private one, which becomes root's;
@@ -313,7 +326,8 @@ def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") ->
 
 
 def install(root: str, manifest: Manifest, log: Log, backup_dir: "str | None" = None,
-            remove: "list[str] | None" = None, txid: "str | None" = None) -> Backup:
+            remove: "list[str] | None" = None, txid: "str | None" = None,
+            skip_same: bool = False) -> Backup:
     """Install every manifest file as one transaction; on failure restore what was
     already replaced.
 
@@ -324,6 +338,9 @@ def install(root: str, manifest: Manifest, log: Log, backup_dir: "str | None" = 
     ``remove``: allowlisted guest paths to move aside in the same transaction (into the
     backup, whence a rollback restores them): an image file that would override ours.
     ``txid``: the hot-plug transaction the backup (``backup_dir``) belongs to.
+    ``skip_same``: a file already there with the same bytes, mode and owner is left
+    alone (a live change rewrites only what changes: a stack that reads its files again
+    reconfigures what it finds rewritten).
     """
     # Preflight: every target must be writable without following a symlinked directory
     # and must not be something other than a file or symlink, before anything changes.
@@ -338,7 +355,10 @@ def install(root: str, manifest: Manifest, log: Log, backup_dir: "str | None" = 
             log("kept /%s: a symlink (the image manages it)" % entry.path)
             kept.append(entry.path)
             continue
-        targets.append(Target(entry, path, kind, st))
+        target = Target(entry, path, kind, st)
+        if skip_same and target.same():
+            continue
+        targets.append(target)
     aside: list[tuple[str, str]] = []
     for rel in remove or []:
         if not is_allowed_path(rel):

@@ -58,3 +58,46 @@ def wait_bounded(pid: int, limit: float) -> "int | None":
             pass
     os.waitpid(pid, 0)
     return None
+
+
+TOOL_DIRS = ("usr/sbin", "sbin", "usr/bin", "bin")
+
+
+def tool(name: str, root: str = "/") -> "str | None":
+    """The absolute path of a program in the guest (its usual directories; qemu-ga may
+    give guest-exec no PATH), None when it is not installed."""
+    for d in TOOL_DIRS:
+        path = "%s/%s/%s" % (root.rstrip("/"), d, name)
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def run_command(argv: "list[str]", limit: float, what: str) -> str:
+    """Run ``argv`` to its end within ``limit`` seconds and return its output (stdout
+    and stderr together); AgentError naming ``what`` (with the output's tail) when it
+    fails or overruns (then its whole process group is killed). For live changes in a
+    running guest, off the boot path: subprocess is fine there."""
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise AgentError("%s could not be started: %s" % (what, exc)) from None
+    try:
+        out = proc.communicate(timeout=limit)[0]
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, SIGKILL)
+        except OSError:
+            pass
+        proc.communicate()
+        raise AgentError("%s did not finish within %.0f s: killed it" % (what, limit)
+                         ) from None
+    text = out.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        tail = " ".join(text.split())[-300:]
+        raise AgentError("%s failed (exit %d)%s" % (what, proc.returncode,
+                                                    ": " + tail if tail else ""))
+    return text

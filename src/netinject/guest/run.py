@@ -39,6 +39,7 @@ from .discovery import (
     read_payload,
 )
 from .install import Backup, InstallFailed, install, remove_stale, restore, write_new
+from .live import record_applied
 from .log import Log
 from .nics import rename_nics
 from .paths import join, no_symlink_parents, read_small, relative_to
@@ -211,6 +212,10 @@ def first_boot(args: RunArgs, found: Drive, log: Log) -> Result:
                 log("%d IPv4 address(es) left for netinject-announce" % n)
         except (OSError, AgentError) as exc:  # the config is in place: go on
             log("could not leave the addresses to announce: %s" % exc)
+    try:
+        record_applied(args.root, manifest)  # what a live change later compares with
+    except (OSError, AgentError) as exc:
+        log("could not record the applied manifest: %s" % exc)
     record_state(args.root, manifest.uuid, found)
     log("done: %d file(s) installed, %d NIC(s) renamed (cpu %.1f ms)"
         % (backup.installed, count, log.cpu_ms()))

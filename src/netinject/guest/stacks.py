@@ -16,8 +16,9 @@ stack; ``netinject-guest install`` detects the image's stack and records it in
 * ``announces``: whether the agent must send the gratuitous ARPs (systemd-networkd
   sends none); ``aside`` and ``commit``: what the stack needs around an install
   (netplan: the image's own YAML moved aside, its generator run);
-* ``live`` and ``activate``: the slot for live changes in a running guest (bringing one
-  NIC's new config up, or taking it down); filled by the day-2 work;
+* ``check_live``, ``deactivate`` and ``activate``: live changes in a running guest
+  (bringing the changed NICs' new config up, taking removed NICs' down, without
+  touching the others; guest/live.py runs them as one transaction);
 * ``debian_packages``, ``debian_enable``: what provides it in a Debian image (the test
   bed's images are built from these).
 
@@ -29,7 +30,7 @@ import os
 
 from .errors import AgentError
 from .paths import exists, isdir, islink, join, lexists, read_small, resolve_in_root
-from .proc import run_bounded
+from .proc import run_bounded, run_command, tool
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -113,6 +114,44 @@ class ImageTree:
         return self.has("lib/systemd/systemd") and not self.has("sbin/init")
 
 
+class Changes:
+    """Which NICs a live change touches: added (in the new config only), changed (their
+    config differs), removed (in the old config only), by name; ``files``: the guest
+    paths the transaction changes (this stack's and the shared ones). Only NICs that are
+    there (``present``) are brought up or down: one hot-plugged later comes up when it
+    appears, and one detached first has nothing left to take down."""
+
+    def __init__(self, root: str, added: "list[str]", changed: "list[str]",
+                 removed: "list[str]", files: "list[str] | None" = None) -> None:
+        self.root = root
+        self.added = added
+        self.changed = changed
+        self.removed = removed
+        self.files = files or []
+
+    def present(self, names: "list[str]") -> "list[str]":
+        return [n for n in names if lexists(join(self.root, "sys/class/net", n))]
+
+    def reversed(self) -> "Changes":
+        """What undoing this change is: the added NICs removed again, and so on."""
+        return Changes(self.root, self.removed, self.changed, self.added, self.files)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+    def __str__(self) -> str:
+        parts = ["%s %s" % (what, ",".join(names)) for what, names in (
+            ("added", self.added), ("changed", self.changed), ("removed", self.removed))
+            if names]
+        return "; ".join(parts) or "no NIC"
+
+
+# Time limits for the commands of a live change (kill, then roll back): ifup waits for
+# DAD on IPv6 (~6 s) and can run hooks; D-Bus calls time out at 25 s.
+LIVE_TIMEOUT = 60.0
+DBUS_SOCKET = "run/dbus/system_bus_socket"
+
+
 class Stack:
     """What netinject knows about one network stack (see the module docstring). The
     base class is a stack with no needs beyond its files."""
@@ -125,7 +164,6 @@ class Stack:
     units: "tuple[str, ...]" = ()
     daemon = ""  # the unit whose start brings the NICs up (the test bed times it)
     announces = False
-    live = False
     debian_packages: "tuple[str, ...]" = ()
     debian_enable: "tuple[str, ...]" = ()
 
@@ -146,11 +184,34 @@ class Stack:
         """What must run once this stack's files are in place (or back in place after a
         rollback) for them to take effect at this boot; AgentError rolls back."""
 
-    def activate(self, root: str, nics: "list[str]", log: "Log") -> None:
-        """Bring the changed config of ``nics`` up in a running guest (the NICs whose
-        files changed; one gone from the config is taken down). The slot for live
-        changes; a stack whose ``live`` is False refuses them before anything changes."""
+    def check_live(self, root: str) -> None:
+        """AgentError, before anything changes, when this guest cannot take a live
+        change (a tool missing, the daemon or D-Bus not running)."""
         raise AgentError("live changes on %s images are not built yet" % self.name)
+
+    def deactivate(self, root: str, changes: Changes, log: "Log",
+                   force: bool = False) -> None:
+        """Take the changed and removed NICs' current config down, before their files
+        change (a stack that reads its files again when told to has nothing to do).
+        ``force``: what a failed activation left is taken down too (a rollback)."""
+
+    def activate(self, root: str, changes: Changes, log: "Log") -> None:
+        """Bring the new config of the changed and added NICs up, and take the removed
+        ones' down, in a running guest, without touching the other NICs; AgentError when
+        the stack refuses (the caller rolls back)."""
+        raise AgentError("live changes on %s images are not built yet" % self.name)
+
+    def need(self, root: str, name: str) -> str:
+        """The path of a program the activation runs (AgentError without it)."""
+        path = tool(name, root)
+        if path is None:
+            raise AgentError("%s is not installed: this %s image cannot take live changes"
+                             % (name, self.name))
+        return path
+
+    def run(self, argv: "list[str]", log: "Log", limit: float = LIVE_TIMEOUT) -> str:
+        log("running %s" % " ".join(argv))
+        return run_command(argv, limit, argv[0].rsplit("/", 1)[-1] + " " + " ".join(argv[1:]))
 
 
 class Ifupdown(Stack):
@@ -164,7 +225,6 @@ class Ifupdown(Stack):
     dirs = (("etc/network/interfaces.d/", ("",)),)
     units = ("networking.service",)
     daemon = "networking.service"
-    live = True
     debian_packages = ("ifupdown", "isc-dhcp-client")
 
     def detect(self, tree: ImageTree) -> "tuple[int, str] | None":
@@ -176,14 +236,38 @@ class Ifupdown(Stack):
             return 20, "ifupdown is installed (sysvinit)"
         return 90, "ifupdown is installed"
 
-    def activate(self, root: str, nics: "list[str]", log: "Log") -> None:
-        """Nothing to run for a NIC that is not there yet: when it appears, udev names it
-        by its rule and ``allow-hotplug`` brings it up. Changing a live NIC's config is
-        not built yet."""
-        present = [n for n in nics if exists(join(root, "sys/class/net", n))]
-        if present:
-            raise AgentError("changing the config of a live NIC (%s) is not built yet"
-                             % ", ".join(present))
+    def check_live(self, root: str) -> None:
+        self.need(root, "ifup")
+        self.need(root, "ifdown")
+
+    def deactivate(self, root: str, changes: Changes, log: "Log",
+                   force: bool = False) -> None:
+        """``ifdown`` each changed or removed NIC that is there while its old stanza is
+        still in the file: ifupdown reads the file again on every call, so after the
+        change it would run the new stanza's down lines, or for a removed stanza nothing.
+        ifdown runs every down line whatever fails; ``force`` also takes down what a
+        failed ifup left (it clears its state but not the addresses it added)."""
+        ifdown = self.need(root, "ifdown")
+        for name in changes.present(changes.changed + changes.removed):
+            try:
+                self.run([ifdown, "--force", name] if force else [ifdown, name], log)
+            except AgentError as exc:  # (a NIC ifupdown never brought up)
+                log("%s: %s" % (name, exc))
+
+    def activate(self, root: str, changes: Changes, log: "Log") -> None:
+        """``ifup`` each changed NIC that is there. An added NIC that is not there yet
+        needs nothing: when it appears, udev names it by its rule and ``allow-hotplug``
+        brings it up (ifup@.service); one already there is started the same way, so
+        that its unplug later runs ifdown. Removed NICs were taken down before."""
+        ifup = self.need(root, "ifup")
+        for name in changes.present(changes.changed):
+            self.run([ifup, name], log)
+        systemctl = tool("systemctl", root)
+        for name in changes.present(changes.added):
+            if systemctl is not None and lexists(join(root, "run/systemd/system")):
+                self.run([systemctl, "start", "ifup@%s.service" % name], log)
+            else:
+                self.run([ifup, name], log)
 
 
 class Networkd(Stack):
@@ -203,6 +287,28 @@ class Networkd(Stack):
         if tree.enabled("systemd-networkd.service"):
             return 40, "systemd-networkd.service is enabled"
         return None
+
+    def check_live(self, root: str) -> None:
+        self.need(root, "networkctl")
+        if not lexists(join(root, DBUS_SOCKET)):
+            raise AgentError("networkctl needs D-Bus, which is not running in this guest "
+                             "(install dbus): systemd-networkd cannot be told of a change "
+                             "without restarting it for every NIC")
+
+    def activate(self, root: str, changes: Changes, log: "Log") -> None:
+        """``networkctl reload`` (networkd reads its files again and reconfigures the
+        links whose file changed; a removed file's link is unmanaged and its addresses
+        dropped), then ``networkctl reconfigure`` of each changed or added NIC that is
+        there (it also recovers a link in the failed state, which reload leaves). udev
+        reads the .link files again first (a renamed NIC)."""
+        udevadm = tool("udevadm", root)
+        if udevadm is not None:
+            self.run([udevadm, "control", "--reload"], log)
+        networkctl = self.need(root, "networkctl")
+        self.run([networkctl, "reload"], log)
+        names = changes.present(changes.changed + changes.added)
+        if names:
+            self.run([networkctl, "reconfigure", *names], log)
 
 
 class NetworkManager(Stack):
@@ -224,6 +330,36 @@ class NetworkManager(Stack):
                 or tree.alias("network-manager.service")):
             return 30, "NetworkManager.service is enabled"
         return None
+
+    def profile(self, name: str) -> str:
+        """The keyfile (guest path) and connection id netinject's renderer writes."""
+        return "%snetinject-%s.nmconnection" % (self.dirs[0][0], name)
+
+    def check_live(self, root: str) -> None:
+        nmcli = self.need(root, "nmcli")
+        if not lexists(join(root, DBUS_SOCKET)):
+            raise AgentError("nmcli needs D-Bus, which is not running in this guest")
+        out = run_command([nmcli, "-t", "-f", "RUNNING", "general"], 15, "nmcli general")
+        if out.strip() != "running":
+            raise AgentError("NetworkManager is not running (nmcli says %r)"
+                             % out.strip()[:80])
+
+    def activate(self, root: str, changes: Changes, log: "Log") -> None:
+        """``nmcli connection load`` of each changed, added or removed NIC's keyfile (a
+        removed one unloads its profile, which takes it down), then ``nmcli connection
+        up`` of each changed or added NIC that is there (an added one not there yet is
+        activated by NetworkManager when it appears). nmcli reports a keyfile it cannot
+        load on its output, not in its exit status: that is checked."""
+        nmcli = self.need(root, "nmcli")
+        for name in changes.changed + changes.added + changes.removed:
+            path = "/" + self.profile(name)
+            out = self.run([nmcli, "connection", "load", path], log, 15)
+            if "Could not load" in out or "rror" in out:
+                raise AgentError("NetworkManager refused %s: %s"
+                                 % (path, " ".join(out.split())[-300:]))
+        for name in changes.present(changes.changed + changes.added):
+            self.run([nmcli, "-w", "45", "connection", "up", "id", "netinject-" + name,
+                      "ifname", name], log)
 
 
 class Netplan(Stack):
@@ -361,6 +497,92 @@ class Netplan(Stack):
         argv = [binary] if root in ("", "/") else [binary, "--root-dir", root]
         run_bounded(argv, self.timeout, "netplan generate")
         log("ran netplan generate (%s)" % binary)
+
+    # What netplan's generator writes under /run for one NIC (0.106 to 1.1): networkd's
+    # files, its udev rules, NetworkManager's keyfiles. ``netplan generate`` deletes and
+    # rewrites every one of them, which would have networkd reconfigure every link.
+    generated = ("run/systemd/network/", "10-netplan-"), ("run/udev/rules.d/", "99-netplan-"), \
+        ("run/NetworkManager/system-connections/", "netplan-")
+
+    def check_live(self, root: str) -> None:
+        if not any(exists(join(root, g)) for g in self.generators):
+            raise AgentError("netplan's generator is not installed")
+        if not lexists(join(root, DBUS_SOCKET)):
+            raise AgentError("netplan's backends (networkctl, nmcli) need D-Bus, which is "
+                             "not running in this guest (install dbus)")
+
+    def activate(self, root: str, changes: Changes, log: "Log") -> None:
+        """What ``netplan apply`` does, for the changed NICs only: the generator runs on
+        a copy of /etc/netplan into a scratch root, and only the generated files whose
+        content differs (or that are gone) are put in place under /run; then udev reads
+        its rules again and the backend is told, as for that stack: networkd reloads and
+        reconfigures the changed links that are there, NetworkManager loads the changed
+        keyfiles and brings the changed NICs up."""
+        import shutil
+        import tempfile
+
+        binary = next(join(root, g) for g in self.generators if exists(join(root, g)))
+        scratch = tempfile.mkdtemp(prefix="netinject-netplan-")
+        try:
+            shutil.copytree(join(root, self.dirs[0][0]), join(scratch, self.dirs[0][0]))
+            run_bounded([binary, "--root-dir", scratch], self.timeout, "netplan generate")
+            touched = self._sync_generated(root, scratch, log)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        udevadm = tool("udevadm", root)
+        if udevadm is not None:
+            self.run([udevadm, "control", "--reload"], log)
+        names = changes.present(changes.changed + changes.added)
+        if any(t.startswith(self.generated[0][0]) for t in touched):
+            networkctl = self.need(root, "networkctl")
+            self.run([networkctl, "reload"], log)
+            if names:
+                self.run([networkctl, "reconfigure", *names], log)
+        nm = [t for t in touched if t.startswith(self.generated[2][0])]
+        if nm:
+            nmcli = self.need(root, "nmcli")
+            for path in nm:
+                self.run([nmcli, "connection", "load", "/" + path], log, 15)
+            for name in names:
+                self.run([nmcli, "-w", "45", "device", "reapply", name], log)
+
+    def _sync_generated(self, root: str, scratch: str, log: "Log") -> "list[str]":
+        """Put the generator's output from ``scratch`` in place under ``root``/run where
+        it differs (copied beside its target, then renamed over it, as netplan's own
+        generator leaves whole files); remove what it no longer generates. The guest
+        paths touched."""
+        import shutil
+
+        touched = []
+        for d, prefix in self.generated:
+            new = {n for n in _listdir(join(scratch, d)) if n.startswith(prefix)}
+            old = {n for n in _listdir(join(root, d)) if n.startswith(prefix)}
+            for name in sorted(new):
+                data = read_small(join(scratch, d, name), 1 << 20)
+                mode = os.stat(join(scratch, d, name)).st_mode & 0o777
+                try:
+                    same = read_small(join(root, d, name), 1 << 20) == data
+                except OSError:
+                    same = False
+                if not same:
+                    os.makedirs(join(root, d), exist_ok=True)
+                    tmp = join(root, d, ".%s.netinject-tmp" % name)
+                    shutil.copyfile(join(scratch, d, name), tmp)
+                    os.chmod(tmp, mode)
+                    os.rename(tmp, join(root, d, name))
+                    touched.append(d + name)
+            for name in sorted(old - new):
+                os.unlink(join(root, d, name))
+                touched.append(d + name)
+        log("netplan's output: %s" % (", ".join("/" + t for t in touched) or "no change"))
+        return touched
+
+
+def _listdir(path: str) -> "list[str]":
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 IFUPDOWN = Ifupdown()

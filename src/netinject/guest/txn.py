@@ -18,9 +18,12 @@ never followed through a symlink.
 
 import os
 
+from .announce import announce_later
 from .contract import (
     STATE_DIR,
     AgentError,
+    Manifest,
+    NicFacts,
     Outcome,
     exit_status,
     format_result,
@@ -31,9 +34,10 @@ from .contract import (
 )
 from .discovery import system_uuid
 from .install import TXID_MARK, Backup, InstallFailed, install, restore, write_atomic
+from .live import LiveFailed, change, changes_between, read_applied, record_applied, stale_files
 from .log import Log
 from .paths import isdir, join, lexists, makedirs, no_symlink_parents, read_small
-from .stacks import read_stack
+from .stacks import Changes, Stack, read_stack
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -234,53 +238,92 @@ def _record_quietly(root: str, ended: Ended, log: Log) -> Ended:
 
 
 def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log) -> Ended:
-    """Install a bundle as one transaction; how it ended (also recorded for ``txid``).
+    """Install a bundle as one transaction, and bring the NICs it changes up (live.py);
+    how it ended (also recorded for ``txid``). Under ``--root`` (a tree, in tests) the
+    files only: nothing of the host's is brought up or down.
 
     The backup goes as soon as the transaction ends, applied or not: one left behind
     would make the next transaction restore its (by then stale) originals."""
+    active = root in ("", "/")
 
     def body() -> Ended:
         try:
-            stack = read_stack(root)
-            if not stack.live:
-                raise AgentError("this image's stack (%s) cannot take live changes yet"
-                                 % stack.name)
-            manifest = verify(parse_bundle(raw))
-            system = system_uuid(sysfs)
-            if system != manifest.uuid:
-                raise AgentError("the bundle is for instance %s, not this machine (%s)"
-                                 % (manifest.uuid, system))
-            manifest = manifest.for_stack(stack)
+            stack, manifest, changes, old, stale = _prepare(root, sysfs, raw, active)
         except AgentError as exc:
             return _record_quietly(root, Ended(txid, Outcome.UNCHANGED, str(exc)), log)
+        backup_dir = join(root, APPLY_BACKUP)
         try:
-            backup = install(root, manifest, log, backup_dir=join(root, APPLY_BACKUP),
-                             txid=txid)
-        except InstallFailed as exc:
+            if active:
+                backup = change(root, stack, manifest, changes, old, stale, log,
+                                backup_dir, txid)
+            else:
+                backup = install(root, manifest, log, backup_dir=backup_dir, remove=stale,
+                                 txid=txid, skip_same=True)
+        except (InstallFailed, LiveFailed) as exc:
             if not exc.broken:  # every file is as it was: nothing left to restore
                 drop_backup(root)
             # (A failed rollback keeps the backup: the next transaction retries it.)
             return _record_quietly(root, Ended(
                 txid, Outcome.BROKEN if exc.broken else Outcome.ROLLED_BACK, str(exc)), log)
-        except AgentError as exc:  # refused in install's preflight: nothing changed
+        except AgentError as exc:  # refused before anything changed
             drop_backup(root)
             return _record_quietly(root, Ended(txid, Outcome.UNCHANGED, str(exc)), log)
-        kept = ",".join(backup.kept)
-        try:
-            ended = record(root, Ended(txid, Outcome.APPLIED, "%d file(s) installed"
-                                       % backup.installed, kept=kept), log)
-        except (OSError, AgentError) as exc:
-            # Unrecorded, the backup would have the next transaction roll these files
-            # back behind the host's back: roll back now, and say so.
-            failed = restore(root, backup, backup.changed, log)
-            if not failed:
-                drop_backup(root)
-            return Ended(txid, Outcome.BROKEN if failed else Outcome.ROLLED_BACK,
-                         "could not record the outcome (%s)" % exc)
-        drop_backup(root)
-        return ended
+        return _applied(root, stack, manifest, changes, backup, txid, log, active)
 
     return transaction(root, txid, log, body)
+
+
+def _prepare(root: str, sysfs: str, raw: bytes, active: bool
+             ) -> "tuple[Stack, Manifest, Changes, dict[str, NicFacts] | None, list[str]]":
+    """Everything decided before anything changes: the bundle checked as a drive is, for
+    this machine and its stack; which NICs change; this stack's files to move aside;
+    whether the stack can take the change now. AgentError: refused, nothing changed."""
+    stack = read_stack(root)
+    manifest = verify(parse_bundle(raw))
+    system = system_uuid(sysfs)
+    if system != manifest.uuid:
+        raise AgentError("the bundle is for instance %s, not this machine (%s)"
+                         % (manifest.uuid, system))
+    if manifest.facts is None:
+        raise AgentError("the bundle's manifest says nothing of its NICs (made by a "
+                         "netinject older than this agent): not applied live")
+    manifest = manifest.for_stack(stack)
+    assert manifest.facts is not None
+    old_raw, old = read_applied(root)
+    changes = changes_between(root, old, manifest.facts)
+    stale = stale_files(old_raw, manifest, stack)
+    if active and changes:
+        stack.check_live(root)
+    return stack, manifest, changes, old, stale
+
+
+def _applied(root: str, stack: Stack, manifest: Manifest, changes: Changes,
+             backup: Backup, txid: str, log: Log, active: bool) -> Ended:
+    """Record a change that went through (the manifest now applied, the outcome); if
+    that cannot be recorded, undo the files now and say so (the next transaction would
+    otherwise compare against, or restore, the wrong state)."""
+    if not backup.changed and not changes:
+        drop_backup(root)
+        return _record_quietly(root, Ended(txid, Outcome.UNCHANGED, "nothing to change"),
+                               log)
+    try:
+        record_applied(root, manifest)
+        ended = record(root, Ended(
+            txid, Outcome.APPLIED, "%d file(s) installed; %s" % (backup.installed, changes),
+            kept=",".join(backup.kept), added=",".join(changes.added),
+            changed=",".join(changes.changed), removed=",".join(changes.removed)), log)
+    except (OSError, AgentError) as exc:
+        failed = restore(root, backup, backup.changed, log)
+        if not failed:
+            drop_backup(root)
+        return Ended(txid, Outcome.BROKEN if failed or active else Outcome.ROLLED_BACK,
+                     "could not record the outcome (%s)%s" % (
+                         exc, "; the files are restored but the NICs run the new "
+                              "config" if active and not failed else ""))
+    drop_backup(root)
+    if active and stack.announces:
+        announce_later(root, manifest, changes, log)
+    return ended
 
 
 def apply_status(root: str, txid: str, log: Log) -> Ended:

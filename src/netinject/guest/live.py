@@ -1,0 +1,230 @@
+"""Live changes in a running guest (hot-plug, detach, a Neutron change): which NICs a new
+manifest changes, bringing them up through the image's stack, checking the running state
+against the manifest, and undoing all of it when any step fails.
+
+The manifest (format 3) says what each NIC's config brings up (contract.NicFacts); the
+one last applied is kept in /var/lib/netinject/applied-manifest. A NIC whose facts
+differ is changed, one only in the new manifest added, one only in the old removed; the
+others are not touched. One change is:
+
+1. the stack takes the changed and removed NICs that are there down with their old
+   config (ifupdown; the others read their files again when told);
+2. the files are installed as one transaction (install.py), this stack's files of NICs
+   gone from the config moved aside with the rest into the backup;
+3. the stack brings the changed and added NICs that are there up, and lets go of the
+   removed ones (Stack.activate);
+4. the running state is read back (``ip -j``): each changed or added NIC has exactly its
+   static addresses, its routes and its MTU; a removed NIC none of its old addresses.
+
+If any step fails, the new config is taken down, the files are restored, the old config
+brought up again and checked the same way: the guest ends with all old or all new, in
+its files and in its running addresses and routes, and LiveFailed says which.
+"""
+
+from .contract import (
+    STATE_DIR,
+    AgentError,
+    Manifest,
+    NicFacts,
+    parse_manifest,
+)
+from .install import Backup, InstallFailed, install, restore, write_atomic
+from .log import Log
+from .paths import join, read_small
+from .proc import run_command, tool
+from .stacks import Changes, Stack, stack_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+APPLIED = STATE_DIR + "/applied-manifest"
+VERIFY_TIMEOUT = 30.0  # seconds for a NIC's running state to match its config
+CHECK_POLL = 0.2
+
+
+class LiveFailed(AgentError):
+    """A live change failed and was undone; ``broken``: the undoing failed too (or the old
+    state could not be confirmed), so the guest is neither all old nor all new."""
+
+    def __init__(self, message: str, broken: bool) -> None:
+        AgentError.__init__(self, message)
+        self.broken = broken
+
+
+def read_applied(root: str) -> "tuple[bytes | None, dict[str, NicFacts] | None]":
+    """The manifest last applied (first boot or a live change) and its NIC facts; None
+    for what there is no record of (the facts: a manifest before format 3)."""
+    try:
+        raw = read_small(join(root, APPLIED), 1 << 20)
+    except OSError:
+        return None, None
+    try:
+        return raw, parse_manifest(raw).facts
+    except AgentError:
+        return None, None
+
+
+def record_applied(root: str, manifest: Manifest) -> None:
+    write_atomic(root, APPLIED, manifest.raw, 0o600)
+
+
+def changes_between(root: str, old: "dict[str, NicFacts] | None",
+                    new: "dict[str, NicFacts]") -> Changes:
+    """Which NICs the change from ``old`` to ``new`` touches. Without a record of the
+    old config (an image whose agent predates it), every NIC of the new one is taken as
+    changed: brought up again, and checked."""
+    if old is None:
+        return Changes(root, [], sorted(new), [])
+    return Changes(root, sorted(set(new) - set(old)),
+                   sorted(n for n in set(new) & set(old) if new[n].key() != old[n].key()),
+                   sorted(set(old) - set(new)))
+
+
+def stale_files(old_raw: "bytes | None", manifest: Manifest, stack: Stack) -> "list[str]":
+    """This stack's files the old manifest installed and the new one does not (a NIC
+    gone from the config): moved aside in the same transaction."""
+    if not old_raw:
+        return []
+    try:
+        old = parse_manifest(old_raw)
+    except AgentError:
+        return []
+    ours = set(e.path for e in manifest.entries)
+    return sorted(f.path for f in old.files
+                  if stack_of(f.path) is stack and f.path not in ours)
+
+
+def _ip(root: str, args: "list[str]") -> "list[dict[str, object]]":
+    ip = tool("ip", root)
+    if ip is None:
+        raise AgentError("ip (iproute2) is not installed: the running state cannot be read")
+    out = run_command([ip, "-j", *args], 15, "ip " + " ".join(args))
+    import json  # (not on the boot path: live changes only)
+
+    try:
+        data = json.loads(out or "[]")
+    except ValueError:
+        raise AgentError("ip %s: not JSON" % " ".join(args)) from None
+    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+
+
+def running(root: str, name: str) -> "tuple[set[str], set[tuple[str, str]], int | None]":
+    """NIC ``name``'s addresses (CIDR), routes (destination CIDR, gateway; main table)
+    and MTU, as the kernel has them."""
+    addrs: set[str] = set()
+    mtu: int | None = None
+    for link in _ip(root, ["addr", "show", "dev", name]):
+        value = link.get("mtu")
+        mtu = value if isinstance(value, int) else mtu
+        infos = link.get("addr_info")
+        for info in infos if isinstance(infos, list) else []:
+            if isinstance(info, dict) and info.get("family") in ("inet", "inet6"):
+                addrs.add("%s/%s" % (info.get("local"), info.get("prefixlen")))
+    routes: set[tuple[str, str]] = set()
+    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+        for r in _ip(root, [family, "route", "show", "dev", name]):
+            dst, gw = str(r.get("dst", "")), r.get("gateway")
+            if not gw:
+                continue
+            if dst == "default":
+                dst = default
+            elif "/" not in dst:
+                dst += "/32" if family == "-4" else "/128"
+            routes.add((dst, str(gw)))
+    return addrs, routes, mtu
+
+
+def mismatch(root: str, name: str, want: "NicFacts | None",
+             gone: "NicFacts | None") -> "list[str]":
+    """What in NIC ``name``'s running state differs from ``want`` (its config: every
+    static address, route and the MTU there) or still holds ``gone``'s addresses (an
+    old config's, not in ``want``)."""
+    addrs, routes, mtu = running(root, name)
+    out = []
+    if want is not None:
+        out += ["no address %s" % a for a in want.static() if a not in addrs]
+        out += ["no route to %s via %s" % r for r in want.routes if r not in routes]
+        if want.mtu is not None and mtu != want.mtu:
+            out.append("MTU %s, not %d" % (mtu, want.mtu))
+    if gone is not None:
+        keep = set(want.static()) if want is not None else set()
+        out += ["still has %s" % a for a in gone.static() if a in addrs and a not in keep]
+    return out
+
+
+def check(root: str, changes: Changes, want: "dict[str, NicFacts]",
+          gone: "dict[str, NicFacts] | None", log: Log,
+          timeout: float = VERIFY_TIMEOUT) -> None:
+    """Wait (up to ``timeout``) until every changed or added NIC that is there runs its
+    config and every removed one is rid of its old addresses; AgentError saying what
+    differs when they do not."""
+    import time
+
+    names = changes.present(changes.changed + changes.added + changes.removed)
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = ["%s: %s" % (n, p) for n in names
+                    for p in mismatch(root, n, want.get(n), (gone or {}).get(n))]
+        if not problems:
+            if names:
+                log("running state matches for %s" % ", ".join(names))
+            return
+        if time.monotonic() >= deadline:
+            raise AgentError("the running state does not match after %.0f s: %s"
+                             % (timeout, "; ".join(problems)[:600]))
+        time.sleep(CHECK_POLL)
+
+
+def change(root: str, stack: Stack, manifest: Manifest, changes: Changes,
+           old: "dict[str, NicFacts] | None", stale: "list[str]", log: Log,
+           backup_dir: str, txid: str) -> Backup:
+    """One live change (see the module docstring); the backup of what it replaced.
+    LiveFailed (the guest all old again, or ``broken``) on any failure after something
+    changed; AgentError when it was refused before anything changed."""
+    assert manifest.facts is not None
+    new = manifest.facts
+    deactivated = False
+    backup: Backup | None = None
+    try:
+        stack.deactivate(root, changes, log)
+        deactivated = bool(changes.present(changes.changed + changes.removed))
+        backup = install(root, manifest, log, backup_dir=backup_dir, remove=stale,
+                         txid=txid, skip_same=True)
+        stack.activate(root, changes, log)
+        check(root, changes, new, old, log)
+        return backup
+    except InstallFailed as exc:
+        if not deactivated:
+            raise  # the files are as they were and nothing was taken down
+        why: str = str(exc)
+        problems = [] if not exc.broken else ["files: " + why]
+    except AgentError as exc:
+        if backup is None and not deactivated:
+            raise  # refused before anything changed
+        why = str(exc)
+        problems = []
+    log("live change failed (%s): undoing it" % why)
+    undo = changes.reversed()
+    if backup is not None:
+        _step(problems, "taking the new config down",
+              lambda: stack.deactivate(root, undo, log, force=True))
+        failed = restore(root, backup, backup.changed, log)
+        if failed:
+            problems.append("restoring /%s failed" % ", /".join(failed))
+    _step(problems, "bringing the old config up", lambda: stack.activate(root, undo, log))
+    if old is not None:
+        _step(problems, "checking the old config",
+              lambda: check(root, undo, old, new, log))
+    else:
+        log("no record of the old config: its running state is not checked")
+    if problems:
+        raise LiveFailed("%s; undoing it FAILED: %s" % (why, "; ".join(problems)), True)
+    raise LiveFailed("%s; every file and the running state are as they were" % why, False)
+
+
+def _step(problems: "list[str]", what: str, fn: "Callable[[], None]") -> None:
+    try:
+        fn()
+    except AgentError as exc:
+        problems.append("%s: %s" % (what, exc))
