@@ -70,16 +70,21 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
-def test_no_import_cycles_in_src() -> None:
-    assert _cycles(_graph()) == []
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    """src/'s import graph, parsed once for this module's tests (they only read it)."""
+    return _graph()
+
+
+def test_no_import_cycles_in_src(graph: dict[str, set[str]]) -> None:
+    assert _cycles(graph) == []
 
 
 def test_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
 
-def test_nothing_imports_the_cli() -> None:
-    graph = _graph()
+def test_nothing_imports_the_cli(graph: dict[str, set[str]]) -> None:
     users = {n for n, deps in graph.items()
              if any(d == "netinject.cli" or d.startswith("netinject.cli.") for d in deps)
              and not n.startswith("netinject.cli") and n != "netinject.__main__"}
@@ -87,8 +92,9 @@ def test_nothing_imports_the_cli() -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in _modules() if n.startswith("netinject.guest.")])
-def test_guest_modules_import_only_their_siblings_and_the_stdlib(name: str) -> None:
-    deps = _graph()[name]
+def test_guest_modules_import_only_their_siblings_and_the_stdlib(
+        name: str, graph: dict[str, set[str]]) -> None:
+    deps = graph[name]
     assert {d for d in deps if not d.startswith("netinject.guest.")} == set()
 
 

@@ -171,3 +171,18 @@ def test_joined_agent_is_what_the_bundle_and_the_image_carry(tmp_path: Path) -> 
         assert zf.read("netinject_guest.py") == AGENT.read_bytes()
         assert sorted(zf.namelist()) == ["__main__.py", "launcher.py", "netinject_guest.py",
                                          "netinject_guest_image.py"]
+
+
+def test_a_nic_with_two_slaac_prefixes_is_a_manifest_the_agent_takes() -> None:
+    """Found by the fuzz sample: two IPv6 SLAAC subnets on one port give the NIC two
+    'addr ethN slaac' records, which the agent's parser refused (so the host refused to
+    build the drive)."""
+    facts = contract.NicFacts("eth0", "fa:16:3e:00:00:01")
+    facts.addrs = ["192.0.2.10/24", "slaac", "slaac"]
+    text = contract.format_manifest("1e2d3c4b-5a69-4788-97a6-b5c4d3e2f1a0", "default",
+                                    "netinject 0.1.0", [("etc/hostname", "hostname", 0o644,
+                                                         "0" * 64)],
+                                    [("eth0", "fa:16:3e:00:00:01")], facts=[facts])
+    parsed = contract.parse_manifest(text.encode())
+    assert parsed.facts is not None
+    assert parsed.facts["eth0"].addrs == ["192.0.2.10/24", "slaac", "slaac"]

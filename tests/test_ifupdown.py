@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import CASES, ifup_no_act
+from conftest import CASES, ifup_no_act, load_case
 from netinject.cli import main
 
 ALL = [
@@ -48,12 +51,59 @@ def test_ifup_accepts_rendered_eni(case: str, style: str, expected: list[str],
         assert " ".join(cmd.split()) in commands, (cmd, result.stdout)
 
 
-def test_only_one_default_route_per_family(tmp_path: Path) -> None:
+# Default-route commands as ifupdown prints them for a ``gateway`` line (it writes
+# ``ip route add default`` for inet and ``ip -6 route replace default`` for inet6), and as
+# a renderer hook could write them (iproute2 or net-tools, either family).
+_DEFAULT_V4 = re.compile(
+    r"\bip (?:-4 )?route (?:add|replace|append|change) (?:default|0\.0\.0\.0/0)\b"
+    r"|(?:^|[;&|] ?)route (?:-A inet )?add (?:-net )?(?:default|0\.0\.0\.0)\b")
+_DEFAULT_V6 = re.compile(
+    r"\bip -6 route (?:add|replace|append|change) (?:default|::/0)\b"
+    r"|(?:^|[;&|] ?)route -A inet6 add (?:default|::/0)\b")
+_DEV = re.compile(r"\bdev (\S+)")
+
+
+def _multi_nic_gateways_both_families() -> dict[str, Any]:
+    """multi-nic-reordered (three NICs, each on an IPv4 subnet with a gateway; its
+    ports_pattern makes port 2 eth0, port 3 eth1, port 1 eth2) plus an IPv6 subnet with a
+    gateway on the ports that become eth1 and eth2, so each family has gateways on more
+    than one NIC, and the lowest-index NIC with one differs between the families."""
+    doc: dict[str, Any] = load_case("multi-nic-reordered")
+    ports = {p["mac_address"].lower(): p for p in doc["ports"]}
+    for n, mac in enumerate(["fa:16:3e:00:00:03", "fa:16:3e:00:00:01"], start=1):
+        subnet_id = str(uuid.UUID(int=0x6000 + n))
+        doc["subnets"].append({
+            "id": subnet_id, "network_id": ports[mac]["network_id"], "ip_version": 6,
+            "cidr": f"2001:db8:{n}::/64", "gateway_ip": f"2001:db8:{n}::1",
+            "enable_dhcp": True, "dns_nameservers": [], "host_routes": [],
+            "ipv6_address_mode": "dhcpv6-stateful", "ipv6_ra_mode": "dhcpv6-stateful"})
+        ports[mac]["fixed_ips"].append({"subnet_id": subnet_id,
+                                        "ip_address": f"2001:db8:{n}::10"})
+    return doc
+
+
+@pytest.mark.parametrize("style", ["default", "seed"])
+def test_only_one_default_route_per_family(style: str, tmp_path: Path,
+                                           write_json: Any) -> None:
+    """With gateways on several NICs in both families, ifup accepts the file and would
+    add exactly one IPv4 and one IPv6 default route, each on the lowest-index NIC whose
+    subnet has a gateway (eth0 for IPv4, eth1 for IPv6)."""
     out = tmp_path / "out"
-    assert main(["render", str(CASES / "multi-nic-reordered" / "instance.json"),
-                 "--format", "eni", "--out", str(out)]) == 0
+    assert main(["render", str(write_json(_multi_nic_gateways_both_families())),
+                 "--style", style, "--format", "eni", "--out", str(out)]) == 0
     result = ifup_no_act(out / "etc/network/interfaces", tmp_path)
-    assert result.stdout.count("route add default") == 1
+    assert result.returncode == 0, result.stdout
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    v4 = [line for line in lines if _DEFAULT_V4.search(line)]
+    v6 = [line for line in lines if _DEFAULT_V6.search(line)]
+    assert not set(v4) & set(v6)
+    # Every line that mentions a default route is one of the two counted forms, so a
+    # form the patterns do not know cannot slip past the count.
+    assert [line for line in lines if "default" in line] == [
+        line for line in lines if line in v4 or line in v6], result.stdout
+    assert len(v4) == 1, result.stdout
+    assert len(v6) == 1, result.stdout
+    assert [_DEV.findall(line) for line in v4 + v6] == [["eth0"], ["eth1"]], result.stdout
 
 
 def test_network_data_dhcp_stanza_runs_a_dhcp_client(tmp_path: Path) -> None:

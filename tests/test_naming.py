@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,23 @@ def test_conflicting_indices_are_rejected() -> None:
     assert "is already the index of port" in str(exc.value)
 
 
-def test_literal_eval_never_runs_code() -> None:
-    with pytest.raises(InvalidInput):
-        PortsPattern.from_system_metadata({"ports_pattern": "__import__('os').system('x')"})
+def test_literal_eval_never_runs_code(tmp_path: Path) -> None:
+    """The seed's Python-literal form is read as a literal, never evaluated as code.
+
+    The value is not JSON, so it reaches the Python-literal reader. Run as code it creates
+    a file and yields the valid pattern ``{A: '0'}``, so a reader that evaluated it would
+    accept it; as a literal it is a call, and is refused with nothing run.
+    """
+    def payload(marker: Path) -> str:
+        return f"[open({str(marker)!r}, 'w').close(), {{{A!r}: '0'}}][1]"
+
+    # The payload does what it is meant to: evaluated, it runs and yields a valid pattern.
+    probe = tmp_path / "probe"
+    assert eval(payload(probe)) == {A: "0"}
+    assert probe.exists()
+
+    sentinel = tmp_path / "ran"
+    with pytest.raises(InvalidInput) as exc:
+        PortsPattern.from_system_metadata({"ports_pattern": payload(sentinel)})
+    assert "is neither a JSON object nor a Python dict literal" in str(exc.value)
+    assert not sentinel.exists()

@@ -316,7 +316,7 @@ def _fact(nic: NicFacts, key: str, args: "list[str]") -> bool:
         if args[0].isdigit() and args[0].isascii() and 68 <= int(args[0]) <= 65535:
             nic.mtu = int(args[0])
             return True
-    elif key == "addr" and len(args) == 1 and args[0] not in nic.addrs:
+    elif key == "addr" and len(args) == 1:  # (two SLAAC prefixes: 'slaac' twice)
         if args[0] in ADDR_MODES or is_cidr(args[0], static=True):
             nic.addrs.append(args[0])
             return True
