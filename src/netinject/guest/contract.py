@@ -17,7 +17,7 @@ from .errors import NotOnDrive as NotOnDrive
 from .paths import is_plain_name as is_plain_name
 from .stacks import STACKS, Stack, stack_of
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"  # 0.2: live changes (manifest format 3, apply activates)
 MANIFEST_FORMATS = (1, 2, 3)  # 2: files for every stack, 'announce'; 3: each NIC's facts
 MANIFEST_FORMAT = MANIFEST_FORMATS[-1]
 LABELS = ("config-2", "CONFIG-2")  # nova writes the label lower-case

@@ -136,6 +136,40 @@ def write_atomic(root: str, rel: str, data: bytes, mode: int) -> None:
     _fsync_dir(d)
 
 
+LOCK_FILE = STATE_DIR + "/apply.lock"
+
+
+class AgentLock:
+    """flock on /var/lib/netinject/apply.lock, held by a boot-time install and by every
+    live change (apply, apply-status, sync): one at a time, so none sees the files
+    another is changing. Waits at most ``wait`` seconds, then AgentError (nothing was
+    changed: try again)."""
+
+    def __init__(self, root: str, wait: float) -> None:
+        import fcntl
+        import time
+
+        no_symlink_parents(root, LOCK_FILE)
+        makedirs(join(root, STATE_DIR), 0o700)
+        self.fd = os.open(join(root, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                          | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    raise AgentError("another netinject run holds %s (a boot-time install "
+                                     "or another live change) after %.0f s: nothing was "
+                                     "changed; try again" % ("/" + LOCK_FILE, wait)) from None
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        os.close(self.fd)  # releases the lock
+
+
 TXID_MARK = ".txid-"  # an apply backup's entry naming its transaction (see Backup)
 
 

@@ -38,7 +38,15 @@ from .discovery import (
     probe_label,
     read_payload,
 )
-from .install import Backup, InstallFailed, install, remove_stale, restore, write_new
+from .install import (
+    AgentLock,
+    Backup,
+    InstallFailed,
+    install,
+    remove_stale,
+    restore,
+    write_new,
+)
 from .live import record_applied
 from .log import Log
 from .nics import rename_nics
@@ -47,6 +55,7 @@ from .stacks import Stack, read_stack
 from .txn import apply, apply_status, read_input
 
 BY_UUID = "/dev/disk/by-uuid/"
+BOOT_LOCK_WAIT = 20.0  # (a live change holds the lock seconds at most)
 NO_FAST_PATH = "-"
 
 
@@ -202,8 +211,19 @@ def first_boot(args: RunArgs, found: Drive, log: Log) -> Result:
     manifest = manifest.for_stack(stack)
     log("network stack: %s (%d file(s) for it and for every stack)"
         % (stack.name, len(manifest.entries)))
-    backup = install(args.root, manifest, log,
-                     remove=stack.aside(args.root, set(e.path for e in manifest.entries), log))
+    aside = stack.aside(args.root, set(e.path for e in manifest.entries), log)
+    lock = AgentLock(args.root, BOOT_LOCK_WAIT)  # (no live change meanwhile)
+    try:
+        return install_first_boot(args, found, stack, manifest, aside, log)
+    finally:
+        lock.close()
+
+
+def install_first_boot(args: RunArgs, found: Drive, stack: Stack, manifest: Manifest,
+                       aside: "list[str]", log: Log) -> Result:
+    """Install the drive's verified payload for the image's stack (moving ``aside`` the
+    image's files that would override it), rename the NICs, record the instance."""
+    backup = install(args.root, manifest, log, remove=aside)
     count = take_effect(args, stack, manifest, backup, log)
     if stack.announces:
         try:

@@ -33,21 +33,31 @@ from .contract import (
     verify,
 )
 from .discovery import system_uuid
-from .install import TXID_MARK, Backup, InstallFailed, install, restore, write_atomic
+from .install import (
+    TXID_MARK,
+    AgentLock,
+    Backup,
+    InstallFailed,
+    install,
+    restore,
+    write_atomic,
+)
 from .live import LiveFailed, change, changes_between, read_applied, record_applied, stale_files
 from .log import Log
-from .paths import isdir, join, lexists, makedirs, no_symlink_parents, read_small
+from .paths import isdir, join, lexists, no_symlink_parents, read_small
 from .stacks import Changes, Stack, read_stack
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
-APPLY_LOCK = STATE_DIR + "/apply.lock"
 APPLY_STATUS = STATE_DIR + "/apply-status"
 APPLY_BACKUP = STATE_DIR + "/apply-backup"
 APPLY_STATUS_KEEP = 32
 TXID_MAX = 64
+# A live change waits this long for a boot-time install (or another change) to end,
+# then is refused (nothing changed): the host asks again.
+LIVE_LOCK_WAIT = 10.0
 
 
 class Ended:
@@ -83,22 +93,6 @@ def read_input(fd: int, limit: int) -> bytes:
         if total > limit:
             raise AgentError("input over %d bytes" % limit)
         chunks.append(chunk)
-
-
-class ApplyLock:
-    """flock on /var/lib/netinject/apply.lock: one apply or apply-status at a time."""
-
-    def __init__(self, root: str) -> None:
-        no_symlink_parents(root, APPLY_LOCK)
-        makedirs(join(root, STATE_DIR), 0o700)
-        self.fd = os.open(join(root, APPLY_LOCK), os.O_RDWR | os.O_CREAT
-                             | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-        import fcntl
-
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def close(self) -> None:
-        os.close(self.fd)  # releases the lock
 
 
 def read_apply_status(root: str) -> "dict[str, Ended]":
@@ -209,7 +203,7 @@ def transaction(root: str, txid: str, log: Log, body: "Callable[[], Ended]") -> 
     left (which may end ``txid`` itself: an interrupted ``txid`` rolled back)."""
     if not (is_plain_name(txid) and len(txid) <= TXID_MAX):
         return Ended("-", Outcome.UNCHANGED, "refused: bad transaction id")
-    lock = ApplyLock(root)
+    lock = AgentLock(root, LIVE_LOCK_WAIT)
     try:
         known = read_apply_status(root)
         blocked = None
