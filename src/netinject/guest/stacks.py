@@ -281,6 +281,8 @@ class Networkd(Stack):
     units = ("systemd-networkd.service",)
     daemon = "systemd-networkd.service"
     announces = True
+    # networkctl (reload, reconfigure: live changes) talks to networkd over D-Bus.
+    debian_packages = ("dbus",)
     debian_enable = ("systemd-networkd.service",)
 
     def detect(self, tree: ImageTree) -> "tuple[int, str] | None":
@@ -380,7 +382,7 @@ class Netplan(Stack):
     units = ("netplan-configure.service",)
     daemon = "systemd-networkd.service"  # its default renderer (Debian's netplan.io)
     announces = True
-    debian_packages = ("netplan.io",)
+    debian_packages = ("netplan.io", "dbus")  # (dbus: its backends' networkctl, nmcli)
     # netplan.io 0.106 ships /usr/libexec/netplan/generate (older: /lib/netplan/generate).
     generators = ("usr/libexec/netplan/generate", "usr/lib/netplan/generate",
                   "lib/netplan/generate")
