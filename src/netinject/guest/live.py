@@ -95,43 +95,37 @@ def stale_files(old_raw: "bytes | None", manifest: Manifest, stack: Stack) -> "l
                   if stack_of(f.path) is stack and f.path not in ours)
 
 
-def _ip(root: str, args: "list[str]") -> "list[dict[str, object]]":
+def _ip(root: str, args: "list[str]") -> "list[list[str]]":
+    """``ip``'s lines for ``args``, split into words. Its text, not ``ip -j``: the agent
+    runs where only python3-minimal is installed, without the json module."""
     ip = tool("ip", root)
     if ip is None:
         raise AgentError("ip (iproute2) is not installed: the running state cannot be read")
-    out = run_command([ip, "-j", *args], 15, "ip " + " ".join(args))
-    import json  # (not on the boot path: live changes only)
-
-    try:
-        data = json.loads(out or "[]")
-    except ValueError:
-        raise AgentError("ip %s: not JSON" % " ".join(args)) from None
-    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+    out = run_command([ip, *args], 15, "ip " + " ".join(args))
+    return [line.split() for line in out.splitlines() if line.strip()]
 
 
 def running(root: str, name: str) -> "tuple[set[str], set[tuple[str, str]], int | None]":
     """NIC ``name``'s addresses (CIDR), routes (destination CIDR, gateway; main table)
     and MTU, as the kernel has them."""
     addrs: set[str] = set()
-    mtu: int | None = None
-    for link in _ip(root, ["addr", "show", "dev", name]):
-        value = link.get("mtu")
-        mtu = value if isinstance(value, int) else mtu
-        infos = link.get("addr_info")
-        for info in infos if isinstance(infos, list) else []:
-            if isinstance(info, dict) and info.get("family") in ("inet", "inet6"):
-                addrs.add("%s/%s" % (info.get("local"), info.get("prefixlen")))
+    for words in _ip(root, ["-o", "addr", "show", "dev", name]):
+        for i, word in enumerate(words[:-1]):
+            if word in ("inet", "inet6"):
+                addrs.add(words[i + 1])
     routes: set[tuple[str, str]] = set()
-    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
-        for r in _ip(root, [family, "route", "show", "dev", name]):
-            dst, gw = str(r.get("dst", "")), r.get("gateway")
-            if not gw:
+    for family, default, host in (("-4", "0.0.0.0/0", "/32"), ("-6", "::/0", "/128")):
+        for words in _ip(root, [family, "route", "show", "dev", name]):
+            if "via" not in words[:-1]:
                 continue
-            if dst == "default":
-                dst = default
-            elif "/" not in dst:
-                dst += "/32" if family == "-4" else "/128"
-            routes.add((dst, str(gw)))
+            dst = words[0]
+            dst = default if dst == "default" else dst if "/" in dst else dst + host
+            routes.add((dst, words[words.index("via") + 1]))
+    try:
+        text = read_small(join(root, "sys/class/net", name, "mtu")).decode("ascii").strip()
+        mtu: int | None = int(text) if text.isdigit() else None
+    except (OSError, UnicodeError):
+        mtu = None
     return addrs, routes, mtu
 
 

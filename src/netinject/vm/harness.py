@@ -244,6 +244,19 @@ def _dnsmasq(ns: str, workdir: Path, tap: str = "tap0", ip: str = vm.GUEST_IP,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
 
 
+def first_reply(events: list[dict[str, Any]], t0: float, timeout: float = 90.0
+                ) -> float | None:
+    """Seconds from ``t0`` (time.monotonic()) to the prober's first ARP reply; None when
+    it timed out (or nothing came within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = next((e for e in events if e["event"] in ("reply", "timeout")), None)
+        if reply is not None:
+            return float(reply["t"]) - t0 if reply["event"] == "reply" else None
+        time.sleep(0.02)
+    return None
+
+
 def start_prober(ns: str, tap: str, target: str, source: str, timeout: float
                  ) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
     """Start the ARP prober in the namespace; events are appended to the returned list."""
