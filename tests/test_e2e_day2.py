@@ -2,8 +2,9 @@
 a NIC hot-plugged through QMP comes up with its static address and answers ARP with no
 DHCP server on its link; detached, its files and udev rule are gone; a change of the
 first NIC's subnet and network (a host route and a DNS server added, the MTU changed)
-reaches the running guest through qemu-guest-agent as one transaction. Every check reads
-the guest's own state (ip -j, its files) through qemu-guest-agent."""
+reaches the running guest through qemu-guest-agent as one transaction; a change the
+stack refuses is undone, files and running state. Every check reads the guest's own
+state (ip -j, its files) through qemu-guest-agent."""
 
 from __future__ import annotations
 
@@ -19,9 +20,16 @@ import pytest
 
 from netinject.cli import main
 from netinject.guest import contract
-from netinject.hotplug import ApplyOutcome, GuestSide, configure, with_port
+from netinject.hotplug import (
+    HOTPLUG_FORMATS,
+    ApplyOutcome,
+    GuestSide,
+    apply_in_guest,
+    configure,
+    with_port,
+)
 from netinject.qga import GuestAgent
-from netinject.render import Options
+from netinject.render import Files, Options, render_all
 from netinject.sources.neutron import parse_document
 from netinject.vm import testbed as vm
 from netinject.vm.harness import first_reply, kvm_usable, running, start_prober
@@ -65,6 +73,51 @@ def changed_document() -> dict[str, Any]:
     doc["subnets"][0]["dns_nameservers"].append(NEW_DNS)
     doc["networks"][0]["mtu"] = NEW_MTU
     return doc
+
+
+# Each stack's MTU line, and the value no stack can take (over 65535, what an IP link's
+# MTU field holds): the config the stack refuses, written by hand (netinject's renderer
+# would never write it; the manifest still says 1400, as valid facts).
+MTU_LINES = {"etc/network/interfaces": "    mtu ", "etc/systemd/network/": "MTUBytes=",
+             "etc/netplan/": "      mtu: ", "etc/NetworkManager/": "mtu="}
+
+
+REFUSED_MTU = 1300  # (what the manifest says: eth0 changes, so it is brought up again)
+
+
+def refused() -> tuple[Any, Files]:
+    """The instance with eth0's MTU changed again, and its files with every stack's MTU
+    line for eth0 set to 70000 instead."""
+    doc = changed_document()
+    doc["networks"][0]["mtu"] = REFUSED_MTU
+    instance = parse_document(doc).instance
+    out = {}
+    for path, text in render_all(instance, HOTPLUG_FORMATS, Options()).items():
+        prefix = next((v for k, v in MTU_LINES.items() if str(path).startswith(k)), None)
+        if prefix is not None and f"{prefix}{REFUSED_MTU}" in text:
+            text = text.replace(f"{prefix}{REFUSED_MTU}", f"{prefix}70000", 1)
+        out[path] = text
+    assert sum("70000" in t for t in out.values()) == 4, "one MTU line per stack"
+    return instance, out
+
+
+def _state(ga: GuestAgent, stack: str) -> dict[str, Any]:
+    """What the guest runs and has: eth0's addresses, routes and MTU, and the files of
+    its stack's config, the udev rules and resolv.conf."""
+    paths = [SHARED_FILE.get(stack, ""), "/etc/udev/rules.d/70-persistent-net.rules",
+             "/etc/resolv.conf", *{
+                 "networkd": ("/etc/systemd/network/10-netinject-eth0.network",),
+                 "nm": ("/etc/NetworkManager/system-connections/netinject-eth0.nmconnection",),
+             }.get(stack, ())]
+    return {
+        "addrs": sorted((a["local"], a["prefixlen"]) for a in
+                        _ip(ga, "addr", "show", "dev", "eth0")[0]["addr_info"]
+                        if a["family"] == "inet"),
+        "routes": sorted((r["dst"], r.get("gateway", "")) for r in
+                         _ip(ga, "route", "show", "dev", "eth0")),
+        "mtu": _ip(ga, "link", "show", "dev", "eth0")[0]["mtu"],
+        "files": {path: ga.read_file(path) for path in paths if path},
+    }
 
 
 def _ip(ga: GuestAgent, *args: str) -> Any:
@@ -160,7 +213,8 @@ def test_hotplug_detach_and_a_neutron_change_on_each_stack(
         with agent() as ga:
             applied = configure(ga, instance, Options(), GuestSide())
         sync_s = time.monotonic() - t0
-        assert applied.outcome is ApplyOutcome.APPLIED, applied.detail
+        assert applied.outcome is ApplyOutcome.APPLIED, (applied.detail,
+                                                         guest.console()[-3000:])
         assert applied.guest == contract.Outcome.APPLIED
         with agent() as ga:
             routes = {(r["dst"], r.get("gateway")) for r in
@@ -174,6 +228,18 @@ def test_hotplug_detach_and_a_neutron_change_on_each_stack(
             eth0 = _ip(ga, "addr", "show", "dev", "eth0")[0]
             assert [(a["local"], a["prefixlen"]) for a in eth0["addr_info"]
                     if a["family"] == "inet"] == [(vm.GUEST_IP, vm.PREFIX)]
+            good = _state(ga, stack)
+
+        # 4. A change the stack refuses (an MTU no link can have) is undone: files and
+        # running state as they were.
+        instance, bad_files = refused()
+        with agent() as ga:
+            undone = apply_in_guest(ga, instance, Options(), GuestSide(), bad_files)
+        assert undone.outcome is ApplyOutcome.UNCHANGED, (undone.detail,
+                                                          guest.console()[-3000:])
+        assert undone.guest == contract.Outcome.ROLLED_BACK, undone.detail
+        with agent() as ga:
+            assert _state(ga, stack) == good
     with capsys.disabled():
         print(f"\n{stack}: hot-plug to first ARP answer {arp_s:.2f} s from the request; "
               f"a Neutron change applied in {sync_s:.2f} s")

@@ -29,7 +29,7 @@ from .guest import contract
 from .guest.stacks import STACK_CONFIG, Stack, read_stack, stack_named, stack_of
 from .model import Instance, Nic
 from .qga import ExecResult, GuestAgent, QgaError, QgaTimeout, QgaUnavailable
-from .render import STACK_RENDERERS, Options, render_all
+from .render import STACK_RENDERERS, Files, Options, render_all
 from .sources.neutron import LoadedInstance, parse_document
 
 HOTPLUG_FORMATS = (*STACK_RENDERERS, "udev", "resolv")
@@ -63,7 +63,11 @@ class GuestSide:
     command: tuple[str, ...] = (GUEST_AGENT,)
     root: str = "/"
     sysfs: str | None = None
-    recovery_timeout: float = 30.0
+    # How long an apply may take in the guest (a live change checks the running state
+    # and may undo itself: tens of seconds at worst), and how long to keep asking what
+    # became of one whose reply was lost (the agent answers "busy" while it still runs).
+    apply_timeout: float = 180.0
+    recovery_timeout: float = 180.0
 
     def argv(self, action: str, txid: str) -> list[str]:
         extra = ["--root", self.root] + (["--sysfs", self.sysfs] if self.sysfs else [])
@@ -85,7 +89,7 @@ class ApplyOutcome(enum.Enum):
 
 # The guest's outcomes (contract.Outcome) that leave every file as it was.
 _AS_BEFORE = (contract.Outcome.UNCHANGED, contract.Outcome.ROLLED_BACK,
-              contract.Outcome.FENCED)
+              contract.Outcome.FENCED, contract.Outcome.BUSY)
 
 
 @dataclass(frozen=True)
@@ -95,12 +99,15 @@ class ApplyResult:
     guest: str | None = None  # the guest's own outcome (contract.Outcome), when it said
 
 
-def bundle_for(instance: Instance, options: Options) -> tuple[bytes, dict[str, bytes]]:
+def bundle_for(instance: Instance, options: Options, rendered: Files | None = None
+               ) -> tuple[bytes, dict[str, bytes]]:
     """The bundle ``netinject-guest apply`` reads (manifest + payload, as on the drive:
-    every stack's files; the agent installs its image's), and the files by guest path."""
+    every stack's files; the agent installs its image's), and the files by guest path.
+    ``rendered``: these files instead of the instance's (a test's hand-made config)."""
     from . import drive
 
-    rendered = render_all(instance, HOTPLUG_FORMATS, options)
+    if rendered is None:
+        rendered = render_all(instance, HOTPLUG_FORMATS, options)
     manifest = drive.manifest(instance, rendered, options.style.value).encode()
     names = drive.source_names(rendered)
     files = [("manifest", manifest), *((names[p], rendered[p].encode())
@@ -139,7 +146,7 @@ def guest_stack(ga: GuestAgent, side: GuestSide) -> Stack:
 
 
 def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
-                   side: GuestSide) -> ApplyResult:
+                   side: GuestSide, rendered: Files | None = None) -> ApplyResult:
     """Install the instance's files in the running guest as one transaction.
 
     Returns what the guest's files are now, established from the guest itself: its
@@ -148,9 +155,9 @@ def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
     MIXED or UNKNOWN (the agent could not be asked). A QgaError before the transaction
     was sent means UNCHANGED by construction.
     """
-    raw, rendered = bundle_for(instance, options)
+    raw, by_path = bundle_for(instance, options, rendered)
     stack = guest_stack(ga, side)
-    files = {p: c for p, c in rendered.items() if stack_of(p) in (None, stack)}
+    files = {p: c for p, c in by_path.items() if stack_of(p) in (None, stack)}
     txid = secrets.token_hex(8)
     # The originals, to tell "unchanged" from "applied" should the reply be lost.
     originals = _read_files(ga, side, files)
@@ -163,7 +170,7 @@ def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
                            f"could not run {side.command[0]} in the guest (is the netinject "
                            f"agent installed in the image?): {exc}")
     try:
-        res = ga.wait(pid, side.command[0])
+        res = ga.wait(pid, side.command[0], side.apply_timeout)
     except QgaError as exc:
         return _recover(ga, side, txid, files, originals, f"reply lost ({exc})")
     said = contract.parse_result(res.stdout.decode(errors="replace"))
@@ -215,6 +222,10 @@ def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, byt
             last = str(exc)
             break
         said = contract.parse_result(res.stdout.decode(errors="replace"))
+        if said is not None and said["outcome"] == contract.Outcome.BUSY:
+            last = _words(said, res)  # the apply itself may still be running: ask again
+            time.sleep(0.5)
+            continue
         if said is None or said["outcome"] == contract.Outcome.BROKEN:
             last = _words(said, res)
             break

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from typing import Callable
 
 APPLIED = STATE_DIR + "/applied-manifest"
-VERIFY_TIMEOUT = 30.0  # seconds for a NIC's running state to match its config
+VERIFY_TIMEOUT = 20.0  # seconds for a NIC's running state to match its config
 CHECK_POLL = 0.2
 
 
@@ -147,12 +147,12 @@ def mismatch(root: str, name: str, want: "NicFacts | None",
     return out
 
 
-def check(root: str, changes: Changes, want: "dict[str, NicFacts]",
+def check(root: str, stack: Stack, changes: Changes, want: "dict[str, NicFacts]",
           gone: "dict[str, NicFacts] | None", log: Log,
           timeout: float = VERIFY_TIMEOUT) -> None:
-    """Wait (up to ``timeout``) until every changed or added NIC that is there runs its
-    config and every removed one is rid of its old addresses; AgentError saying what
-    differs when they do not."""
+    """Wait (up to ``timeout``, or until the stack gives up on a NIC) until every
+    changed or added NIC that is there runs its config and every removed one is rid of
+    its old addresses; AgentError saying what differs when they do not."""
     import time
 
     names = changes.present(changes.changed + changes.added + changes.removed)
@@ -164,6 +164,10 @@ def check(root: str, changes: Changes, want: "dict[str, NicFacts]",
             if names:
                 log("running state matches for %s" % ", ".join(names))
             return
+        refused = stack.failed(root, names)
+        if refused:
+            raise AgentError("%s refused the config of %s: %s" % (
+                stack.name, ", ".join(refused), "; ".join(problems)[:600]))
         if time.monotonic() >= deadline:
             raise AgentError("the running state does not match after %.0f s: %s"
                              % (timeout, "; ".join(problems)[:600]))
@@ -186,7 +190,7 @@ def change(root: str, stack: Stack, manifest: Manifest, changes: Changes,
         backup = install(root, manifest, log, backup_dir=backup_dir, remove=stale,
                          txid=txid, skip_same=True)
         stack.activate(root, changes, log)
-        check(root, changes, new, old, log)
+        check(root, stack, changes, new, old, log)
         return backup
     except InstallFailed as exc:
         if not deactivated:
@@ -209,7 +213,7 @@ def change(root: str, stack: Stack, manifest: Manifest, changes: Changes,
     _step(problems, "bringing the old config up", lambda: stack.activate(root, undo, log))
     if old is not None:
         _step(problems, "checking the old config",
-              lambda: check(root, undo, old, new, log))
+              lambda: check(root, stack, undo, old, new, log))
     else:
         log("no record of the old config: its running state is not checked")
     if problems:

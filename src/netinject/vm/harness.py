@@ -207,7 +207,10 @@ def parse_report(console: str) -> dict[str, str]:
 def qemu_args(spec: BootSpec, workdir: Path, macs: tuple[str, ...] = (vm.GUEST_MAC,)
               ) -> list[str]:
     img = spec.image
-    append = f"{KERNEL_APPEND} netinject.poweroff {spec.extra_append}".strip()
+    # A guest driven through its agent (qga) stays up until the test stops it; the others
+    # power off once their report is printed.
+    poweroff = "" if spec.qga else "netinject.poweroff"
+    append = " ".join(w for w in (KERNEL_APPEND, poweroff, spec.extra_append) if w)
     args = [QEMU, "-accel", spec.accel, "-m", str(spec.memory_mb), "-smp", "1",
             "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{workdir / 'console.log'}",
