@@ -260,13 +260,15 @@ def first_reply(events: list[dict[str, Any]], t0: float, timeout: float = 90.0
     return None
 
 
-def start_prober(ns: str, tap: str, target: str, source: str, timeout: float
-                 ) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
-    """Start the ARP prober in the namespace; events are appended to the returned list."""
+def start_prober(ns: str, tap: str, target: str, source: str, timeout: float,
+                 every: bool = False) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
+    """Start the ARP prober in the namespace; events are appended to the returned list.
+    ``every``: it keeps asking until ``timeout`` and reports every answer."""
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, "-m", "netinject.vm.prober",
          "--iface", tap, "--target", target, "--source", source,
-         "--timeout", str(timeout)], stdout=subprocess.PIPE, text=True)
+         "--timeout", str(timeout), *(["--every"] if every else [])],
+        stdout=subprocess.PIPE, text=True)
     events: list[dict[str, Any]] = []
     assert proc.stdout is not None
     first = proc.stdout.readline()

@@ -49,7 +49,7 @@ def emit(event: str, **fields: object) -> None:
 
 
 def probe(iface: str, target: str, source: str, interval: float, timeout: float,
-          linger: float) -> int:
+          linger: float, every: bool = False) -> int:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
     sock.bind((iface, ETH_P_ARP))
     src_mac = _mac(iface)
@@ -63,15 +63,16 @@ def probe(iface: str, target: str, source: str, interval: float, timeout: float,
     garp_seen = False
     while True:
         now = time.monotonic()
-        if now >= deadline or (answered_at is not None and
+        if now >= deadline or (answered_at is not None and not every and
                                (garp_seen or now >= answered_at + linger)):
             break
-        if answered_at is None and now >= next_send:
+        if (answered_at is None or every) and now >= next_send:
             with contextlib.suppress(OSError):  # no carrier yet: try again next tick
                 sock.send(request)
             next_send = now + interval
         wait = max(0.0, min(next_send, deadline) - time.monotonic())
-        ready, _, _ = select.select([sock], [], [], wait if answered_at is None else 0.05)
+        ready, _, _ = select.select([sock], [], [],
+                                    wait if answered_at is None or every else 0.05)
         if not ready:
             continue
         frame = sock.recv(2048)
@@ -86,9 +87,9 @@ def probe(iface: str, target: str, source: str, interval: float, timeout: float,
             if not garp_seen:
                 emit("garp", mac=mac, op=op)
                 garp_seen = True
-        elif op == 2 and answered_at is None:
+        elif op == 2 and (answered_at is None or every):
             emit("reply", mac=mac)
-            answered_at = time.monotonic()
+            answered_at = answered_at or time.monotonic()
     if answered_at is None:
         emit("timeout")
         return 1
@@ -104,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--linger", type=float, default=3.0,
                    help="after the answer, keep listening this long for a gratuitous ARP")
+    p.add_argument("--every", action="store_true",
+                   help="keep asking until --timeout and report every answer (how long a "
+                        "NIC went silent)")
     a = p.parse_args(argv)
-    return probe(a.iface, a.target, a.source, a.interval, a.timeout, a.linger)
+    return probe(a.iface, a.target, a.source, a.interval, a.timeout, a.linger, a.every)
 
 
 if __name__ == "__main__":
