@@ -189,6 +189,7 @@ def change(root: str, stack: Stack, manifest: Manifest, changes: Changes,
         deactivated = bool(changes.present(changes.changed + changes.removed))
         backup = install(root, manifest, log, backup_dir=backup_dir, remove=stale,
                          txid=txid, skip_same=True)
+        reload_udev(root, backup.changed, log)
         stack.activate(root, changes, log)
         check(root, stack, changes, new, old, log)
         return backup
@@ -219,6 +220,20 @@ def change(root: str, stack: Stack, manifest: Manifest, changes: Changes,
     if problems:
         raise LiveFailed("%s; undoing it FAILED: %s" % (why, "; ".join(problems)), True)
     raise LiveFailed("%s; every file and the running state are as they were" % why, False)
+
+
+def reload_udev(root: str, changed: "list[str]", log: Log) -> None:
+    """udevd reads its rules again when the NIC-naming rules changed: it would notice by
+    itself, but only every few seconds, and a NIC hot-plugged sooner would miss its
+    name. Best effort (the names are checked when the NIC is)."""
+    udevadm = tool("udevadm", root)
+    if udevadm is None or not any(p.startswith("etc/udev/rules.d/") for p in changed):
+        return
+    try:
+        run_command([udevadm, "control", "--reload"], 15, "udevadm control --reload")
+        log("udev rules reloaded")
+    except AgentError as exc:
+        log("could not reload udev's rules: %s" % exc)
 
 
 def _step(problems: "list[str]", what: str, fn: "Callable[[], None]") -> None:
