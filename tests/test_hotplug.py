@@ -876,8 +876,32 @@ def test_agent_versions_are_read_as_numbers() -> None:
 
     assert parse_version("netinject-guest 0.2.0") == (0, 2, 0)
     assert parse_version("netinject-guest 0.10.1") == (0, 10, 1)
-    assert parse_version("netinject-guest 0.10.1") > LIVE_AGENT > parse_version(
-        "netinject-guest 0.1.9")  # type: ignore[operator]
+    newer, older = (parse_version(f"netinject-guest {v}") for v in ("0.10.1", "0.1.9"))
+    assert newer is not None
+    assert older is not None
+    assert newer > LIVE_AGENT > older  # (numbers, not text: 0.10 is newer than 0.2)
     for text in ("", "netinject-guest", "netinject-guest 0.2.0rc1", "qemu-ga 0.2.0",
                  "netinject-guest 0.2.0 extra", "netinject-guest ٠.٢.٠"):
         assert parse_version(text) is None, text
+
+
+def test_the_host_waits_for_an_apply_longer_than_one_agent_call(
+        qga: Agent, tmp_path: Path) -> None:
+    """An apply may wait 10 s for the agent's lock, then bring NICs up and check them:
+    longer than one guest-agent call may take. The real agent, slowed by 1.5 s before
+    an apply (a wrapper), with calls timing out after 1 s: the host waits for it
+    (GuestSide.apply_timeout), it does not take it for a lost reply."""
+    _root, side = _booted(tmp_path)
+    slow = tmp_path / "slow-agent"
+    slow.write_text(f"#!/bin/sh\n[ \"$1\" = apply ] && sleep 1.5\nexec {GUEST_PYTHON} -I -S "
+                    f"{AGENT} \"$@\"\n")
+    slow.chmod(0o755)
+    side = GuestSide(command=(str(slow),), root=side.root, sysfs=side.sysfs,
+                     recovery_timeout=0.5, apply_timeout=10)
+    port, subnet, network = vm.hotplug_port()
+    instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
+    with GuestAgent.unix(qga.sock, timeout=1) as ga:
+        res = apply_in_guest(ga, instance, Options(), side)
+    assert res.outcome is ApplyOutcome.APPLIED, res.detail
+    assert "reply lost" not in res.detail
+    assert res.said.get("added") == "eth1"
