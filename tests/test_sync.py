@@ -388,6 +388,21 @@ def test_a_sync_while_a_boot_time_install_holds_the_lock_says_try_again(
     assert config(root) == before
 
 
+def test_a_stack_this_netinject_does_not_know(
+        qga: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The image records a stack netinject has no descriptor for: refused before the
+    agent is asked to change anything, exit 1."""
+    root, side = booted(tmp_path)
+    (root / "etc/netinject").mkdir()
+    (root / "etc/netinject/stack").write_text("wicked\n")
+    before = snapshot(root, skip=())
+    assert run_sync(monkeypatch, qga, side, changed_document(), tmp_path) == 1
+    assert ("the guest's /etc/netinject/stack: unknown network stack 'wicked' (known: "
+            "ifupdown, networkd, netplan, nm)") in capsys.readouterr().err
+    assert snapshot(root, skip=()) == before
+
+
 CHROOT = """\
 #!/bin/sh
 # The real agent with root / (a live change, not --root): in a private mount and network
@@ -440,3 +455,49 @@ def test_a_stack_the_guest_cannot_change_live_is_refused_and_said(
     assert ("unchanged: the guest's files are unchanged (unchanged: networkctl is not "
             "installed: this networkd image cannot take live changes)") in captured.err
     assert config(root) == before
+
+
+UID = "5f0c2a1e-7b3d-4c8e-9a6f-1d2e3c4b5a69"
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["sync", "--qga", "s"], "give an instance document (INSTANCE.json), --network-data, or "
+                             "--cloud NAME --server ID"),
+    (["sync", "--cloud", "c", "--qga", "s"], "--cloud and --server go together"),
+    (["sync", "doc.json", "--cloud", "c", "--server", UID, "--qga", "s"],
+     "give an instance document, --network-data, or --cloud with --server: one of them"),
+    (["sync", "--cloud", "c", "--server", "nope", "--qga", "s"],
+     "--server: 'nope' is not a uuid"),
+    (["hotplug", "attach", "--cloud", "c", "--port", UID, "--qmp", "q", "--qga", "s"],
+     "--cloud and --server go together"),
+    (["hotplug", "attach", "doc.json", "--cloud", "c", "--server", UID, "--port", UID,
+      "--qmp", "q", "--qga", "s"], "give an instance document or --cloud with --server"),
+    (["hotplug", "attach", "--cloud", "c", "--server", UID, "--port", UID, "--subnet",
+      "s.json", "--qmp", "q", "--qga", "s"], "--subnet and --network go with an instance "
+                                             "document"),
+    (["hotplug", "detach", "--cloud", "c", "--server", UID, "--port", UID,
+      "--system-metadata-out", "x", "--qmp", "q", "--qga", "s"],
+     "--system-metadata-out goes with an instance document"),
+    (["hotplug", "attach", "--cloud", "c", "--server", UID, "--port", "p1", "--qmp", "q",
+      "--qga", "s"], "--port: 'p1' is not a uuid"),
+    (["hotplug", "detach", "--port-id", UID, "--qmp", "q", "--qga", "s"],
+     "give the instance document (INSTANCE.json) or --cloud NAME --server ID"),
+    (["hotplug", "attach", "doc.json", "--port", "p.json", "--image", "i", "--qmp", "q",
+      "--qga", "s"], "--image and --hostname go with --cloud and --server"),
+])
+def test_usage_errors_exit_2_before_anything_is_touched(
+        argv: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["sync", "--help"], ["hotplug", "attach", "--help"],
+                                  ["hotplug", "detach", "--help"]])
+def test_the_commands_answer_help(argv: list[str], capsys: pytest.CaptureFixture[str]
+                                  ) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--cloud NAME" in out
+    assert "Exit status: 0" in out
