@@ -30,6 +30,7 @@ from netinject.vm.harness import (
     BootSpec,
     _dnsmasq,
     boot,
+    first_reply,
     kvm_usable,
     running,
     start_prober,
@@ -121,16 +122,6 @@ def test_corrupt_drive_steps_aside_and_dhcp_brings_the_network_up(
 
 
 
-def _arp_time(events: list[dict[str, Any]], t0: float, timeout: float = 90.0) -> float | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reply = next((e for e in events if e["event"] in ("reply", "timeout")), None)
-        if reply is not None:
-            return float(reply["t"]) - t0 if reply["event"] == "reply" else None
-        time.sleep(0.02)
-    return None
-
-
 def test_hotplug_second_nic_comes_up_static_without_dhcp(
         prepared: tuple[Prepared, str], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,10 +157,10 @@ def test_hotplug_second_nic_comes_up_static_without_dhcp(
                        "--qga", str(guest.qga_socket), "--qmp", str(guest.qmp_socket),
                        "--tap", "tap1", "--system-metadata-out", str(tmp_path / "sm.json")])
             assert rc == 0
-            static_s = _arp_time(events, t0)
+            static_s = first_reply(events, t0)
             attached = float(re.search(r"attached at t=([0-9.]+)", capsys.readouterr().out)
                              .group(1))  # type: ignore[union-attr]
-            static_attach_s = _arp_time(events, attached)
+            static_attach_s = first_reply(events, attached)
         finally:
             prober.terminate()
         assert static_s is not None
@@ -214,7 +205,7 @@ def test_hotplug_second_nic_comes_up_static_without_dhcp(
         try:
             t0 = time.monotonic()
             attacher.attach(nic, "tap1")
-            dhcp_s = _arp_time(events, t0)
+            dhcp_s = first_reply(events, t0)
         finally:
             prober.terminate()
             dnsmasq.terminate()

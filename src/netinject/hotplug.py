@@ -29,7 +29,7 @@ from .guest import contract
 from .guest.stacks import STACK_CONFIG, Stack, read_stack, stack_named, stack_of
 from .model import Instance, Nic
 from .qga import ExecResult, GuestAgent, QgaError, QgaTimeout, QgaUnavailable
-from .render import STACK_RENDERERS, Options, render_all
+from .render import STACK_RENDERERS, Files, Options, render_all
 from .sources.neutron import LoadedInstance, parse_document
 
 HOTPLUG_FORMATS = (*STACK_RENDERERS, "udev", "resolv")
@@ -68,15 +68,17 @@ class GuestSide:
     how long the host waits for it.
 
     ``apply_timeout``: an apply may wait 10 s for the agent's lock (a boot-time install
-    or another live change), then bring NICs up and wait up to 30 s for their running
-    state, and as long again to undo a failure: the host waits that long before it takes
-    the reply as lost. ``status_timeout``: apply-status takes the same lock."""
+    or another live change), then bring NICs up and wait for their running state, and as
+    long again to undo a failure: the host waits that long before it takes the reply as
+    lost. ``recovery_timeout``: how long to keep asking what became of an apply whose
+    reply was lost (the agent answers "busy" while it still runs). ``status_timeout``:
+    one apply-status call (it takes the same lock)."""
 
     command: tuple[str, ...] = (GUEST_AGENT,)
     root: str = "/"
     sysfs: str | None = None
-    recovery_timeout: float = 30.0
-    apply_timeout: float = 150.0
+    apply_timeout: float = 180.0
+    recovery_timeout: float = 180.0
     status_timeout: float = 20.0
 
     def argv(self, action: str, txid: str) -> list[str]:
@@ -99,7 +101,7 @@ class ApplyOutcome(enum.Enum):
 
 # The guest's outcomes (contract.Outcome) that leave every file as it was.
 _AS_BEFORE = (contract.Outcome.UNCHANGED, contract.Outcome.ROLLED_BACK,
-              contract.Outcome.FENCED)
+              contract.Outcome.FENCED, contract.Outcome.BUSY)
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,15 @@ class ApplyResult:
     said: Mapping[str, str] = field(default_factory=dict)  # its result line's fields
 
 
-def bundle_for(instance: Instance, options: Options) -> tuple[bytes, dict[str, bytes]]:
+def bundle_for(instance: Instance, options: Options, rendered: Files | None = None
+               ) -> tuple[bytes, dict[str, bytes]]:
     """The bundle ``netinject-guest apply`` reads (manifest + payload, as on the drive:
-    every stack's files; the agent installs its image's), and the files by guest path."""
+    every stack's files; the agent installs its image's), and the files by guest path.
+    ``rendered``: these files instead of the instance's (a test's hand-made config)."""
     from . import drive
 
-    rendered = render_all(instance, HOTPLUG_FORMATS, options)
+    if rendered is None:
+        rendered = render_all(instance, HOTPLUG_FORMATS, options)
     manifest = drive.manifest(instance, rendered, options.style.value).encode()
     names = drive.source_names(rendered)
     files = [("manifest", manifest), *((names[p], rendered[p].encode())
@@ -216,7 +221,8 @@ def agent_version(ga: GuestAgent, side: GuestSide) -> str:
 
 
 def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
-                   side: GuestSide, check_agent: bool = True) -> ApplyResult:
+                   side: GuestSide, rendered: Files | None = None,
+                   check_agent: bool = True) -> ApplyResult:
     """Install the instance's files in the running guest as one transaction.
 
     Returns what the guest's files are now, established from the guest itself: its
@@ -229,9 +235,9 @@ def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
     """
     if check_agent:
         agent_version(ga, side)
-    raw, rendered = bundle_for(instance, options)
+    raw, by_path = bundle_for(instance, options, rendered)
     stack = guest_stack(ga, side)
-    files = {p: c for p, c in rendered.items() if stack_of(p) in (None, stack)}
+    files = {p: c for p, c in by_path.items() if stack_of(p) in (None, stack)}
     txid = secrets.token_hex(8)
     # The originals, to tell "unchanged" from "applied" should the reply be lost.
     originals = read_files(ga, side, files)
@@ -297,6 +303,10 @@ def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, byt
             last = str(exc)
             break
         said = contract.parse_result(res.stdout.decode(errors="replace"))
+        if said is not None and said["outcome"] == contract.Outcome.BUSY:
+            last = _words(said, res)  # the apply itself may still be running: ask again
+            time.sleep(0.5)
+            continue
         if said is None or said["outcome"] == contract.Outcome.BROKEN:
             last = _words(said, res)
             break

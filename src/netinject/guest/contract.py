@@ -556,11 +556,12 @@ class Outcome:
     # Apply and apply-status.
     APPLIED = "applied"  # every file is new
     FENCED = "fenced"  # apply-status: the transaction never ran, and now never will
+    BUSY = "busy"  # another run holds the lock: nothing was done or looked at; ask again
 
 
 OUTCOMES = (Outcome.INSTALLED, Outcome.NO_DRIVE, Outcome.NO_PAYLOAD, Outcome.STEPPED_ASIDE,
             Outcome.UNCHANGED, Outcome.ROLLED_BACK, Outcome.BROKEN, Outcome.APPLIED,
-            Outcome.FENCED)
+            Outcome.FENCED, Outcome.BUSY)
 # netinject-guest apply / apply-status exit statuses: the files are all new, all as they
 # were, or (a rollback failed) neither.
 APPLY_OK, APPLY_UNCHANGED, APPLY_BROKEN = 0, 1, 3

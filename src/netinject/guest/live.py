@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from typing import Callable
 
 APPLIED = STATE_DIR + "/applied-manifest"
-VERIFY_TIMEOUT = 30.0  # seconds for a NIC's running state to match its config
+VERIFY_TIMEOUT = 20.0  # seconds for a NIC's running state to match its config
 CHECK_POLL = 0.2
 
 
@@ -95,43 +95,37 @@ def stale_files(old_raw: "bytes | None", manifest: Manifest, stack: Stack) -> "l
                   if stack_of(f.path) is stack and f.path not in ours)
 
 
-def _ip(root: str, args: "list[str]") -> "list[dict[str, object]]":
+def _ip(root: str, args: "list[str]") -> "list[list[str]]":
+    """``ip``'s lines for ``args``, split into words. Its text, not ``ip -j``: the agent
+    runs where only python3-minimal is installed, without the json module."""
     ip = tool("ip", root)
     if ip is None:
         raise AgentError("ip (iproute2) is not installed: the running state cannot be read")
-    out = run_command([ip, "-j", *args], 15, "ip " + " ".join(args))
-    import json  # (not on the boot path: live changes only)
-
-    try:
-        data = json.loads(out or "[]")
-    except ValueError:
-        raise AgentError("ip %s: not JSON" % " ".join(args)) from None
-    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+    out = run_command([ip, *args], 15, "ip " + " ".join(args))
+    return [line.split() for line in out.splitlines() if line.strip()]
 
 
 def running(root: str, name: str) -> "tuple[set[str], set[tuple[str, str]], int | None]":
     """NIC ``name``'s addresses (CIDR), routes (destination CIDR, gateway; main table)
     and MTU, as the kernel has them."""
     addrs: set[str] = set()
-    mtu: int | None = None
-    for link in _ip(root, ["addr", "show", "dev", name]):
-        value = link.get("mtu")
-        mtu = value if isinstance(value, int) else mtu
-        infos = link.get("addr_info")
-        for info in infos if isinstance(infos, list) else []:
-            if isinstance(info, dict) and info.get("family") in ("inet", "inet6"):
-                addrs.add("%s/%s" % (info.get("local"), info.get("prefixlen")))
+    for words in _ip(root, ["-o", "addr", "show", "dev", name]):
+        for i, word in enumerate(words[:-1]):
+            if word in ("inet", "inet6"):
+                addrs.add(words[i + 1])
     routes: set[tuple[str, str]] = set()
-    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
-        for r in _ip(root, [family, "route", "show", "dev", name]):
-            dst, gw = str(r.get("dst", "")), r.get("gateway")
-            if not gw:
+    for family, default, host in (("-4", "0.0.0.0/0", "/32"), ("-6", "::/0", "/128")):
+        for words in _ip(root, [family, "route", "show", "dev", name]):
+            if "via" not in words[:-1]:
                 continue
-            if dst == "default":
-                dst = default
-            elif "/" not in dst:
-                dst += "/32" if family == "-4" else "/128"
-            routes.add((dst, str(gw)))
+            dst = words[0]
+            dst = default if dst == "default" else dst if "/" in dst else dst + host
+            routes.add((dst, words[words.index("via") + 1]))
+    try:
+        text = read_small(join(root, "sys/class/net", name, "mtu")).decode("ascii").strip()
+        mtu: int | None = int(text) if text.isdigit() else None
+    except (OSError, UnicodeError):
+        mtu = None
     return addrs, routes, mtu
 
 
@@ -153,12 +147,12 @@ def mismatch(root: str, name: str, want: "NicFacts | None",
     return out
 
 
-def check(root: str, changes: Changes, want: "dict[str, NicFacts]",
+def check(root: str, stack: Stack, changes: Changes, want: "dict[str, NicFacts]",
           gone: "dict[str, NicFacts] | None", log: Log,
           timeout: float = VERIFY_TIMEOUT) -> None:
-    """Wait (up to ``timeout``) until every changed or added NIC that is there runs its
-    config and every removed one is rid of its old addresses; AgentError saying what
-    differs when they do not."""
+    """Wait (up to ``timeout``, or until the stack gives up on a NIC) until every
+    changed or added NIC that is there runs its config and every removed one is rid of
+    its old addresses; AgentError saying what differs when they do not."""
     import time
 
     names = changes.present(changes.changed + changes.added + changes.removed)
@@ -170,6 +164,10 @@ def check(root: str, changes: Changes, want: "dict[str, NicFacts]",
             if names:
                 log("running state matches for %s" % ", ".join(names))
             return
+        refused = stack.failed(root, names)
+        if refused:
+            raise AgentError("%s refused the config of %s: %s" % (
+                stack.name, ", ".join(refused), "; ".join(problems)[:600]))
         if time.monotonic() >= deadline:
             raise AgentError("the running state does not match after %.0f s: %s"
                              % (timeout, "; ".join(problems)[:600]))
@@ -191,8 +189,9 @@ def change(root: str, stack: Stack, manifest: Manifest, changes: Changes,
         deactivated = bool(changes.present(changes.changed + changes.removed))
         backup = install(root, manifest, log, backup_dir=backup_dir, remove=stale,
                          txid=txid, skip_same=True)
+        reload_udev(root, backup.changed, log)
         stack.activate(root, changes, log)
-        check(root, changes, new, old, log)
+        check(root, stack, changes, new, old, log)
         return backup
     except InstallFailed as exc:
         if not deactivated:
@@ -215,12 +214,26 @@ def change(root: str, stack: Stack, manifest: Manifest, changes: Changes,
     _step(problems, "bringing the old config up", lambda: stack.activate(root, undo, log))
     if old is not None:
         _step(problems, "checking the old config",
-              lambda: check(root, undo, old, new, log))
+              lambda: check(root, stack, undo, old, new, log))
     else:
         log("no record of the old config: its running state is not checked")
     if problems:
         raise LiveFailed("%s; undoing it FAILED: %s" % (why, "; ".join(problems)), True)
     raise LiveFailed("%s; every file and the running state are as they were" % why, False)
+
+
+def reload_udev(root: str, changed: "list[str]", log: Log) -> None:
+    """udevd reads its rules again when the NIC-naming rules changed: it would notice by
+    itself, but only every few seconds, and a NIC hot-plugged sooner would miss its
+    name. Best effort (the names are checked when the NIC is)."""
+    udevadm = tool("udevadm", root)
+    if udevadm is None or not any(p.startswith("etc/udev/rules.d/") for p in changed):
+        return
+    try:
+        run_command([udevadm, "control", "--reload"], 15, "udevadm control --reload")
+        log("udev rules reloaded")
+    except AgentError as exc:
+        log("could not reload udev's rules: %s" % exc)
 
 
 def _step(problems: "list[str]", what: str, fn: "Callable[[], None]") -> None:

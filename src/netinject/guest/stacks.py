@@ -201,6 +201,11 @@ class Stack:
         the stack refuses (the caller rolls back)."""
         raise AgentError("live changes on %s images are not built yet" % self.name)
 
+    def failed(self, root: str, names: "list[str]") -> "list[str]":
+        """Which of ``names`` the stack has given up on (its config refused): a change
+        checking the running state stops waiting for those."""
+        return []
+
     def need(self, root: str, name: str) -> str:
         """The path of a program the activation runs (AgentError without it)."""
         path = tool(name, root)
@@ -306,11 +311,10 @@ class Networkd(Stack):
         udevadm = tool("udevadm", root)
         if udevadm is not None:
             self.run([udevadm, "control", "--reload"], log)
-        networkctl = self.need(root, "networkctl")
-        self.run([networkctl, "reload"], log)
-        names = changes.present(changes.changed + changes.added)
-        if names:
-            self.run([networkctl, "reconfigure", *names], log)
+        networkd_reload(self, root, changes.present(changes.changed + changes.added), log)
+
+    def failed(self, root: str, names: "list[str]") -> "list[str]":
+        return networkd_failed(root, names)
 
 
 class NetworkManager(Stack):
@@ -536,10 +540,7 @@ class Netplan(Stack):
             self.run([udevadm, "control", "--reload"], log)
         names = changes.present(changes.changed + changes.added)
         if any(t.startswith(self.generated[0][0]) for t in touched):
-            networkctl = self.need(root, "networkctl")
-            self.run([networkctl, "reload"], log)
-            if names:
-                self.run([networkctl, "reconfigure", *names], log)
+            networkd_reload(self, root, names, log)
         nm = [t for t in touched if t.startswith(self.generated[2][0])]
         if nm:
             nmcli = self.need(root, "nmcli")
@@ -547,6 +548,9 @@ class Netplan(Stack):
                 self.run([nmcli, "connection", "load", "/" + path], log, 15)
             for name in names:
                 self.run([nmcli, "-w", "45", "device", "reapply", name], log)
+
+    def failed(self, root: str, names: "list[str]") -> "list[str]":
+        return networkd_failed(root, names)
 
     def _sync_generated(self, root: str, scratch: str, log: "Log") -> "list[str]":
         """Put the generator's output from ``scratch`` in place under ``root``/run where
@@ -578,6 +582,38 @@ class Netplan(Stack):
                 touched.append(d + name)
         log("netplan's output: %s" % (", ".join("/" + t for t in touched) or "no change"))
         return touched
+
+
+def networkd_failed(root: str, names: "list[str]") -> "list[str]":
+    """The links systemd-networkd has given up on (ADMIN_STATE=failed in its state
+    file, /run/systemd/netif/links/<ifindex>): a route or address the kernel refused."""
+    out = []
+    for name in names:
+        try:
+            index = read_small(join(root, "sys/class/net", name, "ifindex")).decode().strip()
+            state = read_small(join(root, "run/systemd/netif/links", index)).decode()
+        except (OSError, UnicodeError):
+            continue
+        if "ADMIN_STATE=failed" in state.split("\n"):
+            out.append(name)
+    return out
+
+
+def networkd_reload(stack: Stack, root: str, names: "list[str]", log: "Log") -> None:
+    """``networkctl reload`` (networkd reads its files again and reconfigures the links
+    whose file changed), then ``networkctl reconfigure`` of ``names``. A link networkd
+    gave up on (its old config refused: a rollback) is left alone by both (systemd
+    252); only restarting networkd recovers it, which reconfigures every link (their
+    static addresses are kept; DHCP leases too, networkd >= 244): done then, and said."""
+    networkctl = stack.need(root, "networkctl")
+    stack.run([networkctl, "reload"], log)
+    stuck = networkd_failed(root, names)
+    if stuck:
+        systemctl = stack.need(root, "systemctl")
+        log("networkd gave up on %s: restarting it" % ", ".join(stuck))
+        stack.run([systemctl, "restart", "systemd-networkd.service"], log)
+    elif names:
+        stack.run([networkctl, "reconfigure", *names], log)
 
 
 def _listdir(path: str) -> "list[str]":

@@ -203,7 +203,10 @@ def transaction(root: str, txid: str, log: Log, body: "Callable[[], Ended]") -> 
     left (which may end ``txid`` itself: an interrupted ``txid`` rolled back)."""
     if not (is_plain_name(txid) and len(txid) <= TXID_MAX):
         return Ended("-", Outcome.UNCHANGED, "refused: bad transaction id")
-    lock = AgentLock(root, LIVE_LOCK_WAIT)
+    try:
+        lock = AgentLock(root, LIVE_LOCK_WAIT)
+    except AgentError as exc:  # (not recorded: recording needs the lock)
+        return Ended(txid, Outcome.BUSY, str(exc))
     try:
         known = read_apply_status(root)
         blocked = None

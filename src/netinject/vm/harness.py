@@ -207,7 +207,10 @@ def parse_report(console: str) -> dict[str, str]:
 def qemu_args(spec: BootSpec, workdir: Path, macs: tuple[str, ...] = (vm.GUEST_MAC,)
               ) -> list[str]:
     img = spec.image
-    append = f"{KERNEL_APPEND} netinject.poweroff {spec.extra_append}".strip()
+    # A guest driven through its agent (qga) stays up until the test stops it; the others
+    # power off once their report is printed.
+    poweroff = "" if spec.qga else "netinject.poweroff"
+    append = " ".join(w for w in (KERNEL_APPEND, poweroff, spec.extra_append) if w)
     args = [QEMU, "-accel", spec.accel, "-m", str(spec.memory_mb), "-smp", "1",
             "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{workdir / 'console.log'}",
@@ -242,6 +245,19 @@ def _dnsmasq(ns: str, workdir: Path, tap: str = "tap0", ip: str = vm.GUEST_IP,
          f"--dhcp-host={mac},{ip}", f"--dhcp-option=option:router,{router}",
          f"--dhcp-leasefile={workdir / f'leases-{tap}'}", "--pid-file", "--log-facility=-"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+
+
+def first_reply(events: list[dict[str, Any]], t0: float, timeout: float = 90.0
+                ) -> float | None:
+    """Seconds from ``t0`` (time.monotonic()) to the prober's first ARP reply; None when
+    it timed out (or nothing came within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = next((e for e in events if e["event"] in ("reply", "timeout")), None)
+        if reply is not None:
+            return float(reply["t"]) - t0 if reply["event"] == "reply" else None
+        time.sleep(0.02)
+    return None
 
 
 def start_prober(ns: str, tap: str, target: str, source: str, timeout: float
