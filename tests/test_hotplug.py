@@ -130,19 +130,23 @@ def test_apply_keeps_a_resolv_conf_symlink(qga: Agent, tmp_path: Path) -> None:
 
 
 class RestartBeforeFirstStatusPoll(SocketTransport):
-    """The real socket client; right before the first guest-exec-status (the apply was
-    sent) it waits until the guest recorded the apply's outcome, then restarts qemu-ga:
-    the guest applied everything and the reply is lost, deterministically."""
+    """The real socket client; right before the apply's first guest-exec-status (the
+    apply was sent) it waits until the guest recorded the apply's outcome, then restarts
+    qemu-ga: the guest applied everything and the reply is lost, deterministically."""
 
     def __init__(self, qga: Agent, status: Path, timeout: float) -> None:
         super().__init__(qga.sock, timeout)
         self.qga = qga
         self.status = status
         self.sent: list[str] = []
+        self.applying = False
 
     def command(self, execute: str, arguments: dict[str, Any] | None,
                 timeout: float) -> Any:
-        if execute == "guest-exec-status" and execute not in self.sent:
+        if execute == "guest-exec" and "apply" in (arguments or {}).get("arg", []):
+            self.applying = True
+        elif execute == "guest-exec-status" and self.applying:
+            self.applying = False
             deadline = time.monotonic() + 30
             while not (self.status.is_file() and self.status.read_text().strip()):
                 assert time.monotonic() < deadline, "the apply did not end"
@@ -173,7 +177,7 @@ def test_a_lost_reply_with_a_kept_resolv_conf_symlink_is_applied_not_mixed(
         res = attach(vm.document(), port, ga, rec, "tap1", [subnet], [network],
                      timeout=0.01, side=side)
     assert "guest-exec-status" in t.sent  # the fault happened: the reply was lost
-    assert t.sent.count("guest-exec") == 2  # the apply, then apply-status
+    assert t.sent.count("guest-exec") == 3  # --version, the apply, then apply-status
     assert res.applied is not None
     assert res.applied.outcome is ApplyOutcome.APPLIED, res.applied.detail
     assert "reply lost" in res.applied.detail
@@ -716,3 +720,188 @@ def test_a_rollback_that_fails_reads_broken_through_apply_and_apply_status(
     # The guest's files are a mix indeed: the first file is new, the others are not.
     new, now = _new_files(), _snapshot(root)
     assert [now[p] == new[p] for p in FILES] == [True, False, False]
+
+
+# -- issue 22: the agent's version; a NIC that cannot be attached ---------------------------
+
+
+def _booted(tmp_path: Path) -> tuple[Path, GuestSide]:
+    """A guest tree after its first boot (the agent installed the test bed's config
+    from a real drive and recorded the applied manifest), and how to reach its agent."""
+    from helpers.guest import make_drive, run_agent
+
+    drive = make_drive(tmp_path / "drive.img", vm.document())
+    root = make_guest(tmp_path / "root", vm.document(), drive)
+    done = run_agent(root)
+    assert "outcome=installed" in done.stderr, done.stderr
+    side = GuestSide(command=(GUEST_PYTHON, "-I", "-S", str(AGENT)), root=str(root),
+                     sysfs=str(root / "sys"), recovery_timeout=2.5)
+    return root, side
+
+
+class FailingAttacher(RecordingAttacher):
+    """Stands in for QEMU refusing the NIC (device_add failing): records the call and
+    raises as QmpAttacher does. ``then``: runs first (a fault in the guest meanwhile)."""
+
+    def __init__(self, then: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
+        self.then = then
+
+    def attach(self, nic: Nic, tap: str) -> None:
+        super().attach(nic, tap)
+        self.then()
+        raise HotplugError(f"QMP attach of {nic.name} failed: Duplicate ID (stand-in)")
+
+
+def _guest_files(root: Path) -> dict[str, Any]:
+    """The guest's config: every file under etc/ exactly, and the NICs' facts in the
+    manifest its agent last applied."""
+    from helpers.guest import snapshot
+
+    applied = root / "var/lib/netinject/applied-manifest"
+    facts = contract.parse_manifest(applied.read_bytes()).facts if applied.exists() else None
+    return {**{k: v for k, v in snapshot(root).items() if k.startswith("etc/")},
+            "facts": {n: f.records() for n, f in (facts or {}).items()}}
+
+
+def test_a_nic_that_cannot_be_attached_leaves_the_guest_all_old(
+        qga: Agent, tmp_path: Path) -> None:
+    """Issue 22, item 4: the guest took eth1's config, then QEMU refused the NIC. The old
+    config is applied again (one more transaction), so the guest ends all old, and the
+    error says so with its result (it used to raise without one, which read
+    'unchanged' while the files were new)."""
+    root, side = _booted(tmp_path)
+    before = _guest_files(root)
+    port, subnet, network = vm.hotplug_port()
+    rec = FailingAttacher()
+    with GuestAgent.unix(qga.sock, timeout=5) as ga, pytest.raises(HotplugError) as exc:
+        attach(vm.document(), port, ga, rec, "tap1", [subnet], [network], side=side)
+    assert rec.calls == ["attach eth1"]
+    assert exc.value.result is not None
+    assert exc.value.outcome is ApplyOutcome.UNCHANGED
+    assert exc.value.result.guest == contract.Outcome.APPLIED  # (the undo's own word)
+    assert str(exc.value).startswith("QMP attach of eth1 failed: Duplicate ID (stand-in); "
+                                     "the guest's files are as before (eth1's config was "
+                                     "installed, then undone)"), str(exc.value)
+    assert _guest_files(root) == before
+    # Two transactions: eth1 added, then removed again.
+    ends = [contract.parse_result(line) for line in
+            (root / "var/lib/netinject/apply-status").read_text().splitlines()]
+    assert [(e or {}).get("added") for e in ends] == ["eth1", None]
+    assert [(e or {}).get("removed") for e in ends] == [None, "eth1"]
+
+
+def test_when_undoing_fails_the_error_says_the_files_are_new(
+        qga: Agent, tmp_path: Path) -> None:
+    """The NIC fails to attach and the undo is refused too (here: meanwhile the guest's
+    SMBIOS uuid no longer matches the instance, so the agent refuses the old config's
+    bundle). The error says plainly that the files are NEW, and its result says
+    APPLIED."""
+    root, side = _booted(tmp_path)
+    port, subnet, network = vm.hotplug_port()
+
+    def other_machine() -> None:
+        (root / "sys/class/dmi/id/product_uuid").write_text(
+            "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6\n")
+
+    rec = FailingAttacher(other_machine)
+    with GuestAgent.unix(qga.sock, timeout=5) as ga, pytest.raises(HotplugError) as exc:
+        attach(vm.document(), port, ga, rec, "tap1", [subnet], [network], side=side)
+    assert exc.value.outcome is ApplyOutcome.APPLIED
+    assert "undoing eth1's config in the guest FAILED: the guest's files are NEW: they " \
+           "configure eth1, which is not attached" in str(exc.value)
+    assert "not this machine" in str(exc.value)
+    new = _new_files()
+    for p in FILES[:2]:
+        assert (root / p).read_bytes() == new[p]
+
+
+def test_a_detach_that_fails_at_qemu_says_nothing_changed_in_the_guest(
+        qga: Agent, tmp_path: Path) -> None:
+    root, side = _booted(tmp_path)
+    before = _guest_files(root)
+
+    class NoDetach(RecordingAttacher):
+        def detach(self, nic: Nic) -> None:
+            raise HotplugError(f"QMP detach of {nic.name} failed: no device (stand-in)")
+
+    from netinject.hotplug import detach
+
+    with GuestAgent.unix(qga.sock, timeout=5) as ga, pytest.raises(HotplugError) as exc:
+        detach(vm.document(), vm.PORT_ID, ga, NoDetach(), side=side)
+    assert exc.value.result is not None
+    assert exc.value.outcome is ApplyOutcome.UNCHANGED
+    assert str(exc.value).endswith("nothing was changed in the guest")
+    assert _guest_files(root) == before
+
+
+def _fake_agent(tmp_path: Path, version_reply: str, status: int = 0) -> tuple[Path, Path]:
+    """A STAND-IN for an older agent in the image: answers --version as told and
+    records any other call (it must never get one)."""
+    calls = tmp_path / "calls"
+    script = tmp_path / "old-agent"
+    script.write_text(f"#!/bin/sh\nif [ \"$1\" = --version ]; then printf '%s\\n' "
+                      f"'{version_reply}'; exit {status}; fi\necho \"$@\" >> {calls}\n"
+                      "exit 1\n")
+    script.chmod(0o755)
+    return script, calls
+
+
+@pytest.mark.parametrize(("reply", "status", "words"), [
+    ("netinject-guest 0.1.0", 0, "the guest's netinject agent is 0.1.0; live changes need "
+                                 "0.2.0 or newer"),
+    ("usage: netinject-guest [-h] {run,apply}", 2, "does not say its version"),
+])
+def test_an_agent_too_old_is_refused_before_anything_changes(
+        qga: Agent, tmp_path: Path, reply: str, status: int, words: str) -> None:
+    root, side = _booted(tmp_path)
+    script, calls = _fake_agent(tmp_path, reply, status)
+    side = GuestSide(command=(str(script),), root=side.root, sysfs=side.sysfs)
+    before = _guest_files(root)
+    port, subnet, network = vm.hotplug_port()
+    rec = RecordingAttacher()
+    with GuestAgent.unix(qga.sock, timeout=5) as ga, pytest.raises(HotplugError) as exc:
+        attach(vm.document(), port, ga, rec, "tap1", [subnet], [network], side=side)
+    assert words in str(exc.value)
+    assert f"this netinject ships {contract.VERSION}" in str(exc.value)
+    assert "eth1 was not attached: the guest's files are unchanged" in str(exc.value)
+    assert exc.value.outcome is ApplyOutcome.UNCHANGED
+    assert rec.calls == []
+    assert not calls.exists()  # no apply was sent
+    assert _guest_files(root) == before
+
+
+def test_agent_versions_are_read_as_numbers() -> None:
+    from netinject.hotplug import LIVE_AGENT, parse_version
+
+    assert parse_version("netinject-guest 0.2.0") == (0, 2, 0)
+    assert parse_version("netinject-guest 0.10.1") == (0, 10, 1)
+    newer, older = (parse_version(f"netinject-guest {v}") for v in ("0.10.1", "0.1.9"))
+    assert newer is not None
+    assert older is not None
+    assert newer > LIVE_AGENT > older  # (numbers, not text: 0.10 is newer than 0.2)
+    for text in ("", "netinject-guest", "netinject-guest 0.2.0rc1", "qemu-ga 0.2.0",
+                 "netinject-guest 0.2.0 extra", "netinject-guest ٠.٢.٠"):
+        assert parse_version(text) is None, text
+
+
+def test_the_host_waits_for_an_apply_longer_than_one_agent_call(
+        qga: Agent, tmp_path: Path) -> None:
+    """An apply may wait 10 s for the agent's lock, then bring NICs up and check them:
+    longer than one guest-agent call may take. The real agent, slowed by 1.5 s before
+    an apply (a wrapper), with calls timing out after 1 s: the host waits for it
+    (GuestSide.apply_timeout), it does not take it for a lost reply."""
+    _root, side = _booted(tmp_path)
+    slow = tmp_path / "slow-agent"
+    slow.write_text(f"#!/bin/sh\n[ \"$1\" = apply ] && sleep 1.5\nexec {GUEST_PYTHON} -I -S "
+                    f"{AGENT} \"$@\"\n")
+    slow.chmod(0o755)
+    side = GuestSide(command=(str(slow),), root=side.root, sysfs=side.sysfs,
+                     recovery_timeout=0.5, apply_timeout=10)
+    port, subnet, network = vm.hotplug_port()
+    instance = parse_document(with_port(vm.document(), port, [subnet], [network])).instance
+    with GuestAgent.unix(qga.sock, timeout=1) as ga:
+        res = apply_in_guest(ga, instance, Options(), side)
+    assert res.outcome is ApplyOutcome.APPLIED, res.detail
+    assert "reply lost" not in res.detail
+    assert res.said.get("added") == "eth1"

@@ -86,3 +86,41 @@ def test_literal_eval_never_runs_code(tmp_path: Path) -> None:
         PortsPattern.from_system_metadata({"ports_pattern": payload(sentinel)})
     assert "is neither a JSON object nor a Python dict literal" in str(exc.value)
     assert not sentinel.exists()
+
+
+def test_a_hot_plugged_port_cannot_move_an_untagged_ports_index() -> None:
+    """hotplug attach --cloud pins the server's ports first (the indexes the guest has,
+    as the tags give them), then gives the new port the lowest free index: a new port
+    older than an untagged one (made beforehand) does not take that one's eth0."""
+    from netinject.openstack import cloud, live
+    from netinject.openstack.document import Request
+    from netinject.sources.neutron import parse_document
+
+    iid = "5f0c2a1e-7b3d-4c8e-9a6f-1d2e3c4b5a69"
+    net = {"id": "n1", "mtu": 1500}
+    sub = {"id": "s1", "network_id": "n1", "ip_version": 4, "cidr": "192.0.2.0/24",
+           "gateway_ip": "192.0.2.1"}
+
+    def port(pid: str, mac: str, ip: str, created: str) -> dict[str, object]:
+        return {"id": pid, "mac_address": mac, "network_id": "n1", "created_at": created,
+                "tags": [], "fixed_ips": [{"subnet_id": "s1", "ip_address": ip}]}
+
+    old_id, new_id = "2a3b4c5d-6e7f-4a8b-9c0d-1e2f3a4b5c6d", "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+    existing = port(old_id, "fa:16:3e:00:00:01", "192.0.2.10", "2024-01-02T00:00:00Z")
+    new = port(new_id, "fa:16:3e:00:00:02", "192.0.2.11", "2024-01-01T00:00:00Z")
+    srv = live.Server(None, Request(iid, "vm1"), None,
+                      cloud.Snapshot((existing,), (sub,), (net,)))
+
+    def names(s: live.Server) -> dict[str, str]:
+        inst = parse_document(s.document()).instance
+        return {str(n.port_id): n.name for n in inst.nics}
+
+    assert names(srv) == {old_id: "eth0"}
+    # Unpinned, the older new port would come first: the existing NIC renamed eth1.
+    assert names(srv.with_ports([existing, new])) == {new_id: "eth0", old_id: "eth1"}
+    # As attach_port does it: the server's ports pinned, then the new port added.
+    before = srv.pinned()
+    after = before.with_ports([*before.snapshot.ports, new]).pinned()
+    assert names(after) == {old_id: "eth0", new_id: "eth1"}
+    assert live.tag_changes([existing, new], after.snapshot.ports) == {
+        old_id: [f"netinject:{iid}:0"], new_id: [f"netinject:{iid}:1"]}

@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import pytest
 import requests
 
 from helpers.drive import iso_files
-from helpers.guest import agent_log, make_guest_for, run_agent, snapshot
+from helpers.guest import AGENT, agent_log, make_guest_for, run_agent, snapshot
 from helpers.openstack import (
     NETINJECT,
     clouds_with,
@@ -631,3 +632,248 @@ def test_the_wsgi_factory_needs_its_cloud() -> None:
                              )[0].max_builds == 9
     with pytest.raises(UsageError, match="NETINJECT_MAX_BUILDS must be at least 1"):
         settings_from_env({"NETINJECT_CLOUD": "x", "NETINJECT_MAX_BUILDS": "0"})
+
+
+# -- issue 22: hot-plug and sync from the live cloud ------------------------------------------
+
+
+class RecordingAttacher:
+    """Stands in for QEMU (QMP) only to record what got attached or detached: no VM runs
+    here (the real QMP attach runs in the lead's e2e tests). The guest's side is real: a
+    real qemu-ga and the real agent on a guest-shaped tree."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def attach(self, nic: Any, tap: str) -> None:
+        self.calls.append(f"attach {nic.name}")
+
+    def detach(self, nic: Any) -> None:
+        self.calls.append(f"detach {nic.name}")
+
+
+@dataclass
+class Day2:
+    """A server with one port in Neutron (its NIC map tagged by the vendordata service,
+    as when nova built its drive), its guest first-booted from a drive with that config,
+    and a second, unbound port on another network, ready to be hot-plugged."""
+
+    iid: str
+    image: str
+    net: Any
+    subnet: Any
+    first: Any
+    spare: Any
+    root: Path
+    side: Any
+    rec: RecordingAttacher
+
+    def cli(self, qga: Any, *args: str) -> int:
+        from netinject.cli import main
+
+        return main([*args, "--cloud", "netinject", "--server", self.iid, "--image",
+                     self.image, "--hostname", "vm1", "--qga", str(qga.sock)])
+
+    def eni(self) -> str:
+        return (self.root / "etc/network/interfaces").read_text()
+
+
+def _unbound_port(t: Tenant, net: Any, mac: str, ips: list[dict[str, str]],
+                  device_id: str = "") -> Any:
+    port = t.demo.network.create_port(network_id=net.id, mac_address=mac, fixed_ips=ips,
+                                      device_id=device_id,
+                                      device_owner="compute:nova" if device_id else "")
+    t.made.append(("port", port.id))
+    return port
+
+
+@pytest.fixture
+def day2(openstack_peer: Peer, tenant: Tenant, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Day2:
+    from netinject import drive, hotplug
+    from netinject.vm import testbed as vm
+
+    net = tenant.network(f"d2-{uuid.uuid4().hex[:6]}", mtu=1450)
+    sub = tenant.subnet(net, ip_version=4, cidr="192.0.2.0/24", gateway_ip="192.0.2.1",
+                        dns_nameservers=["192.0.2.1"],
+                        host_routes=[{"destination": "198.51.100.0/24",
+                                      "nexthop": "192.0.2.1"}])
+    iid = str(uuid.uuid4())
+    first = tenant.port(net, iid, vm.GUEST_MAC, [{"subnet_id": sub.id,
+                                                  "ip_address": "192.0.2.10"}])
+    net2 = tenant.network(f"d2b-{uuid.uuid4().hex[:6]}")
+    sub2 = tenant.subnet(net2, ip_version=4, cidr="203.0.113.0/24",
+                         gateway_ip="203.0.113.1")
+    spare = _unbound_port(tenant, net2, vm.HOTPLUG_MAC, [{"subnet_id": sub2.id,
+                                                           "ip_address": "203.0.113.10"}])
+    image = tenant.image(inject=True).id
+    svc = Vendordata(Settings(cloud="netinject", deadline=30))
+    try:
+        assert svc.handle({"instance-id": iid, "image-id": image, "hostname": "vm1"}).ok
+        svc.settle()
+    finally:
+        svc.close()
+    assert tenant.tags(first.id) == [f"netinject:{iid}:0"]
+    inst = live.load("netinject", iid, image, "vm1")
+    disk = drive.build(inst, tmp_path / "drive.img", "vfat").path
+    root = make_guest_for(tmp_path / "root", inst, disk)
+    assert run_agent(root).returncode == 0
+    assert agent_outcome(root)["outcome"] == "installed", agent_log(root)
+    side = hotplug.GuestSide(command=("/usr/bin/python3", "-I", "-S", str(AGENT)),
+                             root=str(root), sysfs=str(root / "sys"))
+    rec = RecordingAttacher()
+    monkeypatch.setattr(hotplug, "GuestSide", lambda: side)
+    monkeypatch.setattr(hotplug, "QmpAttacher", lambda _path: rec)
+    return Day2(iid, image, net, sub, first, spare, root, side, rec)
+
+
+def _service_nics(iid: str, image: str) -> list[tuple[str, str]]:
+    """The NICs (name, MAC) in the vendordata service's answer for the instance (a fresh
+    service: built from Neutron as it is now), after its tag writes (if any) landed."""
+    svc = Vendordata(Settings(cloud="netinject", deadline=30))
+    try:
+        answer = svc.handle({"instance-id": iid, "image-id": image, "hostname": "vm1"})
+        assert answer.ok, answer
+        svc.settle()
+    finally:
+        svc.close()
+    return contract.parse_manifest(answer.body["manifest"].encode()).nics
+
+
+def test_attach_sync_and_detach_from_the_live_cloud(
+        day2: Day2, tenant: Tenant, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22: ``hotplug attach --cloud`` reads the server, its ports and the new port
+    in Neutron, configures the guest (real qemu-ga, real agent), attaches the NIC (QEMU
+    stood in for, see RecordingAttacher), then binds and tags the port with the index
+    the vendordata service gives it; a subnet and network change in Neutron reaches the
+    guest through ``sync --cloud``, which names what changed; ``detach --cloud`` takes
+    the NIC and its config away and frees the index."""
+    from conftest import QgaAgent
+    from netinject.vm import testbed as vm
+
+    qga = QgaAgent(tmp_path)
+    qga.start()
+    try:
+        qmp = str(tmp_path / "qmp.sock")
+        before = tenant.admin.network.get_port(day2.first.id).revision_number
+        assert day2.cli(qga, "hotplug", "attach", "--port", day2.spare.id, "--qmp", qmp,
+                        "--no-wait") == 0
+        out = capsys.readouterr().out.splitlines()
+        assert day2.rec.calls == ["attach eth1"]
+        assert f"eth1 ({vm.HOTPLUG_MAC}) attached; the guest has its config (not waiting " \
+               "for its address)" in out
+        assert f"Neutron: port {day2.spare.id}: device_id {day2.iid}" in out
+        assert f"Neutron: port {day2.spare.id}: tags netinject:{day2.iid}:1" in out
+        assert tenant.tags(day2.spare.id) == [f"netinject:{day2.iid}:1"]
+        assert tenant.admin.network.get_port(day2.spare.id).device_id == day2.iid
+        # The first port's tag was already there: not written again.
+        assert tenant.admin.network.get_port(day2.first.id).revision_number == before
+        for line in ("iface eth1 inet static", "address 203.0.113.10",
+                     "address 192.0.2.10"):
+            assert line in day2.eni(), day2.eni()
+        # The vendordata service agrees on the index (and writes no tag of its own).
+        assert _service_nics(day2.iid, day2.image) == [("eth0", vm.GUEST_MAC),
+                                                       ("eth1", vm.HOTPLUG_MAC)]
+        assert tenant.tags(day2.spare.id) == [f"netinject:{day2.iid}:1"]
+
+        # An operator changes the first NIC's subnet and network in Neutron.
+        tenant.admin.network.update_subnet(
+            day2.subnet.id, dns_nameservers=["192.0.2.1", "192.0.2.53"],
+            host_routes=[{"destination": "198.51.100.0/24", "nexthop": "192.0.2.1"},
+                         {"destination": "198.51.100.128/25", "nexthop": "192.0.2.1"}])
+        tenant.admin.network.update_network(day2.net.id, mtu=1400)
+        assert day2.cli(qga, "sync", "--dry-run") == 0
+        assert "mtu 1400" not in day2.eni()  # (a dry run changes nothing)
+        capsys.readouterr()
+        assert day2.cli(qga, "sync") == 0
+        out = capsys.readouterr().out.splitlines()
+        for line in ("  changed  /etc/network/interfaces",
+                     f"  eth0 ({vm.GUEST_MAC}) changed", "    MTU 1450 -> 1400",
+                     "    + route 198.51.100.128/25 via 192.0.2.1",
+                     "    + DNS server 192.0.2.53"):
+            assert line in out, out
+        assert any(line.startswith("applied: the guest's files were updated") for line in out)
+        for line in ("mtu 1400", "dns-nameservers 192.0.2.1 192.0.2.53",
+                     "up ip route add 198.51.100.128/25 via 192.0.2.1 dev eth0"):
+            assert line in day2.eni(), day2.eni()
+        assert day2.cli(qga, "sync") == 0  # again: nothing to change
+        assert "nothing to change: the guest was not touched" in capsys.readouterr().out
+
+        # Detach: the NIC, then its config; the index freed, the port unbound.
+        assert day2.cli(qga, "hotplug", "detach", "--port", day2.spare.id, "--qmp",
+                        qmp) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert day2.rec.calls == ["attach eth1", "detach eth1"]
+        assert f"eth1 ({vm.HOTPLUG_MAC}) detached; index 1 freed" in out
+        assert tenant.tags(day2.spare.id) == []
+        port = tenant.admin.network.get_port(day2.spare.id)
+        assert (port.device_id, port.device_owner) == ("", "")
+        assert "eth1" not in day2.eni()
+        assert "mtu 1400" in day2.eni()
+        assert _service_nics(day2.iid, day2.image) == [("eth0", vm.GUEST_MAC)]
+        # Attached again, it takes the lowest free index again.
+        assert day2.cli(qga, "hotplug", "attach", "--port", day2.spare.id, "--qmp", qmp,
+                        "--no-wait") == 0
+        assert tenant.tags(day2.spare.id) == [f"netinject:{day2.iid}:1"]
+    finally:
+        qga.stop()
+
+
+def test_a_port_of_another_instance_is_refused(
+        day2: Day2, tenant: Tenant, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import QgaAgent
+
+    other = str(uuid.uuid4())
+    theirs = _unbound_port(tenant, day2.net, "fa:16:3e:00:03:01",
+                           [{"subnet_id": day2.subnet.id, "ip_address": "192.0.2.30"}],
+                           device_id=other)
+    before = snapshot(day2.root)
+    qga = QgaAgent(tmp_path)
+    qga.start()
+    try:
+        for action, status in (("attach", 2), ("detach", 2)):
+            args = ["hotplug", action, "--port", theirs.id, "--qmp", "x"]
+            assert day2.cli(qga, *args) == status
+            err = capsys.readouterr().err
+            assert (f"port {theirs.id} belongs to another instance (compute:nova {other}), "
+                    f"not server {day2.iid}: nothing was changed") in err, err
+        # A port not attached to the server cannot be detached from it.
+        assert day2.cli(qga, "hotplug", "detach", "--port", day2.spare.id, "--qmp",
+                        "x") == 2
+        assert f"port {day2.spare.id} is not attached to server {day2.iid}" in \
+            capsys.readouterr().err
+    finally:
+        qga.stop()
+    assert day2.rec.calls == []
+    assert snapshot(day2.root) == before
+    assert tenant.tags(theirs.id) == []
+    assert tenant.admin.network.get_port(theirs.id).device_id == other
+
+
+def test_nothing_is_written_to_neutron_when_the_guest_did_not_take_the_config(
+        day2: Day2, tenant: Tenant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The guest has no agent (guest-exec of it fails): nothing attached, nothing
+    written to Neutron (tags, device_id), exit 1."""
+    import dataclasses
+
+    from conftest import QgaAgent
+    from netinject import hotplug
+
+    side = dataclasses.replace(day2.side, command=(str(tmp_path / "no-agent"),))
+    monkeypatch.setattr(hotplug, "GuestSide", lambda: side)
+    qga = QgaAgent(tmp_path)
+    qga.start()
+    try:
+        assert day2.cli(qga, "hotplug", "attach", "--port", day2.spare.id, "--qmp",
+                        "x") == 1
+    finally:
+        qga.stop()
+    err = capsys.readouterr().err
+    assert "eth1 was not attached: the guest's files are unchanged" in err
+    assert "is the netinject agent installed in the image?" in err
+    assert day2.rec.calls == []
+    assert tenant.tags(day2.spare.id) == []
+    assert tenant.admin.network.get_port(day2.spare.id).device_id == ""

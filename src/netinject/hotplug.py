@@ -20,7 +20,7 @@ import enum
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
@@ -40,7 +40,10 @@ may have been given since."""
 
 class HotplugError(NetinjectError):
     """The hot-plug could not be done. ``result``: what the guest's files are now (its
-    outcome says truthfully which: all as before, or not)."""
+    outcome says truthfully which: all as before, or not). Every error raised once the
+    guest was asked to change anything carries one; an error without one came before
+    that (bad input, a missing library, a NIC that could not be detached), so nothing
+    in the guest changed."""
 
     def __init__(self, message: str, result: ApplyResult | None = None) -> None:
         super().__init__(message)
@@ -54,20 +57,29 @@ class HotplugError(NetinjectError):
 # -- writing files into the guest ---------------------------------------------------------
 
 GUEST_AGENT = "/usr/sbin/netinject-guest"
+LIVE_AGENT = (0, 2, 0)
+"""The oldest agent that takes live changes: manifest format 3, the applied manifest,
+activation through the image's stack (contract.VERSION 0.2.0)."""
 
 
 @dataclass(frozen=True)
 class GuestSide:
-    """How the guest's netinject-guest is run (its path, and for tests a root tree)."""
+    """How the guest's netinject-guest is run (its path, and for tests a root tree), and
+    how long the host waits for it.
+
+    ``apply_timeout``: an apply may wait 10 s for the agent's lock (a boot-time install
+    or another live change), then bring NICs up and wait for their running state, and as
+    long again to undo a failure: the host waits that long before it takes the reply as
+    lost. ``recovery_timeout``: how long to keep asking what became of an apply whose
+    reply was lost (the agent answers "busy" while it still runs). ``status_timeout``:
+    one apply-status call (it takes the same lock)."""
 
     command: tuple[str, ...] = (GUEST_AGENT,)
     root: str = "/"
     sysfs: str | None = None
-    # How long an apply may take in the guest (a live change checks the running state
-    # and may undo itself: tens of seconds at worst), and how long to keep asking what
-    # became of one whose reply was lost (the agent answers "busy" while it still runs).
     apply_timeout: float = 180.0
     recovery_timeout: float = 180.0
+    status_timeout: float = 20.0
 
     def argv(self, action: str, txid: str) -> list[str]:
         extra = ["--root", self.root] + (["--sysfs", self.sysfs] if self.sysfs else [])
@@ -97,6 +109,7 @@ class ApplyResult:
     outcome: ApplyOutcome
     detail: str
     guest: str | None = None  # the guest's own outcome (contract.Outcome), when it said
+    said: Mapping[str, str] = field(default_factory=dict)  # its result line's fields
 
 
 def bundle_for(instance: Instance, options: Options, rendered: Files | None = None
@@ -126,10 +139,25 @@ def _read_or_none(ga: GuestAgent, path: str) -> bytes | None:
         return None
 
 
-def _read_files(ga: GuestAgent, side: GuestSide, paths: Iterable[str]
+def read_files(ga: GuestAgent, side: GuestSide, paths: Iterable[str]
                 ) -> dict[str, bytes | None]:
     """What the guest has at each guest path now (None: nothing readable there)."""
     return {p: _read_or_none(ga, side.path(PurePosixPath(p))) for p in paths}
+
+
+def is_symlink(ga: GuestAgent, side: GuestSide, guest_path: str) -> bool | None:
+    """Whether the guest path is a symlink (qemu-guest-agent's file calls follow links:
+    the guest's ``test -h`` says); None when no ``test`` program could be run."""
+    for program in ("/usr/bin/test", "/bin/test"):
+        try:
+            res = ga.exec(program, ["-h", side.path(PurePosixPath(guest_path))])
+        except (QgaTimeout, QgaUnavailable):
+            raise
+        except QgaError:
+            continue
+        if res.exitcode in (0, 1):
+            return res.exitcode == 0
+    return None
 
 
 def guest_stack(ga: GuestAgent, side: GuestSide) -> Stack:
@@ -145,22 +173,74 @@ def guest_stack(ga: GuestAgent, side: GuestSide) -> Stack:
                            ApplyResult(ApplyOutcome.UNCHANGED, str(exc))) from None
 
 
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """``netinject-guest 0.2.0`` (what ``--version`` prints) -> (0, 2, 0); None when the
+    text is not that."""
+    words = text.split()
+    if len(words) != 2 or words[0] != "netinject-guest":
+        return None
+    parts = words[1].split(".")
+    if not all(p.isascii() and p.isdigit() for p in parts) or len(parts) < 2:
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
+def agent_version(ga: GuestAgent, side: GuestSide) -> str:
+    """The guest's netinject agent version (``netinject-guest --version`` through
+    guest-exec), when it can take live changes (LIVE_AGENT or newer). HotplugError
+    (nothing in the guest changed) when there is no agent or it is older; a transport
+    failure (QgaTimeout, QgaUnavailable) is raised as it is."""
+    need = _dotted(LIVE_AGENT)
+    try:
+        res = ga.exec(side.command[0], [*side.command[1:], "--version"])
+    except (QgaTimeout, QgaUnavailable):
+        raise
+    except QgaError as exc:
+        msg = (f"could not run {side.command[0]} in the guest (is the netinject agent "
+               f"installed in the image? live changes need agent {need} or newer): {exc}")
+        raise HotplugError(msg, ApplyResult(ApplyOutcome.UNCHANGED, msg)) from None
+    text = res.stdout.decode(errors="replace").strip()
+    found = parse_version(text) if res.exitcode == 0 else None
+    if found is None:
+        said = (text or res.stderr.decode(errors="replace").strip()
+                or f"exit {res.exitcode}")[:200]
+        msg = (f"the guest's {side.command[0]} does not say its version ({said!r}): not "
+               f"netinject's agent, or one older than {need}; live changes need agent "
+               f"{need} or newer (this netinject ships {contract.VERSION})")
+        raise HotplugError(msg, ApplyResult(ApplyOutcome.UNCHANGED, msg))
+    if found < LIVE_AGENT:
+        msg = (f"the guest's netinject agent is {_dotted(found)}; live changes need "
+               f"{need} or newer (this netinject ships {contract.VERSION}): update the "
+               "agent in the image")
+        raise HotplugError(msg, ApplyResult(ApplyOutcome.UNCHANGED, msg))
+    return _dotted(found)
+
+
 def apply_in_guest(ga: GuestAgent, instance: Instance, options: Options,
-                   side: GuestSide, rendered: Files | None = None) -> ApplyResult:
+                   side: GuestSide, rendered: Files | None = None,
+                   check_agent: bool = True) -> ApplyResult:
     """Install the instance's files in the running guest as one transaction.
 
     Returns what the guest's files are now, established from the guest itself: its
     typed answer (contract.Outcome, in its result line), or after a lost reply its
     apply-status and the files read back: APPLIED (all new), UNCHANGED (all as before),
     MIXED or UNKNOWN (the agent could not be asked). A QgaError before the transaction
-    was sent means UNCHANGED by construction.
+    was sent means UNCHANGED by construction. ``check_agent``: first make sure the
+    guest's agent can take live changes (agent_version; HotplugError, UNCHANGED, when
+    it cannot); False when the caller just did.
     """
+    if check_agent:
+        agent_version(ga, side)
     raw, by_path = bundle_for(instance, options, rendered)
     stack = guest_stack(ga, side)
     files = {p: c for p, c in by_path.items() if stack_of(p) in (None, stack)}
     txid = secrets.token_hex(8)
     # The originals, to tell "unchanged" from "applied" should the reply be lost.
-    originals = _read_files(ga, side, files)
+    originals = read_files(ga, side, files)
     try:
         pid = ga.spawn(side.command[0], side.argv("apply", txid), input_data=raw)
     except (QgaTimeout, QgaUnavailable) as exc:  # sent, maybe started: ask
@@ -197,11 +277,11 @@ def _from_guest(ga: GuestAgent, side: GuestSide, files: Mapping[str, bytes],
     taken at their word; broken (a rollback failed) is read back."""
     outcome = said["outcome"]
     if outcome == contract.Outcome.APPLIED:
-        return ApplyResult(ApplyOutcome.APPLIED, why, outcome)
+        return ApplyResult(ApplyOutcome.APPLIED, why, outcome, said)
     if outcome in _AS_BEFORE:
-        return ApplyResult(ApplyOutcome.UNCHANGED, why, outcome)
+        return ApplyResult(ApplyOutcome.UNCHANGED, why, outcome, said)
     back = _readback(ga, side, files, originals, why)
-    return ApplyResult(back.outcome, back.detail, outcome)
+    return ApplyResult(back.outcome, back.detail, outcome, said)
 
 
 def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, bytes],
@@ -213,7 +293,8 @@ def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, byt
     while time.monotonic() < deadline:
         try:
             ga.ping()
-            res = ga.exec(side.command[0], side.argv("apply-status", txid))
+            res = ga.exec(side.command[0], side.argv("apply-status", txid),
+                          timeout=side.status_timeout)
         except (QgaTimeout, QgaUnavailable) as exc:
             last = str(exc)
             time.sleep(0.2)
@@ -232,7 +313,7 @@ def _recover(ga: GuestAgent, side: GuestSide, txid: str, files: Mapping[str, byt
         kept = kept_paths(said)
         back = _readback(ga, side, files, originals,
                          f"{why}; the guest says: {_words(said, res)}", kept)
-        return ApplyResult(back.outcome, back.detail, said["outcome"])
+        return ApplyResult(back.outcome, back.detail, said["outcome"], said)
     return ApplyResult(ApplyOutcome.UNKNOWN,
                        f"{why}; the guest could not be asked afterwards ({last})")
 
@@ -253,7 +334,7 @@ def _readback(ga: GuestAgent, side: GuestSide, files: Mapping[str, bytes],
     transaction left as they were by design (a symlink the image manages): what 'new'
     means there is the image's business, so they are not compared."""
     try:
-        now = _read_files(ga, side, files)
+        now = read_files(ga, side, files)
     except QgaError as exc:
         return ApplyResult(ApplyOutcome.UNKNOWN, f"{why}; reading the files back failed "
                                                  f"({exc})")
@@ -414,12 +495,17 @@ def wait_for_address(ga: GuestAgent, nic: Nic, timeout: float) -> bool:
 def configure(ga: GuestAgent, instance: Instance, options: Options,
               side: GuestSide) -> ApplyResult:
     """apply_in_guest, with any agent error before the transaction was sent (the files
-    cannot have changed) as UNCHANGED."""
+    cannot have changed) as UNCHANGED, and a refusal before it (no agent, one too old,
+    an unknown stack) as its result."""
     try:
         ga.ping()
         return apply_in_guest(ga, instance, options, side)
     except QgaError as exc:
         return ApplyResult(ApplyOutcome.UNCHANGED, f"guest agent: {exc}")
+    except HotplugError as exc:  # refused before the transaction (no agent, too old)
+        if exc.result is None:
+            raise
+        return exc.result
 
 
 def describe(result: ApplyResult) -> str:
@@ -436,40 +522,108 @@ def attach(doc: Mapping[str, Any], port: Mapping[str, Any], ga: GuestAgent,
            attacher: NicAttacher, tap: str | None, subnets: list[Mapping[str, Any]] | None = None,
            networks: list[Mapping[str, Any]] | None = None, allow_dhcp_fallback: bool = False,
            timeout: float = 60.0, options: Options | None = None,
-           side: GuestSide | None = None) -> HotplugResult:
+           side: GuestSide | None = None, wait: bool = True) -> HotplugResult:
     """Configure the guest for the new NIC as one transaction, then attach the NIC.
 
     Nothing is attached unless the guest's files are all new, except with
     ``allow_dhcp_fallback``: then the NIC is attached whatever happened, and the result
-    says so (``configured`` False, ``applied`` the truth about the files).
+    says so (``configured`` False, ``applied`` the truth about the files). If attaching
+    fails after the guest took the new config, the old config is applied again
+    (attach_documents).
+    """
+    after = with_port(doc, port, subnets or [], networks or [])
+    return attach_documents(doc, after, str(port.get("id")), ga, attacher, tap,
+                            allow_dhcp_fallback, timeout, options, side, wait)
+
+
+def attach_documents(before: Mapping[str, Any], after: Mapping[str, Any], port_id: str,
+                     ga: GuestAgent, attacher: NicAttacher, tap: str | None,
+                     allow_dhcp_fallback: bool = False, timeout: float = 60.0,
+                     options: Options | None = None, side: GuestSide | None = None,
+                     wait: bool = True) -> HotplugResult:
+    """attach, given the instance document without the port (what the guest has) and
+    with it. ``wait``: wait (at most ``timeout`` s) for the agent to report the NIC's
+    address.
+
+    When the NIC cannot be attached after the guest took the new config, ``before`` is
+    applied again, so the guest ends with all old files; the HotplugError's result says
+    truthfully what they are (UNCHANGED: undone; APPLIED: undoing failed, the files are
+    new; MIXED or UNKNOWN).
     """
     t0 = time.monotonic()
-    loaded: LoadedInstance = parse_document(with_port(doc, port, subnets or [],
-                                                      networks or []))
-    port_id = str(port.get("id"))
-    nic = next(n for n in loaded.instance.nics if n.port_id == port_id)
-    applied = configure(ga, loaded.instance, options or Options(), side or GuestSide())
+    options = options or Options()
+    side = side or GuestSide()
+    loaded: LoadedInstance = parse_document(after)
+    nic = next((n for n in loaded.instance.nics if n.port_id == port_id), None)
+    if nic is None:
+        raise HotplugError(f"port {port_id!r} is not one of the instance's ports")
+    old = parse_document(before).instance  # (checked before the guest is touched)
+    applied = configure(ga, loaded.instance, options, side)
     configured = applied.outcome is ApplyOutcome.APPLIED
     if not configured and not allow_dhcp_fallback:
         raise HotplugError(f"{nic.name} was not attached: {describe(applied)}", applied)
     attached_at = time.monotonic()
-    attacher.attach(nic, tap or f"tap{nic.index}")  # default: the host tap for ethN
-    ok = configured and wait_for_address(ga, nic, timeout)
+    try:
+        attacher.attach(nic, tap or f"tap{nic.index}")  # default: the host tap for ethN
+    except HotplugError as exc:
+        if not configured:
+            raise HotplugError(f"{exc}; {describe(applied)}", applied) from None
+        raise _undone(ga, old, nic, exc, options, side) from None
+    ok = configured and wait and wait_for_address(ga, nic, timeout)
     return HotplugResult(nic, dict(loaded.system_metadata),
                          time.monotonic() - t0 if ok else None, configured, attached_at,
                          applied)
 
 
+def _undone(ga: GuestAgent, old: Instance, nic: Nic, failure: HotplugError,
+            options: Options, side: GuestSide) -> HotplugError:
+    """The NIC could not be attached after the guest took its config: apply the old
+    config again, and the error that says truthfully what the guest's files are now
+    (relative to before the attach: UNCHANGED all old again, APPLIED still all new)."""
+    undo = configure(ga, old, options, side)
+    if undo.outcome is ApplyOutcome.APPLIED:
+        result = ApplyResult(ApplyOutcome.UNCHANGED,
+                             f"{nic.name}'s config was installed, then undone ({undo.detail})",
+                             undo.guest, undo.said)
+        return HotplugError(f"{failure}; the guest's files are as before ({nic.name}'s "
+                            "config was installed, then undone)", result)
+    now = ApplyOutcome.APPLIED if undo.outcome is ApplyOutcome.UNCHANGED else undo.outcome
+    words = {
+        ApplyOutcome.APPLIED: f"the guest's files are NEW: they configure {nic.name}, "
+                              "which is not attached",
+        ApplyOutcome.MIXED: "the guest's files are PARTLY new (check them)",
+        ApplyOutcome.UNKNOWN: "whether the guest's files are new is UNKNOWN (check them)",
+    }[now]
+    return HotplugError(f"{failure}; undoing {nic.name}'s config in the guest FAILED: "
+                        f"{words} ({undo.detail})",
+                        ApplyResult(now, f"undoing failed: {undo.detail}", undo.guest,
+                                    undo.said))
+
+
 def detach(doc: Mapping[str, Any], port_id: str, ga: GuestAgent, attacher: NicAttacher,
            options: Options | None = None, side: GuestSide | None = None) -> HotplugResult:
-    before = parse_document(doc)
-    nic = next((n for n in before.instance.nics if n.port_id == port_id), None)
+    return detach_documents(doc, without_port(doc, port_id), port_id, ga, attacher,
+                            options, side)
+
+
+def detach_documents(before: Mapping[str, Any], after: Mapping[str, Any], port_id: str,
+                     ga: GuestAgent, attacher: NicAttacher, options: Options | None = None,
+                     side: GuestSide | None = None) -> HotplugResult:
+    """Detach the port's NIC, then install the config without it (``after``) as one
+    transaction: its files and udev rule go, and its index is free."""
+    nic = next((n for n in parse_document(before).instance.nics if n.port_id == port_id),
+               None)
     if nic is None:
         raise HotplugError(f"port {port_id!r} is not one of the instance's ports")
-    after = parse_document(without_port(doc, port_id))
-    attacher.detach(nic)
-    applied = configure(ga, after.instance, options or Options(), side or GuestSide())
+    loaded = parse_document(after)
+    try:
+        attacher.detach(nic)
+    except HotplugError as exc:
+        raise HotplugError(f"{exc}; nothing was changed in the guest", ApplyResult(
+            ApplyOutcome.UNCHANGED, "the NIC could not be detached: the guest was not "
+                                    "asked to change anything")) from None
+    applied = configure(ga, loaded.instance, options or Options(), side or GuestSide())
     if applied.outcome is not ApplyOutcome.APPLIED:
         raise HotplugError(f"{nic.name} was detached, but {describe(applied)}", applied)
     # Parsing the document without the port already dropped it from ports_pattern.
-    return HotplugResult(nic, dict(after.system_metadata), None, True, None, applied)
+    return HotplugResult(nic, dict(loaded.system_metadata), None, True, None, applied)

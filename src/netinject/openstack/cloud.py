@@ -21,11 +21,13 @@ class CloudError(NetinjectError):
     """The cloud could not be reached or refused a call (not the instance's data).
 
     ``what``: the call that failed, without the reason (no URL, no host): what the
-    service may tell a caller; the message (for the log and the CLI) has the reason."""
+    service may tell a caller; the message (for the log and the CLI) has the reason.
+    ``status``: the HTTP status, when the cloud answered with one >= 400."""
 
-    def __init__(self, message: str, what: str = "") -> None:
+    def __init__(self, message: str, what: str = "", status: int | None = None) -> None:
         super().__init__(message)
         self.what = what or "the cloud"
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def _call(what: str, conn: Any, service: str, method: str, path: str,
         raise CloudError(f"{what}: {type(exc).__name__}: {exc}", what) from None
     if response.status_code >= 400:
         raise CloudError(f"{what}: HTTP {response.status_code}: {_gist(response.text)}",
-                         what)
+                         what, response.status_code)
     try:
         return response.json() if response.content else {}
     except ValueError:
@@ -152,6 +154,22 @@ def snapshot(conn: Any, instance_id: str) -> Snapshot:
     subnet_ids, network_ids = referenced(found)
     return Snapshot(tuple(found), tuple(subnets(conn, subnet_ids)),
                     tuple(networks(conn, network_ids)))
+
+
+def port(conn: Any, port_id: str) -> Mapping[str, Any]:
+    """One Neutron port (CloudError if there is none, HTTP 404 among them)."""
+    what = f"Neutron: port {port_id}"
+    body = _call(what, conn, "network", "get", f"/ports/{port_id}")
+    found = body.get("port") if isinstance(body, Mapping) else None
+    if not isinstance(found, Mapping):
+        raise CloudError(f"{what}: not a port object", what)
+    return found
+
+
+def update_port(conn: Any, port_id: str, fields: Mapping[str, Any]) -> None:
+    """Change a port's attributes (PUT /ports/ID), e.g. its device_id."""
+    _call(f"Neutron: update port {port_id}", conn, "network", "put", f"/ports/{port_id}",
+          json={"port": dict(fields)})
 
 
 def set_tags(conn: Any, port_id: str, tags: Sequence[str]) -> None:

@@ -54,7 +54,6 @@ from typing import Any
 
 from ..errors import InvalidInput, NetinjectError, quote
 from ..model import Hostname
-from ..naming import PortsPattern
 from ..policy import PROPERTY, inject_enabled
 from ..render import Options
 from . import cloud, nicmap
@@ -391,7 +390,3 @@ class Vendordata:
         self._store(req.instance_id, _Entry(image_id, req.hostname, (), {}, time.monotonic()))
         return Answer(200, {}, "legacy")
 
-
-def pattern_of(instance_id: str, snap: cloud.Snapshot) -> PortsPattern:
-    """The NIC index map the tags give now (without writing): for the live commands."""
-    return nicmap.plan(instance_id, [nicmap.PortTags.from_port(p) for p in snap.ports]).pattern
