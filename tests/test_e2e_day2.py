@@ -25,7 +25,6 @@ from netinject.hotplug import (
     ApplyOutcome,
     GuestSide,
     apply_in_guest,
-    configure,
     with_port,
 )
 from netinject.qga import GuestAgent
@@ -207,15 +206,26 @@ def test_hotplug_detach_and_a_neutron_change_on_each_stack(
             assert vm.HOTPLUG_MAC not in ga.read_file(
                 "/etc/udev/rules.d/70-persistent-net.rules").decode()
 
-        # 3. A Neutron change reaches the running guest.
-        instance = parse_document(changed_document()).instance
-        t0 = time.monotonic()
+        # 3. A Neutron change reaches the running guest: netinject sync, as an operator
+        # runs it (a dry run first: it shows the change and touches nothing).
+        files["changed"] = tmp_path / "changed.json"
+        files["changed"].write_text(json.dumps(changed_document()))
+        sync_args = ["sync", str(files["changed"]), "--qga", str(guest.qga_socket)]
+        capsys.readouterr()
+        assert main([*sync_args, "--dry-run"]) == 0
+        dry = capsys.readouterr().out.splitlines()
         with agent() as ga:
-            applied = configure(ga, instance, Options(), GuestSide())
+            assert _ip(ga, "link", "show", "dev", "eth0")[0]["mtu"] != NEW_MTU
+        t0 = time.monotonic()
+        assert main(sync_args) == 0, guest.console()[-3000:]
         sync_s = time.monotonic() - t0
-        assert applied.outcome is ApplyOutcome.APPLIED, (applied.detail,
-                                                         guest.console()[-3000:])
-        assert applied.guest == contract.Outcome.APPLIED
+        out = capsys.readouterr().out.splitlines()
+        for said in (dry, out):
+            for line in (f"    + route {NEW_ROUTE} via {vm.HOST_IP}",
+                         f"    + DNS server {NEW_DNS}"):
+                assert line in said, said
+            assert any(f"-> {NEW_MTU}" in line for line in said), said
+        assert any(line.startswith("applied: ") for line in out), out
         with agent() as ga:
             routes = {(r["dst"], r.get("gateway")) for r in
                       _ip(ga, "route", "show", "dev", "eth0")}
