@@ -51,7 +51,8 @@ Nice=-10
 LimitRTTIME=200ms:400ms
 StandardOutput=journal+console
 StandardError=journal+console
-TimeoutStartSec=30
+# Bounds a hung netplan generator twice (a run and the rollback's run, 30 s each).
+TimeoutStartSec=90
 
 [Install]
 WantedBy=multi-user.target
