@@ -24,7 +24,7 @@ import pytest
 
 from conftest import FaultyTransport
 from conftest import QgaAgent as Agent
-from helpers.guest import AGENT, GUEST_PYTHON, make_guest
+from helpers.guest import AGENT, GUEST_PYTHON, RecordingAttacher, make_guest
 from netinject.cli import main
 from netinject.guest import contract
 from netinject.hotplug import (
@@ -45,20 +45,6 @@ from netinject.vm import testbed as vm
 
 FILES = ("etc/network/interfaces", "etc/udev/rules.d/70-persistent-net.rules",
          "etc/resolv.conf")
-
-
-class RecordingAttacher:
-    """Stands in for QEMU/libvirt only to record whether anything got attached (the real
-    QMP attach runs in the end-to-end hot-plug test, the libvirt one in test_libvirt)."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def attach(self, nic: Nic, tap: str) -> None:
-        self.calls.append(f"attach {nic.name}")
-
-    def detach(self, nic: Nic) -> None:
-        self.calls.append(f"detach {nic.name}")
 
 
 def _guest(tmp_path: Path) -> tuple[Path, GuestSide]:

@@ -24,7 +24,14 @@ import pytest
 import requests
 
 from helpers.drive import iso_files
-from helpers.guest import AGENT, agent_log, make_guest_for, run_agent, snapshot
+from helpers.guest import (
+    AGENT,
+    RecordingAttacher,
+    agent_log,
+    make_guest_for,
+    run_agent,
+    snapshot,
+)
 from helpers.openstack import (
     NETINJECT,
     clouds_with,
@@ -635,21 +642,6 @@ def test_the_wsgi_factory_needs_its_cloud() -> None:
 
 
 # -- issue 22: hot-plug and sync from the live cloud ------------------------------------------
-
-
-class RecordingAttacher:
-    """Stands in for QEMU (QMP) only to record what got attached or detached: no VM runs
-    here (the real QMP attach runs in the lead's e2e tests). The guest's side is real: a
-    real qemu-ga and the real agent on a guest-shaped tree."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def attach(self, nic: Any, tap: str) -> None:
-        self.calls.append(f"attach {nic.name}")
-
-    def detach(self, nic: Any) -> None:
-        self.calls.append(f"detach {nic.name}")
 
 
 @dataclass

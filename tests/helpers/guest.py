@@ -230,3 +230,18 @@ def assert_test_bed_network(res: Any, mtu: int | None = None,
     assert f"nameserver {vm.HOST_IP}" in res.report["resolv"].splitlines()
     assert res.report["hostname"] == "netinject-vm"
     return eth0
+
+
+class RecordingAttacher:
+    """Stands in for QEMU/libvirt only to record what got attached or detached, where no
+    VM runs (the real QMP attach runs in the end-to-end hot-plug tests, the libvirt one
+    in test_libvirt); the guest's side stays real (qemu-ga, the agent)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def attach(self, nic: Any, tap: str) -> None:
+        self.calls.append(f"attach {nic.name}")
+
+    def detach(self, nic: Any) -> None:
+        self.calls.append(f"detach {nic.name}")

@@ -10,7 +10,6 @@ import platform
 import re
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -21,7 +20,7 @@ from ..vm.harness import BootResult, HarnessError, boot, kvm_usable
 from ..vm.image import BOOTCHART_INIT, VariantImage
 from ..vm.progress import Progress
 from ..vm.scenarios import SCENARIOS, Prepared, Scenario
-from .stats import fmt, median
+from .stats import fmt, median, utc_now
 
 Span = tuple[float, float]  # a unit's (started, up) in ms since the kernel started
 Timeline = dict[str, Span]  # unit -> its span, every unit of one boot
@@ -131,10 +130,6 @@ class ScenarioResult:
                 "failures": self.failures}
 
 
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 @dataclass
 class BootResults:
     """A whole benchmark run: what ``run`` measured and the table, charts and
@@ -148,7 +143,7 @@ class BootResults:
     bootcharts: dict[str, str] = field(default_factory=dict)
     host: str = field(default_factory=platform.node)
     kernel: str = field(default_factory=platform.release)
-    date: str = field(default_factory=_utc_now)
+    date: str = field(default_factory=utc_now)
 
     def to_json(self) -> dict[str, Any]:
         """The run as ``--json`` writes it (the shape of the files in docs/)."""

@@ -55,7 +55,7 @@ from ..vm.harness import Guest, HarnessError, _dnsmasq, first_reply, running, st
 from ..vm.progress import Progress
 from ..vm.scenarios import Prepared
 from .boot import accelerator
-from .stats import fmt, median, table
+from .stats import fmt, median, table, utc_now
 
 VARIANTS = {"ifupdown": "inject", "networkd": "inject-networkd",
             "netplan": "inject-netplan", "nm": "inject-nm"}
@@ -141,10 +141,6 @@ class StackRuns:
         return median([r.get(event) for r in runs])
 
 
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 @dataclass
 class HotplugResults:
     accel: str
@@ -152,7 +148,7 @@ class HotplugResults:
     stacks: dict[str, StackRuns]
     host: str = field(default_factory=platform.node)
     kernel: str = field(default_factory=platform.release)
-    date: str = field(default_factory=_utc_now)
+    date: str = field(default_factory=utc_now)
 
     def to_json(self) -> dict[str, Any]:
         return {"stacks": {n: {**dataclasses.asdict(s),

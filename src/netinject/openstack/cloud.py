@@ -158,11 +158,15 @@ def snapshot(conn: Any, instance_id: str) -> Snapshot:
 
 def port(conn: Any, port_id: str) -> Mapping[str, Any]:
     """One Neutron port (CloudError if there is none, HTTP 404 among them)."""
-    what = f"Neutron: port {port_id}"
-    body = _call(what, conn, "network", "get", f"/ports/{port_id}")
-    found = body.get("port") if isinstance(body, Mapping) else None
+    return _one(f"Neutron: port {port_id}", conn, "network", f"/ports/{port_id}", "port")
+
+
+def _one(what: str, conn: Any, service: str, path: str, key: str) -> Mapping[str, Any]:
+    """The object under ``key`` in a GET of ``path`` (CloudError if it is not one)."""
+    body = _call(what, conn, service, "get", path)
+    found = body.get(key) if isinstance(body, Mapping) else None
     if not isinstance(found, Mapping):
-        raise CloudError(f"{what}: not a port object", what)
+        raise CloudError(f"{what}: not a {key} object", what)
     return found
 
 
@@ -180,9 +184,5 @@ def set_tags(conn: Any, port_id: str, tags: Sequence[str]) -> None:
 
 def server(conn: Any, server_id: str) -> Mapping[str, Any]:
     """A nova server (for the live commands: its image, name and ports)."""
-    what = f"nova: server {server_id}"
-    body = _call(what, conn, "compute", "get", f"/servers/{server_id}")
-    srv = body.get("server") if isinstance(body, Mapping) else None
-    if not isinstance(srv, Mapping):
-        raise CloudError(f"{what}: not a server object", what)
-    return srv
+    return _one(f"nova: server {server_id}", conn, "compute", f"/servers/{server_id}",
+                "server")

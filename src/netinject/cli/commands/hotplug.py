@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ...render import Options, Style
+from ._args import add_live_args, live_form
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,15 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "them). See docs/operator-guide.md.")
         a.add_argument("instance", type=Path, metavar="INSTANCE.json", nargs="?",
                        help="the instance document with its current ports (not with --cloud)")
-        cloud = a.add_argument_group(
-            "live cloud", "read the server, its ports, subnets, networks and image, and the "
-            "port, through openstacksdk (clouds.yaml)")
-        cloud.add_argument("--cloud", metavar="NAME", help="clouds.yaml entry")
-        cloud.add_argument("--server", metavar="ID", help="with --cloud: the server's uuid")
-        cloud.add_argument("--image", metavar="ID",
-                           help="with --server: the image id (with --hostname, nova's API is "
-                                "not asked)")
-        cloud.add_argument("--hostname", metavar="NAME", help="with --server: the hostname")
+        add_live_args(a, "read the server, its ports, subnets, networks and image, and the "
+                         "port, through openstacksdk (clouds.yaml)")
         if action == "attach":
             a.add_argument("--port", required=True, metavar="PORT.json|ID",
                            help="the new Neutron port: a JSON file (object, or "
@@ -114,12 +108,7 @@ def _check_form(args: argparse.Namespace) -> None:
     from ...errors import UsageError
 
     attach = args.hotplug_cmd == "attach"
-    if args.cloud is not None or args.server is not None:
-        if args.cloud is None or args.server is None:
-            raise UsageError("--cloud and --server go together")
-        if args.instance is not None:
-            raise UsageError("give an instance document or --cloud with --server: one of "
-                             "them")
+    if live_form(args, (args.instance,), "an instance document"):
         if attach and (args.subnet or args.network):
             raise UsageError("--subnet and --network go with an instance document (with "
                              "--cloud they are read from Neutron)")
@@ -127,8 +116,6 @@ def _check_form(args: argparse.Namespace) -> None:
             raise UsageError("--system-metadata-out goes with an instance document (with "
                              "--cloud the NIC map lives on the port tags)")
         return
-    if args.image is not None or args.hostname is not None:
-        raise UsageError("--image and --hostname go with --cloud and --server")
     if args.instance is None:
         raise UsageError("give the instance document (INSTANCE.json) or --cloud NAME "
                          "--server ID")

@@ -59,25 +59,21 @@ def run(args: argparse.Namespace) -> int:
     from ...errors import UsageError
     from ...hostio import check_output, write_atomic
     from ...qga import GuestAgent, LibvirtTransport
-    from ._args import instance_from
+    from ._args import instance_from, live_form
 
     server = real = None
-    if args.cloud is not None:
+    if live_form(args, (args.instance, args.network_data),
+                 "an instance document, --network-data,"):
         from ...openstack import live
         from ...openstack.document import instance as checked
 
-        if args.server is None:
-            raise UsageError("--cloud and --server go together")
-        if args.instance is not None or args.network_data is not None:
-            raise UsageError("give an instance document, --network-data, or --cloud with "
-                             "--server: one of them")
         real = live.read(args.cloud, args.server, args.image, args.hostname)
         server = real.pinned()  # (the NIC map as the tags give it, in memory)
         if not server.snapshot.ports:
             raise UsageError(f"server {args.server} has no ports in Neutron (device_id)")
         instance, sysmeta = checked(server.document()), None
     else:
-        if args.instance is None and args.network_data is None and args.server is None:
+        if args.instance is None and args.network_data is None:
             raise UsageError("give an instance document (INSTANCE.json), --network-data, or "
                              "--cloud NAME --server ID")
         instance, sysmeta = instance_from(args)
