@@ -272,6 +272,22 @@ def test_apply_on_a_tree_installs_the_images_stack_files_and_brings_nothing_up(
         {k: v for k, v in after.items() if k.startswith("etc/")}
 
 
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "1e9", "ten"])
+def test_a_lock_wait_that_is_not_a_duration_is_refused_before_anything(
+        value: str, tmp_path: Path) -> None:
+    """``--lock-wait`` takes 0 to 3600 seconds: anything else is a usage error (exit 2)
+    naming the option and the value, and the tree is untouched (no lock file made)."""
+    root = _guest(tmp_path, "networkd")
+    before = snapshot(root)
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", str(AGENT), "apply", "--txid", "t1",
+                           "--root", str(root), "--lock-wait", value],
+                          input=b"", capture_output=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert (f"argument --lock-wait: {value!r} is not a number of seconds from 0 to 3600"
+            ).encode() in done.stderr
+    assert snapshot(root) == before
+
 # -- issue 20 ------------------------------------------------------------------------------
 
 

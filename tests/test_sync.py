@@ -8,6 +8,7 @@ guests, tests/test_e2e_day2.py).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fcntl
 import json
 import os
@@ -363,11 +364,13 @@ def test_a_sync_while_a_boot_time_install_holds_the_lock_says_try_again(
         qga: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """The agent's lock (/var/lib/netinject/apply.lock) is held, as a boot-time install
-    holds it (here the test holds it, for the real agent's whole 10 s wait): the apply
-    is refused with nothing changed, and the command says so, 'try again', exit 1. The
-    host waits out the agent's 10 s (GuestSide.apply_timeout; see
+    holds it (here the test holds it, for the real agent's whole wait, shortened from its
+    default 10 s to 1.5 s with the agent's --lock-wait): the apply is refused with nothing
+    changed, and the command says so, 'try again', exit 1. The host waits out the agent's
+    wait (GuestSide.apply_timeout; see
     test_hotplug.py::test_the_host_waits_for_an_apply_longer_than_one_agent_call)."""
     root, side = booted(tmp_path)
+    side = dataclasses.replace(side, lock_wait=1.5)
     before = config(root)
     fd = os.open(root / "var/lib/netinject/apply.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -379,10 +382,10 @@ def test_a_sync_while_a_boot_time_install_holds_the_lock_says_try_again(
         os.close(fd)
     err = capsys.readouterr().err
     assert status == 1, err
-    assert took >= 10, took
+    assert took >= 1.5, took
     assert "the guest's files are unchanged" in err
     assert ("another netinject run holds /var/lib/netinject/apply.lock (a boot-time "
-            "install or another live change) after 10 s: nothing was changed; try again"
+            "install or another live change) after 1.5 s: nothing was changed; try again"
             ) in err
     assert "reply lost" not in err
     assert config(root) == before

@@ -72,7 +72,8 @@ class GuestSide:
     long again to undo a failure: the host waits that long before it takes the reply as
     lost. ``recovery_timeout``: how long to keep asking what became of an apply whose
     reply was lost (the agent answers "busy" while it still runs). ``status_timeout``:
-    one apply-status call (it takes the same lock)."""
+    one apply-status call (it takes the same lock). ``lock_wait``: how long the agent
+    waits for its lock (``--lock-wait``; None: the agent's default, 10 s)."""
 
     command: tuple[str, ...] = (GUEST_AGENT,)
     root: str = "/"
@@ -80,9 +81,12 @@ class GuestSide:
     apply_timeout: float = 180.0
     recovery_timeout: float = 180.0
     status_timeout: float = 20.0
+    lock_wait: float | None = None
 
     def argv(self, action: str, txid: str) -> list[str]:
         extra = ["--root", self.root] + (["--sysfs", self.sysfs] if self.sysfs else [])
+        if self.lock_wait is not None:  # (else the agent's own 10 s: any 0.2 agent)
+            extra += ["--lock-wait", repr(self.lock_wait)]
         return [*self.command[1:], action, "--txid", txid, *extra]
 
     def path(self, guest_path: PurePosixPath) -> str:

@@ -162,7 +162,7 @@ class AgentLock:
                 if time.monotonic() >= deadline:
                     os.close(self.fd)
                     raise AgentError("another netinject run holds %s (a boot-time install "
-                                     "or another live change) after %.0f s: nothing was "
+                                     "or another live change) after %g s: nothing was "
                                      "changed; try again" % ("/" + LOCK_FILE, wait)) from None
                 time.sleep(0.05)
 

@@ -52,7 +52,7 @@ from .log import Log
 from .nics import rename_nics
 from .paths import join, no_symlink_parents, read_small, relative_to
 from .stacks import Stack, read_stack
-from .txn import apply, apply_status, read_input
+from .txn import LIVE_LOCK_WAIT, apply, apply_status, read_input
 
 BY_UUID = "/dev/disk/by-uuid/"
 BOOT_LOCK_WAIT = 20.0  # (a live change holds the lock seconds at most)
@@ -306,15 +306,16 @@ def run(args: RunArgs, started: "float | None" = None,
     return 0
 
 
-def _apply_main(cmd: str, root: str, sysfs: "str | None", txid: str) -> int:
+def _apply_main(cmd: str, root: str, sysfs: "str | None", txid: str,
+                lock_wait: float) -> int:
     """apply / apply-status: the transaction's result line on stdout, its exit status."""
     log = Log(root, quiet=True)
     sysfs = sysfs or join(root, "sys")
     try:
         if cmd == "apply":
-            ended = apply(root, sysfs, txid, read_input(0, BUNDLE_MAX), log)
+            ended = apply(root, sysfs, txid, read_input(0, BUNDLE_MAX), log, lock_wait)
         else:
-            ended = apply_status(root, txid, log)
+            ended = apply_status(root, txid, log, lock_wait)
         line, status = ended.line, ended.status
     except (OSError, AgentError) as exc:
         # The transaction could not even be looked at: whether its files changed is
@@ -352,6 +353,20 @@ def main(argv: "list[str] | None" = None, started: "float | None" = None,
     return _other_commands(args_list)
 
 
+def _seconds(text: str) -> float:
+    """A duration on the command line: a finite number of seconds, 0 to 3600."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:  # (also false for nan)
+        raise argparse.ArgumentTypeError("%r is not a number of seconds from 0 to 3600"
+                                         % text)
+    return value
+
+
 def _other_commands(args_list: "list[str]") -> int:
     import argparse
 
@@ -374,6 +389,10 @@ def _other_commands(args_list: "list[str]") -> int:
         ap.add_argument("--txid", required=True, help="transaction id (letters, digits)")
         ap.add_argument("--root", default="/", help="guest root (default /)")
         ap.add_argument("--sysfs", help="sysfs to read (default ROOT/sys)")
+        ap.add_argument("--lock-wait", type=_seconds, default=LIVE_LOCK_WAIT,
+                        metavar="SECONDS",
+                        help="how long to wait for another netinject run (a boot-time "
+                             "install, another live change) to finish (default %(default)s)")
     an = sub.add_parser("announce", help="announce the injected IPv4 addresses once they "
                                          "are up (netinject-announce.service)")
     an.add_argument("--root", default="/", help="guest root (default /)")
@@ -388,7 +407,7 @@ def _other_commands(args_list: "list[str]") -> int:
             log.flush()
         return 0
     if args.cmd in ("apply", "apply-status"):
-        return _apply_main(args.cmd, args.root, args.sysfs, args.txid)
+        return _apply_main(args.cmd, args.root, args.sysfs, args.txid, args.lock_wait)
     p.print_help()
     return 2
 

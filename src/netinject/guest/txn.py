@@ -197,14 +197,16 @@ def recover(root: str, log: Log, known: "dict[str, Ended]") -> "str | None":
     return None
 
 
-def transaction(root: str, txid: str, log: Log, body: "Callable[[], Ended]") -> Ended:
-    """Run ``body`` under the apply lock unless transaction ``txid`` already ended (its
-    recorded end is then the answer), after dealing with a backup an earlier transaction
-    left (which may end ``txid`` itself: an interrupted ``txid`` rolled back)."""
+def transaction(root: str, txid: str, log: Log, body: "Callable[[], Ended]",
+                lock_wait: float = LIVE_LOCK_WAIT) -> Ended:
+    """Run ``body`` under the apply lock (waiting ``lock_wait`` seconds at most for it)
+    unless transaction ``txid`` already ended (its recorded end is then the answer),
+    after dealing with a backup an earlier transaction left (which may end ``txid``
+    itself: an interrupted ``txid`` rolled back)."""
     if not (is_plain_name(txid) and len(txid) <= TXID_MAX):
         return Ended("-", Outcome.UNCHANGED, "refused: bad transaction id")
     try:
-        lock = AgentLock(root, LIVE_LOCK_WAIT)
+        lock = AgentLock(root, lock_wait)
     except AgentError as exc:  # (not recorded: recording needs the lock)
         return Ended(txid, Outcome.BUSY, str(exc))
     try:
@@ -234,7 +236,8 @@ def _record_quietly(root: str, ended: Ended, log: Log) -> Ended:
         return ended
 
 
-def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log) -> Ended:
+def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log,
+          lock_wait: float = LIVE_LOCK_WAIT) -> Ended:
     """Install a bundle as one transaction, and bring the NICs it changes up (live.py);
     how it ended (also recorded for ``txid``). Under ``--root`` (a tree, in tests) the
     files only: nothing of the host's is brought up or down.
@@ -267,7 +270,7 @@ def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log) -> Ended:
             return _record_quietly(root, Ended(txid, Outcome.UNCHANGED, str(exc)), log)
         return _applied(root, stack, manifest, changes, backup, txid, log, active)
 
-    return transaction(root, txid, log, body)
+    return transaction(root, txid, log, body, lock_wait)
 
 
 def _prepare(root: str, sysfs: str, raw: bytes, active: bool
@@ -323,11 +326,12 @@ def _applied(root: str, stack: Stack, manifest: Manifest, changes: Changes,
     return ended
 
 
-def apply_status(root: str, txid: str, log: Log) -> Ended:
+def apply_status(root: str, txid: str, log: Log,
+                 lock_wait: float = LIVE_LOCK_WAIT) -> Ended:
     """How transaction ``txid`` ended; if it has not run, fence it off for good."""
 
     def fence() -> Ended:
         return record(root, Ended(txid, Outcome.FENCED, "never ran, and now never will"),
                       log)
 
-    return transaction(root, txid, log, fence)
+    return transaction(root, txid, log, fence, lock_wait)
