@@ -179,6 +179,7 @@ def test_generator_fix_and_uninstall_restores_the_tree(tmp_path: Path) -> None:
     root = _image(tmp_path / "img", "systemd")
     pristine = snapshot(root)
     assert _agent("install", "--root", str(root)).returncode == 0
+    assert set(SYNC_TRIGGERS) <= set(snapshot(root)) - set(pristine)
     fixed = (root / "etc/udev/rules.d/75-persistent-net-generator.rules").read_text()
     assert 'ENV{MATCHADDR}=="?[2367abef]:*",        GOTO="globally_administered_whitelist"' \
         in fixed
@@ -191,6 +192,139 @@ def test_generator_fix_and_uninstall_restores_the_tree(tmp_path: Path) -> None:
     leftover = {k: v for k, v in snapshot(root).items() if k not in pristine}
     assert all(v == ("dir",) for v in leftover.values()), leftover
     assert {k: v for k, v in snapshot(root).items() if k in pristine} == pristine
+
+
+SYNC_TRIGGERS = ("lib/systemd/system/netinject-sync.service",
+                 "lib/systemd/system/netinject-sync.timer",
+                 "lib/systemd/system/netinject-sync-add@.service",
+                 "lib/systemd/system/netinject-sync-remove@.service",
+                 "lib/udev/rules.d/85-netinject-sync.rules",
+                 "lib/systemd/system-generators/netinject-sync-generator",
+                 "etc/systemd/system/timers.target.wants/netinject-sync.timer")
+HOST_UNITS = Path("/lib/systemd/system")
+
+
+def _with_host_targets(root: Path) -> None:
+    """The host's systemd targets in the tree: units with default dependencies need
+    sysinit.target and friends to verify."""
+    for target in HOST_UNITS.glob("*.target"):
+        if not (root / "lib/systemd/system" / target.name).exists():
+            shutil.copy(target, root / "lib/systemd/system" / target.name)
+
+
+def _verify(root: Path, unit: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["systemd-analyze", "verify", f"--root={root}",
+                           f"/lib/systemd/system/{unit}"],
+                          capture_output=True, text=True, check=False, timeout=60)
+
+
+@pytest.mark.parametrize("stack", ["ifupdown", "networkd", "netplan", "nm"])
+def test_sync_triggers_are_installed_and_pass_systemd_analyze_verify(
+        stack: str, tmp_path: Path) -> None:
+    root = _image(tmp_path / "img", "systemd", stack)
+    done = _agent("install", "--root", str(root))
+    assert done.returncode == 0, done.stderr
+    assert "enabled netinject-sync.timer (every 1800 s" in done.stdout
+    for rel in SYNC_TRIGGERS[:-1]:
+        assert (root / rel).is_file(), rel
+    assert os.readlink(root / SYNC_TRIGGERS[-1]) == "/lib/systemd/system/netinject-sync.timer"
+    assert (root / SYNC_TRIGGERS[5]).stat().st_mode & 0o777 == 0o755
+    _with_host_targets(root)
+    # Template instances as udev starts them. (A MAC's colons are valid in a unit name,
+    # as in systemd's own systemd-backlight@backlight:acpi_video0.service, but
+    # systemd-analyze verify 252 refuses any unit path with a colon, systemd's own
+    # included: "Couldn't process aliases". So the add unit is verified with a MAC
+    # written without them.)
+    os.symlink("netinject-sync-add@.service",
+               root / "lib/systemd/system/netinject-sync-add@fa163e000001.service")
+    os.symlink("netinject-sync-remove@.service",
+               root / "lib/systemd/system/netinject-sync-remove@eth1.service")
+    for unit in ("netinject-sync.service", "netinject-sync.timer",
+                 "netinject-sync-add@fa163e000001.service",
+                 "netinject-sync-remove@eth1.service"):
+        verify = _verify(root, unit)
+        assert (verify.returncode, verify.stderr) == (0, ""), (unit, verify.stderr)
+    timer = (root / "lib/systemd/system/netinject-sync.timer").read_text()
+    assert re.findall(r"^(On\w+Sec|RandomizedDelaySec)=(.*)$", timer, re.M) == [
+        ("OnBootSec", "120s"), ("OnUnitActiveSec", "1800s"), ("RandomizedDelaySec", "300s")]
+    add = (root / "lib/systemd/system/netinject-sync-add@.service").read_text()
+    assert "ExecStart=/usr/sbin/netinject-guest sync --mac %i\n" in add
+    assert "SuccessExitStatus=1\n" in add
+    rules = (root / "lib/udev/rules.d/85-netinject-sync.rules").read_text()
+    assert 'ENV{SYSTEMD_WANTS}+="netinject-sync-add@$attr{address}.service"' in rules
+    assert 'RUN+="/bin/systemctl --no-block start netinject-sync-remove@%k.service"' in rules
+
+
+def test_a_sysvinit_image_gets_no_sync_triggers(tmp_path: Path) -> None:
+    root = _image(tmp_path / "img", "sysvinit")
+    done = _agent("install", "--root", str(root))
+    assert done.returncode == 0, done.stderr
+    assert "no sync triggers" in done.stdout
+    assert not any(os.path.lexists(root / rel) for rel in SYNC_TRIGGERS)
+
+
+def _generate(root: Path, conf: str | None) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """netinject-sync-generator as installed, run as systemd runs a generator (three
+    output directories), reading ``conf`` as its sync.conf."""
+    conf_path = root / "etc/netinject/sync.conf"
+    if conf is not None:
+        conf_path.write_text(conf)
+    out = root.parent / "generator"
+    shutil.rmtree(out, ignore_errors=True)
+    for d in ("normal", "early", "late"):
+        (out / d).mkdir(parents=True)
+    done = subprocess.run(["/bin/sh", str(root / SYNC_TRIGGERS[5]), str(out / "normal"),
+                           str(out / "early"), str(out / "late")],
+                          env={"PATH": "/usr/bin:/bin", "NETINJECT_SYNC_CONF": str(conf_path)},
+                          capture_output=True, text=True, check=False, timeout=60)
+    return done, out
+
+
+def _files(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): os.readlink(p) if p.is_symlink() else p.read_text()
+            for p in sorted(out.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+def test_the_generator_sets_the_timers_period_from_sync_conf(tmp_path: Path) -> None:
+    root = _image(tmp_path / "img", "systemd")
+    assert _agent("install", "--root", str(root)).returncode == 0
+    done, out = _generate(root, "# every 10 minutes\nperiod=600\n")
+    assert (done.returncode, done.stderr) == (0, "")
+    dropin = "normal/netinject-sync.timer.d/50-netinject-period.conf"
+    assert _files(out) == {dropin: "[Timer]\nOnUnitActiveSec=\nOnBootSec=120s\n"
+                                   "OnUnitActiveSec=600s\nRandomizedDelaySec=100s\n"}
+    # systemd takes the drop-in (placed where verify --root reads drop-ins).
+    _with_host_targets(root)
+    (root / "etc/systemd/system/netinject-sync.timer.d").mkdir(parents=True)
+    shutil.copy(out / dropin, root / "etc/systemd/system/netinject-sync.timer.d/")
+    verify = _verify(root, "netinject-sync.timer")
+    assert (verify.returncode, verify.stderr) == (0, "")
+    # enabled=no masks the timer; no file: the unit's defaults.
+    done, out = _generate(root, "enabled=no\n")
+    assert _files(out) == {"normal/netinject-sync.timer": "/dev/null"}
+    (root / "etc/netinject/sync.conf").unlink()
+    done, out = _generate(root, None)
+    assert (done.returncode, _files(out)) == (0, {})
+
+
+@pytest.mark.parametrize(("conf", "said"), [
+    ("period=abc\n", "line 1: period is not a number of seconds; ignored"),
+    ("period=30\n", "line 1: period is not 60 to 604800 seconds; ignored"),
+    ("period=99999999\n", "line 1: period is not a number of seconds; ignored"),
+    ("period=0600\n", "line 1: period is not a number of seconds; ignored"),
+    ("period=600\r\n", "line 1: period is not a number of seconds; ignored"),
+    ("period=600; rm -rf /\n", "line 1: period is not a number of seconds; ignored"),
+    ("\nperiod = 600\n", "line 2: not period=SECONDS or enabled=yes|no; ignored"),
+    ("enabled=off\n", "line 1: not period=SECONDS or enabled=yes|no; ignored"),
+])
+def test_the_generator_ignores_a_bad_sync_conf_and_says_so(conf: str, said: str,
+                                                           tmp_path: Path) -> None:
+    root = _image(tmp_path / "img", "systemd")
+    assert _agent("install", "--root", str(root)).returncode == 0
+    done, out = _generate(root, conf)
+    assert done.returncode == 0
+    assert said in done.stderr
+    assert _files(out) == {}  # the unit's own period stays
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["install", "--help"]])

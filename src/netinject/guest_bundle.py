@@ -1,14 +1,14 @@
 """The guest agent as shipped: its modules joined into one file, and the bundle.
 
-The agent is a small package (``netinject.guest``: errors, paths, proc, stacks, contract,
-log, readers, discovery, install, live, announce, txn, nics, run) so it can be read one
-concern at a time; the guest
-gets it as ONE module, ``netinject_guest.py``, so boot pays nothing for the split (one file to
-find, read and unmarshal). Joining drops each module's imports of its siblings (every
-top-level name in the boot modules is unique, which ``join`` checks) and keeps the rest
-in dependency order. ``image.py`` (install into an image tree) is not joined: the bundle
-carries it as ``netinject_guest_image.py`` with its sibling imports pointed at the
-joined module, and boot never imports it.
+The agent is a small package (``netinject.guest``: errors, paths, proc, stacks,
+contract, log, readers, discovery, install, live, announce, txn, metadata, nics, run) so
+it can be read one concern at a time; the guest gets it as ONE module,
+``netinject_guest.py``, so boot pays nothing for the split (one file to find, read and
+unmarshal). Joining drops each module's imports of its siblings (every top-level name in
+the boot modules is unique, which ``join`` checks) and keeps the rest in dependency
+order. ``image.py`` (install into an image tree) is not joined: the bundle carries it as
+``netinject_guest_image.py`` with its sibling imports pointed at the joined module, and
+boot never imports it.
 
 ``netinject guest-bundle`` writes a zipapp: ``python3 netinject-guest.pyz install --root
 /mnt/image`` installs the boot service; ``... run`` is the boot service itself.
@@ -25,7 +25,7 @@ from pathlib import Path
 from .hostio import write_atomic
 
 BOOT_MODULES = ("errors", "paths", "proc", "stacks", "contract", "log", "readers", "discovery",
-                "install", "live", "announce", "txn", "nics", "run")
+                "install", "live", "announce", "txn", "metadata", "nics", "run")
 JOINED_NAME = "netinject_guest"
 IMAGE_NAME = "netinject_guest_image"
 

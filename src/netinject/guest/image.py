@@ -111,6 +111,159 @@ esac
 exit 0
 """
 
+# -- day 2: the triggers of ``netinject-guest sync`` (guest/metadata.py) -------------------
+#
+# The drift timer's default period, 30 min with up to 5 min of randomized delay:
+# - against DHCP: Neutron's default lease (dhcp_lease_duration = 86,400 s) renews at
+#   T1 = lease/2, every ~12 h; a DHCP guest learns a subnet's new DNS servers or host
+#   routes only then. Every 30 min delivers drift 24x sooner.
+# - against load: every read of vendor_data2.json costs a metadata-API request and a call
+#   of our vendordata service (nova caches neither for it). 10,000 guests / 1,800 s =
+#   ~5.6 calls/s, which one worker of the service sustains (it builds a payload in
+#   milliseconds); the randomized delay spreads guests that booted together.
+# Hot-plug does not wait for the timer: udev starts a sync for the NIC at once.
+SYNC_PERIOD = 1800
+SYNC_BOOT_DELAY = 120  # the first check after boot (the drive may be days old)
+SYNC_UNIT_NAME = "netinject-sync.service"
+SYNC_TIMER_NAME = "netinject-sync.timer"
+SYNC_ADD_NAME = "netinject-sync-add@.service"
+SYNC_REMOVE_NAME = "netinject-sync-remove@.service"
+SYNC_CONF = "etc/netinject/sync.conf"
+
+_SYNC_SERVICE = """\
+[Service]
+Type=oneshot
+# 1: unchanged (no information, nothing to change, the NIC never came): not a failure.
+SuccessExitStatus=1
+TimeoutStartSec=5min
+"""
+
+SYNC_UNIT = """\
+[Unit]
+Description=netinject: take network config changes from nova's metadata API
+Documentation=file:/usr/lib/netinject/netinject_guest.py
+After=netinject.service network-online.target
+Wants=network-online.target
+ConditionPathExists=/usr/sbin/netinject-guest
+ConditionPathExists=/var/lib/netinject/instance-id
+
+""" + _SYNC_SERVICE + """\
+ExecStart=/usr/sbin/netinject-guest sync
+"""
+
+SYNC_TIMER = """\
+[Unit]
+Description=netinject: check nova's metadata API for network config drift
+Documentation=file:/usr/lib/netinject/netinject_guest.py
+
+[Timer]
+# The period: /etc/netinject/sync.conf (period=SECONDS, enabled=no), read by
+# netinject-sync-generator at boot and on daemon-reload.
+OnBootSec=%ds
+OnUnitActiveSec=%ds
+RandomizedDelaySec=%ds
+AccuracySec=1min
+
+[Install]
+WantedBy=timers.target
+""" % (SYNC_BOOT_DELAY, SYNC_PERIOD, SYNC_PERIOD // 6)
+
+SYNC_ADD_UNIT = """\
+[Unit]
+Description=netinject: configure the hot-plugged NIC %i from nova's metadata API
+Documentation=file:/usr/lib/netinject/netinject_guest.py
+After=netinject.service
+ConditionPathExists=/usr/sbin/netinject-guest
+ConditionPathExists=/var/lib/netinject/instance-id
+
+""" + _SYNC_SERVICE + """\
+ExecStart=/usr/sbin/netinject-guest sync --mac %i
+"""
+
+SYNC_REMOVE_UNIT = """\
+[Unit]
+Description=netinject: remove the config of the unplugged NIC %i
+Documentation=file:/usr/lib/netinject/netinject_guest.py
+After=netinject.service
+ConditionPathExists=/usr/sbin/netinject-guest
+ConditionPathExists=/var/lib/netinject/instance-id
+
+""" + _SYNC_SERVICE + """\
+ExecStart=/usr/sbin/netinject-guest sync --removed %i
+"""
+
+# udev runs nothing long itself: an added NIC pulls in the template unit through its
+# device unit (SYSTEMD_WANTS, with its MAC as the instance; the agent checks it again
+# and does nothing for a MAC already configured, as at every boot's coldplug); a
+# removed NIC has no device unit left, so RUN only queues the job (--no-block) and
+# returns. Virtual links (veth, bridges, tun: /devices/virtual) are none of ours.
+SYNC_RULES = """\
+# netinject: a NIC that appears or goes is synced from nova's metadata API
+# (netinject-guest sync --mac MAC / --removed NAME). Installed by netinject-guest install.
+SUBSYSTEM!="net", GOTO="netinject_sync_end"
+DEVPATH=="/devices/virtual/*", GOTO="netinject_sync_end"
+ACTION=="add", ATTR{address}=="?*", TAG+="systemd", \\
+  ENV{SYSTEMD_WANTS}+="netinject-sync-add@$attr{address}.service"
+ACTION=="remove", KERNEL=="eth[0-9]*", \\
+  RUN+="/bin/systemctl --no-block start netinject-sync-remove@%k.service"
+LABEL="netinject_sync_end"
+"""
+
+# A systemd generator (POSIX sh: it runs before any unit, even on an image without
+# Python's argparse): /etc/netinject/sync.conf's period=SECONDS (digits only, 60 s to
+# 7 days) becomes a drop-in for the timer in the generator's output directory (so
+# nothing under /etc is written, and a changed file takes effect on daemon-reload or
+# the next boot); enabled=no masks the timer there. Anything else is ignored with a
+# message on stderr (the journal), and the unit's default stays.
+SYNC_GENERATOR = """\
+#!/bin/sh
+# netinject-sync-generator: the period of netinject-sync.timer from
+# /etc/netinject/sync.conf. Installed by netinject-guest install.
+conf=${NETINJECT_SYNC_CONF:-/%s}
+out=$1
+[ -n "$out" ] && [ -f "$conf" ] || exit 0
+warn() {
+    echo "netinject-sync-generator: $conf: $1" >&2
+}
+period=
+enabled=yes
+n=0
+while IFS= read -r line || [ -n "$line" ]; do
+    n=$((n + 1))
+    case $line in
+        '' | '#'*) ;;
+        period=*)
+            value=${line#period=}
+            case $value in
+                [1-9] | [1-9][0-9] | [1-9][0-9][0-9] | [1-9][0-9][0-9][0-9] | \\
+                [1-9][0-9][0-9][0-9][0-9] | [1-9][0-9][0-9][0-9][0-9][0-9])
+                    if [ "$value" -ge 60 ] && [ "$value" -le 604800 ]; then
+                        period=$value
+                    else
+                        warn "line $n: period is not 60 to 604800 seconds; ignored"
+                    fi ;;
+                *) warn "line $n: period is not a number of seconds; ignored" ;;
+            esac ;;
+        enabled=yes | enabled=no) enabled=${line#enabled=} ;;
+        *) warn "line $n: not period=SECONDS or enabled=yes|no; ignored" ;;
+    esac
+done < "$conf"
+if [ "$enabled" = no ]; then
+    ln -sf /dev/null "$out/%s"
+    exit 0
+fi
+[ -n "$period" ] || exit 0
+mkdir -p "$out/%s.d"
+# (An empty OnUnitActiveSec= resets every trigger of the timer: OnBootSec comes back.)
+{
+    echo "[Timer]"
+    echo "OnUnitActiveSec="
+    echo "OnBootSec=%ds"
+    echo "OnUnitActiveSec=${period}s"
+    echo "RandomizedDelaySec=$((period / 6))s"
+} > "$out/%s.d/50-netinject-period.conf"
+""" % (SYNC_CONF, SYNC_TIMER_NAME, SYNC_TIMER_NAME, SYNC_BOOT_DELAY, SYNC_TIMER_NAME)
+
 MODULE_PATH = "usr/lib/netinject/netinject_guest.py"
 LAUNCHER_PATH = "usr/sbin/netinject-guest"
 UNIT_PATH = "lib/systemd/system/" + UNIT_NAME
@@ -121,6 +274,17 @@ INIT_PATH = "etc/init.d/netinject"
 RCS_LINK = "etc/rcS.d/S01netinject"
 GENERATOR_RULES = "lib/udev/rules.d/75-persistent-net-generator.rules"
 GENERATOR_OVERRIDE = "etc/udev/rules.d/75-persistent-net-generator.rules"
+SYNC_UNIT_PATH = "lib/systemd/system/" + SYNC_UNIT_NAME
+SYNC_TIMER_PATH = "lib/systemd/system/" + SYNC_TIMER_NAME
+SYNC_TIMER_LINK = "etc/systemd/system/timers.target.wants/" + SYNC_TIMER_NAME
+SYNC_ADD_PATH = "lib/systemd/system/" + SYNC_ADD_NAME
+SYNC_REMOVE_PATH = "lib/systemd/system/" + SYNC_REMOVE_NAME
+SYNC_RULES_PATH = "lib/udev/rules.d/85-netinject-sync.rules"
+SYNC_GENERATOR_PATH = "lib/systemd/system-generators/netinject-sync-generator"
+SYNC_FILES = (  # (guest path, text, mode): what install writes on a systemd image
+    (SYNC_UNIT_PATH, SYNC_UNIT, 0o644), (SYNC_TIMER_PATH, SYNC_TIMER, 0o644),
+    (SYNC_ADD_PATH, SYNC_ADD_UNIT, 0o644), (SYNC_REMOVE_PATH, SYNC_REMOVE_UNIT, 0o644),
+    (SYNC_RULES_PATH, SYNC_RULES, 0o644), (SYNC_GENERATOR_PATH, SYNC_GENERATOR, 0o755))
 KVM_EXCLUSION = r'^(ENV\{MATCHADDR\}=="\?\[2367abef\]:\*",\s*)ENV\{MATCHADDR\}=""'
 
 
@@ -260,8 +424,9 @@ def _install(r: str, out: "Callable[[str], None]", agent_source: bytes,
     files += [ANNOUNCE_UNIT_PATH] if announcer else []
     files += [GENERATOR_OVERRIDE] if fixed is not None else []
     files += [pyc] if pyc is not None else []
-    links = [WANTS_LINK] + ([ANNOUNCE_WANTS_LINK] if announcer else []) if systemd \
-        else [RCS_LINK]
+    files += [path for path, _, _ in SYNC_FILES] if systemd else []
+    links = [WANTS_LINK, SYNC_TIMER_LINK] + ([ANNOUNCE_WANTS_LINK] if announcer else []) \
+        if systemd else [RCS_LINK]
     for rel in files:
         _placed(r, rel)
     for rel in links:
@@ -291,11 +456,18 @@ def _install(r: str, out: "Callable[[str], None]", agent_source: bytes,
             _symlink(r, "/" + ANNOUNCE_UNIT_PATH, ANNOUNCE_WANTS_LINK)
             out("enabled %s (systemd-networkd sends no gratuitous ARP)"
                 % ANNOUNCE_UNIT_NAME)
+        for path, text, mode in SYNC_FILES:
+            write_atomic(r, path, text.encode(), mode)
+        _symlink(r, "/" + SYNC_TIMER_PATH, SYNC_TIMER_LINK)
+        out("enabled %s (every %d s; /%s), and udev's add and remove of a NIC start %s, %s"
+            % (SYNC_TIMER_NAME, SYNC_PERIOD, SYNC_CONF, SYNC_ADD_NAME, SYNC_REMOVE_NAME))
     else:
         # insserv orders rcS by the LSB header; with --root we place the link ourselves
         # at the front of rcS (X-Start-Before: networking holds trivially).
         _symlink(r, "../init.d/netinject", RCS_LINK)
         out("enabled /%s (sysvinit rcS)" % RCS_LINK)
+        out("no sync triggers (they are systemd units): run 'netinject-guest sync' "
+            "from cron for drift")
     if fixed is not None:
         write_atomic(r, GENERATOR_OVERRIDE, fixed, 0o644)
         out("applied the KVM persistent-net fix in /%s" % GENERATOR_OVERRIDE)
@@ -320,8 +492,9 @@ def _uninstall(root: str, out: "Callable[[str], None]") -> int:
     cache = dirname(MODULE_PATH) + "/__pycache__"
     where = tree.at(cache)
     names = sorted(os.listdir(where)) if where is not None and isdir(where) else []
-    ours = [WANTS_LINK, ANNOUNCE_WANTS_LINK, RCS_LINK, UNIT_PATH, ANNOUNCE_UNIT_PATH,
-            INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG]
+    ours = [WANTS_LINK, ANNOUNCE_WANTS_LINK, SYNC_TIMER_LINK, RCS_LINK, UNIT_PATH,
+            ANNOUNCE_UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG]
+    ours += [path for path, _, _ in SYNC_FILES]
     ours += [cache + "/" + f for f in names if f.startswith("netinject_guest.")]
     if 'GOTO="globally_administered_whitelist"' in (tree.read_text(GENERATOR_OVERRIDE)
                                                     or ""):

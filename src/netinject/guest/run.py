@@ -49,10 +49,23 @@ from .install import (
 )
 from .live import record_applied
 from .log import Log
+from .metadata import (
+    METADATA_URL,
+    WAIT_FOR_MAC,
+    SyncArgs,
+    parse_mac_arg,
+    parse_metadata_url,
+    parse_nic_arg,
+    sync_main,
+)
 from .nics import rename_nics
 from .paths import join, no_symlink_parents, read_small, relative_to
 from .stacks import Stack, read_stack
 from .txn import LIVE_LOCK_WAIT, apply, apply_status, read_input
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 BY_UUID = "/dev/disk/by-uuid/"
 BOOT_LOCK_WAIT = 20.0  # (a live change holds the lock seconds at most)
@@ -367,6 +380,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _checked(parse: "Callable[[str], str]") -> "Callable[[str], str]":
+    """An argparse type from one of metadata.py's parsers (its ValueError's words are
+    the message: argparse adds the option's name)."""
+    import argparse
+
+    def check(text: str) -> str:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return check
+
+
 def _other_commands(args_list: "list[str]") -> int:
     import argparse
 
@@ -393,6 +420,39 @@ def _other_commands(args_list: "list[str]") -> int:
                         metavar="SECONDS",
                         help="how long to wait for another netinject run (a boot-time "
                              "install, another live change) to finish (default %(default)s)")
+    sy = sub.add_parser(
+        "sync", help="take the current config from nova's metadata API (a hot-plugged or "
+                     "removed NIC, a Neutron change) and apply it as one transaction "
+                     "(exit 0 applied, 1 unchanged, 3 broken)",
+        description="Fetch METADATA-URL/openstack/latest/vendor_data2.json, check its "
+                    "'netinject' payload as the config drive's is (hashes, allowlist, the "
+                    "instance uuid against this machine's SMBIOS uuid) and apply it as "
+                    "'apply' does: the changed NICs only, all old or all new. No answer, "
+                    "{} or a bad one changes nothing. Only after a first boot netinject "
+                    "configured from the drive.")
+    sy.add_argument("--root", default="/", help="guest root (default /); with a root "
+                    "other than /, files only: nothing is brought up or down")
+    sy.add_argument("--sysfs", help="sysfs to read (default ROOT/sys)")
+    sy.add_argument("--metadata-url", type=_checked(parse_metadata_url),
+                    default=METADATA_URL, metavar="URL",
+                    help="http://HOST[:PORT] of the metadata API (default %(default)s)")
+    sy.add_argument("--dry-run", action="store_true",
+                    help="print what would change (files; each NIC's addresses, routes, "
+                         "DNS, MTU, old -> new) and change nothing (exit 0 when an "
+                         "answer was read)")
+    sy.add_argument("--lock-wait", type=_seconds, default=LIVE_LOCK_WAIT,
+                    metavar="SECONDS", help="how long to wait for another netinject run "
+                    "(default %(default)s)")
+    sy.add_argument("--mac", action="append", type=_checked(parse_mac_arg), default=[],
+                    help="a NIC that appeared (udev add): ask again until the answer "
+                         "carries this MAC (repeatable)")
+    sy.add_argument("--removed", action="append", type=_checked(parse_nic_arg), default=[],
+                    metavar="NAME", help="a NIC that went (udev remove): ask again until "
+                    "the answer no longer carries it, then remove its files and udev "
+                    "rule (repeatable)")
+    sy.add_argument("--wait-for-mac", type=_seconds, default=WAIT_FOR_MAC,
+                    metavar="SECONDS", help="how long to ask again for --mac/--removed "
+                    "(default %(default)s)")
     an = sub.add_parser("announce", help="announce the injected IPv4 addresses once they "
                                          "are up (netinject-announce.service)")
     an.add_argument("--root", default="/", help="guest root (default /)")
@@ -406,6 +466,10 @@ def _other_commands(args_list: "list[str]") -> int:
         finally:
             log.flush()
         return 0
+    if args.cmd == "sync":
+        return sync_main(SyncArgs(args.root, args.sysfs, args.metadata_url, args.dry_run,
+                                  args.lock_wait, args.mac, args.removed,
+                                  args.wait_for_mac))
     if args.cmd in ("apply", "apply-status"):
         return _apply_main(args.cmd, args.root, args.sysfs, args.txid, args.lock_wait)
     p.print_help()

@@ -240,17 +240,37 @@ def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log,
           lock_wait: float = LIVE_LOCK_WAIT) -> Ended:
     """Install a bundle as one transaction, and bring the NICs it changes up (live.py);
     how it ended (also recorded for ``txid``). Under ``--root`` (a tree, in tests) the
-    files only: nothing of the host's is brought up or down.
+    files only: nothing of the host's is brought up or down."""
+    return apply_from(root, sysfs, txid, lambda: parse_bundle(raw), log, lock_wait)
+
+
+def apply_from(root: str, sysfs: str, txid: str, source: "Callable[[], dict[str, bytes]]",
+               log: Log, lock_wait: float = LIVE_LOCK_WAIT,
+               want: "Callable[[Manifest], None] | None" = None,
+               record_unchanged: bool = True) -> Ended:
+    """The one live transaction, for a payload from ``source`` (a bundle on stdin, or
+    nova's metadata answer: ``netinject-guest sync``), called under the lock so that
+    what is applied is what is current when nothing else changes the files. ``want``
+    may refuse the checked manifest (AgentError: nothing changes). ``record_unchanged``:
+    False records only transactions that changed something or tried to (sync: a
+    refusal or "nothing to change" leaves every file as it was, the log says why).
 
     The backup goes as soon as the transaction ends, applied or not: one left behind
     would make the next transaction restore its (by then stale) originals."""
     active = root in ("", "/")
 
+    def unchanged(ended: Ended) -> Ended:
+        if record_unchanged:
+            return _record_quietly(root, ended, log)
+        log("%s: %s" % (ended.outcome, ended.message))
+        return ended
+
     def body() -> Ended:
         try:
-            stack, manifest, changes, old, stale = _prepare(root, sysfs, raw, active)
+            stack, manifest, changes, old, stale = prepare(root, sysfs, source(), active,
+                                                            want)
         except AgentError as exc:
-            return _record_quietly(root, Ended(txid, Outcome.UNCHANGED, str(exc)), log)
+            return unchanged(Ended(txid, Outcome.UNCHANGED, str(exc)))
         backup_dir = join(root, APPLY_BACKUP)
         try:
             if active:
@@ -267,26 +287,42 @@ def apply(root: str, sysfs: str, txid: str, raw: bytes, log: Log,
                 txid, Outcome.BROKEN if exc.broken else Outcome.ROLLED_BACK, str(exc)), log)
         except AgentError as exc:  # refused before anything changed
             drop_backup(root)
-            return _record_quietly(root, Ended(txid, Outcome.UNCHANGED, str(exc)), log)
+            return unchanged(Ended(txid, Outcome.UNCHANGED, str(exc)))
+        if not backup.changed and not changes:
+            drop_backup(root)
+            return unchanged(Ended(txid, Outcome.UNCHANGED, "nothing to change"))
         return _applied(root, stack, manifest, changes, backup, txid, log, active)
 
     return transaction(root, txid, log, body, lock_wait)
 
 
-def _prepare(root: str, sysfs: str, raw: bytes, active: bool
-             ) -> "tuple[Stack, Manifest, Changes, dict[str, NicFacts] | None, list[str]]":
-    """Everything decided before anything changes: the bundle checked as a drive is, for
-    this machine and its stack; which NICs change; this stack's files to move aside;
-    whether the stack can take the change now. AgentError: refused, nothing changed."""
-    stack = read_stack(root)
-    manifest = verify(parse_bundle(raw))
+def checked_manifest(sysfs: str, payload: "dict[str, bytes]") -> Manifest:
+    """A payload (a bundle's files, nova's vendordata answer) checked exactly as a drive's
+    is: the manifest's format, every file's hash and guest path, and its instance equal
+    to this machine's SMBIOS uuid; AgentError otherwise. The manifest must say what
+    each NIC's config brings up (format 3): live changes compare those facts."""
+    manifest = verify(payload)
     system = system_uuid(sysfs)
     if system != manifest.uuid:
-        raise AgentError("the bundle is for instance %s, not this machine (%s)"
+        raise AgentError("the payload is for instance %s, not this machine (%s)"
                          % (manifest.uuid, system))
     if manifest.facts is None:
-        raise AgentError("the bundle's manifest says nothing of its NICs (made by a "
+        raise AgentError("the payload's manifest says nothing of its NICs (made by a "
                          "netinject older than this agent): not applied live")
+    return manifest
+
+
+def prepare(root: str, sysfs: str, payload: "dict[str, bytes]", active: bool,
+             want: "Callable[[Manifest], None] | None" = None
+             ) -> "tuple[Stack, Manifest, Changes, dict[str, NicFacts] | None, list[str]]":
+    """Everything decided before anything changes: the payload checked as a drive is, for
+    this machine and its stack; which NICs change; this stack's files to move aside;
+    whether the stack can take the change now. AgentError: refused, nothing changed.
+    Reads only (``netinject-guest sync --dry-run`` shows what it decides)."""
+    stack = read_stack(root)
+    manifest = checked_manifest(sysfs, payload)
+    if want is not None:
+        want(manifest)
     manifest = manifest.for_stack(stack)
     assert manifest.facts is not None
     old_raw, old = read_applied(root)
@@ -302,10 +338,6 @@ def _applied(root: str, stack: Stack, manifest: Manifest, changes: Changes,
     """Record a change that went through (the manifest now applied, the outcome); if
     that cannot be recorded, undo the files now and say so (the next transaction would
     otherwise compare against, or restore, the wrong state)."""
-    if not backup.changed and not changes:
-        drop_backup(root)
-        return _record_quietly(root, Ended(txid, Outcome.UNCHANGED, "nothing to change"),
-                               log)
     try:
         record_applied(root, manifest)
         ended = record(root, Ended(
