@@ -22,6 +22,28 @@ from ..errors import NetinjectError
 
 DEFAULT_STATE = Path("/run/netinject-openstack-peer")
 NOVA_SCRIPT = Path(__file__).with_name("nova_drive.py")
+META_SCRIPT = Path(__file__).with_name("nova_metadata.py")
+META_DBS = "nova-metadata"  # the state directory's nova databases for the metadata API
+META_DB_VERSION = 1  # bump when nova_metadata.py's setup changes: the cached copy is keyed
+# The metadata app of nova's etc/nova/api-paste.ini (Debian ships it in nova-common, which
+# the peer does not install): what nova-metadata-wsgi loads under the name "metadata".
+API_PASTE = """[composite:metadata]
+use = egg:Paste#urlmap
+/: meta
+
+[pipeline:meta]
+pipeline = cors http_proxy_to_wsgi metaapp
+
+[app:metaapp]
+paste.app_factory = nova.api.metadata.handler:MetadataRequestHandler.factory
+
+[filter:cors]
+paste.filter_factory = oslo_middleware.cors:filter_factory
+oslo_config_project = nova
+
+[filter:http_proxy_to_wsgi]
+paste.filter_factory = oslo_middleware.http_proxy_to_wsgi:HTTPProxyToWSGI.factory
+"""
 IN_CHROOT = Path("/srv/peer")  # where the state directory is in the chroot
 
 
@@ -74,31 +96,142 @@ class Peer:
 
     def nova_conf(self, name: str, target: str | None, *, failure_fatal: bool = False,
                   connect_timeout: float = 5, read_timeout: float = 5,
-                  auth: bool = True) -> Path:
-        """A nova.conf (in the state directory) with the vendordata settings
-        docs/operator-guide.md gives; ``target``: the DynamicJSON URL (None: StaticJSON
-        only)."""
+                  auth: bool = True, extra: dict[str, dict[str, str]] | None = None,
+                  path: Path | None = None) -> Path:
+        """A nova.conf (in the state directory, or at ``path``) with the vendordata
+        settings docs/operator-guide.md gives; ``target``: the DynamicJSON URL (None:
+        StaticJSON only); ``extra``: more options by section (they win)."""
         nova = self.cloud("nova")["auth"]
-
-        def section(head: str) -> str:
-            return (f"[{head}]\nauth_type = password\nauth_url = {nova['auth_url']}\n"
-                    f"username = {nova['username']}\npassword = {nova['password']}\n"
-                    f"project_name = {nova['project_name']}\n"
-                    "user_domain_name = Default\nproject_domain_name = Default\n")
-        providers = "StaticJSON,DynamicJSON" if target else "StaticJSON"
-        text = (
-            "[DEFAULT]\nconfig_drive_format = iso9660\nmkisofs_cmd = genisoimage\n"
-            f"[database]\nconnection = sqlite:///{IN_CHROOT}/nova.db\n"
-            f"[api]\nvendordata_providers = {providers}\n"
-            + (f"vendordata_dynamic_targets = netinject@{target}\n" if target else "")
-            + f"vendordata_dynamic_connect_timeout = {connect_timeout:g}\n"
-            f"vendordata_dynamic_read_timeout = {read_timeout:g}\n"
-            f"vendordata_dynamic_failure_fatal = {str(failure_fatal).lower()}\n"
-            + (section("vendordata_dynamic_auth") if auth else "")
-            + section("neutron") + "region_name = RegionOne\nvalid_interfaces = public\n")
-        path = self.state / f"nova-{name}.conf"
+        creds = {"auth_type": "password", "auth_url": nova["auth_url"],
+                 "username": nova["username"], "password": nova["password"],
+                 "project_name": nova["project_name"], "user_domain_name": "Default",
+                 "project_domain_name": "Default"}
+        sections: dict[str, dict[str, str]] = {
+            "DEFAULT": {"config_drive_format": "iso9660", "mkisofs_cmd": "genisoimage"},
+            "database": {"connection": f"sqlite:///{IN_CHROOT}/nova.db"},
+            "api": {"vendordata_providers":
+                    "StaticJSON,DynamicJSON" if target else "StaticJSON",
+                    **({"vendordata_dynamic_targets": f"netinject@{target}"}
+                       if target else {}),
+                    "vendordata_dynamic_connect_timeout": f"{connect_timeout:g}",
+                    "vendordata_dynamic_read_timeout": f"{read_timeout:g}",
+                    "vendordata_dynamic_failure_fatal": str(failure_fatal).lower()},
+            **({"vendordata_dynamic_auth": dict(creds)} if auth else {}),
+            "neutron": {**creds, "region_name": "RegionOne", "valid_interfaces": "public"},
+        }
+        for head, options in (extra or {}).items():
+            sections.setdefault(head, {}).update(options)
+        text = "".join(f"[{head}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
+                       for head, opts in sections.items())
+        path = path or self.state / f"nova-{name}.conf"
         path.write_text(text)
         return path
+
+    def in_chroot(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run ``args`` in the chroot, in a private mount namespace with /proc and the
+        state directory at /srv/peer (as openstack-peer.sh exec does)."""
+        return subprocess.run(_chrooted(self, args), text=True, check=False, **kwargs)
+
+    def nova_metadata_dbs(self) -> Path:
+        """nova's API, cell0 and cell1 databases for the metadata API (nova_metadata.py
+        setup: nova-manage's migrations and cell mappings), made once per state
+        directory, on first use. The fresh databases are cached next to the chroot (their
+        paths inside the chroot never change), so a new peer copies them (~0.1 s)
+        instead of migrating again (~6 s)."""
+        import fcntl
+        import sqlite3
+
+        dbs = self.state / META_DBS
+        names = [f"nova-{db}.db" for db in ("api", "cell0", "cell1")]
+        cache = self.root.parent / f"{META_DBS}-{META_DB_VERSION}"
+        with (self.state / f"{META_DBS}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (dbs / "ready").is_file():
+                return dbs
+            dbs.mkdir(exist_ok=True)
+            if all((cache / n).is_file() for n in names):
+                for n in names:
+                    shutil.copyfile(cache / n, dbs / n)
+            else:
+                for n in names:
+                    (dbs / n).unlink(missing_ok=True)
+                conf = self._meta_base_conf(dbs)
+                shutil.copyfile(META_SCRIPT, self.state / META_SCRIPT.name)
+                done = self.in_chroot(
+                    ["python3", "-W", "ignore", f"/srv/peer/{META_SCRIPT.name}", "setup",
+                     self.chroot_path(conf.parent)], capture_output=True, timeout=300)
+                if done.returncode != 0:
+                    raise PeerError(f"nova's database setup failed: {done.stderr[-2000:]}")
+                cache.mkdir(exist_ok=True)
+                for n in names:
+                    shutil.copyfile(dbs / n, cache / f"{n}.partial")
+                    os.replace(cache / f"{n}.partial", cache / n)
+            for n in names:  # as the peer's other databases: readers never lock writers
+                with contextlib.closing(sqlite3.connect(dbs / n)) as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+            (dbs / "ready").write_text("")
+        return dbs
+
+    def _meta_base_conf(self, dbs: Path) -> Path:
+        inside = self.chroot_path(dbs)
+        conf = dbs / "nova.conf"
+        conf.write_text(
+            "[DEFAULT]\ntransport_url = fake:/\nhost = netinject-peer\n"
+            f"[database]\nconnection = sqlite:///{inside}/nova-cell1.db\n"
+            f"[api_database]\nconnection = sqlite:///{inside}/nova-api.db\n")
+        return conf
+
+    def nova_metadata_conf(self, name: str, target: str | None, secret: str, *,
+                           cache_expiration: int = 15, **vendordata: Any) -> Path:
+        """A directory with the nova.conf and api-paste.ini of one nova metadata API:
+        ``nova_conf``'s vendordata settings (``target``, ``vendordata``), behind
+        Neutron's metadata proxy (``[neutron] service_metadata_proxy``, ``secret``),
+        ``[api] metadata_cache_expiration`` (nova's default 15 s), on the shared
+        databases (nova_metadata_dbs)."""
+        dbs = self.nova_metadata_dbs()
+        inside = self.chroot_path(dbs)
+        directory = self.state / f"nova-metadata-{name}"
+        directory.mkdir(exist_ok=True)
+        (directory / "api-paste.ini").write_text(API_PASTE)
+        self.nova_conf(name, target, path=directory / "nova.conf", extra={
+            "DEFAULT": {"transport_url": "fake:/", "host": "netinject-peer",
+                        "log_file": f"{self.chroot_path(directory)}/nova.log"},
+            "database": {"connection": f"sqlite:///{inside}/nova-cell1.db"},
+            "api_database": {"connection": f"sqlite:///{inside}/nova-api.db"},
+            "api": {"metadata_cache_expiration": str(cache_expiration)},
+            "neutron": {"service_metadata_proxy": "true",
+                        "metadata_proxy_shared_secret": secret},
+            "oslo_concurrency": {"lock_path": f"{IN_CHROOT}/lock"},
+        }, **vendordata)
+        return directory
+
+    def _meta_run(self, command: str, conf_dir: Path, req: dict[str, Any]) -> Any:
+        shutil.copyfile(META_SCRIPT, self.state / META_SCRIPT.name)
+        done = self.in_chroot(
+            ["python3", "-W", "ignore", f"/srv/peer/{META_SCRIPT.name}", command,
+             self.chroot_path(conf_dir)], input=json.dumps(req), capture_output=True,
+            timeout=300)
+        if done.returncode != 0:
+            raise PeerError(f"nova_metadata.py {command} failed (exit {done.returncode}): "
+                            f"{done.stderr.strip()[-2000:]}")
+        return json.loads(done.stdout)
+
+    def nova_instance(self, conf_dir: Path, instance: str, project: str, user: str,
+                      image: str, hostname: str, ports: list[str]) -> list[str]:
+        """A real instance in nova's database (nova_metadata.py create): its info cache
+        built by nova from Neutron with ``ports`` in this order; returns its VIF ids."""
+        out = self._meta_run("create", conf_dir, {
+            "instance": instance, "project": project, "user": user, "image": image,
+            "hostname": hostname, "ports": ports})
+        vifs: list[str] = out["vifs"]
+        return vifs
+
+    def nova_attach(self, conf_dir: Path, instance: str, ports: list[str]) -> list[str]:
+        """The instance's info cache gets ``ports`` as nova's attach_interface adds them
+        (nova_metadata.py attach); returns the cache's VIF ids."""
+        vifs: list[str] = self._meta_run("attach", conf_dir, {
+            "instance": instance, "ports": ports})["vifs"]
+        return vifs
 
     def build_drives(self, conf: Path, builds: list[dict[str, Any]], repeat: int = 1,
                      timeout: float = 600) -> list[dict[str, Any]]:
@@ -108,13 +241,8 @@ class Peer:
         req = {"conf": self.chroot_path(conf), "repeat": repeat,
                "builds": [{**b, "out": self.chroot_path(Path(b["out"])) if b.get("out")
                            else None} for b in builds]}
-        script = ('mount -t proc proc "$1/proc" && mount --bind "$2" "$1/srv/peer" && '
-                  'exec chroot "$1" python3 -W ignore /srv/peer/nova_drive.py')
-        done = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-             script, "sh", str(self.root), str(self.state)],
-            input=json.dumps(req), capture_output=True, text=True, timeout=timeout,
-            check=False)
+        done = self.in_chroot(["python3", "-W", "ignore", "/srv/peer/nova_drive.py"],
+                              input=json.dumps(req), capture_output=True, timeout=timeout)
         if done.returncode != 0:
             raise PeerError(f"nova's drive build failed (exit {done.returncode}): "
                             f"{done.stderr.strip()[-2000:]}")
@@ -124,6 +252,14 @@ class Peer:
             raise PeerError(f"nova's drive build said: {done.stdout[-500:]!r} "
                             f"{done.stderr[-2000:]}") from None
         return results
+
+
+def _chrooted(peer: Peer, args: list[str]) -> list[str]:
+    """The command line running ``args`` in the peer's chroot (see Peer.in_chroot)."""
+    script = ('r=$1 st=$2; shift 2; mount -t proc proc "$r/proc" && '
+              'mount --bind "$st" "$r/srv/peer" && exec chroot "$r" "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+            script, "sh", str(peer.root), str(peer.state), *args]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[Any], log: Path,
@@ -179,6 +315,49 @@ def stand_in(status: int = 200, body: bytes = b"{}", delay: float = 0.0) -> Iter
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def nova_metadata_api(peer: Peer, conf_dir: Path, timeout: float = 120) -> Iterator[str]:
+    """nova's metadata API (its WSGI app, nova_metadata.py) under uwsgi (Debian's, in
+    the chroot) on a free loopback port, until the block ends; yields its URL. One
+    process, one thread: nova's per-instance metadata cache is that process's (the
+    ``oslo_cache.dict`` backend when ``[cache] enabled`` is off), so every read sees
+    the same cache. Its log: ``conf_dir/uwsgi.log`` and ``conf_dir/nova.log``."""
+    import signal
+
+    import requests
+
+    port = free_port()
+    shutil.copyfile(META_SCRIPT, peer.state / META_SCRIPT.name)
+    log = conf_dir / "uwsgi.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(_chrooted(peer, [
+            "uwsgi", "--plugin", "python3", "--http-socket", f"127.0.0.1:{port}",
+            "--wsgi-file", f"/srv/peer/{META_SCRIPT.name}", "--master", "--processes", "1",
+            "--die-on-term", "--need-app",
+            "--env", f"OS_NOVA_CONFIG_DIR={peer.chroot_path(conf_dir)}"]),
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url + "/", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise PeerError(f"nova's metadata API did not start: "
+                                f"{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @contextlib.contextmanager
