@@ -87,7 +87,8 @@ class Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -216,7 +217,7 @@ def _huge_stream(h: BaseHTTPRequestHandler) -> None:
 
 
 def _slow(h: BaseHTTPRequestHandler) -> None:
-    time.sleep(7)  # past the agent's 5 s read timeout
+    time.sleep(3)  # past the agent's read timeout (--timeout 1 in the test; default 5 s)
     with contextlib.suppress(OSError):
         body(b"{}")(h)
 
@@ -264,7 +265,7 @@ def test_no_usable_answer_changes_nothing_and_says_why(
         url = server.url
     before = snapshot(root)
     log_before = agent_log(root)
-    done, result = sync(root, url)
+    done, result = sync(root, url, *(["--timeout", "1"] if case == "slow" else []))
     assert (done.returncode, result["outcome"]) == (1, "unchanged"), result
     assert why in result["message"], result
     assert why in agent_log(root)[len(log_before):]
@@ -370,6 +371,8 @@ def test_dry_run_prints_the_diff_and_touches_nothing(server: Server, tmp_path: P
     (["--mac", "fa:16:3e:00:00:0g"], "--mac"),
     (["--removed", "../eth0"], "--removed"),
     (["--wait-for-mac", "nan"], "--wait-for-mac"),
+    (["--timeout", "-1"], "--timeout"),
+    (["--timeout", "inf"], "--timeout"),
 ])
 def test_bad_input_exits_2_naming_the_option(args: list[str], named: str,
                                              tmp_path: Path) -> None:

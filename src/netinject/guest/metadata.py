@@ -58,10 +58,10 @@ if TYPE_CHECKING:
 
 METADATA_URL = "http://169.254.169.254"
 VENDOR_URL_PATH = "/%s/%s" % (VENDOR_DIR, VENDOR_FILE)
-# nova's own limits for its vendordata targets: 5 s to connect, 5 s per read. The whole
-# answer must come within FETCH_DEADLINE: a server dripping bytes cannot hold the lock.
+# nova's own limits for its vendordata targets: 5 s to connect, 5 s per read (sync
+# --timeout). The whole answer must come within twice that: a server dripping bytes
+# cannot hold the lock.
 FETCH_TIMEOUT = 5.0
-FETCH_DEADLINE = 10.0
 WAIT_FOR_MAC = 60.0
 # Backoff between asks while waiting for a NIC to appear in (or go from) the answer:
 # nova's metadata cache holds an instance's answer up to 15 s (metadata_cache_expiration).
@@ -115,7 +115,7 @@ def parse_nic_arg(text: str) -> str:
     return text
 
 
-def fetch_vendordata(base: str, log: Log) -> bytes:
+def fetch_vendordata(base: str, log: Log, timeout: float = FETCH_TIMEOUT) -> bytes:
     """The body of BASE/openstack/latest/vendor_data2.json: no proxy, no redirect, at
     most BUNDLE_MAX bytes, all of it (a body shorter than its Content-Length is cut, not
     an answer). NoAnswer saying why otherwise."""
@@ -129,10 +129,10 @@ def fetch_vendordata(base: str, log: Log) -> bytes:
 
     url = base + VENDOR_URL_PATH
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect())
-    deadline = time.monotonic() + FETCH_DEADLINE
+    deadline = time.monotonic() + 2 * timeout
     try:
         with opener.open(urllib.request.Request(url, headers={"Accept": "application/json"}),
-                         timeout=FETCH_TIMEOUT) as resp:
+                         timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             if length is not None and not (length.isdigit() and length.isascii()):
                 raise NoAnswer("%s: bad Content-Length %r" % (url, length[:40]))
@@ -144,7 +144,7 @@ def fetch_vendordata(base: str, log: Log) -> bytes:
             while True:
                 if time.monotonic() > deadline:
                     raise NoAnswer("%s: the answer did not come within %g s"
-                                   % (url, FETCH_DEADLINE))
+                                   % (url, 2 * timeout))
                 chunk = resp.read(65536)
                 if not chunk:
                     break
@@ -174,7 +174,8 @@ class SyncArgs:
                  url: str = METADATA_URL, dry_run: bool = False,
                  lock_wait: float = LIVE_LOCK_WAIT, macs: "list[str] | None" = None,
                  removed: "list[str] | None" = None,
-                 wait_for_mac: float = WAIT_FOR_MAC) -> None:
+                 wait_for_mac: float = WAIT_FOR_MAC, timeout: float = FETCH_TIMEOUT
+                 ) -> None:
         self.root = root
         self.sysfs = sysfs or join(root, "sys")
         self.url = url
@@ -183,6 +184,7 @@ class SyncArgs:
         self.macs = macs or []
         self.removed = removed or []
         self.wait_for_mac = wait_for_mac
+        self.timeout = timeout
 
 
 def _first_booted(args: SyncArgs) -> None:
@@ -261,7 +263,7 @@ def sync(args: SyncArgs, log: Log) -> "tuple[Ended, list[str]]":
 
     def source() -> "dict[str, bytes]":
         missing[:] = ["an answer"]  # (until want() has seen one)
-        return vendor_payload(fetch_vendordata(args.url, log))
+        return vendor_payload(fetch_vendordata(args.url, log, args.timeout))
 
     attempt = 0
     while True:

@@ -50,6 +50,7 @@ from .install import (
 from .live import record_applied
 from .log import Log
 from .metadata import (
+    FETCH_TIMEOUT,
     METADATA_URL,
     WAIT_FOR_MAC,
     SyncArgs,
@@ -436,6 +437,10 @@ def _other_commands(args_list: "list[str]") -> int:
     sy.add_argument("--metadata-url", type=_checked(parse_metadata_url),
                     default=METADATA_URL, metavar="URL",
                     help="http://HOST[:PORT] of the metadata API (default %(default)s)")
+    sy.add_argument("--timeout", type=_seconds, default=FETCH_TIMEOUT, metavar="SECONDS",
+                    help="to connect, and for each read (nova's own for its vendordata "
+                         "targets); the whole answer within twice that (default "
+                         "%(default)s)")
     sy.add_argument("--dry-run", action="store_true",
                     help="print what would change (files; each NIC's addresses, routes, "
                          "DNS, MTU, old -> new) and change nothing (exit 0 when an "
@@ -469,7 +474,7 @@ def _other_commands(args_list: "list[str]") -> int:
     if args.cmd == "sync":
         return sync_main(SyncArgs(args.root, args.sysfs, args.metadata_url, args.dry_run,
                                   args.lock_wait, args.mac, args.removed,
-                                  args.wait_for_mac))
+                                  args.wait_for_mac, args.timeout))
     if args.cmd in ("apply", "apply-status"):
         return _apply_main(args.cmd, args.root, args.sysfs, args.txid, args.lock_wait)
     p.print_help()
