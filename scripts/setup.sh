@@ -11,7 +11,7 @@ APT_PACKAGES=(
   mtools dosfstools genisoimage
   qemu-system-x86 qemu-utils qemu-guest-agent
   dnsmasq-base
-  mmdebstrap e2fsprogs curl lintian
+  mmdebstrap e2fsprogs fuse2fs fuse3 fdisk curl lintian
   cloud-init
   systemd insserv sysvinit-utils initscripts
   netplan.io libnm0 gir1.2-nm-1.0 python3-gi

@@ -23,6 +23,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help=", ".join(VARIANTS) + " (repeatable; default: all)")
     ib.add_argument("--out", type=Path, required=True, metavar="DIR")
     ib.set_defaults(func=cmd_image_build)
+    from ...guest.stacks import STACK_NAMES
+
+    ia = isub.add_parser(
+        "add-agent", help="put the guest agent into an existing Debian disk image",
+        description="Install the guest agent's boot service into an existing Debian "
+                    "image (raw or qcow2; its ext4 root on the whole disk or a partition) "
+                    "as 'netinject-guest.pyz install --root' does, without a kernel mount "
+                    "or a VM: the filesystem is opened with e2fsprogs' fuse2fs, a qcow2 "
+                    "through qemu-storage-daemon. The image is checked first (read-only): "
+                    "a non-Debian image, a disk with no ext4 root or a read-only file is "
+                    "refused (exit 2) and left untouched.",
+        epilog="With libguestfs: virt-customize -a DISK --copy-in "
+               "netinject-guest_all.deb:/tmp --run-command 'dpkg -i "
+               "/tmp/netinject-guest_all.deb' (netinject guest-bundle --deb).")
+    ia.add_argument("disk", type=Path, metavar="DISK", help="the image file (changed in place)")
+    ia.add_argument("--stack", choices=STACK_NAMES,
+                    help="the image's network stack (default: detected, as install does)")
+    ia.set_defaults(func=cmd_image_add_agent)
+
+
+def cmd_image_add_agent(args: argparse.Namespace) -> int:
+    import sys
+
+    from ... import disk
+
+    disk.add_agent(args.disk, args.stack, lambda msg: print(msg, file=sys.stderr))
+    print(args.disk)
+    return 0
 
 
 def _outputs(names: list[str]) -> dict[str, tuple[str, str, str]]:
