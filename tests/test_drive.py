@@ -355,3 +355,33 @@ def test_network_data_case_round_trips_to_itself() -> None:
     once = network_data.parse(nd)
     twice = network_data.parse(network_data.dump(once))
     assert network_data.dump(twice) == network_data.dump(once)
+
+
+@pytest.mark.parametrize("fmt", ["vfat", "iso9660"])
+def test_user_data_goes_where_nova_puts_it(fmt: str, tmp_path: Path, write_json: Any) -> None:
+    """--user-data FILE: the bytes as they are, in openstack/latest/user_data (cloud-init's
+    ConfigDrive datasource reads it there), beside the payload."""
+    data = b"#cloud-config\nruncmd: [[touch, /tmp/x]]\n\xff binary is fine\n"
+    (tmp_path / "ud").write_bytes(data)
+    out = tmp_path / "d.img"
+    assert _drive(write_json(load_case("seed")), out, "--user-data", str(tmp_path / "ud"),
+                  "--format", fmt) == 0
+    files = vfat_files(out, tmp_path / "x") if fmt == "vfat" else iso_files(out)
+    assert files["openstack/latest/user_data"] == data
+    assert "netinject/manifest" in files
+
+
+@pytest.mark.parametrize(("size", "says"), [
+    (65536, "--user-data: '65536 bytes' is over nova's limit of 65535 bytes"),
+    (None, "--user-data: "),
+])
+def test_bad_user_data_is_refused_before_anything(size: int | None, says: str,
+                                                 tmp_path: Path, write_json: Any,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    ud = tmp_path / "ud"
+    if size is not None:
+        ud.write_bytes(b"x" * size)
+    out = tmp_path / "d.img"
+    assert _drive(write_json(load_case("seed")), out, "--user-data", str(ud)) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()

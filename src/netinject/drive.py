@@ -177,13 +177,26 @@ def payload_files(instance: Instance, options: Options | None = None,
     return files
 
 
+USER_DATA_MAX = 65535
+"""nova's limit on user data (the API takes at most 65535 bytes, base64-encoded)."""
+
+
 def contents(instance: Instance, options: Options | None = None,
-             formats: tuple[str, ...] = FORMATS) -> DriveContents:
+             formats: tuple[str, ...] = FORMATS, user_data: bytes | None = None
+             ) -> DriveContents:
+    """The drive's files. ``user_data``: the instance's user data, as nova puts it in
+    openstack/latest/user_data (for cloud-init beside the agent); opaque bytes."""
     files: dict[PurePosixPath, bytes] = {
         OPENSTACK_DIR / "meta_data.json": _json(meta_data(instance)),
         OPENSTACK_DIR / "network_data.json": _json(network_data.dump(instance)),
         OPENSTACK_DIR / "vendor_data.json": _json({}),
     }
+    if user_data is not None:
+        if len(user_data) > USER_DATA_MAX:
+            raise InvalidInput([FieldError(
+                "--user-data", f"{len(user_data)} bytes",
+                f"is over nova's limit of {USER_DATA_MAX} bytes")])
+        files[OPENSTACK_DIR / "user_data"] = user_data
     if instance.inject:
         for name, data in payload_files(instance, options, formats).items():
             files[PAYLOAD_DIR / name] = data
@@ -367,11 +380,11 @@ class BuildResult:
 
 
 def build(instance: Instance, out: Path, fmt: DriveFormat = "vfat",
-          options: Options | None = None) -> BuildResult:
+          options: Options | None = None, user_data: bytes | None = None) -> BuildResult:
     """Build the drive into a staging file beside ``out`` and rename it into place
     (hostio.staged_file): a failed build leaves no file behind, and a device, FIFO,
     directory or symlink at ``out`` is refused, never replaced or written through."""
-    data = contents(instance, options)
+    data = contents(instance, options, user_data=user_data)
     vol = volume_id(instance.uuid)
     with staged_file(out, 0o644) as tmp:
         if fmt == "vfat":

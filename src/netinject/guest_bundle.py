@@ -25,7 +25,8 @@ from pathlib import Path
 from .hostio import write_atomic
 
 BOOT_MODULES = ("errors", "paths", "proc", "stacks", "contract", "log", "readers", "discovery",
-                "install", "live", "announce", "txn", "metadata", "nics", "run")
+                "install", "live", "announce", "others", "txn", "metadata", "nics",
+                "run")
 JOINED_NAME = "netinject_guest"
 IMAGE_NAME = "netinject_guest_image"
 

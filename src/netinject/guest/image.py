@@ -17,6 +17,7 @@ import sys
 
 from .contract import STATE_DIR, AgentError
 from .install import tmp_beside, write_atomic
+from .others import CLOUD_INIT_SWITCH
 from .paths import dirname, isdir, lexists, makedirs, resolve_in_root
 from .stacks import STACK_CONFIG, STACK_NAMES, STACKS, ImageTree, detect_stack, stack_named
 
@@ -34,6 +35,8 @@ Wants=network-pre.target
 After=systemd-udevd.service systemd-udev-trigger.service systemd-remount-fs.service
 After=local-fs.target
 Before=network-pre.target %s
+# cloud-init's local stage reads the switch the agent writes (guest/others.py).
+Before=cloud-init-local.service
 Before=shutdown.target
 Conflicts=shutdown.target
 ConditionPathExists=/usr/sbin/netinject-guest
@@ -493,7 +496,8 @@ def _uninstall(root: str, out: "Callable[[str], None]") -> int:
     where = tree.at(cache)
     names = sorted(os.listdir(where)) if where is not None and isdir(where) else []
     ours = [WANTS_LINK, ANNOUNCE_WANTS_LINK, SYNC_TIMER_LINK, RCS_LINK, UNIT_PATH,
-            ANNOUNCE_UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG]
+            ANNOUNCE_UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG,
+            CLOUD_INIT_SWITCH]
     ours += [path for path, _, _ in SYNC_FILES]
     ours += [cache + "/" + f for f in names if f.startswith("netinject_guest.")]
     if 'GOTO="globally_administered_whitelist"' in (tree.read_text(GENERATOR_OVERRIDE)

@@ -68,7 +68,7 @@ STACKS = tuple(s.name for s in GUEST_STACKS if s is not IFUPDOWN)
 # Variant -> the recipe of its base tree.
 VARIANTS: dict[str, str] = {
     "dhcp": "ifupdown", "baked-static": "ifupdown", "inject": "ifupdown",
-    "cloud-init": "ifupdown", "glean": "ifupdown",
+    "cloud-init": "ifupdown", "glean": "ifupdown", "inject-cloud-init": "ifupdown",
     **{f"{kind}{stack}": stack for stack in STACKS for kind in ("", "baked-", "inject-")},
 }
 # glean as our peer: the PyPI release, pinned so the image (and its cache key) is fixed.
@@ -256,17 +256,18 @@ def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
         files["etc/systemd/network/99-dhcp.network"] = (data_file("99-dhcp.network"), 0o644)
     elif recipe == "netplan" and not baked:
         files["etc/netplan/50-cloud-init.yaml"] = (data_file("50-cloud-init.yaml"), 0o600)
-    if name != "cloud-init":
+    with_cloud_init = name in ("cloud-init", "inject-cloud-init")
+    if not with_cloud_init:
         files["etc/cloud/cloud-init.disabled"] = (b"", 0o644)
+    else:  # cloud-init kept, alone or beside the agent (as cloud images keep it)
+        files["etc/network/interfaces"] = (data_file("interfaces.cloud-init"), 0o644)
+        files["etc/cloud/cloud.cfg.d/99-netinject-bench.cfg"] = (
+            data_file("99-netinject-bench.cfg"), 0o644)
     if baked:
         instance = parse_document(vm.document()).instance
         for path, text in render_all(instance, (stack_named(recipe).format, *SHARED),
                                      Options()).items():
             files[str(path)] = (text.encode(), file_mode(str(path)))
-    elif name == "cloud-init":
-        files["etc/network/interfaces"] = (data_file("interfaces.cloud-init"), 0o644)
-        files["etc/cloud/cloud.cfg.d/99-netinject-bench.cfg"] = (
-            data_file("99-netinject-bench.cfg"), 0o644)
     elif name == "glean":
         files["etc/network/interfaces"] = (data_file("interfaces.glean"), 0o644)
         # Marker for the cache key: the glean release installed below.

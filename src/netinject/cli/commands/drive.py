@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "it, renamed at the end)")
     p.add_argument("--format", choices=["vfat", "iso9660"], default="vfat", dest="drive_format",
                    help="filesystem: vfat disk (default, live-migration friendly) or iso9660")
+    p.add_argument("--user-data", type=Path, metavar="FILE",
+                   help="the instance's user data (for cloud-init beside the agent), put "
+                        "in openstack/latest/user_data as nova does (at most 65535 bytes)")
     p.add_argument("--libvirt-xml", action="store_true",
                    help="also print the libvirt <disk> element attaching it read-only (virtio)")
     p.add_argument("--target-dev", default="vdz", metavar="DEV",
@@ -35,8 +38,18 @@ def cmd_drive(args: argparse.Namespace) -> int:
     from ...hostio import check_output
 
     instance, _ = instance_from(args)
-    check_output(args.out, "--out", input_paths(args))
-    result = drive.build(instance, args.out, args.drive_format, Options(Style(args.style)))
+    inputs = [*input_paths(args), *([args.user_data] if args.user_data else [])]
+    check_output(args.out, "--out", inputs)
+    user_data = None
+    if args.user_data is not None:
+        from ...errors import UsageError
+
+        try:
+            user_data = args.user_data.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--user-data: {str(args.user_data)!r}: {exc.strerror}") from None
+    result = drive.build(instance, args.out, args.drive_format, Options(Style(args.style)),
+                         user_data)
     print(f"{result.path}: {result.format} config drive, label {drive.LABEL}, "
           f"{result.size // (1024 * 1024) or result.size} "
           f"{'MiB' if result.size >= 1024 * 1024 else 'bytes'}, volume id {result.volume_id:08x}",
