@@ -102,6 +102,9 @@ def vendordata(openstack_peer: Peer, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture
 def tenant(openstack_peer: Peer) -> Iterator[Tenant]:
     t = Tenant.open()
+    # The peer may be shared with a benchmark filling the same project with a thousand
+    # ports: lift its port and network quotas (what an operator would do for it).
+    t.admin.network.update_quota(t.project_id, ports=-1, networks=-1, subnets=-1)
     try:
         yield t
     finally:
@@ -246,7 +249,7 @@ def test_hotplug_detach_and_drift_through_novas_metadata_api(
             # 1. Attach as stock nova does: the port in Neutron, bound to the instance;
             # nova's attach_interface puts it in the info cache; then the hypervisor
             # plugs the NIC (QMP device_add). No DHCP server on tap1.
-            net2 = tenant.network(f"e2emeta-hp-{cloud.iid[:6]}", mtu=1500)
+            net2 = tenant.network(f"e2emeta-hp-{cloud.iid[:6]}")
             sub2 = tenant.subnet(net2, ip_version=4, cidr="203.0.113.0/24",
                                  gateway_ip=vm.HOTPLUG_HOST_IP)
             port2 = tenant.port(net2, cloud.iid, vm.HOTPLUG_MAC,
