@@ -357,6 +357,30 @@ def test_dry_run_prints_the_diff_and_touches_nothing(server: Server, tmp_path: P
     assert snapshot(root, skip=()) == before  # not even the log
 
 
+def test_dry_run_says_nothing_of_a_mode_the_apply_keeps(server: Server,
+                                                         tmp_path: Path) -> None:
+    # A replaced file keeps its own mode (install.Target.mode): in a real guest the
+    # dry run said "mode /etc/resolv.conf" for a file whose mode differs from the
+    # manifest's, which the apply leaves as it is. Found by test_e2e_metadata.py's dry
+    # run right after a real guest's boot.
+    doc = instance_doc(DOC)
+    root = booted(tmp_path, doc, "ifupdown")
+    (root / "etc/resolv.conf").unlink()  # (the tree's is a symlink, which the agent keeps)
+    server.replies = [body(answer(doc)), body(answer(doc)), body(answer(doc))]
+    done, result = sync(root, server.url)
+    assert result["outcome"] == "applied", done.stdout + done.stderr
+    (root / "etc/resolv.conf").chmod(0o640)  # as a guest's own may be
+    done, result = sync(root, server.url, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert result["would_change"] == "0", done.stdout
+    assert "files: none would change" in done.stdout, done.stdout
+    before = snapshot(root)
+    done, result = sync(root, server.url)
+    assert result["outcome"] == "unchanged", done.stdout + done.stderr
+    assert changed_files(before, snapshot(root)) == set()
+    assert (root / "etc/resolv.conf").stat().st_mode & 0o7777 == 0o640
+
+
 @pytest.mark.parametrize(("args", "named"), [
     (["--metadata-url", "https://169.254.169.254"], "--metadata-url"),
     (["--metadata-url", "http://169.254.169.254/openstack"], "--metadata-url"),

@@ -35,6 +35,7 @@ from .contract import (
     VENDOR_DIR,
     VENDOR_FILE,
     AgentError,
+    Entry,
     Manifest,
     NicFacts,
     Outcome,
@@ -46,9 +47,10 @@ from .contract import (
     vendor_payload,
 )
 from .discovery import system_uuid
+from .install import Target, target_stat
 from .live import read_applied
 from .log import Log
-from .paths import islink, join, lexists, read_small
+from .paths import join, lexists, read_small
 from .stacks import stack_of
 from .txn import LIVE_LOCK_WAIT, Ended, apply_from, prepare
 
@@ -302,7 +304,7 @@ def dry_run(args: SyncArgs, txid: str, source: "Callable[[], dict[str, bytes]]",
     lines = ["instance %s, network stack %s" % (manifest.uuid, stack.name)]
     files = []
     for e in manifest.entries:
-        what = _file_change(args.root, e.path, e.data, e.mode)
+        what = _file_change(args.root, e)
         if what:
             files.append("  %s /%s" % (what, e.path))
     files += ["  removed /%s (moved aside)" % p for p in stale
@@ -317,20 +319,27 @@ def dry_run(args: SyncArgs, txid: str, source: "Callable[[], dict[str, bytes]]",
                  % (n, changes), would_change=str(n)), lines
 
 
-def _file_change(root: str, path: str, data: bytes, mode: int) -> str:
-    """'added', 'changed', 'mode' (the bytes are the same), 'kept' (a symlink the agent
-    keeps) or '' (the same) for the file the payload puts at ``path``."""
-    full = join(root, path)
-    if not lexists(full):
-        return "added"
-    if islink(full) and path in KEEP_SYMLINKS:
-        return ""
+def _file_change(root: str, entry: Entry) -> str:
+    """'added', 'changed', 'mode' (the same bytes; a private file whose mode or owner
+    the apply would fix) or '' (what the apply leaves alone: the same file by
+    install.Target.same, which lets a replaced file keep its own mode, or a symlink
+    the agent keeps) for the file the payload puts at ``entry.path``."""
+    full = join(root, entry.path)
     try:
-        if read_small(full, len(data) + 1) != data:
-            return "changed"
-        return "mode" if os.lstat(full).st_mode & 0o7777 != mode else ""
-    except OSError:
+        kind, st = target_stat(full)
+    except AgentError:
         return "changed"
+    if kind == "absent":
+        return "added"
+    if kind == "symlink" and entry.path in KEEP_SYMLINKS:
+        return ""
+    if kind != "file" or Target(entry, full, kind, st).same():
+        return "" if kind == "file" else "changed"
+    try:
+        same_bytes = read_small(full, len(entry.data) + 1) == entry.data
+    except OSError:
+        same_bytes = False
+    return "mode" if same_bytes else "changed"
 
 
 def _nic_diff(name: str, old: "NicFacts | None", new: "NicFacts | None") -> "list[str]":

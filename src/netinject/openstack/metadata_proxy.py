@@ -35,6 +35,8 @@ import hashlib
 import hmac
 import http.client
 import http.server
+import os
+import socket
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -88,11 +90,50 @@ def forward(nova_url: str, secret: str, binding: Binding, method: str, target: s
     return status, "text/plain; charset=UTF-8", f"{status} {resp.reason}\n".encode()
 
 
+CLONE_NEWNET = 0x40000000  # <sched.h>
+
+
+def _setns(fd: int) -> None:
+    """This thread into the network namespace ``fd`` (os.setns is Python 3.12+)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def listener_in_netns(netns: str, address: tuple[str, int]) -> socket.socket:
+    """A TCP socket bound to ``address`` inside the network namespace ``netns`` (``ip
+    netns add``: /run/netns/NAME), made by this thread stepping into the namespace and
+    back. A socket stays in the namespace it was made in, so the proxy answers the
+    guest's side there while its connections to nova are made in this one (on its
+    loopback)."""
+    with open(f"/run/netns/{netns}", "rb") as target, \
+            open("/proc/thread-self/ns/net", "rb") as home:
+        _setns(target.fileno())
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+            except OSError:
+                sock.close()
+                raise
+        finally:
+            _setns(home.fileno())
+    return sock
+
+
 @contextlib.contextmanager
 def metadata_proxy(nova_url: str, secret: str, binding: Binding,
-                   listen: tuple[str, int] = ("127.0.0.1", 0)) -> Iterator[str]:
+                   listen: tuple[str, int] = ("127.0.0.1", 0),
+                   netns: str | None = None) -> Iterator[str]:
     """The proxy on ``listen`` until the block ends; yields its URL (the guest's
-    ``http://169.254.169.254``). nova unreachable: 500, as the agent's catch-all."""
+    ``http://169.254.169.254``). With ``netns``, ``listen`` is an address in that network
+    namespace (listener_in_netns): a guest on a link of the namespace reaches it there,
+    as at a cloud's 169.254.169.254. nova unreachable: 500, as the agent's catch-all."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -115,7 +156,18 @@ def metadata_proxy(nova_url: str, secret: str, binding: Binding,
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(listen, Handler)
+    if netns is None:
+        server = http.server.ThreadingHTTPServer(listen, Handler)
+    else:
+        server = http.server.ThreadingHTTPServer(listen, Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = listener_in_netns(netns, listen)
+        server.server_address = server.socket.getsockname()
+        try:
+            server.server_activate()
+        except OSError:
+            server.server_close()
+            raise
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

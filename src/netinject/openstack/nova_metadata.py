@@ -29,6 +29,14 @@ api-paste.ini in one directory (``/srv/peer/<dir>``, written by ``peer.NovaMetad
     (``allocate_for_instance`` -> ``get_instance_nw_info`` with that port): the cache
     gets the new VIF after the ones it has. Prints ``{"vifs": [...]}`` (the whole cache).
 
+``python3 nova_metadata.py detach DIR`` (JSON on stdin)
+    ``{"instance": UUID, "port": PORT_ID}``: what ``ComputeManager.detach_interface``
+    does once the hypervisor has let the NIC go: ``neutron.API().
+    deallocate_port_for_instance`` (a port the user brought is unbound in Neutron:
+    device_id, device_owner and binding host cleared; its VirtualInterface, if any, is
+    destroyed), which saves the info cache rebuilt from Neutron. Prints ``{"vifs":
+    [...]}`` (the whole cache).
+
 ``uwsgi --wsgi-file nova_metadata.py`` (env ``OS_NOVA_CONFIG_DIR=DIR``)
     imported (not run), it is the WSGI script nova's ``nova-metadata-wsgi`` is:
     ``nova.api.metadata.wsgi.init_application()``, which reads
@@ -156,15 +164,32 @@ def attach(directory: str, req: dict[str, Any]) -> dict[str, Any]:
     return {"vifs": vifs}
 
 
+def detach(directory: str, req: dict[str, Any]) -> dict[str, Any]:
+    _conf(directory)
+    from nova import objects
+    from nova.network import neutron
+
+    _ctx, _cell, cctx = _cell_context(str(req["instance"]))
+    with cctx as c:
+        inst = objects.Instance.get_by_uuid(c, req["instance"],
+                                            expected_attrs=["info_cache"])
+        nw_info, _allocation = neutron.API().deallocate_port_for_instance(
+            c, inst, str(req["port"]))
+    return {"vifs": [vif["id"] for vif in nw_info]}
+
+
+COMMANDS = {"create": create, "attach": attach, "detach": detach}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[1] not in ("setup", "create", "attach"):
-        print("usage: nova_metadata.py setup|create|attach DIR", file=sys.stderr)
+    if len(argv) != 3 or argv[1] not in ("setup", *COMMANDS):
+        print("usage: nova_metadata.py setup|create|attach|detach DIR", file=sys.stderr)
         return 2
     directory = argv[2]
     if argv[1] == "setup":
         return setup(directory)
     req = json.load(sys.stdin)
-    out = create(directory, req) if argv[1] == "create" else attach(directory, req)
+    out = COMMANDS[argv[1]](directory, req)
     json.dump(out, sys.stdout)
     return 0
 

@@ -233,6 +233,14 @@ class Peer:
             "instance": instance, "ports": ports})["vifs"]
         return vifs
 
+    def nova_detach(self, conf_dir: Path, instance: str, port: str) -> list[str]:
+        """``port`` leaves the instance as nova's detach_interface lets it go, after the
+        hypervisor's detach (nova_metadata.py detach: deallocate_port_for_instance
+        unbinds it in Neutron and saves the info cache); returns the cache's VIF ids."""
+        vifs: list[str] = self._meta_run("detach", conf_dir, {
+            "instance": instance, "port": port})["vifs"]
+        return vifs
+
     def build_drives(self, conf: Path, builds: list[dict[str, Any]], repeat: int = 1,
                      timeout: float = 600) -> list[dict[str, Any]]:
         """Run nova's metadata and config-drive code for each build (see nova_drive.py):

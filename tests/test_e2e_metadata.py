@@ -1,0 +1,356 @@
+"""Day 2 on a stock nova, in real guests: hot-plug, detach and drift reach a running
+guest through nova's OWN metadata API, triggered by the guest's own udev rule and timer
+(issue 23, "Hot-plug as stock nova does it" and "Drift").
+
+Real peers: QEMU guests (the test bed's image of each stack, under TCG here), their
+qemu-guest-agent (every check reads the guest's own state: ip -j, its files), the local
+OpenStack peer's Neutron, Keystone and Glance, nova's metadata WSGI app under uwsgi
+with the instance a real record in nova's database (nova's objects; its info cache
+built, grown and shrunk by nova's own neutron.API code, as attach_interface and
+detach_interface do), nova's config-drive code for the first boot, and netinject's
+vendordata service (gunicorn) as nova's DynamicJSON target.
+
+One stand-in: the signing proxy in front of nova (metadata_proxy, signing exactly as
+Neutron's metadata agent does). Neutron's own agent cannot run here: it finds the guest's
+port over RPC to neutron-server, which has no message bus on the peer (transport_url =
+fake:/), and it is fed by haproxy spawned by a DHCP or L3 agent, none of which run here.
+The proxy listens on 169.254.169.254:80 inside the test's network namespace (the
+address on its loopback), where the guest's default route (via the subnet's gateway,
+the namespace's end of the guest's link) takes the guest's requests, as on a cloud;
+its connections to nova stay on this machine's loopback.
+
+The vendordata service runs with ``--fresh 0`` (it re-checks the Neutron revisions on
+every call; its default answers from memory for 60 s). nova's per-instance metadata
+cache (``[api] metadata_cache_expiration``) keeps its default 15 s for ifupdown, 2 s for
+the other stacks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import types
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.openstack import Service, service
+from netinject.guest import contract
+from netinject.hotplug import QmpAttacher
+from netinject.openstack.metadata_proxy import Binding, forward, metadata_proxy
+from netinject.openstack.peer import Peer, Tenant, nova_metadata_api
+from netinject.qga import GuestAgent
+from netinject.vm import image as images
+from netinject.vm import testbed as vm
+from netinject.vm.harness import (
+    BootSpec,
+    first_reply,
+    kvm_usable,
+    running,
+    start_prober,
+)
+from netinject.vm.progress import Progress
+
+pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.root]
+
+VARIANTS = {"ifupdown": "inject", "networkd": "inject-networkd",
+            "netplan": "inject-netplan", "nm": "inject-nm"}
+ETH1_FILES = {
+    "ifupdown": (),  # (its stanza in /etc/network/interfaces)
+    "networkd": ("/etc/systemd/network/10-netinject-eth1.network",
+                 "/etc/systemd/network/10-netinject-eth1.link"),
+    "netplan": (),  # (its entry in /etc/netplan/90-netinject.yaml)
+    "nm": ("/etc/NetworkManager/system-connections/netinject-eth1.nmconnection",),
+}
+SHARED_FILE = {"ifupdown": "/etc/network/interfaces", "netplan": "/etc/netplan/90-netinject.yaml"}
+RULES = "/etc/udev/rules.d/70-persistent-net.rules"
+# nova's [api] metadata_cache_expiration per stack: nova's default (15 s) for ifupdown.
+EXPIRATION = {"ifupdown": 15, "networkd": 2, "netplan": 2, "nm": 2}
+SECRET = "netinject-e2e-shared-secret"
+METADATA_IP = "169.254.169.254"
+VD2 = "/openstack/latest/vendor_data2.json"
+HOSTNAME = "netinject-vm"
+# Drift: what an operator changes in Neutron.
+NEW_ROUTE = "198.51.100.128/25"
+NEW_DNS = "192.0.2.53"
+NEW_IP = "192.0.2.20"
+PERIOD = 60  # the timer's period in /etc/netinject/sync.conf (the agent's floor)
+
+
+@pytest.fixture(scope="module")
+def boot_images() -> tuple[dict[str, images.VariantImage], str]:
+    progress = Progress()
+    built = {stack: images.build_variant(v, progress) for stack, v in VARIANTS.items()}
+    accel = "kvm" if kvm_usable(built["ifupdown"]) else "tcg"
+    return built, accel
+
+
+@pytest.fixture(scope="module")
+def vendordata(openstack_peer: Peer, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Service]:
+    with service(tmp_path_factory.mktemp("vd"), "netinject", "--fresh", "0") as svc:
+        yield svc
+
+
+@pytest.fixture
+def tenant(openstack_peer: Peer) -> Iterator[Tenant]:
+    t = Tenant.open()
+    # The peer may be shared with a benchmark filling the same project with a thousand
+    # ports: lift its port and network quotas (what an operator would do for it).
+    t.admin.network.update_quota(t.project_id, ports=-1, networks=-1, subnets=-1)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+@dataclass
+class Cloud:
+    """The instance as the peer has it: Neutron's objects, nova's record, its drive."""
+
+    iid: str
+    net: Any
+    sub: Any
+    port: Any
+    conf: Path  # its nova metadata API's config directory
+    drive: Path
+
+
+def make_instance(peer: Peer, t: Tenant, target: str, stack: str, tmp: Path) -> Cloud:
+    """The test bed's instance (vm.document()'s network, subnet and port: MAC, address,
+    gateway, DNS, host route, MTU) made in the peer's Neutron with a fresh uuid, its
+    config drive built by nova's own code (calling the vendordata service), and its
+    record in nova's database with the info cache built by nova from Neutron."""
+    iid = str(uuid.uuid4())
+    net = t.network(f"e2emeta-{stack}-{iid[:6]}", mtu=vm.MTU)
+    sub = t.subnet(net, ip_version=4, cidr=f"192.0.2.0/{vm.PREFIX}", gateway_ip=vm.HOST_IP,
+                   dns_nameservers=[vm.HOST_IP],
+                   host_routes=[{"destination": vm.HOST_ROUTE, "nexthop": vm.HOST_IP}])
+    port = t.port(net, iid, vm.GUEST_MAC, [{"subnet_id": sub.id, "ip_address": vm.GUEST_IP}])
+    image = t.image(inject=True)
+    out = peer.state / f"e2emeta-{iid}.iso"
+    [built] = peer.build_drives(peer.nova_conf(f"e2emeta-{stack}", target), [{
+        "instance": iid, "project": t.project_id, "image": image.id,
+        "hostname": HOSTNAME, "ports": [port.id], "out": str(out)}])
+    assert not built["error"], built
+    drive = tmp / "drive.iso"
+    shutil.move(out, drive)
+    conf = peer.nova_metadata_conf(f"e2emeta-{stack}-{iid[:8]}", target, SECRET,
+                                   cache_expiration=EXPIRATION[stack])
+    vifs = peer.nova_instance(conf, iid, t.project_id, str(t.demo.current_user_id),
+                              image.id, HOSTNAME, [port.id])
+    assert vifs == [port.id]
+    return Cloud(iid, net, sub, port, conf, drive)
+
+
+def _ip(ga: GuestAgent, *args: str) -> Any:
+    res = ga.exec("/usr/bin/ip", ["-j", *args])
+    assert res.exitcode == 0, res.stderr
+    return json.loads(res.stdout or b"[]")
+
+
+def _run(ga: GuestAgent, path: str, *args: str) -> tuple[int, str]:
+    res = ga.exec(path, list(args))
+    return res.exitcode or 0, (res.stdout or b"").decode() + (res.stderr or b"").decode()
+
+
+def _exists(ga: GuestAgent, path: str) -> bool:
+    return ga.exec("/usr/bin/test", ["-e", path]).exitcode == 0
+
+
+def _addrs(ga: GuestAgent, dev: str) -> list[tuple[str, int]]:
+    return [(a["local"], a["prefixlen"]) for a in _ip(ga, "addr", "show", "dev", dev)[0]
+            ["addr_info"] if a["family"] == "inet"]
+
+
+def _gw_routes(ga: GuestAgent, dev: str) -> set[tuple[str, str]]:
+    """The routes through a gateway on ``dev``, as (destination, gateway)."""
+    return {(r["dst"], r["gateway"]) for r in _ip(ga, "-4", "route", "show", "dev", dev)
+            if "gateway" in r}
+
+
+def _wait(what: str, ok: Any, timeout: float, detail: Any = None) -> float:
+    """Seconds until ok() (polled every 0.5 s); fails saying ``what`` after timeout."""
+    t0 = time.monotonic()
+    while not ok():
+        assert time.monotonic() - t0 < timeout, (what, detail() if detail else None)
+        time.sleep(0.5)
+    return time.monotonic() - t0
+
+
+def _facts(nova: str, binding: Binding, name: str) -> contract.NicFacts:
+    """What the metadata path says of NIC ``name`` now (the answer the guest reads)."""
+    status, _ctype, body = forward(nova, SECRET, binding, "GET", VD2, b"")
+    assert status == 200, body
+    records = contract.parse_manifest(json.loads(body)["netinject"]["manifest"].encode())
+    assert records.facts is not None
+    return records.facts[name]
+
+
+def _expected_routes(facts: contract.NicFacts) -> set[tuple[str, str]]:
+    return {("default" if dst == "0.0.0.0/0" else dst, gw) for dst, gw in facts.routes}
+
+
+def _log(ga: GuestAgent, since: int) -> str:
+    return ga.read_file("/var/log/netinject.log").decode(errors="replace")[since:]
+
+
+@pytest.mark.parametrize("stack", list(VARIANTS))
+def test_hotplug_detach_and_drift_through_novas_metadata_api(
+        boot_images: tuple[dict[str, images.VariantImage], str], openstack_peer: Peer,
+        vendordata: Service, tenant: Tenant, stack: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    built, accel = boot_images
+    peer = openstack_peer
+    cloud = make_instance(peer, tenant, vendordata.url, stack, tmp_path)
+    binding = Binding(cloud.iid, tenant.project_id, vm.GUEST_IP)
+    spec = BootSpec(built[stack], cloud.drive, False, accel, qga=True,
+                    extra_taps=(("tap1", f"{vm.HOTPLUG_HOST_IP}/24"),),
+                    system_uuid=cloud.iid)
+    nic = types.SimpleNamespace(index=1, name="eth1", mac=vm.HOTPLUG_MAC)
+    timings: dict[str, float] = {}
+    with nova_metadata_api(peer, cloud.conf) as nova, running(spec) as guest:
+        # The guest's http://169.254.169.254: the proxy on that address in the test's
+        # namespace, which the guest reaches through its default route.
+        subprocess.run(["ip", "-n", guest.ns, "addr", "add", f"{METADATA_IP}/32", "dev", "lo"],
+                       check=True)
+        with metadata_proxy(nova, SECRET, binding, (METADATA_IP, 80), netns=guest.ns):
+            reply, _ = guest.wait_network()
+            assert reply is not None, guest.console()[-3000:]
+
+            def agent() -> GuestAgent:
+                return GuestAgent.unix(guest.qga_socket, timeout=30)
+
+            # nova builds the instance's metadata on its first read (Keystone, Neutron):
+            # read it once from here, so the guest's first ask (5 s per read, its
+            # default) is not that one on this busy two-CPU machine.
+            _facts(nova, binding, "eth0")
+            with agent() as ga:
+                ga.wait_ready()
+                # The metadata path works from the guest, and its answer is the drive's:
+                # nothing would change.
+                code, out = _run(ga, "/usr/sbin/netinject-guest", "sync", "--dry-run")
+                assert code == 0, out
+                assert "NICs: no NIC" in out, out
+                dry_files = [line.strip() for line in out.splitlines()
+                             if line.startswith("  ") and "/" in line]
+                assert all(line.startswith("mode ") for line in dry_files), out
+                _c, modes = _run(ga, "/usr/bin/stat", "-c", "%a %U %n",
+                                 *(f"/{line.split(' /', 1)[1]}" for line in dry_files))
+                log_at = len(_log(ga, 0))
+
+            # 1. Attach as stock nova does: the port in Neutron, bound to the instance;
+            # nova's attach_interface puts it in the info cache; then the hypervisor
+            # plugs the NIC (QMP device_add). No DHCP server on tap1.
+            net2 = tenant.network(f"e2emeta-hp-{cloud.iid[:6]}")
+            sub2 = tenant.subnet(net2, ip_version=4, cidr="203.0.113.0/24",
+                                 gateway_ip=vm.HOTPLUG_HOST_IP)
+            port2 = tenant.port(net2, cloud.iid, vm.HOTPLUG_MAC,
+                                [{"subnet_id": sub2.id, "ip_address": vm.HOTPLUG_IP}])
+            assert peer.nova_attach(cloud.conf, cloud.iid, [port2.id]) == [
+                cloud.port.id, port2.id]
+            prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP,
+                                          vm.HOTPLUG_HOST_IP, 150)
+            try:
+                t0 = time.monotonic()
+                QmpAttacher(str(guest.qmp_socket), timeout=30).attach(nic, "tap1")  # type: ignore[arg-type]
+                arp_s = first_reply(events, t0, 150)
+                assert arp_s is not None, guest.console()[-3000:]
+                timings["attach -> first ARP answer"] = arp_s
+            finally:
+                prober.terminate()
+            want = _facts(nova, binding, "eth1")
+            with agent() as ga:
+                eth1 = _ip(ga, "addr", "show", "dev", "eth1")[0]
+                assert eth1["address"] == vm.HOTPLUG_MAC
+                assert _addrs(ga, "eth1") == [(vm.HOTPLUG_IP, 24)]
+                assert not any(a.get("dynamic") for a in eth1["addr_info"])
+                routes = _ip(ga, "-4", "route", "show", "dev", "eth1")
+                assert ("203.0.113.0/24", "link") in {
+                    (r["dst"], r.get("scope")) for r in routes}, routes
+                assert _gw_routes(ga, "eth1") == _expected_routes(want), (routes, want.routes)
+                for path in ETH1_FILES[stack]:
+                    assert _exists(ga, path), path
+                assert vm.HOTPLUG_MAC in ga.read_file(RULES).decode()
+                assert _addrs(ga, "eth0") == [(vm.GUEST_IP, vm.PREFIX)]
+                attach_log = _log(ga, log_at)
+                log_at += len(attach_log)
+            asked = attach_log.count("asking again")
+
+            # 2. Detach as stock nova does: the hypervisor lets the NIC go (device_del),
+            # then nova's detach_interface unbinds the port and shrinks the cache. The
+            # guest's udev remove asks until the answer drops eth1.
+            QmpAttacher(str(guest.qmp_socket), timeout=30).detach(nic)  # type: ignore[arg-type]
+            t1 = time.monotonic()
+            assert peer.nova_detach(cloud.conf, cloud.iid, port2.id) == [cloud.port.id]
+            with agent() as ga:
+
+                def detached() -> bool:
+                    return (not any(_exists(ga, p) for p in ETH1_FILES[stack])
+                            and (stack not in SHARED_FILE
+                                 or "eth1" not in ga.read_file(SHARED_FILE[stack]).decode())
+                            and vm.HOTPLUG_MAC not in ga.read_file(RULES).decode())
+
+                _wait("eth1's config still there after detach", detached, 120,
+                      lambda: _log(ga, log_at))
+                timings["device_del -> eth1's config gone"] = time.monotonic() - t1
+                assert "eth1" not in {i["name"] for i in ga.network_interfaces()}
+                detach_log = _log(ga, log_at)
+                log_at += len(detach_log)
+
+            # 3. Drift: an operator changes the subnet's DNS servers and host routes and
+            # the port's fixed IP in Neutron (nova hears of none of the subnet's); the
+            # guest's timer, shortened in /etc/netinject/sync.conf, brings them in.
+            net_api = tenant.demo.network
+            net_api.update_subnet(cloud.sub, dns_nameservers=[vm.HOST_IP, NEW_DNS],
+                                  host_routes=[
+                                      {"destination": vm.HOST_ROUTE, "nexthop": vm.HOST_IP},
+                                      {"destination": NEW_ROUTE, "nexthop": vm.HOST_IP}])
+            net_api.update_port(cloud.port, fixed_ips=[{"subnet_id": cloud.sub.id,
+                                                        "ip_address": NEW_IP}])
+            t2 = time.monotonic()
+            with agent() as ga:
+                ga.write_file("/etc/netinject/sync.conf", f"period={PERIOD}\n".encode())
+                for args in (("daemon-reload",), ("restart", "netinject-sync.timer")):
+                    code, out = _run(ga, "/usr/bin/systemctl", *args)
+                    assert code == 0, out
+                code, out = _run(ga, "/usr/bin/systemctl", "show", "netinject-sync.timer",
+                                 "-p", "TimersMonotonic")
+                assert f"OnUnitActiveUSec={PERIOD // 60}min" in out, out
+
+                def drifted() -> bool:
+                    return (_addrs(ga, "eth0") == [(NEW_IP, vm.PREFIX)]
+                            and (NEW_ROUTE, vm.HOST_IP) in _gw_routes(ga, "eth0")
+                            and f"nameserver {NEW_DNS}" in
+                            ga.read_file("/etc/resolv.conf").decode().splitlines())
+
+                _wait("the Neutron change did not reach the guest", drifted,
+                      PERIOD + 60 + 90, lambda: (_log(ga, log_at), _ip(ga, "addr"),
+                                                 _ip(ga, "route")))
+                timings["Neutron change -> applied (timer)"] = time.monotonic() - t2
+                want0 = _facts(nova, binding, "eth0")
+                assert _gw_routes(ga, "eth0") == _expected_routes(want0)
+                assert (vm.HOST_ROUTE, vm.HOST_IP) in _gw_routes(ga, "eth0")
+                resolv = ga.read_file("/etc/resolv.conf").decode().splitlines()
+                assert f"nameserver {vm.HOST_IP}" in resolv, resolv
+                code, out = _run(ga, "/usr/bin/systemctl", "show", "netinject-sync.timer",
+                                 "-p", "LastTriggerUSecMonotonic")
+                assert re.search(r"=[1-9]", out), out  # the timer ran the sync
+                drift_log = _log(ga, log_at)
+    with capsys.disabled():
+        print(f"\n{stack} (nova metadata_cache_expiration {EXPIRATION[stack]} s): "
+              + "; ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+              + f"; the add trigger asked again {asked} time(s), the remove trigger "
+              f"{detach_log.count('asking again')} time(s)")
+        if dry_files:
+            print(f"the dry run right after boot: {dry_files}; in the guest: {modes!r}")
+        for name, text in (("attach", attach_log), ("detach", detach_log),
+                           ("drift", drift_log)):
+            print(f"--- guest log, {name}:\n{text.strip()}")
