@@ -144,3 +144,19 @@ def test_the_answer_carries_every_stack_and_the_agent_picks_its_own(
     # Not ifupdown's file: that stack is not this image's.
     assert (root / "etc/network/interfaces").read_bytes() == before[
         "etc/network/interfaces"][1]
+
+
+def test_an_image_without_json_gets_a_reason_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's python3-minimal has no json module (it is in libpython3.X-stdlib): nova's
+    vendor_data2.json cannot be read there, and the agent says why (it then steps aside
+    at boot, and sync changes nothing), instead of an ImportError."""
+    import sys
+
+    from netinject.guest.errors import AgentError
+
+    monkeypatch.setitem(sys.modules, "json", None)  # what `import json` finds there
+    with pytest.raises(AgentError, match=r"needs Python's json module, which this image "
+                                         r"lacks \(Debian: install python3, not only "
+                                         r"python3-minimal\)"):
+        contract.vendor_payload(b'{"netinject": {}}')

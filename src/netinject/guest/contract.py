@@ -380,7 +380,12 @@ def vendor_payload(raw: bytes) -> "dict[str, bytes]":
     own drive) from nova's vendor_data2.json: its ``netinject`` key holds the manifest
     and each file's text. NoPayload when the key is missing or ``{}`` (nova stores that
     when the service failed or timed out, or for an image without support_inject_ip)."""
-    import json
+    try:
+        import json
+    except ImportError:  # (Debian's python3-minimal: json is in libpython3.X-stdlib)
+        raise AgentError("%s/%s needs Python's json module, which this image lacks "
+                         "(Debian: install python3, not only python3-minimal)"
+                         % (VENDOR_DIR, VENDOR_FILE)) from None
 
     try:
         doc = json.loads(raw.decode("utf-8"))

@@ -46,9 +46,12 @@ SUITE = "bookworm"
 RECIPE_VERSION = 3
 # What every test-bed image has besides its network stack: systemd, the kernel, Python
 # for the agent, qemu-guest-agent for hot-plug, systemd-bootchart for bench --bootchart.
+# The full python3, as cloud images have it (cloud-init needs it): the agent's boot path
+# from netinject's own drive runs on python3-minimal, but nova's drive and the metadata
+# path (vendor_data2.json) need its json module, which python3-minimal lacks.
 COMMON_PACKAGES = (
     "systemd", "systemd-sysv", "udev", "iproute2", "linux-image-amd64", "initramfs-tools",
-    "python3-minimal", "qemu-guest-agent", "procps", "systemd-bootchart",
+    "python3", "qemu-guest-agent", "procps", "systemd-bootchart",
 )
 # One base tree per network stack (guest/stacks.py: its Debian packages and the units a
 # Debian image enables for it). The ifupdown base also carries cloud-init, for the
