@@ -9,3 +9,18 @@ echo "== mypy --strict" && .venv/bin/mypy
 echo "== guest agent runs on Python >= 3.9" &&
   .venv/bin/vermin -q --no-tips -t=3.9- --eval-annotations --violations src/netinject/guest/
 echo "== pytest" && .venv/bin/pytest "$@"
+# The agent's own tests that run it in a subprocess (GUEST_PYTHON), again under the Python
+# of Debian 11 and 13: a minimal tree of each release (mmdebstrap from this machine's apt
+# mirrors, cached in ~/.cache/netinject; netinject.vm.pytree) and its wrapper script.
+# Modules whose tests import the agent in-process are left out (they ran on 3.11 above);
+# test_guest_python checks that the wrapper runs the version claimed here.
+GUEST_TESTS=(tests/test_guest_python.py tests/test_guest_hardening.py tests/test_guest_iso.py
+  tests/test_guest_install.py tests/test_guest_agent.py tests/test_guest_metadata_sync.py
+  tests/test_guest_stacks.py tests/test_guest_image_tree.py
+  tests/test_guest_contract.py::test_first_boot_imports_only_the_allowlist)
+for release in bullseye:3.9 trixie:3.13; do
+  echo "== the guest agent's tests under Debian ${release%%:*}'s Python ${release##*:}"
+  python=$(.venv/bin/python -m netinject.vm.pytree "${release%%:*}")
+  NETINJECT_GUEST_PYTHON=$python NETINJECT_GUEST_PYTHON_VERSION=${release##*:} \
+    .venv/bin/pytest -q -n 2 -p no:cacheprovider "${GUEST_TESTS[@]}"
+done

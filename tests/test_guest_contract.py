@@ -26,18 +26,19 @@ from netinject.sources.neutron import parse_document
 # built-in modules the agent uses, and the agent itself. Anything else is a module read
 # from disk on the boot's critical path (tens of ms each under emulation).
 BOOT_MODULES = {
-    # python3 -I -S before any import
+    # python3 -I -S before any import (and by release: bullseye's 3.9 encodings.latin_1,
+    # trixie's 3.13 linecache)
     "__main__", "_abc", "_codecs", "_frozen_importlib", "_frozen_importlib_external",
     "_imp", "_io", "_signal", "_thread", "_warnings", "_weakref", "abc", "builtins",
     "codecs", "encodings", "encodings.aliases", "encodings.utf_8", "io", "marshal",
-    "posix", "sys", "time", "zipimport",
+    "posix", "sys", "time", "zipimport", "encodings.latin_1", "linecache",
     # built in (compiled into Debian's python3: nothing to read)
     "_stat", "_struct", "_sha256", "_sha2", "_socket", "fcntl",
     # small pure-Python modules whose import costs ~0.1-0.2 ms natively (7 ms under TCG):
     # plain code over private built-ins (measured: netinject bench agent --imports)
     "struct", "encodings.utf_16_le",
-    # os (~1.3 ms natively, ~22 ms under TCG): what it loads with it
-    "os", "os.path", "posixpath", "genericpath", "stat", "_collections_abc",
+    # os (~1.3 ms natively, ~22 ms under TCG): what it loads with it (3.13: errno, built in)
+    "os", "os.path", "posixpath", "genericpath", "stat", "_collections_abc", "errno",
     # the agent
     "netinject_guest",
 }

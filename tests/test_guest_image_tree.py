@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers.fuzz_image import tree_state
-from helpers.guest import BUNDLE, GUEST_PYTHON
+from helpers.guest import BUNDLE, GUEST_PYTHON, GUEST_VERSION
 from netinject.guest.contract import AgentError
 from netinject.guest.paths import MAX_LINKS, resolve_in_root
 
@@ -208,7 +208,8 @@ LABEL="globally_administered_whitelist"
 RUN+="write_net_rules"
 LABEL="persistent_net_generator_end"
 """
-PY = "python3.11"  # the bundle's interpreter (GUEST_PYTHON): install precompiles for it
+PY = "python{}.{}".format(*GUEST_VERSION)  # the bundle's interpreter: install precompiles for it
+PYC = "netinject_guest.cpython-{}{}.pyc".format(*GUEST_VERSION)
 
 
 def _bundle(*args: str) -> subprocess.CompletedProcess[str]:
@@ -370,7 +371,7 @@ def test_uninstall_never_removes_outside_the_image(rel: str, tmp_path: Path) -> 
              "etc/rcS.d": ["S01netinject"], "lib/systemd/system": ["netinject.service"],
              "etc/init.d": ["netinject"], "usr/sbin": ["netinject-guest"],
              "usr/lib/netinject": ["netinject_guest.py", "__pycache__/"],
-             "usr/lib/netinject/__pycache__": ["netinject_guest.cpython-311.pyc"],
+             "usr/lib/netinject/__pycache__": [PYC],
              "etc/netinject": ["stack"], "var/lib/netinject": ["backup/"],
              "etc/udev/rules.d": ["75-persistent-net-generator.rules"]}[rel]
     _divert(img, rel, host / rel)

@@ -7,17 +7,25 @@ refused cleanly (AgentError) instead of read or looped on.
 
 from __future__ import annotations
 
-import os
+import json
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from helpers import iso
-from helpers.guest import agent_log, instance_doc, make_drive, make_guest, run_agent
-from netinject.guest import contract, discovery
-from netinject.guest.readers import IsoReader
+from helpers.guest import (
+    AGENT,
+    GUEST_PYTHON,
+    agent_log,
+    instance_doc,
+    make_drive,
+    make_guest,
+    run_agent,
+)
+from netinject.guest import contract
 from netinject.openstack.document import payload
 from netinject.sources.neutron import parse_document
 
@@ -48,22 +56,51 @@ def _build(tmp: Path, options: list[str]) -> tuple[Path, dict[str, bytes]]:
     return img, _expected(answer)
 
 
+# The shipped agent's reader, run by GUEST_PYTHON (so under every Python the agent is
+# tested on): the payload as hex, or the AgentError it raised, as one JSON line.
+READ = """\
+import json, os, sys
+sys.path.insert(0, %r)
+import netinject_guest as a
+img, what = %r, %r
+try:
+    if what == "files":
+        found = a.probe_label(img)
+        assert found is not None
+        try:
+            out = {"files": {k: v.hex() for k, v in a.read_payload(found).items()}}
+        finally:
+            found.close()
+    else:
+        fd = os.open(img, os.O_RDONLY)
+        try:
+            r = a.IsoReader(fd)
+        finally:
+            os.close(fd)
+        out = {"naming": "joliet" if r.joliet else "rock" if r.rock else "iso9660"}
+except a.AgentError as exc:
+    out = {"error": type(exc).__name__, "message": str(exc)}
+print(json.dumps(out))
+"""
+
+
+def _agent(img: Path, what: str) -> Any:
+    done = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c",
+                           READ % (str(AGENT.parent), str(img), what)],
+                          capture_output=True, text=True, check=True, timeout=60)
+    out = json.loads(done.stdout)
+    if "error" in out:
+        # (NoPayload and AgentError are the contract's; a subclass of AgentError only)
+        raise getattr(contract, out["error"], contract.AgentError)(out["message"])
+    return out[what]
+
+
 def _read(img: Path) -> dict[str, bytes]:
-    found = discovery.probe_label(str(img))
-    assert found is not None
-    try:
-        return discovery.read_payload(found)
-    finally:
-        found.close()
+    return {k: bytes.fromhex(v) for k, v in _agent(img, "files").items()}
 
 
 def _naming(img: Path) -> str:
-    fd = os.open(img, os.O_RDONLY)
-    try:
-        reader = IsoReader(fd)
-    finally:
-        os.close(fd)
-    return "joliet" if reader.joliet else "rock" if reader.rock else "iso9660"
+    return str(_agent(img, "naming"))
 
 
 def _patch(img: Path, at: int, data: bytes) -> None:

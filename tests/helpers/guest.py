@@ -16,7 +16,22 @@ from netinject.model import Instance
 from netinject.render import Options
 from netinject.sources.neutron import parse_document
 
-GUEST_PYTHON = "/usr/bin/python3"  # Debian's python3, as in the guest image
+# The interpreter the tests run the agent with: Debian's python3, as in the guest image,
+# unless NETINJECT_GUEST_PYTHON names another (scripts/test.sh runs the agent's own tests
+# under bullseye's 3.9 and trixie's 3.13 too: netinject.vm.pytree builds them).
+GUEST_PYTHON = os.environ.get("NETINJECT_GUEST_PYTHON") or "/usr/bin/python3"
+
+
+def _version(python: str) -> tuple[int, int]:
+    done = subprocess.run([python, "-I", "-S", "-c",
+                           "import sys; print('%d %d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    major, minor = done.stdout.split()
+    return int(major), int(minor)
+
+
+# Its version (what install precompiles for: usr/lib/python3.X, cpython-3X.pyc).
+GUEST_VERSION = _version(GUEST_PYTHON)
 
 
 def _shipped() -> tuple[Path, Path]:
