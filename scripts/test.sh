@@ -16,7 +16,8 @@ echo "== pytest" && .venv/bin/pytest "$@"
 # test_guest_python checks that the wrapper runs the version claimed here.
 GUEST_TESTS=(tests/test_guest_python.py tests/test_guest_hardening.py tests/test_guest_iso.py
   tests/test_guest_install.py tests/test_guest_agent.py tests/test_guest_metadata_sync.py
-  tests/test_guest_stacks.py tests/test_guest_image_tree.py
+  tests/test_guest_stacks.py tests/test_guest_image_tree.py tests/test_guest_vendordata.py
+  tests/test_guest_cloud_init.py
   tests/test_guest_contract.py::test_first_boot_imports_only_the_allowlist)
 for release in bullseye:3.9 trixie:3.13; do
   echo "== the guest agent's tests under Debian ${release%%:*}'s Python ${release##*:}"
