@@ -84,10 +84,17 @@ class Fleet:
             name=NAME, disk_format="qcow2", container_format="bare",
             support_inject_ip="true")
         self.reused = 0
+        self.quota_was: int | None = None
         self._ensure_ports()
 
     def _ensure_ports(self) -> None:
         admin = self.tenant.admin
+        # Neutron's default port quota (500 per project) is below the fleet: lifted for
+        # the tenant while the fleet exists (put back by delete).
+        quota = admin.network.get_quota(self.tenant.project_id)
+        if quota.ports != -1 and quota.ports < 2 * len(self.ids) * len(self.nets):
+            self.quota_was = quota.ports
+            admin.network.update_quota(quota, ports=-1)
         wanted = set(self.ids)
         have: set[tuple[str, str]] = set()
         for net in self.nets:
@@ -127,6 +134,9 @@ class Fleet:
                 _say(f"fleet: {k}/{len(ports)} deleted")
         for net in self.nets:
             admin.network.delete_network(net.id, ignore_missing=True)
+        if self.quota_was is not None:  # as it was before the fleet
+            admin.network.update_quota(admin.network.get_quota(self.tenant.project_id),
+                                       ports=self.quota_was)
         admin.image.delete_image(self.image.id, ignore_missing=True)
 
 
