@@ -19,7 +19,10 @@ pytestmark = [pytest.mark.openstack, pytest.mark.root]
 
 
 def test_the_metadata_path_bench_runs_small(
-        openstack_peer: Peer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        openstack_peer: Peer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fleet of its own (names and instance ids derive from NAME): never the kept one.
+    monkeypatch.setattr(metadata_path, "NAME", f"netinject-bench-md-{uuid.uuid4().hex[:6]}")
     out = tmp_path / "md.json"
     assert main(["bench", "vendordata", "--metadata-path", "--ports", "6",
                  "--ports-per-instance", "2", "--calls", "6", "--clients", "1,3",
