@@ -486,6 +486,77 @@ def test_nic_indexes_live_on_port_tags_and_stay_stable(
         svc.close()
 
 
+def _port_listings(peer: Peer, iid: str) -> int:
+    """How many times the peer's Neutron listed the instance's ports (its own log)."""
+    return (peer.state / "neutron.log").read_text().count(
+        f'"GET /v2.0/ports?device_id={iid} ')
+
+
+def test_the_metadata_path_sees_an_attach_and_a_subnet_change_once_fresh_has_passed(
+        openstack_peer: Peer, tenant: Tenant) -> None:
+    """Within ``fresh`` nova's burst for one drive is answered from memory (Neutron's
+    own log: no port listing); past it, one call checks the revisions and answers what
+    Neutron holds now: a port attached as nova's attach makes it (device_id set), then a
+    subnet's DNS servers and host routes."""
+    fresh = 3.0
+    svc = Vendordata(Settings(cloud="netinject", fresh=fresh, deadline=30))
+    try:
+        iid, ports, image = two_nic_instance(tenant)
+        req = {"instance-id": iid, "image-id": image.id, "hostname": "vm1"}
+        first = svc.handle(req)
+        assert first.how == "built", first
+        svc.settle()
+        listed = _port_listings(openstack_peer, iid)
+        assert listed >= 1
+        # nova's other calls for the same drive: from memory, Neutron not asked.
+        assert [svc.handle(req).how for _ in range(4)] == ["cached"] * 4
+        assert _port_listings(openstack_peer, iid) == listed
+
+        # Past fresh with nothing changed: one listing, the same answer.
+        time.sleep(fresh)
+        again = svc.handle(req)
+        assert (again.how, again.body) == ("revalidated", first.body)
+        assert _port_listings(openstack_peer, iid) == listed + 1
+
+        # nova attaches a port: it sets device_id before the NIC reaches the guest.
+        net_b = tenant.demo.network.get_network(ports[1].network_id)
+        new = tenant.port(net_b, iid, "fa:16:3e:00:00:0c",
+                          [{"subnet_id": ports[1].fixed_ips[0]["subnet_id"],
+                            "ip_address": "203.0.113.21"}])
+        time.sleep(fresh)
+        attached = svc.handle(req)
+        assert attached.how == "built", attached
+        svc.settle()
+        nics = contract.parse_manifest(attached.body["manifest"].encode()).nics
+        assert ("eth2", "fa:16:3e:00:00:0c") in nics, nics
+        assert "address 203.0.113.21\n" in attached.body["files"]["interfaces"]
+        assert tenant.tags(new.id) == [f"netinject:{iid}:2"]
+
+        # An operator changes the first subnet's DNS servers and host routes (nova
+        # hears nothing of it).
+        [subnet] = [ip["subnet_id"] for ip in ports[0].fixed_ips
+                    if ip["ip_address"] == "192.0.2.10"]
+        tenant.admin.network.update_subnet(
+            subnet, dns_nameservers=["192.0.2.53", "192.0.2.54"],
+            host_routes=[{"destination": "198.51.100.0/24", "nexthop": "192.0.2.254"},
+                         {"destination": "198.51.100.128/25", "nexthop": "192.0.2.254"}])
+        within = svc.handle(req)  # (the attach's answer is still fresh, or just checked)
+        assert within.how in ("cached", "revalidated"), within
+        time.sleep(fresh)
+        changed = svc.handle(req)
+        assert changed.how == "built", changed
+        eni = changed.body["files"]["interfaces"]
+        assert "dns-nameservers 192.0.2.53 192.0.2.54" in eni, eni
+        assert "198.51.100.128/25 via 192.0.2.254" in eni, eni
+        svc.settle()
+        # And the next burst is from memory again.
+        listed = _port_listings(openstack_peer, iid)
+        assert [svc.handle(req).how for _ in range(5)] == ["cached"] * 5
+        assert _port_listings(openstack_peer, iid) == listed
+    finally:
+        svc.close()
+
+
 def test_ports_of_one_second_are_ordered_by_id(tenant: Tenant, openstack_peer: Peer) -> None:
     """What the service can know of nova's attach order: creation time (one-second
     resolution), then id. Ports made within one second take indexes in id order."""

@@ -382,3 +382,17 @@ def test_the_environment_is_held_to_serves_bounds(key: str, value: str) -> None:
         settings_from_env({"NETINJECT_CLOUD": "x", key: value})
     settings_from_env({"NETINJECT_CLOUD": "x", "NETINJECT_DEADLINE": "4",
                        "NETINJECT_FRESH": "0"})
+
+
+def test_the_default_fresh_window_is_the_same_everywhere() -> None:
+    import argparse
+
+    from netinject.cli.commands import vendordata as cli
+    from netinject.openstack.service import DEFAULT_FRESH
+    from netinject.openstack.wsgi import settings_from_env
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["vendordata", "serve", "--cloud", "x"])
+    assert args.fresh == DEFAULT_FRESH == Settings(cloud="x").fresh
+    assert settings_from_env({"NETINJECT_CLOUD": "x"})[0].fresh == DEFAULT_FRESH

@@ -289,10 +289,13 @@ def wait_healthy(url: str, proc: subprocess.Popen[Any], log: Path,
 
 
 @contextlib.contextmanager
-def stand_in(status: int = 200, body: bytes = b"{}", delay: float = 0.0) -> Iterator[str]:
+def stand_in(status: int = 200, body: bytes = b"{}", delay: float = 0.0,
+             arrivals: list[tuple[float, str]] | None = None) -> Iterator[str]:
     """A STAND-IN vendordata target (not netinject's service) on a free loopback port:
     answers every POST with ``status`` and ``body`` after ``delay`` seconds; yields its
-    URL. For nova's own cost and its handling of a broken or slow target."""
+    URL. For nova's own cost and its handling of a broken or slow target. With
+    ``arrivals``, each POST appends (``time.monotonic()`` when it was read, the
+    instance-id nova sent): when nova calls, for how a drive's calls are spaced."""
     import http.server
     import threading
 
@@ -301,7 +304,13 @@ def stand_in(status: int = 200, body: bytes = b"{}", delay: float = 0.0) -> Iter
         disable_nagle_algorithm = True  # headers and body are two writes
 
         def do_POST(self) -> None:  # http.server's name
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if arrivals is not None:
+                try:
+                    iid = str(json.loads(raw).get("instance-id"))
+                except (ValueError, AttributeError):
+                    iid = "?"
+                arrivals.append((time.monotonic(), iid))
             time.sleep(delay)
             try:
                 self.send_response(status)

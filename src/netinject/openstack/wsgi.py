@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import UsageError
-from .service import Settings, Vendordata
+from .service import DEFAULT_FRESH, Settings, Vendordata
 
 LOG = logging.getLogger("netinject.vendordata")
 
@@ -208,7 +208,7 @@ def settings_from_env(env: dict[str, str] | None = None
     try:
         settings = Settings(cloud=name,
                             deadline=float(env.get("NETINJECT_DEADLINE", "4")),
-                            fresh=float(env.get("NETINJECT_FRESH", "60")),
+                            fresh=float(env.get("NETINJECT_FRESH", str(DEFAULT_FRESH))),
                             max_builds=int(env.get("NETINJECT_MAX_BUILDS", "64")))
     except ValueError as exc:
         raise UsageError("NETINJECT_DEADLINE/NETINJECT_FRESH/NETINJECT_MAX_BUILDS: "

@@ -76,6 +76,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bv.add_argument("--instances", type=int, default=50,
                     help="drives built at once (default %(default)s)")
     bv.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
+    md = bv.add_argument_group(
+        "the metadata path (--metadata-path instead of the drive-build figures above)")
+    md.add_argument("--metadata-path", action="store_true",
+                    help="the service as nova's metadata API calls it, past its fresh "
+                         "window (the revision check), with a fleet of ports in the peer's "
+                         "Neutron: nova's drive burst, p50/p99 per call, calls/s of one "
+                         "worker under concurrent clients, guests served at the 1800 s "
+                         "sync period")
+    md.add_argument("--ports", type=int, default=1000,
+                    help="ports in the fleet (default %(default)s)")
+    md.add_argument("--ports-per-instance", type=int, default=2,
+                    help="ports per instance, one per network (default %(default)s)")
+    md.add_argument("--calls", type=int, default=500,
+                    help="calls per measurement (default %(default)s)")
+    md.add_argument("--clients", default="4,16", metavar="LIST",
+                    help="concurrent clients, one measurement each (default %(default)s)")
+    md.add_argument("--keep", action="store_true",
+                    help="leave the fleet in Neutron for the next run (found again by "
+                         "name; default: deleted at the end)")
     bv.set_defaults(func=cmd_bench_vendordata)
     bh = bsub.add_parser(
         "hotplug", help="NIC hot-plug (static against DHCP) and live changes per stack "
@@ -175,11 +194,34 @@ def cmd_bench_vendordata(args: argparse.Namespace) -> int:
     from ...errors import UsageError
 
     _check_outputs(("--json", args.json))
+    if args.metadata_path:
+        return _bench_metadata_path(args)
     for name in ("rounds", "drives", "cold", "cached", "instances"):
         if getattr(args, name) < (2 if name in ("drives", "cold") else 1):
             raise UsageError(f"--{name}: too small")
     results = vendordata.run(args.rounds, args.drives, args.cold, args.cached,
                              args.instances)
+    if args.json is not None:
+        _write_json(args.json, results)
+    return 0
+
+
+def _bench_metadata_path(args: argparse.Namespace) -> int:
+    from ...bench import metadata_path
+    from ...errors import UsageError
+
+    try:
+        clients = tuple(int(c) for c in args.clients.split(","))
+    except ValueError:
+        raise UsageError(f"--clients: {args.clients!r} is not a list of numbers") from None
+    if not clients or min(clients) < 1:
+        raise UsageError("--clients: give numbers of at least 1")
+    if not 1 <= args.ports_per_instance <= 8:
+        raise UsageError("--ports-per-instance: 1 to 8")
+    if args.ports < args.ports_per_instance or args.calls < 2 or args.drives < 1:
+        raise UsageError("--ports, --calls or --drives: too small")
+    results = metadata_path.run(args.ports, args.ports_per_instance, args.calls, clients,
+                                args.drives, args.keep)
     if args.json is not None:
         _write_json(args.json, results)
     return 0

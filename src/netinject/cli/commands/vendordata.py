@@ -53,9 +53,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--deadline", type=float, default=4.0, metavar="SECONDS",
                    help="answer within this time, or 504 (default: %(default)s, under "
                         "nova's 5 s vendordata_dynamic_read_timeout)")
-    s.add_argument("--fresh", type=float, default=60.0, metavar="SECONDS",
+    s.add_argument("--fresh", type=float, default=5.0, metavar="SECONDS",
                    help="serve an answer from memory this long before checking Neutron's "
-                        "revision numbers again (default: %(default)s)")
+                        "revision numbers again: covers nova's calls for one drive; a "
+                        "metadata-API read past it sees a hot-plugged port or a subnet "
+                        "change (default: %(default)s, service.DEFAULT_FRESH)")
     s.add_argument("--max-builds", type=int, default=64, metavar="N",
                    help="answers being built or queued at once, per worker process; a call "
                         "that needs one more gets 503 with Retry-After at once (default: "
