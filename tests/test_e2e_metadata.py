@@ -19,8 +19,10 @@ address on its loopback), where the guest's default route (via the subnet's gate
 the namespace's end of the guest's link) takes the guest's requests, as on a cloud;
 its connections to nova stay on this machine's loopback.
 
-The vendordata service runs with ``--fresh 0`` (it re-checks the Neutron revisions on
-every call; its default answers from memory for 60 s). nova's per-instance metadata
+The vendordata service runs with its defaults (an answer is served from memory for 5 s
+after it was built or checked, then re-checked against Neutron's revisions: a call
+soon after another sees the old answer, and the guest asks again). nova's per-instance
+metadata
 cache (``[api] metadata_cache_expiration``) keeps its default 15 s for ifupdown, 2 s for
 the other stacks.
 """
@@ -95,7 +97,7 @@ def boot_images() -> tuple[dict[str, images.VariantImage], str]:
 @pytest.fixture(scope="module")
 def vendordata(openstack_peer: Peer, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[Service]:
-    with service(tmp_path_factory.mktemp("vd"), "netinject", "--fresh", "0") as svc:
+    with service(tmp_path_factory.mktemp("vd"), "netinject") as svc:
         yield svc
 
 
