@@ -22,9 +22,8 @@ its connections to nova stay on this machine's loopback.
 The vendordata service runs with its defaults (an answer is served from memory for 5 s
 after it was built or checked, then re-checked against Neutron's revisions: a call
 soon after another sees the old answer, and the guest asks again). nova's per-instance
-metadata
-cache (``[api] metadata_cache_expiration``) keeps its default 15 s for ifupdown, 2 s for
-the other stacks.
+metadata cache (``[api] metadata_cache_expiration``) keeps its default 15 s for
+ifupdown, 2 s for the other stacks.
 """
 
 from __future__ import annotations
