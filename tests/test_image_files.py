@@ -72,6 +72,12 @@ GOLDEN: dict[str, dict[str, tuple[int, str]]] = {
         "etc/network/interfaces": (0o644, "interfaces.cloud-init"),
         "etc/cloud/cloud.cfg.d/99-netinject-bench.cfg": (0o644, "99-netinject-bench.cfg"),
     },
+    "inject-cloud-init": {  # (cloud-init kept beside the agent)
+        **{p: v for p, v in STOCK.items() if p != "etc/cloud/cloud-init.disabled"},
+        "etc/network/interfaces": (0o644, "interfaces.cloud-init"),
+        "etc/cloud/cloud.cfg.d/99-netinject-bench.cfg": (0o644, "99-netinject-bench.cfg"),
+        **AGENT_MARKER,
+    },
     "glean": {**STOCK, "etc/network/interfaces": (0o644, "interfaces.glean"),
               "usr/local/share/netinject-glean-version": (0o644, "glean-version")},
     "networkd": {**STOCK, **NETWORKD_DHCP},
