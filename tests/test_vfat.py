@@ -217,11 +217,12 @@ def trees(draw: st.DrawFn, names: st.SearchStrategy[str]) -> dict[PurePosixPath,
     return files
 
 
-@settings(max_examples=40, deadline=None,
+@pytest.mark.parametrize("shard", [1, 2])  # 2 x 20 examples (two workers can share them)
+@settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(files=trees(TAME), serial=st.integers(0, 0xFFFFFFFF))
 def test_random_trees_are_byte_identical_to_mkfs_fat_and_mtools(
-        files: dict[PurePosixPath, bytes], serial: int) -> None:
+        shard: int, files: dict[PurePosixPath, bytes], serial: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ours, tools = _both(drive.DriveContents(files, True), serial, Path(tmp))
         assert ours == tools
