@@ -139,10 +139,10 @@ def test_vendor_data2_carries_our_answer_for_the_instance(
             assert line in eni, eni
         # nova called our service on that read (DynamicJSON runs on every read of
         # vendor_data2.json, cached InstanceMetadata or not).
-        posts = svc.posts()
+        posts = svc.posts(at_least=1)
         assert posts >= 1, svc.text()
         times = timed_reads(g)
-        assert svc.posts() == posts + len(times), svc.text()
+        assert svc.posts(at_least=posts + len(times)) == posts + len(times), svc.text()
         print(f"\nvendor_data2.json through the proxy and nova's metadata API: "
               f"median {statistics.median(times) * 1000:.0f} ms, "
               f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms "

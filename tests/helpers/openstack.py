@@ -68,8 +68,17 @@ class Service:
     def built(self) -> int:
         return self.text().count(": built in ")
 
-    def posts(self) -> int:
-        return self.text().count('"POST / HTTP')
+    def posts(self, at_least: int = 0, settle: float = 5.0) -> int:
+        """The POSTs in the service's access log. ``at_least``: wait (up to ``settle``
+        s) until that many are there: gunicorn writes a request's access line after the
+        response, so a caller that has its answer can read the log before it (seen in a
+        fresh-machine run: 0 read, the build line already there)."""
+        deadline = time.monotonic() + settle
+        while True:
+            n = self.text().count('"POST / HTTP')
+            if n >= at_least or time.monotonic() > deadline:
+                return n
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
