@@ -171,29 +171,22 @@ AccuracySec=1min
 WantedBy=timers.target
 """ % (SYNC_BOOT_DELAY, SYNC_PERIOD, SYNC_PERIOD // 6)
 
-SYNC_ADD_UNIT = """\
+def _sync_nic_unit(what: str, option: str) -> str:
+    """A template unit udev starts for one NIC (%i): ``sync OPTION %i``."""
+    return """\
 [Unit]
-Description=netinject: configure the hot-plugged NIC %i from nova's metadata API
+Description=netinject: %s
 Documentation=file:/usr/lib/netinject/netinject_guest.py
 After=netinject.service
 ConditionPathExists=/usr/sbin/netinject-guest
 ConditionPathExists=/var/lib/netinject/instance-id
 
-""" + _SYNC_SERVICE + """\
-ExecStart=/usr/sbin/netinject-guest sync --mac %i
-"""
+""" % what + _SYNC_SERVICE + "ExecStart=/usr/sbin/netinject-guest sync %s %%i\n" % option
 
-SYNC_REMOVE_UNIT = """\
-[Unit]
-Description=netinject: remove the config of the unplugged NIC %i
-Documentation=file:/usr/lib/netinject/netinject_guest.py
-After=netinject.service
-ConditionPathExists=/usr/sbin/netinject-guest
-ConditionPathExists=/var/lib/netinject/instance-id
 
-""" + _SYNC_SERVICE + """\
-ExecStart=/usr/sbin/netinject-guest sync --removed %i
-"""
+SYNC_ADD_UNIT = _sync_nic_unit("configure the hot-plugged NIC %i from nova's metadata API",
+                               "--mac")
+SYNC_REMOVE_UNIT = _sync_nic_unit("remove the config of the unplugged NIC %i", "--removed")
 
 # udev runs nothing long itself: an added NIC pulls in the template unit through its
 # device unit (SYSTEMD_WANTS, with its MAC as the instance; the agent checks it again
