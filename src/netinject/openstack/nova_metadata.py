@@ -104,9 +104,15 @@ def _nets_in_port_order(client: Any, ports: list[str]) -> list[dict[str, Any]]:
     return [net[by_id[p]["network_id"]] for p in ports]
 
 
-def _refresh(ctx: Any, instance: Any, ports: list[str]) -> list[str]:
+def _refresh(ctx: Any, req: dict[str, Any]) -> list[str]:
+    """The instance's info cache built again by nova's code for ``req["ports"]`` (as
+    boot and attach_interface build it); the VIF ids in it."""
+    from nova import objects
     from nova.network import neutron
 
+    instance = objects.Instance.get_by_uuid(ctx, req["instance"],
+                                            expected_attrs=["info_cache"])
+    ports = [str(p) for p in req["ports"]]
     api = neutron.API()
     client = neutron.get_client(ctx, admin=True)
     nets = _nets_in_port_order(client, ports)
@@ -146,21 +152,15 @@ def create(directory: str, req: dict[str, Any]) -> dict[str, Any]:
         objects.InstanceMapping(
             context=ctx, instance_uuid=req["instance"], project_id=req["project"],
             user_id=req["user"], cell_mapping=cell, queued_for_delete=False).create()
-        inst = objects.Instance.get_by_uuid(c, req["instance"],
-                                            expected_attrs=["info_cache"])
-        vifs = _refresh(c, inst, [str(p) for p in req["ports"]])
+        vifs = _refresh(c, req)
     return {"vifs": vifs}
 
 
 def attach(directory: str, req: dict[str, Any]) -> dict[str, Any]:
     _conf(directory)
-    from nova import objects
-
     _ctx, _cell, cctx = _cell_context(str(req["instance"]))
     with cctx as c:
-        inst = objects.Instance.get_by_uuid(c, req["instance"],
-                                            expected_attrs=["info_cache"])
-        vifs = _refresh(c, inst, [str(p) for p in req["ports"]])
+        vifs = _refresh(c, req)
     return {"vifs": vifs}
 
 
