@@ -169,3 +169,13 @@ def test_the_stock_image_with_the_agent_added_injects_at_its_first_boot(
     finally:
         p.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_comma_in_the_qcow2_path_is_a_name_not_a_qemu_option(tmp_path: Path) -> None:
+    """qemu-storage-daemon takes the path in its key=value syntax: a ',' in it must stay
+    part of the name (written ',,'), never start an option (here: another driver)."""
+    raw = tmp_path / "disk.raw"
+    _ext4(raw, _tree(tmp_path))
+    disk = _qcow2(raw, tmp_path / "disk,driver=null-co.qcow2")
+    assert main(["image", "add-agent", str(disk), "--stack", "ifupdown"]) == 0
+    _assert_installed(_fs_of(disk, tmp_path))

@@ -97,7 +97,8 @@ def raw_view(disk: Path, fmt: str, writable: bool, tmp: Path) -> Iterator[Path]:
     view.touch()
     proc = subprocess.Popen(
         [_tool("qemu-storage-daemon"),
-         "--blockdev", f"driver=file,node-name=file,filename={disk}"
+         # (QEMU's key=value syntax: a ',' in the path is written ',,', never an option)
+         "--blockdev", f"driver=file,node-name=file,filename={str(disk).replace(',', ',,')}"
                        + ("" if writable else ",read-only=on"),
          "--blockdev", "driver=qcow2,node-name=disk,file=file"
                        + ("" if writable else ",read-only=on"),
