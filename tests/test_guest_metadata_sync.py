@@ -428,3 +428,85 @@ def test_sync_is_in_the_agents_help() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0
     assert "sync" in done.stdout
+
+
+# -- the metadata API and the host's own apply (qemu-guest-agent) side by side ----------------
+
+
+@pytest.mark.parametrize("reply", [None, lambda: body(b"not found", 404)],
+                         ids=["unreachable", "HTTP 404"])
+def test_a_udev_triggered_sync_without_a_metadata_api_ends_at_once(
+        reply: Callable[[], Reply] | None, server: Server, tmp_path: Path) -> None:
+    """A cloud that drives day 2 through qemu-guest-agent has no metadata API: udev's
+    remove of a NIC the host detached must not wait (and ask again) for one, or it
+    would hold the transaction the host's ``hotplug detach`` applies. No answer at all
+    on the first ask ends sync, unchanged, after one ask."""
+    doc = instance_doc(DOC)
+    root = booted(tmp_path, doc)
+    if reply is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    else:
+        server.replies = [reply()]
+        url = server.url
+    before = snapshot(root)
+    done, result = sync(root, url, "--removed", "eth1", "--wait-for-mac", "30")
+    assert (done.returncode, result["outcome"]) == (1, "unchanged"), result
+    assert "asking again" not in agent_log(root)
+    if reply is not None:
+        assert len(server.paths) == 1
+        assert "HTTP 404" in result["message"]
+    assert snapshot(root) == before
+
+
+def test_the_answer_is_fetched_without_the_lock_and_again_if_a_change_landed_meanwhile(
+        server: Server, tmp_path: Path) -> None:
+    """While sync waits for a slow metadata API, the host's apply (qemu-guest-agent,
+    ``--lock-wait 0``: it must find the lock free) adds a NIC. The answer sync then
+    receives was fetched before that change: it is not applied over it but fetched
+    again, and the fresh answer (the NIC and a new subnet route) applied."""
+    from netinject.hotplug import bundle_for
+    from netinject.render import Options
+
+    doc = instance_doc(DOC)
+    root = booted(tmp_path, doc)
+    with_port = copy.deepcopy(doc)
+    with_port["ports"].append(NEW_PORT)
+    release = threading.Event()
+
+    def slow_old(h: BaseHTTPRequestHandler) -> None:
+        release.wait(60)
+        body(answer(subnet_change(doc)))(h)  # (computed before the NIC came)
+
+    server.replies = [slow_old, body(answer(subnet_change(with_port)))]
+    syncing = subprocess.Popen(
+        [GUEST_PYTHON, "-I", "-S", str(AGENT), "sync", "--root", str(root),
+         "--metadata-url", server.url, "--timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):
+            if server.paths:
+                break
+            time.sleep(0.05)
+        assert len(server.paths) == 1
+        raw, _ = bundle_for(parse_document(with_port).instance, Options())
+        applied = subprocess.run(
+            [GUEST_PYTHON, "-I", "-S", str(AGENT), "apply", "--txid", "host-1", "--root",
+             str(root), "--sysfs", str(root / "sys"), "--lock-wait", "0"],
+            input=raw, capture_output=True, timeout=60, check=False)
+        said = contract.parse_result(applied.stdout.decode())
+        assert said is not None
+        assert said["outcome"] == "applied", applied.stdout
+        assert said["added"] == "eth3"
+    finally:
+        release.set()
+        out, err = syncing.communicate(timeout=120)
+    result = contract.parse_result(out)
+    assert result is not None
+    assert result["outcome"] == "applied", out + err
+    assert len(server.paths) == 2
+    assert "another transaction changed the config while this answer was fetched" \
+        in agent_log(root)
+    assert (root / (NETWORKD + "eth3.network")).exists()  # the host's change stays
+    assert "10.99.0.0/16" in (root / (NETWORKD + "eth2.network")).read_text()

@@ -19,9 +19,13 @@ runs ``sync --mac MAC``, which asks again with backoff until the answer carries 
 NAME``, which asks until the answer no longer carries that NIC, then applies it (as the
 host's ``hotplug detach`` applies a bundle without the NIC: the NIC's files and udev rule
 go in one transaction; the guest never writes config the host did not render); a timer
-runs ``sync`` for drift. The answer is fetched under the apply lock, so a sync that
-waited for another (or for the boot-time install) applies what is current then, never
-an older answer over a newer one.
+runs ``sync`` for drift. The answer is fetched without the apply lock, so a metadata
+API that is slow or absent (a cloud that drives day 2 through qemu-guest-agent) never
+holds back the host's own apply; under the lock it is applied only if no transaction
+ended while it was fetched (else it is fetched again), so an older answer never lands
+over a newer change. No answer at all on the first ask (unreachable, an HTTP error)
+means no metadata API to wait for: sync ends at once, unchanged; an answer that does
+not yet carry an awaited change is asked for again with backoff.
 """
 
 import os
@@ -68,6 +72,8 @@ WAIT_FOR_MAC = 60.0
 # Backoff between asks while waiting for a NIC to appear in (or go from) the answer:
 # nova's metadata cache holds an instance's answer up to 15 s (metadata_cache_expiration).
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0)
+# Answers fetched again at once because a transaction ended while one was fetched.
+STALE_RETRIES = 3
 
 
 class NoAnswer(AgentError):
@@ -243,6 +249,26 @@ def awaited(args: SyncArgs, log: Log) -> Awaited:
     return Awaited(macs, gone)
 
 
+class Fetched:
+    """A fetched answer as apply_from's source: called under the lock, it refuses
+    (AgentError, ``stale``) if a transaction ended since the answer was fetched, whose
+    change the answer may not carry."""
+
+    def __init__(self, root: str, payload: "dict[str, bytes]",
+                 applied_before: "bytes | None") -> None:
+        self.root = root
+        self.payload = payload
+        self.applied_before = applied_before
+        self.stale = False
+
+    def __call__(self) -> "dict[str, bytes]":
+        if read_applied(self.root)[0] != self.applied_before:
+            self.stale = True
+            raise AgentError("another transaction changed the config while this answer "
+                             "was fetched")
+        return self.payload
+
+
 def sync(args: SyncArgs, log: Log) -> "tuple[Ended, list[str]]":
     """One sync (see the module docstring); how it ended, and for --dry-run what would
     change (lines for people)."""
@@ -256,6 +282,8 @@ def sync(args: SyncArgs, log: Log) -> "tuple[Ended, list[str]]":
         return Ended(txid, Outcome.UNCHANGED, "nothing to wait for"), []
     deadline = time.monotonic() + (args.wait_for_mac if wanted else 0.0)
     missing: list[str] = []
+    answered = False
+    stale_left = STALE_RETRIES
 
     def want(manifest: Manifest) -> None:
         missing[:] = wanted.pending(manifest)
@@ -263,17 +291,37 @@ def sync(args: SyncArgs, log: Log) -> "tuple[Ended, list[str]]":
             raise AgentError("the metadata answer does not say it yet: "
                              + "; ".join(missing))
 
-    def source() -> "dict[str, bytes]":
-        missing[:] = ["an answer"]  # (until want() has seen one)
-        return vendor_payload(fetch_vendordata(args.url, log, args.timeout))
-
     attempt = 0
+    diff: list[str] = []
     while True:
-        if args.dry_run:
-            ended, diff = dry_run(args, txid, source, want, log)
+        # The answer is fetched without the lock (a slow or silent metadata API must not
+        # hold back the host's apply through qemu-guest-agent); under the lock it is
+        # applied only if no transaction ended in between, else asked for again.
+        applied_before = read_applied(args.root)[0]
+        missing[:] = ["an answer"]  # (until want() has seen one)
+        stale = False
+        try:
+            payload = vendor_payload(fetch_vendordata(args.url, log, args.timeout))
+        except AgentError as exc:
+            if not answered:
+                # No answer at all (unreachable, an HTTP error, not nova's JSON): no
+                # metadata API to wait for here; the drift timer asks again.
+                log("no information: %s" % exc)
+                return Ended(txid, Outcome.UNCHANGED, str(exc)), []
+            ended = Ended(txid, Outcome.UNCHANGED, str(exc))
         else:
-            ended, diff = apply_from(args.root, args.sysfs, txid, source, log,
-                                     args.lock_wait, want, record_unchanged=False), []
+            answered = True
+            fetched = Fetched(args.root, payload, applied_before)
+            if args.dry_run:
+                ended, diff = dry_run(args, txid, fetched, want, log)
+            else:
+                ended, diff = apply_from(args.root, args.sysfs, txid, fetched, log,
+                                         args.lock_wait, want, record_unchanged=False), []
+            stale = fetched.stale
+        if stale and stale_left:
+            stale_left -= 1
+            log("asking again: %s" % ended.message)
+            continue
         waiting = bool(wanted) and (bool(missing) or ended.outcome == Outcome.BUSY)
         delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
         if not waiting or time.monotonic() + delay > deadline:
