@@ -124,14 +124,17 @@ class Cloud:
     drive: Path
 
 
-def make_instance(peer: Peer, t: Tenant, target: str, stack: str, tmp: Path) -> Cloud:
+def make_instance(peer: Peer, t: Tenant, target: str, stack: str, tmp: Path,
+                  dhcp: bool = True) -> Cloud:
     """The test bed's instance (vm.document()'s network, subnet and port: MAC, address,
     gateway, DNS, host route, MTU) made in the peer's Neutron with a fresh uuid, its
     config drive built by nova's own code (calling the vendordata service), and its
-    record in nova's database with the info cache built by nova from Neutron."""
+    record in nova's database with the info cache built by nova from Neutron.
+    ``dhcp``: the subnet's enable_dhcp (False: nova's network_data.json says static)."""
     iid = str(uuid.uuid4())
     net = t.network(f"e2emeta-{stack}-{iid[:6]}", mtu=vm.MTU)
     sub = t.subnet(net, ip_version=4, cidr=f"192.0.2.0/{vm.PREFIX}", gateway_ip=vm.HOST_IP,
+                   enable_dhcp=dhcp,
                    dns_nameservers=[vm.HOST_IP],
                    host_routes=[{"destination": vm.HOST_ROUTE, "nexthop": vm.HOST_IP}])
     port = t.port(net, iid, vm.GUEST_MAC, [{"subnet_id": sub.id, "ip_address": vm.GUEST_IP}])
@@ -360,3 +363,101 @@ def test_hotplug_detach_and_drift_through_novas_metadata_api(
         for name, text in (("attach", attach_log), ("detach", detach_log),
                            ("drift", drift_log)):
             print(f"--- guest log, {name}:\n{text.strip()}")
+
+
+def test_the_peer_cloud_inits_hotplug_through_novas_metadata_api(
+        openstack_peer: Peer, vendordata: Service, tenant: Tenant, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The peer of issue 23: Debian's cloud-init (bookworm's 22.4.2) in the ifupdown test
+    bed's image, without netinject, on the OpenStack datasource (nova's metadata API, the
+    same nova, proxy and cache expiration as the ifupdown run above), its network hotplug
+    turned on as cloud-init documents it (``updates: network: when: [boot-new-instance,
+    hotplug]``). nova's network_data.json says static only for a subnet without DHCP,
+    so both subnets are made with enable_dhcp false; the first boot still needs a DHCP
+    server on eth0's link for cloud-init-local's ephemeral DHCP, which reaches the
+    metadata API before any config exists. The same attach as nova's; the NIC must
+    answer ARP on its static address from cloud-init's own config."""
+    peer = openstack_peer
+    image = images.build_variant("cloud-init-hotplug", Progress())
+    accel = "kvm" if kvm_usable(image) else "tcg"
+    cloud = make_instance(peer, tenant, vendordata.url, "ifupdown", tmp_path, dhcp=False)
+    binding = Binding(cloud.iid, tenant.project_id, vm.GUEST_IP)
+    spec = BootSpec(image, None, True, accel, qga=True, timeout=400,
+                    extra_taps=(("tap1", f"{vm.HOTPLUG_HOST_IP}/24"),),
+                    system_uuid=cloud.iid, nova_smbios=True)
+    nic = types.SimpleNamespace(index=1, name="eth1", mac=vm.HOTPLUG_MAC)
+    timings: dict[str, float] = {}
+    with nova_metadata_api(peer, cloud.conf) as nova, running(spec) as guest:
+        subprocess.run(["ip", "-n", guest.ns, "addr", "add", f"{METADATA_IP}/32", "dev", "lo"],
+                       check=True)
+        with metadata_proxy(nova, SECRET, binding, (METADATA_IP, 80), netns=guest.ns):
+            _facts(nova, binding, "eth0")  # (nova builds the instance's metadata once)
+            reply, _ = guest.wait_network()
+            assert reply is not None, guest.console()[-3000:]
+            with GuestAgent.unix(guest.qga_socket, timeout=30) as ga:
+                ga.wait_ready()
+
+                def ci_log() -> str:
+                    return ga.read_file("/var/log/cloud-init.log").decode(errors="replace")
+
+                # cloud-init's hook does nothing until cloud-init has finished.
+                _wait("cloud-init did not finish", lambda: _exists(
+                    ga, "/run/cloud-init/result.json"), 300, lambda: ci_log()[-4000:])
+                # (bookworm's 22.4.2 writes it as 10-..., upstream now as 90-...)
+                assert _exists(ga, "/etc/udev/rules.d/10-cloud-init-hook-hotplug.rules"), \
+                    ci_log()[-4000:]
+                assert _addrs(ga, "eth0") == [(vm.GUEST_IP, vm.PREFIX)]
+                eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
+                assert "iface eth0 inet static" in eni, eni
+                ci_at = len(ci_log())
+
+            net2 = tenant.network(f"e2emeta-ci-{cloud.iid[:6]}")
+            sub2 = tenant.subnet(net2, ip_version=4, cidr="203.0.113.0/24",
+                                 gateway_ip=vm.HOTPLUG_HOST_IP, enable_dhcp=False)
+            port2 = tenant.port(net2, cloud.iid, vm.HOTPLUG_MAC,
+                                [{"subnet_id": sub2.id, "ip_address": vm.HOTPLUG_IP}])
+            assert peer.nova_attach(cloud.conf, cloud.iid, [port2.id]) == [
+                cloud.port.id, port2.id]
+            prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP,
+                                          vm.HOTPLUG_HOST_IP, 150)
+            try:
+                t0 = time.monotonic()
+                QmpAttacher(str(guest.qmp_socket), timeout=30).attach(nic, "tap1")  # type: ignore[arg-type]
+                arp_s = first_reply(events, t0, 150)
+                with GuestAgent.unix(guest.qga_socket, timeout=30) as ga:
+                    assert arp_s is not None, ci_log()[ci_at:][-6000:]
+                    timings["attach -> first ARP answer"] = arp_s
+                    assert _addrs(ga, "eth1") == [(vm.HOTPLUG_IP, 24)]
+                    eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
+                    assert "iface eth1 inet static" in eni, eni
+                    attach_log = ci_log()[ci_at:]
+                    ci_at += len(attach_log)
+            finally:
+                prober.terminate()
+
+            # Detach as nova does. What cloud-init then does with eth1's config is
+            # recorded (upstream dropped the remove hook; bookworm's still has it).
+            QmpAttacher(str(guest.qmp_socket), timeout=30).detach(nic)  # type: ignore[arg-type]
+            t1 = time.monotonic()
+            assert peer.nova_detach(cloud.conf, cloud.iid, port2.id) == [cloud.port.id]
+            with GuestAgent.unix(guest.qga_socket, timeout=30) as ga:
+                gone = None
+                while time.monotonic() - t1 < 90:
+                    eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
+                    if "eth1" not in eni:
+                        gone = time.monotonic() - t1
+                        break
+                    time.sleep(1)
+                detach_log = ci_log()[ci_at:]
+    hooks = [line for line in attach_log.splitlines()
+             if "hotplug_hook.py" in line or "' took " in line or "url_helper.py" in line]
+    with capsys.disabled():
+        print(f"\ncloud-init hotplug (ifupdown, nova metadata_cache_expiration "
+              f"{EXPIRATION['ifupdown']} s): attach -> first ARP answer "
+              f"{timings['attach -> first ARP answer']:.1f} s; after device_del eth1's "
+              + (f"config gone in {gone:.1f} s" if gone is not None
+                 else "config still there after 90 s"))
+        print("--- cloud-init's hotplug hook on attach (its reads of the metadata API):\n"
+              + "\n".join(hooks[-30:]))
+        print("--- cloud-init log after the detach (last lines):\n"
+              + "\n".join(detach_log.splitlines()[-15:]))

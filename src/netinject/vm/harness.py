@@ -109,6 +109,9 @@ class BootSpec:
     # The SMBIOS system UUID, as nova/libvirt set it (the instance uuid): the agent trusts
     # a drive only if its manifest names this uuid.
     system_uuid: str | None = vm.INSTANCE_UUID
+    # nova's SMBIOS system fields (libvirt's <sysinfo>: "OpenStack Nova"), which
+    # cloud-init's OpenStack datasource looks for before it asks the metadata API.
+    nova_smbios: bool = False
 
 
 @dataclass
@@ -224,6 +227,9 @@ def qemu_args(spec: BootSpec, workdir: Path, macs: tuple[str, ...] = (vm.GUEST_M
         # What libvirt passes for <uuid> (nova: the instance uuid); the guest reads it in
         # /sys/class/dmi/id/product_uuid.
         args += ["-uuid", spec.system_uuid]
+    if spec.nova_smbios:
+        args += ["-smbios", "type=1,manufacturer=OpenStack Foundation,"
+                            "product=OpenStack Nova,family=Virtual Machine"]
     if spec.drive is not None:
         args += ["-drive", f"file={spec.drive},if=virtio,format=raw,readonly=on"]
     for i, mac in enumerate(macs):

@@ -72,6 +72,7 @@ STACKS = tuple(s.name for s in GUEST_STACKS if s is not IFUPDOWN)
 VARIANTS: dict[str, str] = {
     "dhcp": "ifupdown", "baked-static": "ifupdown", "inject": "ifupdown",
     "cloud-init": "ifupdown", "glean": "ifupdown", "inject-cloud-init": "ifupdown",
+    "cloud-init-hotplug": "ifupdown",
     **{f"{kind}{stack}": stack for stack in STACKS for kind in ("", "baked-", "inject-")},
 }
 # glean as our peer: the PyPI release, pinned so the image (and its cache key) is fixed.
@@ -87,6 +88,8 @@ KERNEL_APPEND = "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 panic=-1"
 #   /etc/systemd/network/99-dhcp.network and /etc/netplan/50-cloud-init.yaml;
 # * interfaces.cloud-init, 99-netinject-bench.cfg: the cloud-init image's ENI (sources
 #   interfaces.d) and its datasource list (/etc/cloud/cloud.cfg.d/);
+# * 99-cloud-init-hotplug.cfg: the cloud-init-hotplug image's cloud.cfg.d file (the
+#   OpenStack datasource on nova's metadata API, cloud-init's network hotplug on);
 # * interfaces.glean: the glean image's ENI (glean writes one file per NIC);
 # * netinject-report.sh, netinject-report.service: the report service (harness.py parses
 #   its output), as /usr/local/sbin/netinject-report and its unit (the script's three
@@ -96,8 +99,8 @@ KERNEL_APPEND = "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 panic=-1"
 #   when boot has finished; these only bound it).
 DATA_FILES = (
     "interfaces.dhcp", "99-dhcp.network", "50-cloud-init.yaml", "interfaces.cloud-init",
-    "99-netinject-bench.cfg", "interfaces.glean", "netinject-report.sh",
-    "netinject-report.service", "bootchart.conf",
+    "99-netinject-bench.cfg", "99-cloud-init-hotplug.cfg", "interfaces.glean",
+    "netinject-report.sh", "netinject-report.service", "bootchart.conf",
 )
 
 
@@ -259,13 +262,14 @@ def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
         files["etc/systemd/network/99-dhcp.network"] = (data_file("99-dhcp.network"), 0o644)
     elif recipe == "netplan" and not baked:
         files["etc/netplan/50-cloud-init.yaml"] = (data_file("50-cloud-init.yaml"), 0o600)
-    with_cloud_init = name in ("cloud-init", "inject-cloud-init")
+    with_cloud_init = name in ("cloud-init", "inject-cloud-init", "cloud-init-hotplug")
     if not with_cloud_init:
         files["etc/cloud/cloud-init.disabled"] = (b"", 0o644)
     else:  # cloud-init kept, alone or beside the agent (as cloud images keep it)
         files["etc/network/interfaces"] = (data_file("interfaces.cloud-init"), 0o644)
-        files["etc/cloud/cloud.cfg.d/99-netinject-bench.cfg"] = (
-            data_file("99-netinject-bench.cfg"), 0o644)
+        cfg = ("99-cloud-init-hotplug.cfg" if name == "cloud-init-hotplug"
+               else "99-netinject-bench.cfg")
+        files[f"etc/cloud/cloud.cfg.d/{cfg}"] = (data_file(cfg), 0o644)
     if baked:
         instance = parse_document(vm.document()).instance
         for path, text in render_all(instance, (stack_named(recipe).format, *SHARED),
