@@ -40,6 +40,8 @@ SHA256 = {
     "hosts": "12ff335d2ef83281be2f0bd1d64796ee3c16470ccd9fed3b0cc3ce4f6c4def22",
     "fstab": "ab2f595fcae2df9e5f5a45ad974d1c18ea50da2e66a6b78c866835088f7352b6",
     "glean-version": "a7fed7d975149305a94b9f4f67a1586b69f8ec9bdb4f541b10f40d451657807e",
+    "99-cloud-init-hotplug.cfg":
+        "43b38e2d4848409ab186fdcb15b23fb0ee326a450ac4fb9ea36e742dba139655",
 }
 # Contents made elsewhere, not pinned here: the baked variants' config rendered by
 # netinject's own renderers (their golden tests pin the renderers), and the agent's
@@ -77,6 +79,12 @@ GOLDEN: dict[str, dict[str, tuple[int, str]]] = {
         "etc/network/interfaces": (0o644, "interfaces.cloud-init"),
         "etc/cloud/cloud.cfg.d/99-netinject-bench.cfg": (0o644, "99-netinject-bench.cfg"),
         **AGENT_MARKER,
+    },
+    "cloud-init-hotplug": {  # (the hot-plug peer: nova's metadata API, hotplug on)
+        **{p: v for p, v in STOCK.items() if p != "etc/cloud/cloud-init.disabled"},
+        "etc/network/interfaces": (0o644, "interfaces.cloud-init"),
+        "etc/cloud/cloud.cfg.d/99-cloud-init-hotplug.cfg": (0o644,
+                                                            "99-cloud-init-hotplug.cfg"),
     },
     "glean": {**STOCK, "etc/network/interfaces": (0o644, "interfaces.glean"),
               "usr/local/share/netinject-glean-version": (0o644, "glean-version")},
