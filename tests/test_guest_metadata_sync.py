@@ -10,6 +10,7 @@ import copy
 import json
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -105,15 +106,29 @@ def server() -> Iterator[Server]:
         s.close()
 
 
+# Booted trees by (document, stack), made once per worker and copied for each test (cp -a
+# keeps modes, links and the drive's holes): the first boot is the same every time.
+_BOOTED: dict[tuple[str, str], Path] = {}
+_BOOTED_DIR = tempfile.TemporaryDirectory(prefix="netinject-booted-")
+
+
 def booted(tmp_path: Path, doc: Any, stack: str = "networkd") -> Path:
     """A guest tree whose first boot the agent configured from netinject's drive."""
-    root = make_guest(tmp_path / "root", doc, make_drive(tmp_path / "config.img", doc))
-    (root / "etc/netinject").mkdir(parents=True)
-    (root / "etc/netinject/stack").write_text(stack + "\n")
-    assert run_agent(root).returncode == 0
-    result = contract.parse_result(agent_log(root))
-    assert result is not None
-    assert result["outcome"] == "installed", agent_log(root)
+    key = (json.dumps(doc, sort_keys=True), stack)
+    template = _BOOTED.get(key)
+    if template is None:
+        where = Path(_BOOTED_DIR.name) / str(len(_BOOTED))
+        where.mkdir()
+        template = make_guest(where / "root", doc, make_drive(where / "config.img", doc))
+        (template / "etc/netinject").mkdir(parents=True)
+        (template / "etc/netinject/stack").write_text(stack + "\n")
+        assert run_agent(template).returncode == 0
+        result = contract.parse_result(agent_log(template))
+        assert result is not None
+        assert result["outcome"] == "installed", agent_log(template)
+        _BOOTED[key] = template
+    root = tmp_path / "root"
+    subprocess.run(["cp", "-a", "--sparse=always", str(template), str(root)], check=True)
     return root
 
 
