@@ -450,14 +450,15 @@ def test_the_peer_cloud_inits_hotplug_through_novas_metadata_api(
                     time.sleep(1)
                 detach_log = ci_log()[ci_at:]
     hooks = [line for line in attach_log.splitlines()
-             if "hotplug_hook.py" in line or "' took " in line or "url_helper.py" in line]
+             if "hotplug_hook.py" in line or "' took " in line or "activators.py" in line
+             or "subp.py" in line]
     with capsys.disabled():
         print(f"\ncloud-init hotplug (ifupdown, nova metadata_cache_expiration "
               f"{EXPIRATION['ifupdown']} s): attach -> first ARP answer "
               f"{timings['attach -> first ARP answer']:.1f} s; after device_del eth1's "
               + (f"config gone in {gone:.1f} s" if gone is not None
                  else "config still there after 90 s"))
-        print("--- cloud-init's hotplug hook on attach (its reads of the metadata API):\n"
-              + "\n".join(hooks[-30:]))
+        print("--- cloud-init's hotplug hook on attach (its steps and commands):\n"
+              + "\n".join(hooks[-40:]))
         print("--- cloud-init log after the detach (last lines):\n"
               + "\n".join(detach_log.splitlines()[-15:]))

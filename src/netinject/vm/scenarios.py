@@ -66,6 +66,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "netinject agent + cloud-init kept (SSH keys, user-data) in the same image"),
     Scenario("cloud-init", "cloud-init", "inject", False,
              "Debian cloud-init reading the same drive's network_data.json"),
+    Scenario("cloud-init-user-data", "cloud-init", "user-data", False,
+             "Debian cloud-init alone, the drive and user data of inject-cloud-init"),
     Scenario("glean", "glean", "inject", False,
              "OpenStack's glean (PyPI) reading the same drive's network_data.json"),
     Scenario("inject-later", "inject", "inject", False,
