@@ -279,6 +279,24 @@ def write_new(path: str, data: bytes, mode: int) -> None:
     os.close(_create(path, data, mode))
 
 
+RESOLV_CONF = "etc/resolv.conf"
+# How much longer than ours a resolv.conf with the same directives may be (comments).
+RESOLV_SLACK = 4096
+
+
+def resolver_lines(data: bytes) -> "list[bytes]":
+    """resolv.conf's directives as the resolver reads them (resolv.conf(5)): comment lines
+    (';' or '#' first) and blank lines dropped, each line's words joined by one space."""
+    out = []
+    for line in data.splitlines():
+        if line[:1] in (b"#", b";"):
+            continue
+        words = line.split()
+        if words:
+            out.append(b" ".join(words))
+    return out
+
+
 class Target:
     """One file to install: the manifest entry, where it goes, and what is there now
     (kind and lstat), looked at once in the preflight."""
@@ -307,16 +325,24 @@ class Target:
         return self.entry.mode
 
     def same(self) -> bool:
-        """Whether the file there already is this one: bytes, mode and owner."""
-        if self.kind != "file" or self.st is None or self.st.st_size != len(self.entry.data):
+        """Whether the file there already is this one: bytes, mode and owner. For
+        /etc/resolv.conf: the same resolver directives (resolver_lines), since a stack
+        that writes it itself (NetworkManager from the keyfiles' dns=) puts the same
+        servers under its own comment; writing ours back would only flip it again."""
+        resolv = self.entry.path == RESOLV_CONF
+        if self.kind != "file" or self.st is None or (
+                not resolv and self.st.st_size != len(self.entry.data)):
             return False
         if self.st.st_mode & 0o7777 != self.mode or (
                 self.private and (self.st.st_uid, self.st.st_gid) != (0, 0)):
             return False
         try:
-            return read_small(self.path, len(self.entry.data) + 1) == self.entry.data
+            there = read_small(self.path, len(self.entry.data) + RESOLV_SLACK)
         except OSError:
             return False
+        if resolv:
+            return resolver_lines(there) == resolver_lines(self.entry.data)
+        return there == self.entry.data
 
     @property
     def owner(self) -> "tuple[int, int] | None":
