@@ -43,7 +43,8 @@ PRIVATE_MODE = 0o600
 # rules naming the NICs) and each network stack's own (its descriptor's files and dirs).
 # A file in an allowed directory must have a plain name and one of the suffixes its
 # reader takes ("": any).
-SHARED_FILES = ("etc/resolv.conf", "etc/hostname")
+RESOLV_CONF = "etc/resolv.conf"
+SHARED_FILES = (RESOLV_CONF, "etc/hostname")
 SHARED_DIRS: "tuple[tuple[str, tuple[str, ...]], ...]" = (("etc/udev/rules.d/", (".rules",)),)
 ALLOWED_FILES = SHARED_FILES + tuple(f for s in STACKS for f in s.files)
 ALLOWED_DIRS = SHARED_DIRS + tuple(d for s in STACKS for d in s.dirs)
@@ -421,7 +422,7 @@ def vendor_payload(raw: bytes) -> "dict[str, bytes]":
 
 BUNDLE_MAGIC = b"netinject-bundle 1\n"
 BUNDLE_MAX = 8 * MAX_FILE
-KEEP_SYMLINKS = ("etc/resolv.conf",)
+KEEP_SYMLINKS = (RESOLV_CONF,)
 """Paths whose symlink the agent keeps rather than replaces (first boot and apply):
 resolv.conf pointing at resolvconf's or systemd-resolved's file means the image manages
 DNS itself (the ENI's dns-nameservers feeds resolvconf). An apply's result names the

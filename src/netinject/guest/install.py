@@ -12,6 +12,7 @@ import stat
 
 from .contract import (
     KEEP_SYMLINKS,
+    RESOLV_CONF,
     STATE_DIR,
     AgentError,
     Entry,
@@ -279,7 +280,6 @@ def write_new(path: str, data: bytes, mode: int) -> None:
     os.close(_create(path, data, mode))
 
 
-RESOLV_CONF = "etc/resolv.conf"
 # How much longer than ours a resolv.conf with the same directives may be (comments).
 RESOLV_SLACK = 4096
 
@@ -337,7 +337,8 @@ class Target:
                 self.private and (self.st.st_uid, self.st.st_gid) != (0, 0)):
             return False
         try:
-            there = read_small(self.path, len(self.entry.data) + RESOLV_SLACK)
+            there = read_small(self.path,
+                               len(self.entry.data) + (RESOLV_SLACK if resolv else 1))
         except OSError:
             return False
         if resolv:
