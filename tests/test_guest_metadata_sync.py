@@ -97,6 +97,16 @@ class Server:
         self.httpd.server_close()
 
 
+def metadata_url(server: Server, reply: Callable[[], Reply] | None) -> str:
+    """The server's URL, answering with ``reply``; None: a port nothing listens on."""
+    if reply is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return f"http://127.0.0.1:{s.getsockname()[1]}"
+    server.replies = [reply()]
+    return server.url
+
+
 @pytest.fixture
 def server() -> Iterator[Server]:
     s = Server()
@@ -271,13 +281,7 @@ def test_no_usable_answer_changes_nothing_and_says_why(
         tmp_path: Path) -> None:
     doc = instance_doc(DOC)
     root = booted(tmp_path, doc)
-    if reply is None:
-        with socket.socket() as s:  # a port nothing listens on
-            s.bind(("127.0.0.1", 0))
-            url = f"http://127.0.0.1:{s.getsockname()[1]}"
-    else:
-        server.replies = [reply()]
-        url = server.url
+    url = metadata_url(server, reply)
     before = snapshot(root)
     log_before = agent_log(root)
     done, result = sync(root, url, *(["--timeout", "1"] if case == "slow" else []))
@@ -458,13 +462,7 @@ def test_a_udev_triggered_sync_without_a_metadata_api_ends_at_once(
     on the first ask ends sync, unchanged, after one ask."""
     doc = instance_doc(DOC)
     root = booted(tmp_path, doc)
-    if reply is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            url = f"http://127.0.0.1:{s.getsockname()[1]}"
-    else:
-        server.replies = [reply()]
-        url = server.url
+    url = metadata_url(server, reply)
     before = snapshot(root)
     done, result = sync(root, url, "--removed", "eth1", "--wait-for-mac", "30")
     assert (done.returncode, result["outcome"]) == (1, "unchanged"), result
