@@ -154,6 +154,28 @@ def make_instance(peer: Peer, t: Tenant, target: str, stack: str, tmp: Path,
     return Cloud(iid, net, sub, port, conf, drive)
 
 
+def attach_as_nova(peer: Peer, t: Tenant, cloud: Cloud, guest: Any, nic: Any, tag: str,
+                   dhcp: bool = True) -> tuple[Any, float | None]:
+    """Attach as stock nova does: the port (vm.HOTPLUG_MAC and _IP, on a new network and
+    subnet whose enable_dhcp is ``dhcp``) in Neutron, bound to the instance; nova's
+    attach_interface puts it in the info cache; then the hypervisor plugs the NIC (QMP
+    device_add on tap1, where no DHCP server runs). The port, and the seconds from
+    device_add to the NIC's first ARP answer on its static address (None: none came)."""
+    net2 = t.network(f"e2emeta-{tag}-{cloud.iid[:6]}")
+    sub2 = t.subnet(net2, ip_version=4, cidr="203.0.113.0/24",
+                    gateway_ip=vm.HOTPLUG_HOST_IP, enable_dhcp=dhcp)
+    port2 = t.port(net2, cloud.iid, vm.HOTPLUG_MAC,
+                   [{"subnet_id": sub2.id, "ip_address": vm.HOTPLUG_IP}])
+    assert peer.nova_attach(cloud.conf, cloud.iid, [port2.id]) == [cloud.port.id, port2.id]
+    prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP, vm.HOTPLUG_HOST_IP, 150)
+    try:
+        t0 = time.monotonic()
+        QmpAttacher(str(guest.qmp_socket), timeout=30).attach(nic, "tap1")
+        return port2, first_reply(events, t0, 150)
+    finally:
+        prober.terminate()
+
+
 def _ip(ga: GuestAgent, *args: str) -> Any:
     res = ga.exec("/usr/bin/ip", ["-j", *args])
     assert res.exitcode == 0, res.stderr
@@ -255,23 +277,9 @@ def test_hotplug_detach_and_drift_through_novas_metadata_api(
             # 1. Attach as stock nova does: the port in Neutron, bound to the instance;
             # nova's attach_interface puts it in the info cache; then the hypervisor
             # plugs the NIC (QMP device_add). No DHCP server on tap1.
-            net2 = tenant.network(f"e2emeta-hp-{cloud.iid[:6]}")
-            sub2 = tenant.subnet(net2, ip_version=4, cidr="203.0.113.0/24",
-                                 gateway_ip=vm.HOTPLUG_HOST_IP)
-            port2 = tenant.port(net2, cloud.iid, vm.HOTPLUG_MAC,
-                                [{"subnet_id": sub2.id, "ip_address": vm.HOTPLUG_IP}])
-            assert peer.nova_attach(cloud.conf, cloud.iid, [port2.id]) == [
-                cloud.port.id, port2.id]
-            prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP,
-                                          vm.HOTPLUG_HOST_IP, 150)
-            try:
-                t0 = time.monotonic()
-                QmpAttacher(str(guest.qmp_socket), timeout=30).attach(nic, "tap1")  # type: ignore[arg-type]
-                arp_s = first_reply(events, t0, 150)
-                assert arp_s is not None, guest.console()[-3000:]
-                timings["attach -> first ARP answer"] = arp_s
-            finally:
-                prober.terminate()
+            port2, arp_s = attach_as_nova(peer, tenant, cloud, guest, nic, "hp")
+            assert arp_s is not None, guest.console()[-3000:]
+            timings["attach -> first ARP answer"] = arp_s
             want = _facts(nova, binding, "eth1")
             with agent() as ga:
                 eth1 = _ip(ga, "addr", "show", "dev", "eth1")[0]
@@ -408,29 +416,15 @@ def test_the_peer_cloud_inits_hotplug_through_novas_metadata_api(
                 assert "iface eth0 inet static" in eni, eni
                 ci_at = len(ci_log())
 
-            net2 = tenant.network(f"e2emeta-ci-{cloud.iid[:6]}")
-            sub2 = tenant.subnet(net2, ip_version=4, cidr="203.0.113.0/24",
-                                 gateway_ip=vm.HOTPLUG_HOST_IP, enable_dhcp=False)
-            port2 = tenant.port(net2, cloud.iid, vm.HOTPLUG_MAC,
-                                [{"subnet_id": sub2.id, "ip_address": vm.HOTPLUG_IP}])
-            assert peer.nova_attach(cloud.conf, cloud.iid, [port2.id]) == [
-                cloud.port.id, port2.id]
-            prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP,
-                                          vm.HOTPLUG_HOST_IP, 150)
-            try:
-                t0 = time.monotonic()
-                QmpAttacher(str(guest.qmp_socket), timeout=30).attach(nic, "tap1")  # type: ignore[arg-type]
-                arp_s = first_reply(events, t0, 150)
-                with GuestAgent.unix(guest.qga_socket, timeout=30) as ga:
-                    assert arp_s is not None, ci_log()[ci_at:][-6000:]
-                    timings["attach -> first ARP answer"] = arp_s
-                    assert _addrs(ga, "eth1") == [(vm.HOTPLUG_IP, 24)]
-                    eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
-                    assert "iface eth1 inet static" in eni, eni
-                    attach_log = ci_log()[ci_at:]
-                    ci_at += len(attach_log)
-            finally:
-                prober.terminate()
+            port2, arp_s = attach_as_nova(peer, tenant, cloud, guest, nic, "ci", dhcp=False)
+            with GuestAgent.unix(guest.qga_socket, timeout=30) as ga:
+                assert arp_s is not None, ci_log()[ci_at:][-6000:]
+                timings["attach -> first ARP answer"] = arp_s
+                assert _addrs(ga, "eth1") == [(vm.HOTPLUG_IP, 24)]
+                eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
+                assert "iface eth1 inet static" in eni, eni
+                attach_log = ci_log()[ci_at:]
+                ci_at += len(attach_log)
 
             # Detach as nova does. What cloud-init then does with eth1's config is
             # recorded (upstream dropped the remove hook; bookworm's still has it).
