@@ -126,3 +126,23 @@ def openstack_peer() -> Iterator[Any]:
 
     with peer_running() as peer:
         yield peer
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup`` (scripts/test.sh runs the whole suite
+    on two workers): everything that uses the OpenStack peer on one worker (the session
+    starts and stops one peer); each end-to-end module on one worker (its images, drives
+    and booted guests are module fixtures), test_e2e_releases one group per release (its
+    boots are the longest run). Other tests spread freely."""
+    for item in items:
+        if "openstack_peer" in getattr(item, "fixturenames", ()) \
+                or item.get_closest_marker("openstack") is not None:
+            group = "openstack"
+        elif item.get_closest_marker("e2e") is not None:
+            group = item.nodeid.split("::", 1)[0]
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            if "release" in params:
+                group += f"@{params['release']}"
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))

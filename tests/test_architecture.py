@@ -137,6 +137,11 @@ def test_what_a_new_stack_must_provide(stack: str) -> None:
     assert s.units
     assert all(u.endswith(".service") for u in s.units)
     assert type(s).detect is not Stack.detect  # how to tell an image uses it
+    # What it is on each Debian release the test bed builds images of (vm/image.py).
+    from netinject.vm.image import RELEASES
+
+    assert sorted(r for r, _ in s.debian_releases) == sorted(RELEASES)
+    assert all(note for _, note in s.debian_releases)
     # Its paths are the agent's allowlist and belong to it alone.
     for d, suffixes in s.dirs:
         assert d.startswith("etc/")

@@ -24,8 +24,29 @@ def test_help_answers(argv: list[str], capsys: pytest.CaptureFixture[str]) -> No
 def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "boot", "--scenarios", "inject,warp-speed"]) == 2
     err = capsys.readouterr().err
-    assert "unknown scenario(s) warp-speed" in err
+    assert "--scenarios: unknown scenario 'warp-speed'" in err
     assert "dhcp-timeout" in err  # the known ones are listed
+    assert "NAME@RELEASE" in err
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("inject@jessie", "unknown release 'jessie' in scenario 'inject@jessie'; known: "
+                      "bullseye, bookworm, trixie"),
+    ("nova-vendordata@trixie", "nova-vendordata runs on the OpenStack peer's bookworm "
+                               "image only"),
+    ("warp@trixie", "unknown scenario 'warp'"),
+])
+def test_a_scenario_on_an_unknown_release_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str], name: str, says: str) -> None:
+    assert main(["bench", "boot", "--scenarios", f"inject@trixie,{name}"]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_an_image_of_an_unknown_release_is_a_usage_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["image", "build", "--variant", "inject@buster", "--out", str(tmp_path)]) == 2
+    assert "--variant: unknown release 'buster' in 'inject@buster'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_unknown_variant_is_a_usage_error(tmp_path: Path,

@@ -217,10 +217,13 @@ def test_hotplug_second_nic_comes_up_static_without_dhcp(
                   f"DHCP {dhcp_s:.2f} s from the attach")
 
 
-def _netns() -> set[str]:
+def _netns(pid: int) -> set[str]:
+    """The namespaces the harness in process ``pid`` made (other boots may run beside
+    this test: pytest-xdist)."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                          check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.startswith("ni-")}
+    return {line.split()[0] for line in out.splitlines()
+            if line.startswith(f"ni-{pid}-")}
 
 
 def _qemu_children(pid: int) -> list[int]:
@@ -232,7 +235,6 @@ def _qemu_children(pid: int) -> list[int]:
 def test_sigterm_during_a_boot_cleans_up(prepared: tuple[Prepared, str]) -> None:
     """`netinject bench boot` killed with SIGTERM mid-boot (a CI timeout, systemd) stops
     QEMU, dnsmasq and the prober and removes its network namespace, like Ctrl-C."""
-    before = _netns()
     proc = subprocess.Popen([sys.executable, "-m", "netinject", "bench", "boot",
                              "--scenarios", "dhcp", "--runs", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -244,13 +246,13 @@ def test_sigterm_during_a_boot_cleans_up(prepared: tuple[Prepared, str]) -> None
             qemu = _qemu_children(proc.pid)
             time.sleep(0.2)
         assert qemu, "QEMU never started"
-        assert _netns() - before, "no namespace was created"
+        assert _netns(proc.pid), "no namespace was created"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-        left_ns = _netns() - before
+        left_ns = _netns(proc.pid)
         left_qemu = [pid for pid in qemu if Path(f"/proc/{pid}").exists()]
         for pid in left_qemu:  # leave the machine clean even when the test fails
             os.kill(pid, signal.SIGKILL)

@@ -11,7 +11,14 @@ import os
 import subprocess
 from pathlib import Path
 
-from helpers.guest import agent_log, instance_doc, make_drive, make_guest, run_agent
+from helpers.guest import (
+    agent_log,
+    boot_as_new_instance_with_foreign_drive,
+    instance_doc,
+    make_drive,
+    make_guest,
+    run_agent,
+)
 from netinject.guest.image import uninstall_agent
 
 CLOUD_INIT_PYTHON = "/usr/bin/python3"  # Debian's cloud-init lives in the system Python
@@ -75,9 +82,7 @@ def test_where_the_agent_steps_aside_cloud_init_networks_again(tmp_path: Path) -
     assert run_agent(root).returncode == 0
     assert _cloud_init_network_disabled(root)
     # A new instance (its SMBIOS uuid) given a drive of yet another instance.
-    (root / "sys/class/dmi/id/product_uuid").write_text(UUID_C + "\n")
-    (root / "dev/vdb").unlink()
-    make_drive(root / "dev/vdb", instance_doc(uuid=UUID_B))
+    boot_as_new_instance_with_foreign_drive(root, UUID_C, UUID_B)
     assert run_agent(root).returncode == 0
     assert "outcome=stepped-aside" in agent_log(root).splitlines()[-1]
     assert not (root / SWITCH).exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,19 @@ def test_a_nic_with_two_slaac_prefixes_is_a_manifest_the_agent_takes() -> None:
     parsed = contract.parse_manifest(text.encode())
     assert parsed.facts is not None
     assert parsed.facts["eth0"].addrs == ["192.0.2.10/24", "slaac", "slaac"]
+
+
+def test_the_launcher_asks_for_real_time_priority_only_with_the_agent_compiled(
+        tmp_path: Path) -> None:
+    """Importing an agent not compiled for this Python compiles it: a second of CPU under
+    emulation, which at real-time priority runs past the unit's RLIMIT_RTTIME bound (the
+    kernel killed the agent with SIGXCPU on Debian 13, whose python3.13 an installer of
+    another version cannot compile for). The launcher asks for the priority only when the
+    module's bytecode for this interpreter is there."""
+    assert not launcher.compiled(str(tmp_path))
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    (cache / "netinject_guest.cpython-20.pyc").write_bytes(b"")  # another Python's
+    assert not launcher.compiled(str(tmp_path))
+    (cache / f"netinject_guest.{sys.implementation.cache_tag}.pyc").write_bytes(b"")
+    assert launcher.compiled(str(tmp_path))

@@ -16,6 +16,7 @@ import pytest
 from helpers.guest import (
     BUNDLE,
     GUEST_PYTHON,
+    GUEST_VERSION,
     ORIGINAL_ENI,
     agent_log,
     instance_doc,
@@ -225,7 +226,7 @@ ASK_REALTIME = """
 import posix
 ns = {{"__name__": "netinject_launcher"}}
 exec(compile(open({launcher!r}).read(), {launcher!r}, "exec"), ns)
-ns["ask_realtime"]()
+ns["ask_realtime"]({agent_dir!r})
 print(posix.sched_getscheduler(0) & ~posix.SCHED_RESET_ON_FORK == posix.SCHED_FIFO)
 """
 
@@ -234,14 +235,19 @@ def test_the_installed_launcher_takes_real_time_only_under_the_units_bound(
         tmp_path: Path) -> None:
     """The unit's LimitRTTIME= is a bound the installed launcher accepts: run under it
     (prlimit, as systemd sets it), the launcher takes SCHED_FIFO; without a bound, or
-    under a looser one, it does not."""
+    under a looser one, it does not; nor when the agent is not compiled for this Python
+    (compiling it would run past the bound: SIGXCPU, seen on Debian 13)."""
     root = tmp_path / "img"
+    # An image with this Python (install precompiles the agent for it).
+    (root / "usr/lib/python{}.{}".format(*GUEST_VERSION)).mkdir(parents=True)
     subprocess.run([GUEST_PYTHON, "-I", "-S", str(BUNDLE), "install", "--root", str(root),
                     "--stack", "ifupdown"], check=True, capture_output=True, timeout=60)
     unit = (root / "lib/systemd/system/netinject.service").read_text()
     soft, hard = (int(v.removesuffix("ms")) * 1000 for v in
                   unit.split("LimitRTTIME=")[1].split()[0].split(":"))
-    code = ASK_REALTIME.format(launcher=str(root / "usr/sbin/netinject-guest"))
+    agent_dir = root / "usr/lib/netinject"
+    code = ASK_REALTIME.format(launcher=str(root / "usr/sbin/netinject-guest"),
+                               agent_dir=str(agent_dir))
 
     def fifo(*prlimit: str) -> bool:
         done = subprocess.run([*prlimit, GUEST_PYTHON, "-I", "-S", "-c", code],
@@ -251,3 +257,6 @@ def test_the_installed_launcher_takes_real_time_only_under_the_units_bound(
     assert fifo("prlimit", f"--rttime={soft}:{hard}")
     assert not fifo()
     assert not fifo("prlimit", "--rttime=5000000:10000000")
+    for pyc in (agent_dir / "__pycache__").iterdir():
+        pyc.unlink()
+    assert not fifo("prlimit", f"--rttime={soft}:{hard}")

@@ -11,7 +11,7 @@ import os
 import subprocess
 
 from helpers.guest import AGENT, GUEST_PYTHON, GUEST_VERSION
-from netinject.vm.image import SUITE
+from netinject.vm.apt import SUITE
 from netinject.vm.pytree import RELEASES
 
 

@@ -4,7 +4,8 @@ moved out of image.py's strings, so every variant's cache key is unchanged.
 
 A change to one of these files changes the cache key of every variant that carries it
 (each is rebuilt on its next use): update the golden sha256 here only for a deliberate
-change of the guest images."""
+change of the guest images (the last: the report's os-release and interfaces-d sections,
+for the release and glean boots)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ SHA256 = {
     "interfaces.cloud-init": "357f639430482a394d16df07a6e79846ca5ec9d537ca0560b7492629de60372f",
     "99-netinject-bench.cfg": "b60d806ce93c12db2130c07986d5c0916953eb0cf69f721d97c01a51fcdc8532",
     "interfaces.glean": "fe8454661944d682e1fa3878cd6c6c0f891ba9091d7f3d11ee5b00999e4f8d8b",
-    "netinject-report.sh": "3974b1d2329abab1fadc062db435c618bd4a2a9a4b9c56f9aa92758bca3c6dc3",
+    "netinject-report.sh": "377244f205cdf230e76cf62fa1b568617af907987563b20fb54482cc674631e2",
     "netinject-report.service":
         "48d2a203356c4bc40cc58bc61d1d797a36d3e3e05cc2aeb6850c6f5f092c98f4",
     "bootchart.conf": "035841f5550d3800d0981e21d17b51c0004fd298214730285c11e162d3d22cc5",
@@ -88,6 +89,9 @@ GOLDEN: dict[str, dict[str, tuple[int, str]]] = {
     },
     "glean": {**STOCK, "etc/network/interfaces": (0o644, "interfaces.glean"),
               "usr/local/share/netinject-glean-version": (0o644, "glean-version")},
+    "inject-glean": {**STOCK, "etc/network/interfaces": (0o644, "interfaces.glean"),
+                     "usr/local/share/netinject-glean-version": (0o644, "glean-version"),
+                     **AGENT_MARKER},
     "networkd": {**STOCK, **NETWORKD_DHCP},
     "baked-networkd": {**BAKED,
                        "etc/systemd/network/10-netinject-eth0.link": (0o644, RENDERED),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from netinject.vm import pytree
+from netinject.vm import apt, pytree
 
 
 def test_release_sources_rename_the_suites_of_both_formats(
@@ -24,8 +24,8 @@ def test_release_sources_rename_the_suites_of_both_formats(
                        "Suites: bookworm-security\nComponents: main\nEnabled: no\n\n"
                        "Types: deb\nURIs: http://third.test/x\nSuites: nodistro\n"
                        "Components: main\n")
-    monkeypatch.setattr(pytree, "apt_sources", lambda: [listed, sources])
-    assert pytree.release_sources("trixie") == [
+    monkeypatch.setattr(apt, "apt_sources", lambda: [listed, sources])
+    assert apt.release_sources("trixie") == [
         "deb http://mirror.test/debian trixie main contrib",
         "deb [signed-by=/usr/share/keyrings/k.gpg] http://mirror.test/debian trixie-updates main",
     ]

@@ -86,6 +86,16 @@ def make_drive(path: Path, doc: Any, fmt: drive.DriveFormat = "vfat",
     return path
 
 
+def boot_as_new_instance_with_foreign_drive(root: Path, new_uuid: str, drive_uuid: str
+                                            ) -> None:
+    """Make the tree a new instance made from this image (its SMBIOS uuid ``new_uuid``)
+    whose /dev/vdb is a self-consistent drive of yet another instance (``drive_uuid``):
+    a drive the agent must not trust."""
+    (root / "sys/class/dmi/id/product_uuid").write_text(new_uuid + "\n")
+    (root / "dev/vdb").unlink()
+    make_drive(root / "dev/vdb", instance_doc(uuid=drive_uuid))
+
+
 def make_guest(root: Path, doc: Any, drive_image: Path | None) -> Path:
     """A tree shaped like an ifupdown guest: /etc with a DHCP config, /sbin/ifup,
     /sys/class/{block,net}, /dev.

@@ -19,7 +19,7 @@ from ..hostio import write_tree
 from ..vm.harness import BootResult, HarnessError, boot, kvm_usable
 from ..vm.image import BOOTCHART_INIT, VariantImage
 from ..vm.progress import Progress
-from ..vm.scenarios import SCENARIOS, Prepared, Scenario
+from ..vm.scenarios import Prepared, Scenario, scenario
 from .stats import fmt, median, utc_now
 
 Span = tuple[float, float]  # a unit's (started, up) in ms since the kernel started
@@ -175,7 +175,7 @@ def boot_scenario(prepared: Prepared, name: str, accel: str, extra_append: str =
     """One measured boot of a scenario. A later-boot scenario first boots a private
     writable copy of its image once (not measured), then measures the second boot."""
     spec = dataclasses.replace(prepared.spec(name, accel), extra_append=extra_append)
-    if not SCENARIOS[name].later:
+    if not scenario(name).later:
         return boot(spec)
     with writable_copy(spec.image) as image:
         first = dataclasses.replace(spec, image=image, snapshot=False, extra_append="")
@@ -193,16 +193,14 @@ def run(names: Sequence[str], runs: int, progress: Progress,
     first run for ``report.plot_timeline``. ``bootchart``: afterwards, one more boot per
     scenario under systemd-bootchart (not measured: sampling costs time), its SVG
     written there."""
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(SCENARIOS)}")
+    for n in names:
+        scenario(n)  # (ValueError: an unknown name, release or combination)
     prepared = Prepared(tuple(names), progress)
     charts: dict[str, str] = {}
     try:
         accel = accelerator(prepared)
         progress(f"accelerator: {accel}")
-        scenarios = {n: ScenarioResult.of(SCENARIOS[n]) for n in names}
+        scenarios = {n: ScenarioResult.of(scenario(n)) for n in names}
         timelines = _measure(prepared, names, runs, accel, scenarios, timeline, progress)
         if bootchart is not None:
             charts = _bootcharts(prepared, names, accel, bootchart, progress)
@@ -227,7 +225,7 @@ def _measure(prepared: Prepared, names: Sequence[str], runs: int, accel: str,
                                 "netinject.timeline" if timeline else "", progress)
             if timeline and name not in timelines:
                 timelines[name] = res.unit_times("all-unit-times")
-            scenarios[name].boots.add(res, SCENARIOS[name])
+            scenarios[name].boots.add(res, scenario(name))
             ttn = res.time_to_network_s
             progress(f"  {name}: network after "
                      + (f"{ttn:.1f} s" if ttn is not None else "never")

@@ -12,12 +12,19 @@ refused with exit 2 and nothing written.
 """
 
 import os
+import re
 import stat
 import sys
 
 from .contract import STATE_DIR, AgentError
 from .install import tmp_beside, write_atomic
-from .others import CLOUD_INIT_SWITCH
+from .others import (
+    CLOUD_INIT_SWITCH,
+    GLEAN_ENV,
+    GLEAN_UNITS,
+    GLEAN_VAR,
+    glean_dropin_path,
+)
 from .paths import dirname, isdir, lexists, makedirs, resolve_in_root
 from .stacks import STACK_CONFIG, STACK_NAMES, STACKS, ImageTree, detect_stack, stack_named
 
@@ -352,6 +359,73 @@ def _pyc_path(root: str) -> "str | None":
                                                      sys.implementation.cache_tag)
 
 
+# Where an image keeps unit files (the admin's first: systemd's own precedence).
+UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+# One ExecStartPre=/ExecStart= line of a unit: printable ASCII, no continuation.
+_EXEC_LINE = re.compile(r"(ExecStartPre|ExecStart)\s*=\s*([\x21-\x5b\x5d-\x7e]"
+                        r"[\x20-\x5b\x5d-\x7e]*)?", re.ASCII)
+
+
+def glean_dropin(text: str) -> "str | None":
+    """The drop-in for one of glean's units (its text given): after the agent, and the
+    command that runs python-glean extended by $NETINJECT_GLEAN_ARGS (others.py); the
+    unit's other ExecStartPre=/ExecStart= lines repeated as they are, since a directive is
+    reset as a whole. None when the unit is not one this can follow (no python-glean
+    line, more than one, or a line this parser does not take: continuations, non-ASCII)."""
+    section = ""
+    lines: dict[str, list[str]] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        if section != "[Service]" or not line.startswith("Exec"):
+            continue
+        m = _EXEC_LINE.fullmatch(line)
+        if m is None:
+            if line.split("=", 1)[0].strip() in ("ExecStartPre", "ExecStart"):
+                return None
+            continue
+        key, value = m.group(1), (m.group(2) or "").rstrip()
+        if value:
+            lines.setdefault(key, []).append(value)
+        else:
+            lines[key] = []  # (an empty assignment resets the list)
+    runs = [(key, i) for key, values in lines.items() for i, v in enumerate(values)
+            if v.split()[0].lstrip("-@:+!").rsplit("/", 1)[-1] == "python-glean"]
+    if len(runs) != 1:
+        return None
+    key = runs[0][0]
+    out = ["# Installed by netinject-guest install: glean runs after netinject's agent, and",
+           "# with --skip-network on an instance whose config the agent installed (the",
+           "# agent writes /%s then; netinject-guest uninstall removes this file)." % GLEAN_ENV,
+           "[Unit]", "After=netinject.service", "", "[Service]",
+           "EnvironmentFile=-/%s" % GLEAN_ENV, "%s=" % key]
+    out += ["%s=%s%s" % (key, v, " $%s" % GLEAN_VAR if i == runs[0][1] else "")
+            for i, v in enumerate(lines[key])]
+    return "\n".join(out) + "\n"
+
+
+def glean_dropins(tree: ImageTree, out: "Callable[[str], None]") -> "list[tuple[str, str]]":
+    """(path, text) of the drop-in of each glean unit the image has (GLEAN_UNITS)."""
+    found = []
+    for unit in GLEAN_UNITS:
+        text = next((x for x in (tree.read_text(d + "/" + unit) for d in UNIT_DIRS)
+                     if x is not None), None)
+        if text is None:
+            continue
+        dropin = glean_dropin(text)
+        if dropin is None:
+            out("left glean's %s alone: no single python-glean command line this "
+                "installer can extend; glean may write its own network config beside "
+                "the agent's" % unit)
+            continue
+        found.append((glean_dropin_path(unit), dropin))
+    return found
+
+
 def precompile(root: str, out: "Callable[[str], None]") -> "bytes | None":
     """The installed module byte-compiled, so no boot pays for compiling it; None (and
     why, said) when it does not compile: it then compiles on first use. Compiled into a
@@ -416,7 +490,9 @@ def _install(r: str, out: "Callable[[str], None]", agent_source: bytes,
     announcer = systemd and found.announces
     fixed = generator_fix(tree)
     pyc = _pyc_path(r)
+    glean = glean_dropins(tree, out) if systemd else []
     files = [MODULE_PATH, LAUNCHER_PATH, UNIT_PATH, INIT_PATH, STACK_CONFIG]
+    files += [path for path, _ in glean]
     files += [ANNOUNCE_UNIT_PATH] if announcer else []
     files += [GENERATOR_OVERRIDE] if fixed is not None else []
     files += [pyc] if pyc is not None else []
@@ -444,6 +520,11 @@ def _install(r: str, out: "Callable[[str], None]", agent_source: bytes,
     out("installed /%s, /%s, /%s, /%s" % (MODULE_PATH, LAUNCHER_PATH, UNIT_PATH, INIT_PATH))
     if compiled is not None:
         out("precompiled /%s" % pyc)
+    elif pyc is None:
+        out("not precompiled: the image's Python is not this installer's %d.%d; the agent "
+            "compiles on its first boot (then without real-time priority). Run the install "
+            "with the image's own python3 (in a chroot, as the .deb and the "
+            "diskimage-builder element do) to precompile it" % sys.version_info[:2])
     if systemd:
         _symlink(r, "/" + UNIT_PATH, WANTS_LINK)
         out("enabled %s (systemd)" % UNIT_NAME)
@@ -457,6 +538,10 @@ def _install(r: str, out: "Callable[[str], None]", agent_source: bytes,
         _symlink(r, "/" + SYNC_TIMER_PATH, SYNC_TIMER_LINK)
         out("enabled %s (every %d s; /%s), and udev's add and remove of a NIC start %s, %s"
             % (SYNC_TIMER_NAME, SYNC_PERIOD, SYNC_CONF, SYNC_ADD_NAME, SYNC_REMOVE_NAME))
+        for path, text in glean:
+            write_atomic(r, path, text.encode("ascii"), 0o644)
+            out("glean runs after the agent, without its network part on an instance the "
+                "agent configured (/%s)" % path)
     else:
         # insserv orders rcS by the LSB header; with --root we place the link ourselves
         # at the front of rcS (X-Start-Before: networking holds trivially).
@@ -490,7 +575,8 @@ def _uninstall(root: str, out: "Callable[[str], None]") -> int:
     names = sorted(os.listdir(where)) if where is not None and isdir(where) else []
     ours = [WANTS_LINK, ANNOUNCE_WANTS_LINK, SYNC_TIMER_LINK, RCS_LINK, UNIT_PATH,
             ANNOUNCE_UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG,
-            CLOUD_INIT_SWITCH]
+            CLOUD_INIT_SWITCH, GLEAN_ENV]
+    ours += [glean_dropin_path(u) for u in GLEAN_UNITS]
     ours += [path for path, _, _ in SYNC_FILES]
     ours += [cache + "/" + f for f in names if f.startswith("netinject_guest.")]
     if 'GOTO="globally_administered_whitelist"' in (tree.read_text(GENERATOR_OVERRIDE)
@@ -510,7 +596,7 @@ def _uninstall(root: str, out: "Callable[[str], None]") -> int:
             out("left /%s: a %s, not what install made" % (rel, kind))
     # Directories go only when empty: recorded state and backups of a booted image stay.
     for d in (cache, dirname(MODULE_PATH), dirname(STACK_CONFIG), STATE_DIR + "/backup",
-              STATE_DIR):
+              STATE_DIR, *(dirname(glean_dropin_path(u)) for u in GLEAN_UNITS)):
         try:
             os.rmdir(resolve_in_root(root, d, follow_last=False))
         except (OSError, AgentError):

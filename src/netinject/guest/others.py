@@ -1,5 +1,6 @@
 """The image's other first-boot agents: cloud-init, which real cloud images keep for SSH
-keys and user-data, next to the agent.
+keys and user-data, and OpenStack's glean (diskimage-builder's simple-init), next to the
+agent.
 
 cloud-init's local stage (``cloud-init-local.service``, ordered after the agent's unit)
 renders the datasource's network config (the config drive's ``network_data.json``) into
@@ -17,6 +18,18 @@ So at an instance's first boot where the agent installed a config, it writes tha
 no payload, a drive it does not trust, a rollback) it removes it, so a new instance
 made from this image gets cloud-init's networking again. Later boots of the same
 instance keep it. Images without cloud-init (no ``/etc/cloud/cloud.cfg.d``) get nothing.
+
+glean (PyPI 1.25.1) runs per NIC from udev (``glean@<nic>.service``, ``glean-nm@``) or
+once (``glean-networkd.service``): ``python-glean`` writes the NIC's config from the
+drive's ``network_data.json`` (interfaces.d/<nic>.cfg, a keyfile, a .network file) and
+the DNS servers, and with its install's ``--ssh``/``--hostname`` the SSH keys and the
+hostname; its unit then brings the NIC up. Its documented switch for the network part
+alone is ``--skip-network`` ("Do not write network info": no NIC config, no DNS; SSH
+keys and hostname still run). ``netinject-guest install`` gives each glean unit of the
+image a drop-in (``GLEAN_DROPIN``): ordered after the agent, the glean command line
+extended by ``$NETINJECT_GLEAN_ARGS`` from ``GLEAN_ENV`` (a missing file: nothing
+added). The agent writes that file (``--skip-network``) exactly when it writes
+cloud-init's switch, and removes it when it removes that.
 """
 
 import os
@@ -28,6 +41,35 @@ from .paths import isdir, join, lexists, no_symlink_parents
 
 CLOUD_INIT_DIR = "etc/cloud/cloud.cfg.d"
 CLOUD_INIT_SWITCH = CLOUD_INIT_DIR + "/99-netinject-network.cfg"
+# glean's units (glean-install: per-NIC for ifupdown and NetworkManager, one for networkd)
+# and the drop-in install gives each (in /etc/systemd/system/<unit>.d/).
+GLEAN_UNITS = ("glean@.service", "glean-nm@.service", "glean-networkd.service")
+GLEAN_DROPIN = "50-netinject.conf"
+GLEAN_ENV = "etc/netinject/glean.env"
+GLEAN_VAR = "NETINJECT_GLEAN_ARGS"
+
+
+def glean_dropin_path(unit: str) -> str:
+    return "etc/systemd/system/%s.d/%s" % (unit, GLEAN_DROPIN)
+
+
+def glean_switch_text(instance: str) -> bytes:
+    return ("# Written by netinject's agent at the first boot of instance %s: it installed\n"
+            "# this instance's static network config from the config drive, so glean must\n"
+            "# not write its own (glean's --skip-network: no NIC config, no DNS; SSH keys\n"
+            "# and the hostname still run). Read by glean's units through netinject's\n"
+            "# drop-ins (%s). The agent removes this file at a boot where it steps aside.\n"
+            "%s=--skip-network\n" % (instance, GLEAN_DROPIN, GLEAN_VAR)).encode("ascii")
+
+
+def _switches(root: str, instance: str) -> "list[tuple[str, str, bytes]]":
+    """(who, path, text) of the switch of each other agent this image has."""
+    out = []
+    if isdir(join(root, CLOUD_INIT_DIR)):
+        out.append(("cloud-init", CLOUD_INIT_SWITCH, cloud_init_switch_text(instance)))
+    if any(lexists(join(root, glean_dropin_path(u))) for u in GLEAN_UNITS):
+        out.append(("glean", GLEAN_ENV, glean_switch_text(instance)))
+    return out
 
 
 def cloud_init_switch_text(instance: str) -> bytes:
@@ -39,29 +81,28 @@ def cloud_init_switch_text(instance: str) -> bytes:
             "network: {config: disabled}\n" % instance).encode("ascii")
 
 
-def step_cloud_init_aside(root: str, instance: str, log: Log) -> None:
-    """After the agent installed ``instance``'s config: cloud-init's network rendering
-    off, if cloud-init is there. A failure is logged (the config is in place)."""
-    if not isdir(join(root, CLOUD_INIT_DIR)):
-        return
-    try:
-        no_symlink_parents(root, CLOUD_INIT_SWITCH)
-        write_atomic(root, CLOUD_INIT_SWITCH, cloud_init_switch_text(instance), 0o644)
-        log("cloud-init's network config turned off for this instance (/%s)"
-            % CLOUD_INIT_SWITCH)
-    except (OSError, AgentError) as exc:
-        log("could not turn cloud-init's network config off (/%s): %s"
-            % (CLOUD_INIT_SWITCH, exc))
+def step_others_aside(root: str, instance: str, log: Log) -> None:
+    """After the agent installed ``instance``'s config: cloud-init's and glean's network
+    config off, where they are there. A failure is logged (the config is in place)."""
+    for who, rel, text in _switches(root, instance):
+        try:
+            no_symlink_parents(root, rel)
+            write_atomic(root, rel, text, 0o644)
+            log("%s's network config turned off for this instance (/%s)" % (who, rel))
+        except (OSError, AgentError) as exc:
+            log("could not turn %s's network config off (/%s): %s" % (who, rel, exc))
 
 
-def give_cloud_init_back(root: str, log: Log) -> None:
-    """The agent stepped aside: cloud-init does the networking, as without netinject."""
-    path = join(root, CLOUD_INIT_SWITCH)
-    if not lexists(path):
-        return
-    try:
-        no_symlink_parents(root, CLOUD_INIT_SWITCH)
-        os.unlink(path)
-        log("cloud-init's network config is on again (removed /%s)" % CLOUD_INIT_SWITCH)
-    except (OSError, AgentError) as exc:
-        log("could not remove /%s: %s" % (CLOUD_INIT_SWITCH, exc))
+def give_others_back(root: str, log: Log) -> None:
+    """The agent stepped aside: cloud-init and glean do the networking, as without
+    netinject."""
+    for who, rel in (("cloud-init", CLOUD_INIT_SWITCH), ("glean", GLEAN_ENV)):
+        path = join(root, rel)
+        if not lexists(path):
+            continue
+        try:
+            no_symlink_parents(root, rel)
+            os.unlink(path)
+            log("%s's network config is on again (removed /%s)" % (who, rel))
+        except (OSError, AgentError) as exc:
+            log("could not remove /%s: %s" % (rel, exc))

@@ -60,7 +60,7 @@ from .metadata import (
     sync_main,
 )
 from .nics import rename_nics
-from .others import give_cloud_init_back, step_cloud_init_aside
+from .others import give_others_back, step_others_aside
 from .paths import join, no_symlink_parents, read_small, relative_to
 from .stacks import Stack, read_stack
 from .txn import LIVE_LOCK_WAIT, apply, apply_status, read_input
@@ -316,9 +316,9 @@ def run(args: RunArgs, started: "float | None" = None,
         if found is not None:
             found.close()
         if result.outcome == Outcome.INSTALLED:
-            step_cloud_init_aside(args.root, str(result.fields.get("instance")), log)
+            step_others_aside(args.root, str(result.fields.get("instance")), log)
         elif result.outcome != Outcome.UNCHANGED:  # (unchanged: this instance's later boot)
-            give_cloud_init_back(args.root, log)
+            give_others_back(args.root, log)
         log.lines.append(format_result(result.outcome, log.elapsed_ms(), log.cpu_ms(),
                                        result.message, result.fields))
         log.flush()

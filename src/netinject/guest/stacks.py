@@ -20,7 +20,10 @@ stack; ``netinject-guest install`` detects the image's stack and records it in
   (bringing the changed NICs' new config up, taking removed NICs' down, without
   touching the others; guest/live.py runs them as one transaction);
 * ``debian_packages``, ``debian_enable``: what provides it in a Debian image (the test
-  bed's images are built from these).
+  bed's images are built from these, on every release); ``debian_releases``: per Debian
+  release the test bed builds (11 bullseye, 12 bookworm, 13 trixie), its version there and
+  what differs, as checked in that release's packages and real boots (the code keeps no
+  per-release conditionals: where a release differs, the descriptor's data covers it).
 
 Adding a stack is a new descriptor in STACKS, its renderer module and its golden files
 (tests/test_architecture.py lists what a new stack must provide).
@@ -166,6 +169,7 @@ class Stack:
     announces = False
     debian_packages: "tuple[str, ...]" = ()
     debian_enable: "tuple[str, ...]" = ()
+    debian_releases: "tuple[tuple[str, str], ...]" = ()
 
     def owns(self, path: str) -> bool:
         """Whether the guest path ``path`` is one of this stack's files (by place)."""
@@ -227,10 +231,18 @@ class Ifupdown(Stack):
     name = "ifupdown"
     format = "eni"
     files = ("etc/network/interfaces",)
-    dirs = (("etc/network/interfaces.d/", ("",)),)
+    dirs = (("etc/network/interfaces.d/", ("",)),
+    )
     units = ("networking.service",)
     daemon = "networking.service"
     debian_packages = ("ifupdown", "isc-dhcp-client")
+    debian_releases = (
+        ("bullseye", "ifupdown 0.8.36, isc-dhcp-client 4.4.1"),
+        ("bookworm", "ifupdown 0.8.41, isc-dhcp-client 4.4.3"),
+        ("trixie", "ifupdown 0.8.44, isc-dhcp-client 4.4.3 (still ifupdown's DHCP client; "
+                  "dhcpcd-base 10.1 is there too); merged /usr: the unit goes to "
+                  "/lib/systemd/system, a link to /usr/lib"),
+    )
 
     def detect(self, tree: ImageTree) -> "tuple[int, str] | None":
         if not tree.has("sbin/ifup", "usr/sbin/ifup"):
@@ -282,13 +294,20 @@ class Networkd(Stack):
 
     name = "networkd"
     format = "networkd"
-    dirs = (("etc/systemd/network/", (".network", ".link")),)
+    dirs = (("etc/systemd/network/", (".network", ".link")),
+    )
     units = ("systemd-networkd.service",)
     daemon = "systemd-networkd.service"
     announces = True
     # networkctl (reload, reconfigure: live changes) talks to networkd over D-Bus.
     debian_packages = ("dbus",)
     debian_enable = ("systemd-networkd.service",)
+    debian_releases = (
+        ("bullseye", "systemd 247: networkctl reload (since 244) and reconfigure (since "
+                    "245) are there, as live changes need"),
+        ("bookworm", "systemd 252"),
+        ("trixie", "systemd 257 (networkd still in the systemd package)"),
+    )
 
     def detect(self, tree: ImageTree) -> "tuple[int, str] | None":
         if tree.enabled("systemd-networkd.service"):
@@ -323,12 +342,19 @@ class NetworkManager(Stack):
 
     name = "nm"
     format = "nm"
-    dirs = (("etc/NetworkManager/system-connections/", (".nmconnection",)),)
+    dirs = (("etc/NetworkManager/system-connections/", (".nmconnection",)),
+    )
     private = True
     units = ("NetworkManager.service",)
     daemon = "NetworkManager.service"
     debian_packages = ("network-manager",)
     debian_enable = ("NetworkManager.service",)
+    debian_releases = (
+        ("bullseye", "NetworkManager 1.30.6: keyfiles in system-connections, nmcli "
+                    "connection load and up as on the later releases"),
+        ("bookworm", "NetworkManager 1.42.4"),
+        ("trixie", "NetworkManager 1.52.1"),
+    )
 
     def detect(self, tree: ImageTree) -> "tuple[int, str] | None":
         if tree.has("usr/sbin/NetworkManager") and (
@@ -381,12 +407,20 @@ class Netplan(Stack):
 
     name = "netplan"
     format = "netplan"
-    dirs = (("etc/netplan/", (".yaml",)),)
+    dirs = (("etc/netplan/", (".yaml",)),
+    )
     private = True
     units = ("netplan-configure.service",)
     daemon = "systemd-networkd.service"  # its default renderer (Debian's netplan.io)
     announces = True
     debian_packages = ("netplan.io", "dbus")  # (dbus: its backends' networkctl, nmcli)
+    debian_releases = (
+        ("bullseye", "netplan.io 0.101: the generator is /lib/netplan/generate"),
+        ("bookworm", "netplan.io 0.106: /usr/libexec/netplan/generate (and the older "
+                    "paths as links)"),
+        ("trixie", "netplan.io 1.1.2: /usr/libexec/netplan/generate only; still generated "
+                  "by systemd's generator (no netplan-configure.service before 1.2)"),
+    )
     # netplan.io 0.106 ships /usr/libexec/netplan/generate (older: /lib/netplan/generate).
     generators = ("usr/libexec/netplan/generate", "usr/lib/netplan/generate",
                   "lib/netplan/generate")

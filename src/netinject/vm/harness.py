@@ -30,7 +30,7 @@ from ..errors import NetinjectError
 from ..guest import contract
 from . import testbed as vm
 from .cache import cache_dir
-from .image import KERNEL_APPEND, VariantImage
+from .image import VariantImage
 
 QEMU = "qemu-system-x86_64"
 REPORT_BEGIN = "=== NETINJECT-REPORT BEGIN ==="
@@ -54,7 +54,9 @@ def netns(links: tuple[tuple[str, str], ...] = (("tap0", f"{vm.HOST_IP}/{vm.PREF
     """A fresh network namespace with tap links (name, host address), removed on exit."""
     if os.geteuid() != 0:
         raise HarnessError("booting guests needs root (network namespaces, tap links)")
-    name = f"ni-{uuid.uuid4().hex[:10]}"
+    # (the creating process's pid in the name: a test can tell its own from those of
+    # boots running beside it)
+    name = f"ni-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     _ip("netns", "add", name)
     try:
         _ip("-n", name, "link", "set", "lo", "up")
@@ -213,7 +215,7 @@ def qemu_args(spec: BootSpec, workdir: Path, macs: tuple[str, ...] = (vm.GUEST_M
     # A guest driven through its agent (qga) stays up until the test stops it; the others
     # power off once their report is printed.
     poweroff = "" if spec.qga else "netinject.poweroff"
-    append = " ".join(w for w in (KERNEL_APPEND, poweroff, spec.extra_append) if w)
+    append = " ".join(w for w in (img.kernel_append, poweroff, spec.extra_append) if w)
     args = [QEMU, "-accel", spec.accel, "-m", str(spec.memory_mb), "-smp", "1",
             "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{workdir / 'console.log'}",

@@ -13,6 +13,7 @@ Variants:
 * ``glean``: OpenStack's glean (from PyPI, pinned) installed by its own ``glean-install``:
   a udev rule starts ``glean@<nic>.service`` per NIC, which writes interfaces.d from the
   drive's network_data.json and brings the NIC up; ``glean-early`` mounts the drive.
+* ``inject-glean``: ``glean`` plus the agent (its install extends glean's unit).
 
 All variants carry systemd-bootchart (used only when the kernel command line names it as
 init: ``bench boot --bootchart``) and a small report service that prints in-guest facts
@@ -22,13 +23,16 @@ after boot.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,9 +44,14 @@ from ..guest.stacks import STACKS as GUEST_STACKS
 from ..render import SHARED, Options, render_all
 from ..sources.neutron import parse_document
 from . import testbed as vm
+from .apt import SUITE as SUITE
+from .apt import apt_sources, release_sources
 from .cache import cache_dir
 
-SUITE = "bookworm"
+# The Debian releases the test bed builds images of: bookworm (the host's, the default)
+# and the releases before and after it. A variant of another release is named
+# VARIANT@RELEASE (inject-networkd@trixie); the bare name is bookworm's.
+RELEASES = ("bullseye", "bookworm", "trixie")
 RECIPE_VERSION = 3
 # What every test-bed image has besides its network stack: systemd, the kernel, Python
 # for the agent, qemu-guest-agent for hot-plug, systemd-bootchart for bench --bootchart.
@@ -72,7 +81,7 @@ STACKS = tuple(s.name for s in GUEST_STACKS if s is not IFUPDOWN)
 VARIANTS: dict[str, str] = {
     "dhcp": "ifupdown", "baked-static": "ifupdown", "inject": "ifupdown",
     "cloud-init": "ifupdown", "glean": "ifupdown", "inject-cloud-init": "ifupdown",
-    "cloud-init-hotplug": "ifupdown",
+    "cloud-init-hotplug": "ifupdown", "inject-glean": "ifupdown",
     **{f"{kind}{stack}": stack for stack in STACKS for kind in ("", "baked-", "inject-")},
 }
 # glean as our peer: the PyPI release, pinned so the image (and its cache key) is fixed.
@@ -131,6 +140,7 @@ class Base:
     kernel: Path
     initrd: Path
     key: str
+    release: str = SUITE
 
 
 @dataclass(frozen=True)
@@ -139,23 +149,49 @@ class VariantImage:
     image: Path
     kernel: Path
     initrd: Path
+    release: str = SUITE
+
+    @property
+    def kernel_append(self) -> str:
+        """The kernel command line this image boots with. Debian 11's and 13's images
+        also mask the serial console's getty: on Debian 13 it starts as boot finishes, and
+        its agetty hangs up ttyS0 under the report being written there (the report was
+        cut after its first line, seen in every trixie boot); bookworm's images boot as
+        their published figures were measured."""
+        if self.release == SUITE:
+            return KERNEL_APPEND
+        return KERNEL_APPEND + " systemd.mask=serial-getty@ttyS0.service"
 
 
 Progress = Callable[[str], None]
 
 
-def apt_sources() -> list[Path]:
-    """The apt source files this machine uses (mmdebstrap takes them as mirrors)."""
-    files = [Path("/etc/apt/sources.list")] if Path("/etc/apt/sources.list").is_file() else []
-    d = Path("/etc/apt/sources.list.d")
-    if d.is_dir():
-        files += sorted(p for p in d.iterdir() if p.suffix in (".list", ".sources"))
-    return [p for p in files if p.read_text().strip()]
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``.lock, held while one process builds a cached tree or
+    image (another waits, then finds it built)."""
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _recipe(recipe: str) -> dict[str, object]:
+def parse_variant(name: str) -> tuple[str, str]:
+    """``VARIANT[@RELEASE]`` -> (variant, release); ImageBuildError names what is unknown."""
+    variant, at, release = name.partition("@")
+    if variant not in VARIANTS:
+        raise ImageBuildError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    if at and release not in RELEASES:
+        raise ImageBuildError(f"unknown release {release!r} in {name!r} (known: "
+                              f"{', '.join(RELEASES)})")
+    return variant, release or SUITE
+
+
+def _recipe(recipe: str, release: str = SUITE) -> dict[str, object]:
     packages, enable = RECIPES[recipe]
-    out: dict[str, object] = {"suite": SUITE, "version": RECIPE_VERSION,
+    out: dict[str, object] = {"suite": release, "version": RECIPE_VERSION,
                               "packages": packages, "modules": INITRAMFS_MODULES,
                               "excludes": DPKG_EXCLUDES}
     if enable:
@@ -163,8 +199,8 @@ def _recipe(recipe: str) -> dict[str, object]:
     return out
 
 
-def base_key(recipe: str = "ifupdown") -> str:
-    h = hashlib.sha256(json.dumps(_recipe(recipe), sort_keys=True).encode())
+def base_key(recipe: str = "ifupdown", release: str = SUITE) -> str:
+    h = hashlib.sha256(json.dumps(_recipe(recipe, release), sort_keys=True).encode())
     for src in apt_sources():
         h.update(src.read_bytes())
     return h.hexdigest()[:16]
@@ -191,21 +227,35 @@ def _run(args: list[str], what: str, log: Path | None = None) -> None:
 
 
 def build_base(progress: Progress, cache: Path | None = None,
-               recipe: str = "ifupdown") -> Base:
-    """The cached base tree of a recipe (RECIPES); built with mmdebstrap if missing."""
+               recipe: str = "ifupdown", release: str = SUITE) -> Base:
+    """The cached base tree of a recipe (RECIPES) on a Debian release (RELEASES); built
+    with mmdebstrap if missing. One build at a time per tree (a lock in the cache):
+    parallel test workers wait for each other's build instead of racing it."""
     packages, enable = RECIPES[recipe]
-    key = base_key(recipe)
+    key = base_key(recipe, release)
     top = (cache or cache_dir()) / f"base-{key}"
     root = top / "root"
-    if (top / "done").exists():
-        kernel, initrd = _boot_files(root)
-        progress(f"base image {recipe} {key}: cached")
-        return Base(root, kernel, initrd, key)
-    sources = apt_sources()
-    if not sources:
-        raise ImageBuildError("no apt sources configured on this machine (mmdebstrap uses "
-                              "them as its mirrors)")
+    # The recipe's name in the cache (an older build of the same name is outdated):
+    # bookworm's bare, as before releases were added, so its builds keep their keys.
+    label = recipe if release == SUITE else f"{recipe}@{release}"
     top.mkdir(parents=True, exist_ok=True)
+    with cache_lock(top):
+        if (top / "done").exists():
+            kernel, initrd = _boot_files(root)
+            progress(f"base image {label} {key}: cached")
+            return Base(root, kernel, initrd, key, release)
+        return _build_base(progress, top, label, packages, enable, release)
+
+
+def _build_base(progress: Progress, top: Path, label: str, packages: tuple[str, ...],
+                enable: tuple[str, ...], release: str) -> Base:
+    root = top / "root"
+    key = top.name.removeprefix("base-")
+    sources: list[str] = ([str(p) for p in apt_sources()] if release == SUITE
+                          else release_sources(release))
+    if not sources:
+        raise ImageBuildError("no apt sources configured on this machine for "
+                              f"{SUITE} (mmdebstrap uses them as its mirrors)")
     tmp = top / "root.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -219,32 +269,32 @@ def build_base(progress: Progress, cache: Path | None = None,
             f"--include={','.join(packages)}",
             f"--essential-hook={hook}",
             *(f'--customize-hook=chroot "$1" systemctl enable {unit}' for unit in enable),
-            SUITE, str(tmp), *map(str, sources)]
-    progress(f"building base image {recipe} {key} with mmdebstrap ({SUITE}, "
+            release, str(tmp), *sources]
+    progress(f"building base image {label} {key} with mmdebstrap ({release}, "
              f"{len(packages)} packages; takes a few minutes, once)")
     _run(args, "mmdebstrap", top / "mmdebstrap.log")
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)
-    (top / "recipe").write_text(recipe + "\n")
+    (top / "recipe").write_text(label + "\n")
     (top / "done").write_text(key + "\n")
     kernel, initrd = _boot_files(root)
-    progress(f"base image {recipe} {key}: built ({kernel.name})")
+    progress(f"base image {label} {key}: built ({kernel.name})")
     for stale in top.parent.glob("base-*"):
         # An older build of the same recipe (the recipe or the apt sources changed).
         marker = stale / "recipe"
-        if stale != top and marker.is_file() and marker.read_text().strip() == recipe:
+        if stale != top and marker.is_file() and marker.read_text().strip() == label:
             progress(f"removing the outdated base {stale.name}")
             shutil.rmtree(stale, ignore_errors=True)
-    return Base(root, kernel, initrd, key)
+    return Base(root, kernel, initrd, key, release)
 
 
 
 
 def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
-    """Files (relative path -> (content, mode)) that make ``name`` out of its base."""
-    if name not in VARIANTS:
-        raise ImageBuildError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+    """Files (relative path -> (content, mode)) that make ``name`` out of its base (the
+    same on every release)."""
+    name = parse_variant(name)[0]
     recipe = VARIANTS[name]
     files: dict[str, tuple[bytes, int]] = {
         "etc/hostname": (b"debian\n", 0o644),
@@ -275,11 +325,11 @@ def variant_files(name: str) -> dict[str, tuple[bytes, int]]:
         for path, text in render_all(instance, (stack_named(recipe).format, *SHARED),
                                      Options()).items():
             files[str(path)] = (text.encode(), file_mode(str(path)))
-    elif name == "glean":
+    elif name in ("glean", "inject-glean"):
         files["etc/network/interfaces"] = (data_file("interfaces.glean"), 0o644)
         # Marker for the cache key: the glean release installed below.
         files["usr/local/share/netinject-glean-version"] = (GLEAN_VERSION.encode(), 0o644)
-    elif name.startswith("inject"):
+    if name.startswith("inject"):
         from ..guest_bundle import agent_source, image_source, launcher_source
 
         # Marker for the cache key: the agent, its launcher and its installer, installed
@@ -298,19 +348,29 @@ def _variant_key(base: Base, name: str) -> str:
 
 
 def build_variant(name: str, progress: Progress, cache: Path | None = None) -> VariantImage:
-    base = build_base(progress, cache, VARIANTS.get(name, "ifupdown"))
+    """The cached image of ``VARIANT[@RELEASE]``; built from its base if missing (one
+    build at a time per name, as for the bases)."""
+    variant, release = parse_variant(name)
+    base = build_base(progress, cache, VARIANTS[variant], release)
     key = _variant_key(base, name)
     out_dir = (cache or cache_dir()) / "variants"
-    image = out_dir / f"{name}-{key}.img"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with cache_lock(out_dir / f".{name}"):
+        return _build_variant(name, variant, base, out_dir / f"{name}-{key}.img", progress)
+
+
+def _build_variant(name: str, variant: str, base: Base, image: Path,
+                   progress: Progress) -> VariantImage:
+    out_dir = image.parent
+    cache = out_dir.parent
     if image.exists():
         progress(f"image {name}: cached ({image.name})")
-        return VariantImage(name, image, base.kernel, base.initrd)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        return VariantImage(name, image, base.kernel, base.initrd, base.release)
     progress(f"image {name}: building")
     with tempfile.TemporaryDirectory(prefix=f"netinject-{name}-", dir=out_dir) as tmp:
         staging = Path(tmp) / "root"
         _run(["cp", "-a", "--reflink=auto", str(base.root), str(staging)], "copying the base")
-        for rel, (content, mode) in variant_files(name).items():
+        for rel, (content, mode) in variant_files(variant).items():
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_symlink():
@@ -322,25 +382,34 @@ def build_variant(name: str, progress: Progress, cache: Path | None = None) -> V
         link = wants / "netinject-report.service"
         if not link.is_symlink():
             link.symlink_to("/etc/systemd/system/netinject-report.service")
-        if name.startswith("inject"):
+        if variant in ("glean", "inject-glean"):  # (before the agent: it extends glean's units)
+            install_glean(staging, lambda msg: progress(f"image {name}: {msg}"), cache)
+        if variant.startswith("inject"):
             from ..guest.image import install_agent
             from ..guest_bundle import agent_source, launcher_source
 
             if install_agent(str(staging), lambda msg: progress(f"image {name}: {msg}"),
                              agent_source(), launcher_source()) != 0:
                 raise ImageBuildError(f"image {name}: netinject-guest install failed")
-        if name == "glean":
-            install_glean(staging, lambda msg: progress(f"image {name}: {msg}"), cache)
+            if base.release != SUITE:
+                # The installer (this Python) cannot compile for another release's
+                # Python: the image builder's way, the image's own python3 in a chroot.
+                _run(["chroot", str(staging), "/usr/bin/python3", "-I", "-m", "py_compile",
+                      "/usr/lib/netinject/netinject_guest.py"],
+                     f"image {name}: precompiling the agent with the image's Python")
+                progress(f"image {name}: precompiled the agent with the image's python3")
         size_mb = _du_mb(staging) * 13 // 10 + 256
         partial = Path(tmp) / "root.img"
         _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(staging), str(partial),
               f"{size_mb}M"], "mkfs.ext4 -d")
         partial.rename(image)
     for stale in out_dir.glob(f"{name}-*.img"):
-        if stale != image:
+        # An older build of this very variant (inject-<key>, not inject-networkd-<key>).
+        if stale != image and re.fullmatch(re.escape(name) + r"-[0-9a-f]{16}\.img",
+                                           stale.name, re.ASCII):
             stale.unlink()
     progress(f"image {name}: built ({image.stat().st_size // (1024 * 1024)} MiB)")
-    return VariantImage(name, image, base.kernel, base.initrd)
+    return VariantImage(name, image, base.kernel, base.initrd, base.release)
 
 
 def glean_wheel(progress: Progress, cache: Path | None = None) -> Path:

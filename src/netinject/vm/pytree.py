@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -23,8 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .apt import SUITE, apt_sources, release_sources
 from .cache import cache_dir
-from .image import DPKG_EXCLUDES, SUITE, ImageBuildError, Progress, _run, apt_sources
+from .image import DPKG_EXCLUDES, ImageBuildError, Progress, _run
 
 # Release -> the Python version Debian ships in it.
 RELEASES = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
@@ -42,71 +42,6 @@ class PythonTree:
     version: str
     root: Path
     python: Path  # the wrapper script: an interpreter path for subprocesses
-
-
-def _deb822(text: str) -> list[dict[str, str]]:
-    """The stanzas of a deb822 .sources file (comments dropped, continuations joined)."""
-    stanzas: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    field = ""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        if not line.strip():
-            if current:
-                stanzas.append(current)
-            current, field = {}, ""
-        elif line[0] in " \t" and field:
-            current[field] += "\n" + line.strip()
-        elif ":" in line:
-            field, _, value = line.partition(":")
-            field = field.strip().lower()
-            current[field] = value.strip()
-    if current:
-        stanzas.append(current)
-    return stanzas
-
-
-def _entries() -> list[tuple[str, str, str, list[str]]]:
-    """(options, URI, suite, components) of every binary source this machine's apt uses,
-    one-line (.list) and deb822 (.sources) alike."""
-    out: list[tuple[str, str, str, list[str]]] = []
-    for path in apt_sources():
-        text = path.read_text()
-        if path.suffix == ".sources":
-            for st in _deb822(text):
-                if "deb" not in st.get("types", "").split() \
-                        or st.get("enabled", "yes").lower() == "no":
-                    continue
-                signed = st.get("signed-by", "")
-                # A path to a keyring is kept; an inline key block is not (mmdebstrap
-                # then uses the host's trusted keys).
-                opts = f"[signed-by={signed}]" if signed and "\n" not in signed \
-                    and signed.startswith("/") else ""
-                for uri in st.get("uris", "").split():
-                    for suite in st.get("suites", "").split():
-                        out.append((opts, uri, suite, st.get("components", "").split()))
-        else:
-            for line in text.splitlines():
-                line = line.split("#", 1)[0].strip()
-                m = re.match(r"deb\s+(\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s*(.*)$", line)
-                if m:
-                    out.append(((m.group(1) or "").strip(), m.group(2), m.group(3),
-                                m.group(4).split()))
-    return out
-
-
-def release_sources(release: str) -> list[str]:
-    """One-line sources for ``release``: this machine's entries for its own suite
-    (bookworm, bookworm-updates, bookworm-security, ...) with the release's name instead.
-    Sources of other suites (third-party repositories) are left out."""
-    lines = []
-    for opts, uri, suite, components in _entries():
-        if suite != SUITE and not suite.startswith(SUITE + "-"):
-            continue
-        renamed = release + suite[len(SUITE):]
-        lines.append(" ".join(x for x in ("deb", opts, uri, renamed, *components) if x))
-    return lines
 
 
 def tree_key(release: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from ..render import Options
 from ..sources.neutron import parse_document
 from . import image as images
 from . import testbed as vm
+from .apt import SUITE
 from .harness import BootSpec
 
 
@@ -30,18 +32,22 @@ class Scenario:
     @property
     def network_unit(self) -> str:
         """The unit this scenario's image brings its network up with."""
-        from .image import VARIANTS
-
-        return STACK_UNITS[VARIANTS[self.variant]]
+        return STACK_UNITS[images.VARIANTS[images.parse_variant(self.variant)[0]]]
 
     @property
     def agent_unit(self) -> str | None:
         """The unit that puts the network config in place in this scenario's image."""
-        return AGENT_UNITS.get(self.variant)
+        return AGENT_UNITS.get(images.parse_variant(self.variant)[0])
+
+    @property
+    def release(self) -> str:
+        """The Debian release of this scenario's image."""
+        return images.parse_variant(self.variant)[1]
 
 
 AGENT_UNITS = {"inject": "netinject.service", "cloud-init": "cloud-init-local.service",
-               "glean": "glean@eth0.service", "inject-networkd": "netinject.service",
+               "glean": "glean@eth0.service", "inject-glean": "netinject.service",
+               "inject-networkd": "netinject.service",
                "inject-netplan": "netinject.service", "inject-nm": "netinject.service"}
 # The unit each image's stack brings the network up with (what the agent must finish
 # before), by the recipe of the scenario's image (its descriptor's daemon).
@@ -70,6 +76,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "Debian cloud-init alone, the drive and user data of inject-cloud-init"),
     Scenario("glean", "glean", "inject", False,
              "OpenStack's glean (PyPI) reading the same drive's network_data.json"),
+    Scenario("inject-glean", "inject-glean", "inject", False,
+             "netinject agent + glean kept in the same image (glean without its network "
+             "part on an instance the agent configured)"),
     Scenario("inject-later", "inject", "inject", False,
              "inject, second boot of the same instance (the launcher decides alone)", True),
     Scenario("cloud-init-later", "cloud-init", "inject", False,
@@ -134,6 +143,28 @@ def corrupt(image: Path) -> None:
     image.write_bytes(bytes(data))
 
 
+def scenario(name: str) -> Scenario:
+    """A scenario by name: one of SCENARIOS (bookworm), or ``NAME@RELEASE`` for the same
+    scenario on another Debian release's images (``inject@trixie``,
+    ``baked-networkd@bullseye``). ValueError names what is unknown."""
+    base, at, release = name.partition("@")
+    if base not in SCENARIOS:
+        raise ValueError(f"unknown scenario {base!r}; known: {', '.join(SCENARIOS)} "
+                         f"(each also as NAME@RELEASE, RELEASE one of "
+                         f"{', '.join(images.RELEASES)})")
+    s = SCENARIOS[base]
+    if not at:
+        return s
+    if release not in images.RELEASES:
+        raise ValueError(f"unknown release {release!r} in scenario {name!r}; known: "
+                         f"{', '.join(images.RELEASES)}")
+    if s.drive == "nova":
+        raise ValueError(f"{base} runs on the OpenStack peer's bookworm image only")
+    variant = s.variant if release == SUITE else f"{s.variant}@{release}"
+    return dataclasses.replace(s, name=name, variant=variant,
+                               about=f"{s.about} (Debian {release})")
+
+
 class Prepared:
     """Images and drives for a set of scenarios, built once per run."""
 
@@ -141,14 +172,14 @@ class Prepared:
                  workdir: Path | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="netinject-drives-")
         self.dir = workdir or Path(self._tmp.name)
-        self.scenarios = [SCENARIOS[n] for n in names]
+        self.scenarios = [scenario(n) for n in names]
         self.images = {v: images.build_variant(v, progress)
                        for v in dict.fromkeys(s.variant for s in self.scenarios)}
         self.drives = {k: build_drive(k, self.dir / f"{k}.img", progress)
                        for k in dict.fromkeys(s.drive for s in self.scenarios)}
 
     def spec(self, name: str, accel: str, **kw: object) -> BootSpec:
-        s = SCENARIOS[name]
+        s = scenario(name)
         return BootSpec(self.images[s.variant], self.drives[s.drive], s.dhcp_server, accel,
                         **kw)  # type: ignore[arg-type]
 

@@ -8,7 +8,8 @@ from pathlib import Path, PurePosixPath
 
 from ...guest.stacks import STACK_NAMES as STACKS
 from ...hostio import check_outputs, check_tree, write_atomic
-from ...vm.scenarios import DEFAULT_SCENARIOS, SCENARIOS
+from ...vm.image import RELEASES
+from ...vm.scenarios import DEFAULT_SCENARIOS, SCENARIOS, scenario
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +30,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "the guest's first ARP answer) and each scenario's ratio to inject.")
     bb.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS), metavar="LIST",
                     help="comma-separated; known: " + ", ".join(SCENARIOS)
-                         + " (default: %(default)s)")
+                         + "; each also as NAME@RELEASE, on the images of that Debian "
+                         "release (" + ", ".join(RELEASES) + "; the bare name is "
+                         "bookworm), e.g. inject@trixie,baked-networkd@bullseye "
+                         "(default: %(default)s)")
     bb.add_argument("--runs", type=int, default=3, help="boots per scenario (default 3)")
     bb.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     bb.add_argument("--plot", type=Path, metavar="PNG", help="write a chart")
@@ -144,15 +148,21 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     from ...vm.progress import Progress
 
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown or not names or args.runs < 1:
-        from ...errors import UsageError
+    from ...errors import UsageError
 
-        raise UsageError(f"unknown scenario(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(SCENARIOS)}" if unknown else "give scenarios and --runs >= 1")
+    if not names or args.runs < 1:
+        raise UsageError("give scenarios and --runs >= 1")
+    for n in names:
+        try:
+            scenario(n)
+        except ValueError as exc:
+            raise UsageError(f"--scenarios: {exc}") from None
     if args.later:
-        names += [f"{n}-later" for n in names
-                  if f"{n}-later" in SCENARIOS and f"{n}-later" not in names]
+        def later(n: str) -> str:
+            base, at, release = n.partition("@")
+            return f"{base}-later{at}{release}"
+        names += [later(n) for n in names
+                  if f"{n.partition('@')[0]}-later" in SCENARIOS and later(n) not in names]
     _check_outputs(("--json", args.json), ("--plot", args.plot),
                    ("--timeline", args.timeline))
     if args.bootchart is not None:

@@ -12,15 +12,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Guest images built from Debian packages with mmdebstrap (the mirrors "
                     "this machine's apt uses) and packed with mkfs.ext4 -d: no loop mounts.")
     isub = img.add_subparsers(dest="image_cmd", metavar="ACTION", required=True)
-    from ...vm.image import VARIANTS
+    from ...vm.image import RELEASES, VARIANTS
 
     ib = isub.add_parser("build", help="build variant images into a directory",
                          description="Build variants (each from its network stack's cached "
                                      "base) and put <variant>.img into --out, with the "
                                      "kernel and initrd as vmlinuz and initrd.img (ifupdown "
-                                     "images) or vmlinuz-<stack> and initrd.img-<stack>.")
-    ib.add_argument("--variant", action="append", metavar="NAME",
-                    help=", ".join(VARIANTS) + " (repeatable; default: all)")
+                                     "images) or vmlinuz-<stack> and initrd.img-<stack>; "
+                                     "an image of another Debian release than bookworm "
+                                     "gets @<release> after each name.")
+    ib.add_argument("--variant", action="append", metavar="NAME[@RELEASE]",
+                    help=", ".join(VARIANTS) + "; @RELEASE: on Debian " + ", ".join(RELEASES)
+                         + " (default bookworm) (repeatable; default: all, bookworm)")
     ib.add_argument("--out", type=Path, required=True, metavar="DIR")
     ib.set_defaults(func=cmd_image_build)
     from ...guest.stacks import STACK_NAMES
@@ -60,8 +63,11 @@ def _outputs(names: list[str]) -> dict[str, tuple[str, str, str]]:
 
     out = {}
     for n in names:
-        recipe = image.VARIANTS[n]
+        variant, release = image.parse_variant(n)
+        recipe = image.VARIANTS[variant]
         suffix = "" if recipe == "ifupdown" else f"-{recipe}"
+        if release != image.SUITE:
+            suffix += f"@{release}"
         out[n] = (f"{n}.img", f"vmlinuz{suffix}", f"initrd.img{suffix}")
     return out
 
@@ -76,10 +82,12 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
     names = args.variant or list(image.VARIANTS)
     for n in names:
-        if n not in image.VARIANTS:
+        try:
+            image.parse_variant(n)
+        except image.ImageBuildError as exc:
             from ...errors import UsageError
 
-            raise UsageError(f"unknown variant {n!r} (known: {', '.join(image.VARIANTS)})")
+            raise UsageError(f"--variant: {exc}") from None
     files = _outputs(names)
     # Checked before anything is built (a build takes minutes): only regular files (or
     # new paths) in --out, no link followed below it.

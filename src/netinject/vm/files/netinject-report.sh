@@ -10,6 +10,8 @@ echo "--- ip-route"; ip -j route
 echo "--- ip-link"; ip -j link
 echo "--- resolv"; cat /etc/resolv.conf 2>&1
 echo "--- hostname"; cat /etc/hostname 2>&1
+echo "--- os-release"; cat /etc/os-release 2>&1
+echo "--- interfaces-d"; head -n 40 /etc/network/interfaces.d/* 2>&1
 echo "--- udev-rules"; cat /etc/udev/rules.d/70-persistent-net.rules 2>&1
 echo "--- netinject-log"; cat /var/log/netinject.log 2>&1
 echo "--- networking"; systemctl show -p ActiveState -p Result networking.service 2>&1
