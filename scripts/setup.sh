@@ -12,6 +12,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils qemu-guest-agent
   dnsmasq-base
   mmdebstrap e2fsprogs fuse2fs fuse3 fdisk curl lintian
+  debootstrap sudo
   cloud-init
   systemd insserv sysvinit-utils initscripts
   netplan.io libnm0 gir1.2-nm-1.0 python3-gi

@@ -415,7 +415,9 @@ class Netplan(Stack):
     announces = True
     debian_packages = ("netplan.io", "dbus")  # (dbus: its backends' networkctl, nmcli)
     debian_releases = (
-        ("bullseye", "netplan.io 0.101: the generator is /lib/netplan/generate"),
+        ("bullseye", "netplan.io 0.101: the generator is /lib/netplan/generate; it refuses "
+                     "a route 'to: default' (newer netplan's spelling), so the renderer "
+                     "writes 0.0.0.0/0 and ::/0, which every release takes"),
         ("bookworm", "netplan.io 0.106: /usr/libexec/netplan/generate (and the older "
                     "paths as links)"),
         ("trixie", "netplan.io 1.1.2: /usr/libexec/netplan/generate only; still generated "

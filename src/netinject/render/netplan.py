@@ -58,7 +58,12 @@ def _nic(instance: Instance, nic: Nic, carries_dns: bool) -> list[str]:
     if routes:
         out.append("      routes:")
         for to, via in routes:
-            out += [f"        - to: {_q(to or 'default')}", f"          via: {_q(via)}"]
+            # A default route as its all-zeroes network, not netplan's "default": netplan
+            # 0.101 (Debian 11) refuses "default" ("unicast route must include both a
+            # 'to' and 'via' IP"); every release takes 0.0.0.0/0 and ::/0.
+            dest = str(to) if to is not None else ("0.0.0.0/0" if via.version == 4
+                                                    else "::/0")
+            out += [f"        - to: {_q(dest)}", f"          via: {_q(via)}"]
     if carries_dns and instance.dns:
         out += ["      nameservers:", "        addresses:"]
         out += [f"          - {_q(server)}" for server in instance.dns]

@@ -46,7 +46,7 @@ def _deb822(text: str) -> list[dict[str, str]]:
     return stanzas
 
 
-def _entries() -> list[tuple[str, str, str, list[str]]]:
+def source_entries() -> list[tuple[str, str, str, list[str]]]:
     """(options, URI, suite, components) of every binary source this machine's apt uses,
     one-line (.list) and deb822 (.sources) alike."""
     out: list[tuple[str, str, str, list[str]]] = []
@@ -80,7 +80,7 @@ def release_sources(release: str) -> list[str]:
     (bookworm, bookworm-updates, bookworm-security, ...) with the release's name instead.
     Sources of other suites (third-party repositories) are left out."""
     lines = []
-    for opts, uri, suite, components in _entries():
+    for opts, uri, suite, components in source_entries():
         if suite != SUITE and not suite.startswith(SUITE + "-"):
             continue
         renamed = release + suite[len(SUITE):]
