@@ -86,16 +86,22 @@ def test_lintian_finds_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.root
-def test_install_reinstall_remove_purge_in_a_chroot_of_the_image(tmp_path: Path) -> None:
+@pytest.mark.parametrize("release", ["bullseye", "bookworm", "trixie"])
+def test_install_reinstall_remove_purge_in_a_chroot_of_the_image(
+        tmp_path: Path, release: str) -> None:
     """dpkg -i installs the boot service as the bundle's installer does (unit enabled,
     the image's stack recorded, the init script for an image without systemd, which
     runs); installing again keeps it; dpkg -r leaves the tree as before the install
     but for the agent's log, and -P exactly as before, after a booted instance left its
-    records (piuparts' sequence, with its diff of the tree)."""
+    records (piuparts' sequence, with its diff of the tree). In a chroot of each Debian
+    release's test-bed image (11, 12, 13), with its own dpkg and Python."""
     from netinject.vm.image import build_base
     from netinject.vm.progress import Progress
+    from netinject.vm.pytree import RELEASES
 
-    base = build_base(Progress(), recipe="ifupdown")  # (has python3: cloud-init's)
+    # (the ifupdown base has python3: cloud-init's)
+    base = build_base(Progress(), recipe="ifupdown", release=release)
+    tag = "cpython-" + RELEASES[release].replace(".", "")
     out = deb.build(tmp_path / "netinject-guest_all.deb")
     steps = [
         "dpkg -i /tmp/netinject-guest.deb",                       # 1 install
@@ -121,7 +127,8 @@ def test_install_reinstall_remove_purge_in_a_chroot_of_the_image(tmp_path: Path)
     # Installing again changes nothing but the agent's bytecode (its pyc records the
     # rewritten source's mtime).
     assert set(diff(snaps[1], snaps[2])) <= {
-        "usr/lib/netinject/__pycache__/netinject_guest.cpython-311.pyc"}
+        f"usr/lib/netinject/__pycache__/netinject_guest.{tag}.pyc"}
+    assert f"usr/lib/netinject/__pycache__/netinject_guest.{tag}.pyc" in installed
     assert "rc=0" in report["steps"][2]["output"]
     assert "outcome=" in report["steps"][2]["output"]  # the agent ran, said how it ended
     # Remove leaves only what the agent's run recorded (its log), as dpkg -r keeps a
