@@ -8,11 +8,11 @@ echo "== ruff" && .venv/bin/ruff check .
 echo "== mypy --strict" && .venv/bin/mypy
 echo "== guest agent runs on Python >= 3.9" &&
   .venv/bin/vermin -q --no-tips -t=3.9- --eval-annotations --violations src/netinject/guest/
-# Two workers (pytest-xdist) on this 2-core machine: an emulated guest uses one core, so
-# two boots run side by side. --dist loadgroup keeps what must stay together on one
-# worker (tests/conftest.py: the OpenStack peer's tests; each end-to-end module; the
-# release boots per release).
-echo "== pytest" && .venv/bin/pytest -n 2 --dist loadgroup "$@"
+# One worker: two emulated guests side by side on this 2-core machine made boots of
+# networkd and netplan images miss their deadlines (a fresh-machine run on two workers
+# failed 4 boot tests). The Debian 11/13 release boots and the diskimage-builder build
+# (marked `releases`, ~25 min more) are left out here: `.venv/bin/pytest -m releases`.
+echo "== pytest" && .venv/bin/pytest -m "not releases" "$@"
 # The agent's own tests that run it in a subprocess (GUEST_PYTHON), again under the Python
 # of Debian 11 and 13: a minimal tree of each release (mmdebstrap from this machine's apt
 # mirrors, cached in ~/.cache/netinject; netinject.vm.pytree) and its wrapper script.

@@ -86,7 +86,9 @@ def test_lintian_finds_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.root
-@pytest.mark.parametrize("release", ["bullseye", "bookworm", "trixie"])
+@pytest.mark.parametrize("release", [
+    pytest.param("bullseye", marks=pytest.mark.releases), "bookworm",
+    pytest.param("trixie", marks=pytest.mark.releases)])
 def test_install_reinstall_remove_purge_in_a_chroot_of_the_image(
         tmp_path: Path, release: str) -> None:
     """dpkg -i installs the boot service as the bundle's installer does (unit enabled,

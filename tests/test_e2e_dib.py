@@ -20,7 +20,7 @@ from netinject.vm.harness import BootSpec, boot, kvm_usable
 from netinject.vm.progress import Progress
 from netinject.vm.scenarios import build_drive
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
+pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.releases]
 
 
 def test_an_image_built_by_diskimage_builder_with_the_element_injects(

@@ -25,7 +25,7 @@ from netinject.vm.harness import BootResult, BootSpec, boot, kvm_usable
 from netinject.vm.progress import Progress
 from netinject.vm.scenarios import Prepared, scenario
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
+pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.releases]
 
 RELEASES = ("bullseye", "trixie")
 # Stack -> its inject variant.
