@@ -19,10 +19,10 @@ import sys
 from .contract import STATE_DIR, AgentError
 from .install import tmp_beside, write_atomic
 from .others import (
-    CLOUD_INIT_SWITCH,
     GLEAN_ENV,
     GLEAN_UNITS,
     GLEAN_VAR,
+    SWITCHES,
     glean_dropin_path,
 )
 from .paths import dirname, isdir, lexists, makedirs, resolve_in_root
@@ -575,7 +575,7 @@ def _uninstall(root: str, out: "Callable[[str], None]") -> int:
     names = sorted(os.listdir(where)) if where is not None and isdir(where) else []
     ours = [WANTS_LINK, ANNOUNCE_WANTS_LINK, SYNC_TIMER_LINK, RCS_LINK, UNIT_PATH,
             ANNOUNCE_UNIT_PATH, INIT_PATH, LAUNCHER_PATH, MODULE_PATH, STACK_CONFIG,
-            CLOUD_INIT_SWITCH, GLEAN_ENV]
+            *(rel for _, rel in SWITCHES)]
     ours += [glean_dropin_path(u) for u in GLEAN_UNITS]
     ours += [path for path, _, _ in SYNC_FILES]
     ours += [cache + "/" + f for f in names if f.startswith("netinject_guest.")]

@@ -49,6 +49,10 @@ GLEAN_ENV = "etc/netinject/glean.env"
 GLEAN_VAR = "NETINJECT_GLEAN_ARGS"
 
 
+# Each other agent's switch file (what the agent writes on an instance it configured).
+SWITCHES = (("cloud-init", CLOUD_INIT_SWITCH), ("glean", GLEAN_ENV))
+
+
 def glean_dropin_path(unit: str) -> str:
     return "etc/systemd/system/%s.d/%s" % (unit, GLEAN_DROPIN)
 
@@ -96,7 +100,7 @@ def step_others_aside(root: str, instance: str, log: Log) -> None:
 def give_others_back(root: str, log: Log) -> None:
     """The agent stepped aside: cloud-init and glean do the networking, as without
     netinject."""
-    for who, rel in (("cloud-init", CLOUD_INIT_SWITCH), ("glean", GLEAN_ENV)):
+    for who, rel in SWITCHES:
         path = join(root, rel)
         if not lexists(path):
             continue

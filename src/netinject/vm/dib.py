@@ -32,10 +32,10 @@ from .image import (
     Progress,
     VariantImage,
     _boot_files,
-    _du_mb,
     _run,
+    add_variant_files,
     cache_lock,
-    variant_files,
+    pack_ext4,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -149,29 +149,14 @@ def _build(progress: Progress, top: Path, bundle: Path, release: str) -> None:
     staging.mkdir()
     _run(["tar", "-xf", str(top / "out/netinject.tar"), "--numeric-owner", "-C",
           str(staging)], "unpacking diskimage-builder's tar")
-    # The test bed's files, as every variant has them (the inject variant's: its report
-    # service, stock DHCP config, hostname; the agent is the element's, not added here).
-    for rel, (content, mode) in variant_files("dhcp").items():
-        target = staging / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink():
-            target.unlink()
-        target.write_bytes(content)
-        target.chmod(mode)
-    wants = staging / "etc/systemd/system/multi-user.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    link = wants / "netinject-report.service"
-    if not link.is_symlink():
-        link.symlink_to("/etc/systemd/system/netinject-report.service")
+    # The test bed's files, as the stock dhcp variant has them (its report service, stock
+    # DHCP config, hostname; the agent is the element's, not added here).
+    add_variant_files(staging, "dhcp")
     (top / "boot").mkdir()
     kernel, initrd = _boot_files(staging)
     shutil.copy2(kernel, top / "boot" / kernel.name)
     shutil.copy2(initrd, top / "boot" / initrd.name)
-    size_mb = _du_mb(staging) * 13 // 10 + 256
-    partial = top / "root.img.partial"
-    _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(staging), str(partial),
-          f"{size_mb}M"], "mkfs.ext4 -d")
-    partial.rename(top / "root.img")
+    pack_ext4(staging, top / "root.img.partial", top / "root.img")
     shutil.rmtree(staging, ignore_errors=True)
     (top / "out/netinject.tar").unlink()
     (top / "done").write_text(f"{time.monotonic() - start:.0f}\n")

@@ -370,18 +370,7 @@ def _build_variant(name: str, variant: str, base: Base, image: Path,
     with tempfile.TemporaryDirectory(prefix=f"netinject-{name}-", dir=out_dir) as tmp:
         staging = Path(tmp) / "root"
         _run(["cp", "-a", "--reflink=auto", str(base.root), str(staging)], "copying the base")
-        for rel, (content, mode) in variant_files(variant).items():
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_symlink():
-                target.unlink()
-            target.write_bytes(content)
-            target.chmod(mode)
-        wants = staging / "etc/systemd/system/multi-user.target.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        link = wants / "netinject-report.service"
-        if not link.is_symlink():
-            link.symlink_to("/etc/systemd/system/netinject-report.service")
+        add_variant_files(staging, variant)
         if variant in ("glean", "inject-glean"):  # (before the agent: it extends glean's units)
             install_glean(staging, lambda msg: progress(f"image {name}: {msg}"), cache)
         if variant.startswith("inject"):
@@ -394,15 +383,13 @@ def _build_variant(name: str, variant: str, base: Base, image: Path,
             if base.release != SUITE:
                 # The installer (this Python) cannot compile for another release's
                 # Python: the image builder's way, the image's own python3 in a chroot.
+                from ..guest.image import MODULE_PATH
+
                 _run(["chroot", str(staging), "/usr/bin/python3", "-I", "-m", "py_compile",
-                      "/usr/lib/netinject/netinject_guest.py"],
+                      "/" + MODULE_PATH],
                      f"image {name}: precompiling the agent with the image's Python")
                 progress(f"image {name}: precompiled the agent with the image's python3")
-        size_mb = _du_mb(staging) * 13 // 10 + 256
-        partial = Path(tmp) / "root.img"
-        _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(staging), str(partial),
-              f"{size_mb}M"], "mkfs.ext4 -d")
-        partial.rename(image)
+        pack_ext4(staging, Path(tmp) / "root.img", image)
     for stale in out_dir.glob(f"{name}-*.img"):
         # An older build of this very variant (inject-<key>, not inject-networkd-<key>).
         if stale != image and re.fullmatch(re.escape(name) + r"-[0-9a-f]{16}\.img",
@@ -410,6 +397,32 @@ def _build_variant(name: str, variant: str, base: Base, image: Path,
             stale.unlink()
     progress(f"image {name}: built ({image.stat().st_size // (1024 * 1024)} MiB)")
     return VariantImage(name, image, base.kernel, base.initrd, base.release)
+
+
+def add_variant_files(staging: Path, variant: str) -> None:
+    """Write a variant's files (variant_files) into a root tree and enable its report
+    service: what makes a tree a test-bed image of that variant."""
+    for rel, (content, mode) in variant_files(variant).items():
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():
+            target.unlink()
+        target.write_bytes(content)
+        target.chmod(mode)
+    wants = staging / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "netinject-report.service"
+    if not link.is_symlink():
+        link.symlink_to("/etc/systemd/system/netinject-report.service")
+
+
+def pack_ext4(staging: Path, partial: Path, image: Path) -> None:
+    """Pack a root tree into an ext4 image (``mkfs.ext4 -d``, no loop mount) labelled
+    root, with 30% + 256 MiB of room, written as ``partial`` and renamed to ``image``."""
+    size_mb = _du_mb(staging) * 13 // 10 + 256
+    _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(staging), str(partial),
+          f"{size_mb}M"], "mkfs.ext4 -d")
+    partial.rename(image)
 
 
 def glean_wheel(progress: Progress, cache: Path | None = None) -> Path:
