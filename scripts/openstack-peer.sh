@@ -59,6 +59,14 @@ TOP=$CACHE/openstack-peer-$KEY
 ROOT=$TOP/root
 
 build() {
+  [ -f "$TOP/done" ] && return 0
+  # One build at a time: scripts/test.sh builds the chroot in the background while the
+  # first tests run, and a test that needs it meanwhile waits here, then finds it built.
+  mkdir -p "$TOP"
+  ( flock 9; build_locked ) 9>"$TOP/build.lock"
+}
+
+build_locked() {
   if [ -f "$TOP/done" ]; then
     return 0
   fi

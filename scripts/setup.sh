@@ -11,7 +11,7 @@ APT_PACKAGES=(
   mtools dosfstools genisoimage
   qemu-system-x86 qemu-utils qemu-guest-agent
   dnsmasq-base
-  mmdebstrap e2fsprogs fuse2fs fuse3 fdisk curl lintian
+  mmdebstrap e2fsprogs fuse2fs fuse3 fdisk curl lintian shellcheck
   debootstrap sudo
   cloud-init
   systemd insserv sysvinit-utils initscripts
@@ -19,14 +19,14 @@ APT_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
 )
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
 need=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || need+=("$p")
 done
 if ((${#need[@]})); then
   echo "setup: installing Debian packages: ${need[*]}" >&2
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
   # The host only needs cloud-init's Python code (its network_data.json parser is
@@ -35,7 +35,17 @@ if ((${#need[@]})); then
 fi
 # The libvirt tests run a private libvirtd of their own (netinject.vm.libvirtd: its own
 # config, socket and state, in its own mount namespace), never the system's: nothing of
-# libvirt's is configured or started on this machine.
+# libvirt's is configured or started on this machine. Its QEMU driver looks up the user
+# and group it was built with (Debian's: libvirt-qemu) when it starts, before it reads
+# the private qemu.conf that runs QEMU as root: libvirt-daemon-system's postinst creates
+# them, but that package also configures and starts the system daemon, so just these.
+if ! getent group libvirt-qemu >/dev/null; then
+  $SUDO groupadd --system libvirt-qemu
+fi
+if ! getent passwd libvirt-qemu >/dev/null; then
+  $SUDO useradd --system --gid libvirt-qemu --home-dir /var/lib/libvirt \
+    --no-create-home --shell /usr/sbin/nologin --comment "Libvirt Qemu" libvirt-qemu
+fi
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {

@@ -6,7 +6,11 @@ ships. Per release and stack: the first boot installs the drive's config and a l
 boot of the same disk keeps it (the launcher decides alone); per release a drive for
 another instance and a drive without a payload (an image not marked support_inject_ip)
 leave the image's DHCP in charge. Assertions read the guest's own report (addresses,
-routes, names, DNS, hostname, unit times) from its serial console."""
+routes, names, DNS, hostname, unit times) from its serial console.
+
+Marked ``releases`` (``pytest -m releases``; scripts/test.sh leaves them out to keep CI
+within its hour), but for one stack per release that scripts/test.sh does boot
+(prewarm.CI_RELEASE_VARIANTS: netplan on Debian 11, systemd-networkd on Debian 13)."""
 
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ import pytest
 from helpers.guest import assert_test_bed_network
 from netinject.vm import testbed as vm
 from netinject.vm.harness import BootResult, BootSpec, boot, kvm_usable
+from netinject.vm.prewarm import CI_RELEASE_VARIANTS
 from netinject.vm.progress import Progress
 from netinject.vm.scenarios import Prepared, scenario
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.releases]
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 RELEASES = ("bullseye", "trixie")
 # Stack -> its inject variant.
@@ -36,6 +41,14 @@ STACK_FILES = {"ifupdown": 4, "networkd": 5, "netplan": 4, "nm": 4}
 OTHER_UUID = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 
 _prepared: dict[str, tuple[Prepared, str]] = {}
+
+
+def _stack_params() -> list[Any]:
+    """(release, stack), marked ``releases`` unless scripts/test.sh boots it."""
+    return [pytest.param(r, s, id=f"{r}-{s}",
+                         marks=() if f"{v}@{r}" in CI_RELEASE_VARIANTS
+                         else (pytest.mark.releases,))
+            for r in RELEASES for s, v in STACKS.items()]
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +63,16 @@ def release_images() -> Iterator[dict[str, tuple[Prepared, str]]]:
         _prepared.clear()
 
 
-def prepared_for(images: dict[str, tuple[Prepared, str]], release: str
+def prepared_for(images: dict[str, tuple[Prepared, str]], *names: str
                  ) -> tuple[Prepared, str]:
-    if release not in images:
-        p = Prepared((*(f"{v}@{release}" for v in STACKS.values()),
-                      f"legacy-image@{release}"), Progress())
+    """The images and drives of these scenarios (only theirs: a run of one test builds
+    one release's base of one stack, not all of them)."""
+    key = ",".join(names)
+    if key not in images:
+        p = Prepared(names, Progress())
         accel = "kvm" if kvm_usable(next(iter(p.images.values()))) else "tcg"
-        images[release] = (p, accel)
-    return images[release]
+        images[key] = (p, accel)
+    return images[key]
 
 
 def _eth0_v4(res: BootResult) -> list[dict[str, Any]]:
@@ -72,12 +87,11 @@ def _check_release(res: BootResult, release: str) -> None:
         res.report.get("os-release")
 
 
-@pytest.mark.parametrize("stack", list(STACKS))
-@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize(("release", "stack"), _stack_params())
 def test_first_and_later_boot_on_each_stack(
         release_images: dict[str, tuple[Prepared, str]], release: str, stack: str) -> None:
-    p, accel = prepared_for(release_images, release)
     name = f"{STACKS[stack]}@{release}"
+    p, accel = prepared_for(release_images, name)
     spec = p.spec(name, accel)
     with tempfile.TemporaryDirectory(prefix="netinject-instance-") as tmp:
         copy = Path(tmp) / "root.img"
@@ -108,12 +122,13 @@ def test_first_and_later_boot_on_each_stack(
     assert "not the first boot of instance" in later.agent_log, later.agent_log
 
 
+@pytest.mark.releases
 @pytest.mark.parametrize("release", RELEASES)
 def test_a_drive_for_another_instance_is_not_trusted(
         release_images: dict[str, tuple[Prepared, str]], release: str) -> None:
     """A self-consistent drive naming another instance than the machine's SMBIOS uuid
     (a user's volume labelled config-2): the agent steps aside, DHCP brings eth0 up."""
-    p, accel = prepared_for(release_images, release)
+    p, accel = prepared_for(release_images, f"inject@{release}")
     spec = p.spec(f"inject@{release}", accel)
     res = boot(dataclasses.replace(spec, dhcp_server=True, system_uuid=OTHER_UUID))
     assert res.time_to_network_s is not None, res.console[-3000:]
@@ -126,13 +141,15 @@ def test_a_drive_for_another_instance_is_not_trusted(
     assert v4[0].get("dynamic") is True  # leased from dnsmasq, not injected
 
 
+@pytest.mark.releases
 @pytest.mark.parametrize("release", RELEASES)
 def test_a_legacy_image_keeps_dhcp(
         release_images: dict[str, tuple[Prepared, str]], release: str) -> None:
     """An image without support_inject_ip: the drive carries no payload; the netplan
     image's agent steps aside and netplan's own DHCP YAML brings eth0 up (dnsmasq in the
     namespace); the stock image without the agent does the same."""
-    p, accel = prepared_for(release_images, release)
+    p, accel = prepared_for(release_images, f"inject-netplan@{release}",
+                            f"legacy-image@{release}")
     spec = p.spec(f"inject-netplan@{release}", accel)
     res = boot(BootSpec(spec.image, p.drives["legacy"], True, accel))
     assert res.time_to_network_s is not None, res.console[-3000:]

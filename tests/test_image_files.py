@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import shutil
 import subprocess
 import tomllib
 from importlib import resources
@@ -175,7 +174,6 @@ def test_report_script_parses_as_posix_sh() -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_report_script_passes_shellcheck() -> None:
     """All of shellcheck's checks but one: SC2012 (ls instead of find) is about names
     that are not bootchart's own bootchart-<date>-<time>.svg, and silencing it in the

@@ -422,14 +422,14 @@ def test_the_answer_follows_the_hostname_nova_sends(
     """Issue 20, V4: a new hostname for an instance got the answer built for the old
     one, even past --fresh, until a port, subnet or network changed."""
     iid, _ports, image = two_nic_instance(tenant)
-    svc = Vendordata(Settings(cloud="netinject", deadline=30))
+    svc = Vendordata(Settings(cloud="netinject", deadline=30, api_timeout=20))
     try:
         req = {"instance-id": iid, "image-id": image.id, "hostname": "vm1"}
         assert svc.handle(req).body["files"]["hostname"] == "vm1\n"
         renamed = svc.handle({**req, "hostname": "web-2"})
         assert (renamed.how, renamed.body["files"]["hostname"]) == ("built", "web-2\n")
         svc.settle()
-        svc.settings = Settings(cloud="netinject", deadline=30, fresh=0)
+        svc.settings = Settings(cloud="netinject", deadline=30, api_timeout=20, fresh=0)
         assert svc.handle(req).body["files"]["hostname"] == "vm1\n"
         again = svc.handle(req)
         assert (again.how, again.body["files"]["hostname"]) == ("revalidated", "vm1\n")
@@ -499,7 +499,7 @@ def test_the_metadata_path_sees_an_attach_and_a_subnet_change_once_fresh_has_pas
     Neutron holds now: a port attached as nova's attach makes it (device_id set), then a
     subnet's DNS servers and host routes."""
     fresh = 3.0
-    svc = Vendordata(Settings(cloud="netinject", fresh=fresh, deadline=30))
+    svc = Vendordata(Settings(cloud="netinject", fresh=fresh, deadline=30, api_timeout=20))
     try:
         iid, ports, image = two_nic_instance(tenant)
         req = {"instance-id": iid, "image-id": image.id, "hostname": "vm1"}
@@ -770,7 +770,7 @@ def day2(openstack_peer: Peer, tenant: Tenant, tmp_path: Path,
     spare = _unbound_port(tenant, net2, vm.HOTPLUG_MAC, [{"subnet_id": sub2.id,
                                                            "ip_address": "203.0.113.10"}])
     image = tenant.image(inject=True).id
-    svc = Vendordata(Settings(cloud="netinject", deadline=30))
+    svc = Vendordata(Settings(cloud="netinject", deadline=30, api_timeout=20))
     try:
         assert svc.handle({"instance-id": iid, "image-id": image, "hostname": "vm1"}).ok
         svc.settle()
@@ -793,7 +793,7 @@ def day2(openstack_peer: Peer, tenant: Tenant, tmp_path: Path,
 def _service_nics(iid: str, image: str) -> list[tuple[str, str]]:
     """The NICs (name, MAC) in the vendordata service's answer for the instance (a fresh
     service: built from Neutron as it is now), after its tag writes (if any) landed."""
-    svc = Vendordata(Settings(cloud="netinject", deadline=30))
+    svc = Vendordata(Settings(cloud="netinject", deadline=30, api_timeout=20))
     try:
         answer = svc.handle({"instance-id": iid, "image-id": image, "hostname": "vm1"})
         assert answer.ok, answer

@@ -429,10 +429,15 @@ def glean_wheel(progress: Progress, cache: Path | None = None) -> Path:
     """glean's wheel, pinned (GLEAN_VERSION), from the package index this machine's pip is
     configured with; downloaded once into the cache."""
     d = (cache or cache_dir()) / "wheels"
+    d.mkdir(parents=True, exist_ok=True)
+    with cache_lock(d / ".glean"):  # pip writes the wheel in place: one download at a time
+        return _glean_wheel(d, progress)
+
+
+def _glean_wheel(d: Path, progress: Progress) -> Path:
     found = sorted(d.glob(f"glean-{GLEAN_VERSION}-*.whl"))
     if found:
         return found[0]
-    d.mkdir(parents=True, exist_ok=True)
     progress(f"downloading glean {GLEAN_VERSION} (pip, this machine's index)")
     _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
           "--dest", str(d), f"glean=={GLEAN_VERSION}"], "pip download glean")

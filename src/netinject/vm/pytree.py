@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .apt import SUITE, apt_sources, release_sources
 from .cache import cache_dir
-from .image import DPKG_EXCLUDES, ImageBuildError, Progress, _run
+from .image import DPKG_EXCLUDES, ImageBuildError, Progress, _run, cache_lock
 
 # Release -> the Python version Debian ships in it.
 RELEASES = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
@@ -110,9 +110,17 @@ def build_python_tree(release: str, progress: Progress, cache: Path | None = Non
     """The cached minimal tree of ``release`` with its python3; built if missing."""
     if release not in RELEASES:
         raise ImageBuildError(f"unknown release {release!r} (known: {', '.join(RELEASES)})")
-    version = RELEASES[release]
     key = tree_key(release)
     top = (cache or cache_dir()) / f"python-{release}-{key}"
+    top.mkdir(parents=True, exist_ok=True)
+    # One build at a time (scripts/test.sh builds the trees in the background while the
+    # tests run): another caller waits, then finds the tree built.
+    with cache_lock(top):
+        return _python_tree(release, top, key, progress)
+
+
+def _python_tree(release: str, top: Path, key: str, progress: Progress) -> PythonTree:
+    version = RELEASES[release]
     root, wrapper = top / "root", top / f"python{version}"
     if (top / "done").exists():
         text = wrapper_text(root, version)
@@ -125,7 +133,6 @@ def build_python_tree(release: str, progress: Progress, cache: Path | None = Non
     if not sources:
         raise ImageBuildError(f"no apt source of this machine names the suite {SUITE}: "
                               f"cannot derive the mirrors for {release}")
-    top.mkdir(parents=True, exist_ok=True)
     tmp = top / "root.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -146,7 +153,7 @@ def build_python_tree(release: str, progress: Progress, cache: Path | None = Non
     (top / "done").write_text(key + "\n")
     progress(f"python tree {release} {key}: built in {time.monotonic() - start:.0f} s")
     for stale in top.parent.glob(f"python-{release}-*"):
-        if stale != top:
+        if stale != top and stale.is_dir():
             progress(f"removing the outdated python tree {stale.name}")
             shutil.rmtree(stale, ignore_errors=True)
     return PythonTree(release, version, root, wrapper)
