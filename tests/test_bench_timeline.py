@@ -149,3 +149,31 @@ def test_table_puts_each_stack_against_its_floor_and_its_stall() -> None:
     row = next(x for x in text.splitlines() if x.startswith("dhcp-timeout-networkd"))
     assert row.split()[1:5] == ["never", "-", "-", "-"]
     assert "0/3" in row
+
+
+def test_each_release_is_put_against_its_own_floor_and_stall() -> None:
+    """Scenarios of several Debian releases in one run (NAME@RELEASE): each row's ratio is
+    to inject of its own release, and each release gets its own comparison lines."""
+    results = BootResults("tcg", 3, {
+        "inject": _scenario([20.0, 20.0, 20.0], agent_unit="netinject.service",
+                            network_unit="networking.service"),
+        "inject@trixie": _scenario([30.0, 30.0, 30.0], agent_unit="netinject.service",
+                                   network_unit="networking.service",
+                                   agent_ms=[200.0, 210.0, 220.0]),
+        "baked-static@trixie": _scenario([27.0, 27.0, 27.0],
+                                         network_unit="networking.service"),
+        "dhcp-timeout@trixie": _scenario([None, None, None],
+                                         network_unit="networking.service",
+                                         boot_s=[93.0, 94.0, 95.0]),
+    })
+    lines = format_table(results).splitlines()
+    row = next(x for x in lines if x.startswith("baked-static@trixie"))
+    assert row.split()[4] == "0.90x"  # 27 / 30, not 27 / 20 (bookworm's inject)
+    assert "cost of injection (inject@trixie - baked-static@trixie medians): +3.00 s" \
+        in lines
+    line = next(x for x in lines if x.startswith("ifupdown@trixie:"))
+    assert "inject 30.0 s; floor (baked) 27.0 s, +3.00 s (+11.1%)" in line
+    assert "DHCP stall: network never, boot finished 94.0 s" in line
+    assert any(x.startswith("inject@trixie: the agent's own time") and "median 210.0 ms"
+               in x for x in lines)
+    assert not any(x.startswith("ifupdown:") for x in lines)  # bookworm: inject alone

@@ -22,23 +22,37 @@ HEADERS = ["scenario", "network median", "min", "max", "vs inject", "reached",
            "boot median", "vs inject", "config unit median"]
 
 
+# Per stack, the scenarios of its line: inject, its floor (the same config baked into
+# the image) and its DHCP stall.
+STACK_SCENARIOS = {"ifupdown": ("inject", "baked-static", "dhcp-timeout"),
+                   **{s: (f"inject-{s}", f"baked-{s}", f"dhcp-timeout-{s}")
+                      for s in ("networkd", "netplan", "nm")}}
+
+
+def _release(name: str) -> str:
+    """A scenario name's release suffix: '@trixie', or '' (bookworm)."""
+    _, at, release = name.partition("@")
+    return at + release
+
+
 def format_table(results: BootResults) -> str:
-    """The figures as text: one row per scenario (ratios to ``inject``), then the
-    comparisons that answer the benchmark's questions: what injection costs, what the
-    agent costs, each stack against its baked floor and its DHCP stall, and what a
-    later boot of the same instance saves."""
+    """The figures as text: one row per scenario (ratios to ``inject`` of the same Debian
+    release), then per release the comparisons that answer the benchmark's questions:
+    what injection costs, what the agent costs, each stack against its baked floor and
+    its DHCP stall, and what a later boot of the same instance saves."""
     sc = results.scenarios
-    ref = sc.get("inject")
     lines = [f"time to network (s): QEMU start -> the guest's first ARP answer; boot: QEMU "
              f"start -> boot finished (systemd); config unit: the unit that puts the "
              f"network config in place, Starting to Finished (ms, systemd's timestamps); "
              f"accel={results.accel}, {results.runs} interleaved run(s) per scenario",
-             table(HEADERS, [_row(name, s, ref) for name, s in sc.items()])]
-    lines += _injection_cost(sc)
-    lines += _agent_lines(sc)
-    lines += [line for stack in ("networkd", "netplan", "nm")
-              if (line := _stack_line(stack, sc)) is not None]
-    lines += _later_lines(sc)
+             table(HEADERS, [_row(name, s, sc.get("inject" + _release(name)))
+                             for name, s in sc.items()])]
+    for rel in dict.fromkeys(_release(name) for name in sc):
+        lines += _injection_cost(sc, rel)
+        lines += _agent_lines(sc, rel)
+        lines += [line for stack in STACK_SCENARIOS
+                  if (line := _stack_line(stack, sc, rel)) is not None]
+        lines += _later_lines(sc, rel)
     return "\n".join(lines)
 
 
@@ -56,19 +70,19 @@ def _row(name: str, s: ScenarioResult, ref: ScenarioResult | None) -> list[str]:
             f"{unit:.0f} ({s.agent_unit})" if unit is not None else "-"]
 
 
-def _injection_cost(sc: Mapping[str, ScenarioResult]) -> list[str]:
+def _injection_cost(sc: Mapping[str, ScenarioResult], rel: str = "") -> list[str]:
     """inject against the image with the same config baked in, if both ran."""
-    inject, baked = sc.get("inject"), sc.get("baked-static")
+    inject, baked = sc.get(f"inject{rel}"), sc.get(f"baked-static{rel}")
     if inject is None or baked is None or not baked.median_s or not inject.median_s:
         return []
-    return [f"cost of injection (inject - baked-static medians): "
+    return [f"cost of injection (inject{rel} - baked-static{rel} medians): "
             f"{inject.median_s - baked.median_s:+.2f} s"]
 
 
-def _agent_lines(sc: Mapping[str, ScenarioResult]) -> list[str]:
+def _agent_lines(sc: Mapping[str, ScenarioResult], rel: str = "") -> list[str]:
     """The agent's own time against its unit's time as systemd saw it."""
     lines = []
-    for name in ("inject", "inject-later"):
+    for name in (f"inject{rel}", f"inject-later{rel}"):
         s = sc.get(name)
         agent = [v for v in s.boots.agent_ms if v is not None] if s else []
         if s is not None and agent:
@@ -79,14 +93,14 @@ def _agent_lines(sc: Mapping[str, ScenarioResult]) -> list[str]:
     return lines
 
 
-def _stack_line(stack: str, sc: Mapping[str, ScenarioResult]) -> str | None:
-    """One network stack: inject against its baked floor and its DHCP stall, and where
-    the agent finished against the stack's own network unit."""
-    inj, floor = sc.get(f"inject-{stack}"), sc.get(f"baked-{stack}")
-    stall = sc.get(f"dhcp-timeout-{stack}")
-    if inj is None:
+def _stack_line(stack: str, sc: Mapping[str, ScenarioResult], rel: str = "") -> str | None:
+    """One network stack (of one release): inject against its baked floor and its DHCP
+    stall, and where the agent finished against the stack's own network unit. For
+    ifupdown only when the floor or the stall ran too (else the rows say it all)."""
+    inj, floor, stall = (sc.get(n + rel) for n in STACK_SCENARIOS[stack])
+    if inj is None or (stack == "ifupdown" and floor is None and stall is None):
         return None
-    parts = [f"{stack}: inject {fmt(inj.median_s)} s"]
+    parts = [f"{stack}{rel}: inject {fmt(inj.median_s)} s"]
     if floor and floor.median_s and inj.median_s:
         gap = inj.median_s - floor.median_s
         parts.append(f"floor (baked) {fmt(floor.median_s)} s, {gap:+.2f} s "
@@ -114,14 +128,14 @@ def _pair(s: ScenarioResult | None) -> str:
             f"{fmt(s.network_unit_ready_median_s)} s")
 
 
-def _later_lines(sc: Mapping[str, ScenarioResult]) -> list[str]:
+def _later_lines(sc: Mapping[str, ScenarioResult], rel: str = "") -> list[str]:
     """First boot against a later boot of the same instance, per agent measured both."""
     lines = []
     for base in ("inject", "glean", "cloud-init"):
-        first, later = sc.get(base), sc.get(f"{base}-later")
+        first, later = sc.get(base + rel), sc.get(f"{base}-later{rel}")
         if first is not None and later is not None and first.median_s is not None \
                 and later.median_s is not None:
-            lines.append(f"{base}: first boot {first.median_s:.1f} s, later boot "
+            lines.append(f"{base}{rel}: first boot {first.median_s:.1f} s, later boot "
                          f"{later.median_s:.1f} s ({later.median_s - first.median_s:+.1f} s)")
     return lines
 
