@@ -53,8 +53,8 @@ def _stack_params() -> list[Any]:
 
 @pytest.fixture(scope="module")
 def release_images() -> Iterator[dict[str, tuple[Prepared, str]]]:
-    """Each release's images and drives, built on first use (one release's tests run on
-    one pytest worker: conftest groups them)."""
+    """The images and drives of each test's scenarios, built on first use
+    (prepared_for), closed at the module's end."""
     try:
         yield _prepared
     finally:

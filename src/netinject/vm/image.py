@@ -374,7 +374,7 @@ def _build_variant(name: str, variant: str, base: Base, image: Path,
         if variant in ("glean", "inject-glean"):  # (before the agent: it extends glean's units)
             install_glean(staging, lambda msg: progress(f"image {name}: {msg}"), cache)
         if variant.startswith("inject"):
-            from ..guest.image import install_agent
+            from ..guest.image import MODULE_PATH, install_agent
             from ..guest_bundle import agent_source, launcher_source
 
             if install_agent(str(staging), lambda msg: progress(f"image {name}: {msg}"),
@@ -383,8 +383,6 @@ def _build_variant(name: str, variant: str, base: Base, image: Path,
             if base.release != SUITE:
                 # The installer (this Python) cannot compile for another release's
                 # Python: the image builder's way, the image's own python3 in a chroot.
-                from ..guest.image import MODULE_PATH
-
                 _run(["chroot", str(staging), "/usr/bin/python3", "-I", "-m", "py_compile",
                       "/" + MODULE_PATH],
                      f"image {name}: precompiling the agent with the image's Python")

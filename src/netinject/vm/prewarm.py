@@ -24,12 +24,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .image import RELEASES, SUITE, VARIANTS, ImageBuildError, build_base, build_variant
+from .image import (
+    RELEASES,
+    STACKS,
+    SUITE,
+    VARIANTS,
+    ImageBuildError,
+    build_base,
+    build_variant,
+)
 from .progress import Progress
 from .pytree import build_python_tree
 
-# The release boots' variants (tests/test_e2e_releases.py).
-RELEASE_VARIANTS = ("inject", "inject-networkd", "inject-netplan", "inject-nm", "dhcp")
+# The release boots' variants (tests/test_e2e_releases.py): each stack's inject image,
+# and the stock image of the legacy-image scenario.
+RELEASE_VARIANTS = ("inject", *(f"inject-{s}" for s in STACKS), "dhcp")
 # The release boots that scripts/test.sh runs (the others are marked `releases`, to keep
 # CI within its hour): one stack on each other release, each where that release differed
 # most. Debian 11's netplan 0.101 (refuses `to: default`) under Python 3.9 and systemd
