@@ -246,7 +246,8 @@ NETWORKD_LINES = [re.compile(p, re.ASCII) for p in (
     r"", GENERATED, rf"# {NIC}(: port {PORT})?", r"\[(Match|Link|Network|Address|Route)\]",
     rf"MACAddress={MAC}", rf"Name={NIC}", r"MTUBytes=[0-9]{2,5}",
     r"RequiredForOnline=(yes|no)", r"DHCP=(yes|no|ipv4|ipv6)", r"IPv6AcceptRA=(yes|no)",
-    r"LinkLocalAddressing=no", rf"DNS=(?P<ip>{IP})", rf"Address=(?P<ip>{IP}){PREFIX}",
+    r"LinkLocalAddressing=no", r"ConfigureWithoutCarrier=yes", rf"DNS=(?P<ip>{IP})",
+    rf"Address=(?P<ip>{IP}){PREFIX}",
     rf"Gateway=(?P<ip>{IP})", rf"Destination=(?P<net>{IP}{PREFIX})",
 )]
 NETPLAN_LINES = [re.compile(p, re.ASCII) for p in (
