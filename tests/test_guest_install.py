@@ -245,8 +245,9 @@ def test_sync_triggers_are_installed_and_pass_systemd_analyze_verify(
         verify = _verify(root, unit)
         assert (verify.returncode, verify.stderr) == (0, ""), (unit, verify.stderr)
     timer = (root / "lib/systemd/system/netinject-sync.timer").read_text()
-    assert re.findall(r"^(On\w+Sec|RandomizedDelaySec)=(.*)$", timer, re.M) == [
-        ("OnBootSec", "120s"), ("OnUnitActiveSec", "1800s"), ("RandomizedDelaySec", "300s")]
+    assert re.findall(r"^(On\w+Sec|RandomizedDelaySec|AccuracySec)=(.*)$", timer, re.M) == [
+        ("OnBootSec", "120s"), ("OnUnitActiveSec", "1800s"), ("RandomizedDelaySec", "300s"),
+        ("AccuracySec", "30s")]
     add = (root / "lib/systemd/system/netinject-sync-add@.service").read_text()
     assert "ExecStart=/usr/sbin/netinject-guest sync --mac %i\n" in add
     assert "SuccessExitStatus=1\n" in add
@@ -292,7 +293,8 @@ def test_the_generator_sets_the_timers_period_from_sync_conf(tmp_path: Path) -> 
     assert (done.returncode, done.stderr) == (0, "")
     dropin = "normal/netinject-sync.timer.d/50-netinject-period.conf"
     assert _files(out) == {dropin: "[Timer]\nOnUnitActiveSec=\nOnBootSec=120s\n"
-                                   "OnUnitActiveSec=600s\nRandomizedDelaySec=100s\n"}
+                                   "OnUnitActiveSec=600s\nRandomizedDelaySec=100s\n"
+                                   "AccuracySec=10s\n"}
     # systemd takes the drop-in (placed where verify --root reads drop-ins).
     _with_host_targets(root)
     (root / "etc/systemd/system/netinject-sync.timer.d").mkdir(parents=True)

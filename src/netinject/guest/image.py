@@ -172,11 +172,13 @@ Documentation=file:/usr/lib/netinject/netinject_guest.py
 OnBootSec=%ds
 OnUnitActiveSec=%ds
 RandomizedDelaySec=%ds
-AccuracySec=1min
+# (systemd's default accuracy is 1 min; 1/60 of the period, so that a short period
+# set in sync.conf is kept as short.)
+AccuracySec=%ds
 
 [Install]
 WantedBy=timers.target
-""" % (SYNC_BOOT_DELAY, SYNC_PERIOD, SYNC_PERIOD // 6)
+""" % (SYNC_BOOT_DELAY, SYNC_PERIOD, SYNC_PERIOD // 6, SYNC_PERIOD // 60)
 
 def _sync_nic_unit(what: str, option: str) -> str:
     """A template unit udev starts for one NIC (%i): ``sync OPTION %i``."""
@@ -264,6 +266,7 @@ mkdir -p "$out/%s.d"
     echo "OnBootSec=%ds"
     echo "OnUnitActiveSec=${period}s"
     echo "RandomizedDelaySec=$((period / 6))s"
+    echo "AccuracySec=$((period / 60))s"
 } > "$out/%s.d/50-netinject-period.conf"
 """ % (SYNC_CONF, SYNC_TIMER_NAME, SYNC_TIMER_NAME, SYNC_BOOT_DELAY, SYNC_TIMER_NAME)
 
