@@ -301,6 +301,13 @@ def test_the_generator_sets_the_timers_period_from_sync_conf(tmp_path: Path) -> 
     shutil.copy(out / dropin, root / "etc/systemd/system/netinject-sync.timer.d/")
     verify = _verify(root, "netinject-sync.timer")
     assert (verify.returncode, verify.stderr) == (0, "")
+    # The floor: the first check after boot waits one period, not 120 s; the timer's
+    # accuracy is a second.
+    done, out = _generate(root, "period=60\n")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert _files(out) == {dropin: "[Timer]\nOnUnitActiveSec=\nOnBootSec=60s\n"
+                                   "OnUnitActiveSec=60s\nRandomizedDelaySec=10s\n"
+                                   "AccuracySec=1s\n"}
     # enabled=no masks the timer; no file: the unit's defaults.
     done, out = _generate(root, "enabled=no\n")
     assert _files(out) == {"normal/netinject-sync.timer": "/dev/null"}

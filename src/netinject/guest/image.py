@@ -259,16 +259,20 @@ if [ "$enabled" = no ]; then
 fi
 [ -n "$period" ] || exit 0
 mkdir -p "$out/%s.d"
-# (An empty OnUnitActiveSec= resets every trigger of the timer: OnBootSec comes back.)
+# (An empty OnUnitActiveSec= resets every trigger of the timer: OnBootSec comes back.
+# The first check after boot comes after %d s, or after one period if that is shorter.)
+boot=%d
+[ "$period" -lt "$boot" ] && boot=$period
 {
     echo "[Timer]"
     echo "OnUnitActiveSec="
-    echo "OnBootSec=%ds"
+    echo "OnBootSec=${boot}s"
     echo "OnUnitActiveSec=${period}s"
     echo "RandomizedDelaySec=$((period / 6))s"
     echo "AccuracySec=$((period / 60))s"
 } > "$out/%s.d/50-netinject-period.conf"
-""" % (SYNC_CONF, SYNC_TIMER_NAME, SYNC_TIMER_NAME, SYNC_BOOT_DELAY, SYNC_TIMER_NAME)
+""" % (SYNC_CONF, SYNC_TIMER_NAME, SYNC_TIMER_NAME, SYNC_BOOT_DELAY, SYNC_BOOT_DELAY,
+       SYNC_TIMER_NAME)
 
 MODULE_PATH = "usr/lib/netinject/netinject_guest.py"
 LAUNCHER_PATH = "usr/sbin/netinject-guest"
