@@ -28,60 +28,50 @@ ifupdown, 2 s for the other stacks.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
 import time
-import types
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from helpers.openstack import Service, service
-from netinject.guest import contract
-from netinject.hotplug import QmpAttacher
-from netinject.openstack.metadata_proxy import Binding, forward, metadata_proxy
+from netinject.openstack.metadata_bed import (
+    ETH1_FILES,
+    RULES,
+    addrs,
+    agent,
+    attach_as_nova,
+    change_in_neutron,
+    detach_as_nova,
+    drifted,
+    eth1_config_gone,
+    exists,
+    expected_routes,
+    facts,
+    guest_log,
+    gw_routes,
+    hotplug_nic,
+    ip_json,
+    make_instance,
+    metadata_route,
+    run_in_guest,
+    set_sync_period,
+    wait_for,
+)
+from netinject.openstack.metadata_proxy import Binding
 from netinject.openstack.peer import Peer, Tenant, nova_metadata_api
-from netinject.qga import GuestAgent
 from netinject.vm import image as images
 from netinject.vm import testbed as vm
-from netinject.vm.harness import (
-    BootSpec,
-    first_reply,
-    kvm_usable,
-    running,
-    start_prober,
-)
+from netinject.vm.harness import BootSpec, kvm_usable, running
 from netinject.vm.progress import Progress
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.root]
 
 VARIANTS = {"ifupdown": "inject", "networkd": "inject-networkd",
             "netplan": "inject-netplan", "nm": "inject-nm"}
-ETH1_FILES = {
-    "ifupdown": (),  # (its stanza in /etc/network/interfaces)
-    "networkd": ("/etc/systemd/network/10-netinject-eth1.network",
-                 "/etc/systemd/network/10-netinject-eth1.link"),
-    "netplan": (),  # (its entry in /etc/netplan/90-netinject.yaml)
-    "nm": ("/etc/NetworkManager/system-connections/netinject-eth1.nmconnection",),
-}
-SHARED_FILE = {"ifupdown": "/etc/network/interfaces", "netplan": "/etc/netplan/90-netinject.yaml"}
-RULES = "/etc/udev/rules.d/70-persistent-net.rules"
 # nova's [api] metadata_cache_expiration per stack: nova's default (15 s) for ifupdown.
 EXPIRATION = {"ifupdown": 15, "networkd": 2, "netplan": 2, "nm": 2}
-SECRET = "netinject-e2e-shared-secret"
-METADATA_IP = "169.254.169.254"
-VD2 = "/openstack/latest/vendor_data2.json"
-HOSTNAME = "netinject-vm"
-# Drift: what an operator changes in Neutron.
-NEW_ROUTE = "198.51.100.128/25"
-NEW_DNS = "192.0.2.53"
-NEW_IP = "192.0.2.20"
 PERIOD = 60  # the timer's period in /etc/netinject/sync.conf (the agent's floor)
 
 
@@ -112,122 +102,6 @@ def tenant(openstack_peer: Peer) -> Iterator[Tenant]:
         t.close()
 
 
-@dataclass
-class Cloud:
-    """The instance as the peer has it: Neutron's objects, nova's record, its drive."""
-
-    iid: str
-    net: Any
-    sub: Any
-    port: Any
-    conf: Path  # its nova metadata API's config directory
-    drive: Path
-
-
-def make_instance(peer: Peer, t: Tenant, target: str, stack: str, tmp: Path,
-                  dhcp: bool = True) -> Cloud:
-    """The test bed's instance (vm.document()'s network, subnet and port: MAC, address,
-    gateway, DNS, host route, MTU) made in the peer's Neutron with a fresh uuid, its
-    config drive built by nova's own code (calling the vendordata service), and its
-    record in nova's database with the info cache built by nova from Neutron.
-    ``dhcp``: the subnet's enable_dhcp (False: nova's network_data.json says static)."""
-    iid = str(uuid.uuid4())
-    net = t.network(f"e2emeta-{stack}-{iid[:6]}", mtu=vm.MTU)
-    sub = t.subnet(net, ip_version=4, cidr=f"192.0.2.0/{vm.PREFIX}", gateway_ip=vm.HOST_IP,
-                   enable_dhcp=dhcp,
-                   dns_nameservers=[vm.HOST_IP],
-                   host_routes=[{"destination": vm.HOST_ROUTE, "nexthop": vm.HOST_IP}])
-    port = t.port(net, iid, vm.GUEST_MAC, [{"subnet_id": sub.id, "ip_address": vm.GUEST_IP}])
-    image = t.image(inject=True)
-    out = peer.state / f"e2emeta-{iid}.iso"
-    [built] = peer.build_drives(peer.nova_conf(f"e2emeta-{stack}", target), [{
-        "instance": iid, "project": t.project_id, "image": image.id,
-        "hostname": HOSTNAME, "ports": [port.id], "out": str(out)}])
-    assert not built["error"], built
-    drive = tmp / "drive.iso"
-    shutil.move(out, drive)
-    conf = peer.nova_metadata_conf(f"e2emeta-{stack}-{iid[:8]}", target, SECRET,
-                                   cache_expiration=EXPIRATION[stack])
-    vifs = peer.nova_instance(conf, iid, t.project_id, str(t.demo.current_user_id),
-                              image.id, HOSTNAME, [port.id])
-    assert vifs == [port.id]
-    return Cloud(iid, net, sub, port, conf, drive)
-
-
-def attach_as_nova(peer: Peer, t: Tenant, cloud: Cloud, guest: Any, nic: Any, tag: str,
-                   dhcp: bool = True) -> tuple[Any, float | None]:
-    """Attach as stock nova does: the port (vm.HOTPLUG_MAC and _IP, on a new network and
-    subnet whose enable_dhcp is ``dhcp``) in Neutron, bound to the instance; nova's
-    attach_interface puts it in the info cache; then the hypervisor plugs the NIC (QMP
-    device_add on tap1, where no DHCP server runs). The port, and the seconds from
-    device_add to the NIC's first ARP answer on its static address (None: none came)."""
-    net2 = t.network(f"e2emeta-{tag}-{cloud.iid[:6]}")
-    sub2 = t.subnet(net2, ip_version=4, cidr="203.0.113.0/24",
-                    gateway_ip=vm.HOTPLUG_HOST_IP, enable_dhcp=dhcp)
-    port2 = t.port(net2, cloud.iid, vm.HOTPLUG_MAC,
-                   [{"subnet_id": sub2.id, "ip_address": vm.HOTPLUG_IP}])
-    assert peer.nova_attach(cloud.conf, cloud.iid, [port2.id]) == [cloud.port.id, port2.id]
-    prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP, vm.HOTPLUG_HOST_IP, 150)
-    try:
-        t0 = time.monotonic()
-        QmpAttacher(str(guest.qmp_socket), timeout=30).attach(nic, "tap1")
-        return port2, first_reply(events, t0, 150)
-    finally:
-        prober.terminate()
-
-
-def _ip(ga: GuestAgent, *args: str) -> Any:
-    res = ga.exec("/usr/bin/ip", ["-j", *args])
-    assert res.exitcode == 0, res.stderr
-    return json.loads(res.stdout or b"[]")
-
-
-def _run(ga: GuestAgent, path: str, *args: str) -> tuple[int, str]:
-    res = ga.exec(path, list(args))
-    return res.exitcode or 0, (res.stdout or b"").decode() + (res.stderr or b"").decode()
-
-
-def _exists(ga: GuestAgent, path: str) -> bool:
-    return ga.exec("/usr/bin/test", ["-e", path]).exitcode == 0
-
-
-def _addrs(ga: GuestAgent, dev: str) -> list[tuple[str, int]]:
-    return [(a["local"], a["prefixlen"]) for a in _ip(ga, "addr", "show", "dev", dev)[0]
-            ["addr_info"] if a["family"] == "inet"]
-
-
-def _gw_routes(ga: GuestAgent, dev: str) -> set[tuple[str, str]]:
-    """The routes through a gateway on ``dev``, as (destination, gateway)."""
-    return {(r["dst"], r["gateway"]) for r in _ip(ga, "-4", "route", "show", "dev", dev)
-            if "gateway" in r}
-
-
-def _wait(what: str, ok: Any, timeout: float, detail: Any = None) -> float:
-    """Seconds until ok() (polled every 0.5 s); fails saying ``what`` after timeout."""
-    t0 = time.monotonic()
-    while not ok():
-        assert time.monotonic() - t0 < timeout, (what, detail() if detail else None)
-        time.sleep(0.5)
-    return time.monotonic() - t0
-
-
-def _facts(nova: str, binding: Binding, name: str) -> contract.NicFacts:
-    """What the metadata path says of NIC ``name`` now (the answer the guest reads)."""
-    status, _ctype, body = forward(nova, SECRET, binding, "GET", VD2, b"")
-    assert status == 200, body
-    records = contract.parse_manifest(json.loads(body)["netinject"]["manifest"].encode())
-    assert records.facts is not None
-    return records.facts[name]
-
-
-def _expected_routes(facts: contract.NicFacts) -> set[tuple[str, str]]:
-    return {("default" if dst == "0.0.0.0/0" else dst, gw) for dst, gw in facts.routes}
-
-
-def _log(ga: GuestAgent, since: int) -> str:
-    return ga.read_file("/var/log/netinject.log").decode(errors="replace")[since:]
-
-
 @pytest.mark.parametrize("stack", list(VARIANTS))
 def test_hotplug_detach_and_drift_through_novas_metadata_api(
         boot_images: tuple[dict[str, images.VariantImage], str], openstack_peer: Peer,
@@ -235,129 +109,99 @@ def test_hotplug_detach_and_drift_through_novas_metadata_api(
         capsys: pytest.CaptureFixture[str]) -> None:
     built, accel = boot_images
     peer = openstack_peer
-    cloud = make_instance(peer, tenant, vendordata.url, stack, tmp_path)
+    cloud = make_instance(peer, tenant, vendordata.url, stack, tmp_path,
+                          cache_expiration=EXPIRATION[stack])
     binding = Binding(cloud.iid, tenant.project_id, vm.GUEST_IP)
     spec = BootSpec(built[stack], cloud.drive, False, accel, qga=True,
                     extra_taps=(("tap1", f"{vm.HOTPLUG_HOST_IP}/24"),),
                     system_uuid=cloud.iid)
-    nic = types.SimpleNamespace(index=1, name="eth1", mac=vm.HOTPLUG_MAC)
+    nic = hotplug_nic()
     timings: dict[str, float] = {}
-    with nova_metadata_api(peer, cloud.conf) as nova, running(spec) as guest:
-        # The guest's http://169.254.169.254: the proxy on that address in the test's
-        # namespace, which the guest reaches through its default route.
-        subprocess.run(["ip", "-n", guest.ns, "addr", "add", f"{METADATA_IP}/32", "dev", "lo"],
-                       check=True)
-        with metadata_proxy(nova, SECRET, binding, (METADATA_IP, 80), netns=guest.ns):
-            reply, _ = guest.wait_network()
-            assert reply is not None, guest.console()[-3000:]
+    # The guest's http://169.254.169.254: the proxy on that address in the test's
+    # namespace, which the guest reaches through its default route.
+    with nova_metadata_api(peer, cloud.conf) as nova, running(spec) as guest, \
+            metadata_route(nova, binding, guest):
+        reply, _ = guest.wait_network()
+        assert reply is not None, guest.console()[-3000:]
 
-            def agent() -> GuestAgent:
-                return GuestAgent.unix(guest.qga_socket, timeout=30)
+        # nova builds the instance's metadata on its first read (Keystone, Neutron):
+        # read it once from here, so the guest's first ask (5 s per read, its
+        # default) is not that one on this busy two-CPU machine.
+        facts(nova, binding, "eth0")
+        with agent(guest) as ga:
+            ga.wait_ready()
+            # The metadata path works from the guest, and its answer is the drive's:
+            # nothing would change. (On NetworkManager images NM rewrites
+            # /etc/resolv.conf itself from the keyfiles' dns= at start, same servers
+            # under its own comment: the same directives, so not a change.)
+            code, out = run_in_guest(ga, "/usr/sbin/netinject-guest", "sync", "--dry-run")
+            assert code == 0, out
+            assert "NICs: no NIC" in out, out
+            dry_files = [line.strip() for line in out.splitlines()
+                         if line.startswith("  ") and "/" in line]
+            assert all(line.startswith("mode ") for line in dry_files), out
+            _c, modes = run_in_guest(ga, "/usr/bin/stat", "-c", "%a %U %n",
+                                     *(f"/{line.split(' /', 1)[1]}" for line in dry_files))
+            log_at = len(guest_log(ga))
 
-            # nova builds the instance's metadata on its first read (Keystone, Neutron):
-            # read it once from here, so the guest's first ask (5 s per read, its
-            # default) is not that one on this busy two-CPU machine.
-            _facts(nova, binding, "eth0")
-            with agent() as ga:
-                ga.wait_ready()
-                # The metadata path works from the guest, and its answer is the drive's:
-                # nothing would change. (On NetworkManager images NM rewrites
-                # /etc/resolv.conf itself from the keyfiles' dns= at start, same servers
-                # under its own comment: the same directives, so not a change.)
-                code, out = _run(ga, "/usr/sbin/netinject-guest", "sync", "--dry-run")
-                assert code == 0, out
-                assert "NICs: no NIC" in out, out
-                dry_files = [line.strip() for line in out.splitlines()
-                             if line.startswith("  ") and "/" in line]
-                assert all(line.startswith("mode ") for line in dry_files), out
-                _c, modes = _run(ga, "/usr/bin/stat", "-c", "%a %U %n",
-                                 *(f"/{line.split(' /', 1)[1]}" for line in dry_files))
-                log_at = len(_log(ga, 0))
+        # 1. Attach as stock nova does: the port in Neutron, bound to the instance;
+        # nova's attach_interface puts it in the info cache; then the hypervisor
+        # plugs the NIC (QMP device_add). No DHCP server on tap1.
+        port2, arp_s = attach_as_nova(peer, tenant, cloud, guest, nic, "hp")
+        assert arp_s is not None, guest.console()[-3000:]
+        timings["attach -> first ARP answer"] = arp_s
+        want = facts(nova, binding, "eth1")
+        with agent(guest) as ga:
+            eth1 = ip_json(ga, "addr", "show", "dev", "eth1")[0]
+            assert eth1["address"] == vm.HOTPLUG_MAC
+            assert addrs(ga, "eth1") == [(vm.HOTPLUG_IP, 24)]
+            assert not any(a.get("dynamic") for a in eth1["addr_info"])
+            routes = ip_json(ga, "-4", "route", "show", "dev", "eth1")
+            assert ("203.0.113.0/24", "link") in {
+                (r["dst"], r.get("scope")) for r in routes}, routes
+            assert gw_routes(ga, "eth1") == expected_routes(want), (routes, want.routes)
+            for path in ETH1_FILES[stack]:
+                assert exists(ga, path), path
+            assert vm.HOTPLUG_MAC in ga.read_file(RULES).decode()
+            assert addrs(ga, "eth0") == [(vm.GUEST_IP, vm.PREFIX)]
+            attach_log = guest_log(ga, log_at)
+            log_at += len(attach_log)
+        asked = attach_log.count("asking again")
 
-            # 1. Attach as stock nova does: the port in Neutron, bound to the instance;
-            # nova's attach_interface puts it in the info cache; then the hypervisor
-            # plugs the NIC (QMP device_add). No DHCP server on tap1.
-            port2, arp_s = attach_as_nova(peer, tenant, cloud, guest, nic, "hp")
-            assert arp_s is not None, guest.console()[-3000:]
-            timings["attach -> first ARP answer"] = arp_s
-            want = _facts(nova, binding, "eth1")
-            with agent() as ga:
-                eth1 = _ip(ga, "addr", "show", "dev", "eth1")[0]
-                assert eth1["address"] == vm.HOTPLUG_MAC
-                assert _addrs(ga, "eth1") == [(vm.HOTPLUG_IP, 24)]
-                assert not any(a.get("dynamic") for a in eth1["addr_info"])
-                routes = _ip(ga, "-4", "route", "show", "dev", "eth1")
-                assert ("203.0.113.0/24", "link") in {
-                    (r["dst"], r.get("scope")) for r in routes}, routes
-                assert _gw_routes(ga, "eth1") == _expected_routes(want), (routes, want.routes)
-                for path in ETH1_FILES[stack]:
-                    assert _exists(ga, path), path
-                assert vm.HOTPLUG_MAC in ga.read_file(RULES).decode()
-                assert _addrs(ga, "eth0") == [(vm.GUEST_IP, vm.PREFIX)]
-                attach_log = _log(ga, log_at)
-                log_at += len(attach_log)
-            asked = attach_log.count("asking again")
+        # 2. Detach as stock nova does: the hypervisor lets the NIC go (device_del),
+        # then nova's detach_interface unbinds the port and shrinks the cache. The
+        # guest's udev remove asks until the answer drops eth1.
+        _sent, t1 = detach_as_nova(peer, cloud, guest, nic, port2)
+        with agent(guest) as ga:
+            wait_for("eth1's config still there after detach",
+                     lambda: eth1_config_gone(ga, stack), 120,
+                     lambda: guest_log(ga, log_at))
+            timings["device_del -> eth1's config gone"] = time.monotonic() - t1
+            assert "eth1" not in {i["name"] for i in ga.network_interfaces()}
+            detach_log = guest_log(ga, log_at)
+            log_at += len(detach_log)
 
-            # 2. Detach as stock nova does: the hypervisor lets the NIC go (device_del),
-            # then nova's detach_interface unbinds the port and shrinks the cache. The
-            # guest's udev remove asks until the answer drops eth1.
-            QmpAttacher(str(guest.qmp_socket), timeout=30).detach(nic)  # type: ignore[arg-type]
-            t1 = time.monotonic()
-            assert peer.nova_detach(cloud.conf, cloud.iid, port2.id) == [cloud.port.id]
-            with agent() as ga:
-
-                def detached() -> bool:
-                    return (not any(_exists(ga, p) for p in ETH1_FILES[stack])
-                            and (stack not in SHARED_FILE
-                                 or "eth1" not in ga.read_file(SHARED_FILE[stack]).decode())
-                            and vm.HOTPLUG_MAC not in ga.read_file(RULES).decode())
-
-                _wait("eth1's config still there after detach", detached, 120,
-                      lambda: _log(ga, log_at))
-                timings["device_del -> eth1's config gone"] = time.monotonic() - t1
-                assert "eth1" not in {i["name"] for i in ga.network_interfaces()}
-                detach_log = _log(ga, log_at)
-                log_at += len(detach_log)
-
-            # 3. Drift: an operator changes the subnet's DNS servers and host routes and
-            # the port's fixed IP in Neutron (nova hears of none of the subnet's); the
-            # guest's timer, shortened in /etc/netinject/sync.conf, brings them in.
-            net_api = tenant.demo.network
-            net_api.update_subnet(cloud.sub, dns_nameservers=[vm.HOST_IP, NEW_DNS],
-                                  host_routes=[
-                                      {"destination": vm.HOST_ROUTE, "nexthop": vm.HOST_IP},
-                                      {"destination": NEW_ROUTE, "nexthop": vm.HOST_IP}])
-            net_api.update_port(cloud.port, fixed_ips=[{"subnet_id": cloud.sub.id,
-                                                        "ip_address": NEW_IP}])
-            t2 = time.monotonic()
-            with agent() as ga:
-                ga.write_file("/etc/netinject/sync.conf", f"period={PERIOD}\n".encode())
-                for args in (("daemon-reload",), ("restart", "netinject-sync.timer")):
-                    code, out = _run(ga, "/usr/bin/systemctl", *args)
-                    assert code == 0, out
-                code, out = _run(ga, "/usr/bin/systemctl", "show", "netinject-sync.timer",
-                                 "-p", "TimersMonotonic")
-                assert f"OnUnitActiveUSec={PERIOD // 60}min" in out, out
-
-                def drifted() -> bool:
-                    return (_addrs(ga, "eth0") == [(NEW_IP, vm.PREFIX)]
-                            and (NEW_ROUTE, vm.HOST_IP) in _gw_routes(ga, "eth0")
-                            and f"nameserver {NEW_DNS}" in
-                            ga.read_file("/etc/resolv.conf").decode().splitlines())
-
-                _wait("the Neutron change did not reach the guest", drifted,
-                      PERIOD + 60 + 90, lambda: (_log(ga, log_at), _ip(ga, "addr"),
-                                                 _ip(ga, "route")))
-                timings["Neutron change -> applied (timer)"] = time.monotonic() - t2
-                want0 = _facts(nova, binding, "eth0")
-                assert _gw_routes(ga, "eth0") == _expected_routes(want0)
-                assert (vm.HOST_ROUTE, vm.HOST_IP) in _gw_routes(ga, "eth0")
-                resolv = ga.read_file("/etc/resolv.conf").decode().splitlines()
-                assert f"nameserver {vm.HOST_IP}" in resolv, resolv
-                code, out = _run(ga, "/usr/bin/systemctl", "show", "netinject-sync.timer",
-                                 "-p", "LastTriggerUSecMonotonic")
-                assert re.search(r"=[1-9]", out), out  # the timer ran the sync
-                drift_log = _log(ga, log_at)
+        # 3. Drift: an operator changes the subnet's DNS servers and host routes and
+        # the port's fixed IP in Neutron (nova hears of none of the subnet's); the
+        # guest's timer, shortened in /etc/netinject/sync.conf, brings them in.
+        change_in_neutron(tenant, cloud)
+        t2 = time.monotonic()
+        with agent(guest) as ga:
+            set_sync_period(ga, PERIOD)
+            wait_for("the Neutron change did not reach the guest", lambda: drifted(ga),
+                     PERIOD + 60 + 90, lambda: (guest_log(ga, log_at), ip_json(ga, "addr"),
+                                                ip_json(ga, "route")))
+            timings["Neutron change -> applied (timer)"] = time.monotonic() - t2
+            want0 = facts(nova, binding, "eth0")
+            assert gw_routes(ga, "eth0") == expected_routes(want0)
+            assert (vm.HOST_ROUTE, vm.HOST_IP) in gw_routes(ga, "eth0")
+            resolv = ga.read_file("/etc/resolv.conf").decode().splitlines()
+            assert f"nameserver {vm.HOST_IP}" in resolv, resolv
+            code, out = run_in_guest(ga, "/usr/bin/systemctl", "show",
+                                     "netinject-sync.timer", "-p",
+                                     "LastTriggerUSecMonotonic")
+            assert re.search(r"=[1-9]", out), out  # the timer ran the sync
+            drift_log = guest_log(ga, log_at)
     with capsys.disabled():
         print(f"\n{stack} (nova metadata_cache_expiration {EXPIRATION[stack]} s): "
               + "; ".join(f"{k} {v:.1f} s" for k, v in timings.items())
@@ -385,61 +229,58 @@ def test_the_peer_cloud_inits_hotplug_through_novas_metadata_api(
     peer = openstack_peer
     image = images.build_variant("cloud-init-hotplug", Progress())
     accel = "kvm" if kvm_usable(image) else "tcg"
-    cloud = make_instance(peer, tenant, vendordata.url, "ifupdown", tmp_path, dhcp=False)
+    cloud = make_instance(peer, tenant, vendordata.url, "ifupdown", tmp_path, dhcp=False,
+                          cache_expiration=EXPIRATION["ifupdown"])
     binding = Binding(cloud.iid, tenant.project_id, vm.GUEST_IP)
     spec = BootSpec(image, None, True, accel, qga=True, timeout=400,
                     extra_taps=(("tap1", f"{vm.HOTPLUG_HOST_IP}/24"),),
                     system_uuid=cloud.iid, nova_smbios=True)
-    nic = types.SimpleNamespace(index=1, name="eth1", mac=vm.HOTPLUG_MAC)
+    nic = hotplug_nic()
     timings: dict[str, float] = {}
-    with nova_metadata_api(peer, cloud.conf) as nova, running(spec) as guest:
-        subprocess.run(["ip", "-n", guest.ns, "addr", "add", f"{METADATA_IP}/32", "dev", "lo"],
-                       check=True)
-        with metadata_proxy(nova, SECRET, binding, (METADATA_IP, 80), netns=guest.ns):
-            _facts(nova, binding, "eth0")  # (nova builds the instance's metadata once)
-            reply, _ = guest.wait_network()
-            assert reply is not None, guest.console()[-3000:]
-            with GuestAgent.unix(guest.qga_socket, timeout=30) as ga:
-                ga.wait_ready()
+    with nova_metadata_api(peer, cloud.conf) as nova, running(spec) as guest, \
+            metadata_route(nova, binding, guest):
+        facts(nova, binding, "eth0")  # (nova builds the instance's metadata once)
+        reply, _ = guest.wait_network()
+        assert reply is not None, guest.console()[-3000:]
+        with agent(guest) as ga:
+            ga.wait_ready()
 
-                def ci_log() -> str:
-                    return ga.read_file("/var/log/cloud-init.log").decode(errors="replace")
+            def ci_log() -> str:
+                return ga.read_file("/var/log/cloud-init.log").decode(errors="replace")
 
-                # cloud-init's hook does nothing until cloud-init has finished.
-                _wait("cloud-init did not finish", lambda: _exists(
-                    ga, "/run/cloud-init/result.json"), 300, lambda: ci_log()[-4000:])
-                # (bookworm's 22.4.2 writes it as 10-..., upstream now as 90-...)
-                assert _exists(ga, "/etc/udev/rules.d/10-cloud-init-hook-hotplug.rules"), \
-                    ci_log()[-4000:]
-                assert _addrs(ga, "eth0") == [(vm.GUEST_IP, vm.PREFIX)]
+            # cloud-init's hook does nothing until cloud-init has finished.
+            wait_for("cloud-init did not finish", lambda: exists(
+                ga, "/run/cloud-init/result.json"), 300, lambda: ci_log()[-4000:])
+            # (bookworm's 22.4.2 writes it as 10-..., upstream now as 90-...)
+            assert exists(ga, "/etc/udev/rules.d/10-cloud-init-hook-hotplug.rules"), \
+                ci_log()[-4000:]
+            assert addrs(ga, "eth0") == [(vm.GUEST_IP, vm.PREFIX)]
+            eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
+            assert "iface eth0 inet static" in eni, eni
+            ci_at = len(ci_log())
+
+        port2, arp_s = attach_as_nova(peer, tenant, cloud, guest, nic, "ci", dhcp=False)
+        with agent(guest) as ga:
+            assert arp_s is not None, ci_log()[ci_at:][-6000:]
+            timings["attach -> first ARP answer"] = arp_s
+            assert addrs(ga, "eth1") == [(vm.HOTPLUG_IP, 24)]
+            eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
+            assert "iface eth1 inet static" in eni, eni
+            attach_log = ci_log()[ci_at:]
+            ci_at += len(attach_log)
+
+        # Detach as nova does. What cloud-init then does with eth1's config is
+        # recorded (upstream dropped the remove hook; bookworm's still has it).
+        _sent, t1 = detach_as_nova(peer, cloud, guest, nic, port2)
+        with agent(guest) as ga:
+            gone = None
+            while time.monotonic() - t1 < 90:
                 eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
-                assert "iface eth0 inet static" in eni, eni
-                ci_at = len(ci_log())
-
-            port2, arp_s = attach_as_nova(peer, tenant, cloud, guest, nic, "ci", dhcp=False)
-            with GuestAgent.unix(guest.qga_socket, timeout=30) as ga:
-                assert arp_s is not None, ci_log()[ci_at:][-6000:]
-                timings["attach -> first ARP answer"] = arp_s
-                assert _addrs(ga, "eth1") == [(vm.HOTPLUG_IP, 24)]
-                eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
-                assert "iface eth1 inet static" in eni, eni
-                attach_log = ci_log()[ci_at:]
-                ci_at += len(attach_log)
-
-            # Detach as nova does. What cloud-init then does with eth1's config is
-            # recorded (upstream dropped the remove hook; bookworm's still has it).
-            QmpAttacher(str(guest.qmp_socket), timeout=30).detach(nic)  # type: ignore[arg-type]
-            t1 = time.monotonic()
-            assert peer.nova_detach(cloud.conf, cloud.iid, port2.id) == [cloud.port.id]
-            with GuestAgent.unix(guest.qga_socket, timeout=30) as ga:
-                gone = None
-                while time.monotonic() - t1 < 90:
-                    eni = ga.read_file("/etc/network/interfaces.d/50-cloud-init").decode()
-                    if "eth1" not in eni:
-                        gone = time.monotonic() - t1
-                        break
-                    time.sleep(1)
-                detach_log = ci_log()[ci_at:]
+                if "eth1" not in eni:
+                    gone = time.monotonic() - t1
+                    break
+                time.sleep(1)
+            detach_log = ci_log()[ci_at:]
     hooks = [line for line in attach_log.splitlines()
              if "hotplug_hook.py" in line or "' took " in line or "activators.py" in line
              or "subp.py" in line]
