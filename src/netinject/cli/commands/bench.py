@@ -143,9 +143,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "Needs root (QEMU guests in network namespaces) and the local "
                     "OpenStack peer running (start it as root: scripts/openstack-peer.sh "
                     "start; found in $NETINJECT_PEER_DIR, default "
-                    "/run/netinject-openstack-peer). Takes long: about 43 min under TCG "
+                    "/run/netinject-openstack-peer). Takes long: about 28 min under TCG "
                     "with the defaults (4 stacks and cloud-init x 2 boots x 2 cycles; a "
-                    "boot ~3 min, its drift waiting up to --period + 150 s), less with "
+                    "boot 1.5-4 min with its drift, which waits up to a --period and a "
+                    "sixth), less with "
                     "KVM; the first progress line gives the estimate for the options.")
     bm.add_argument("--stacks", default=",".join(STACKS), metavar="LIST",
                     help="comma-separated, interleaved per run (default: %(default)s)")
