@@ -254,7 +254,7 @@ def run(stacks: Sequence[str], runs: int, progress: Progress) -> HotplugResults:
 
 
 @dataclass
-class _Bed:
+class Bed:
     """One booted guest and what the steps share."""
 
     guest: Guest
@@ -292,10 +292,10 @@ def _one_boot(prepared: Prepared, stack: str, accel: str, series: StackRuns,
             raise HarnessError(f"{stack}: the guest's network never came up")
         guest.wait_report()  # boot finished
         time.sleep(SETTLE_S + 1)  # (what boot left running: the agent's announcements)
-        bed = _Bed(guest, stack, series, progress)
+        bed = Bed(guest, stack, series, progress)
         with bed.agent() as ga:
             ga.wait_ready()
-        steps: list[Callable[[_Bed], None]] = [_static, _dhcp]
+        steps: list[Callable[[Bed], None]] = [_static, dhcp_step]
         for step in steps if series.static_first[-1] else steps[::-1]:
             try:
                 step(bed)
@@ -305,11 +305,11 @@ def _one_boot(prepared: Prepared, stack: str, accel: str, series: StackRuns,
         _sync(bed)
 
 
-def _probe_tap1(bed: _Bed) -> tuple[Any, list[dict[str, Any]]]:
+def _probe_tap1(bed: Bed) -> tuple[Any, list[dict[str, Any]]]:
     return start_prober(bed.guest.ns, "tap1", vm.HOTPLUG_IP, vm.HOTPLUG_HOST_IP, WAIT_S + 30)
 
 
-def _static(bed: _Bed) -> None:
+def _static(bed: Bed) -> None:
     """hotplug.attach with the NIC's config; then hotplug.detach."""
     port, subnet, network = vm.hotplug_port()
     prober, events = _probe_tap1(bed)
@@ -330,10 +330,10 @@ def _static(bed: _Bed) -> None:
     doc = with_port(bed.doc, port, [subnet], [network])
     with bed.agent() as ga:
         detach(doc, vm.HOTPLUG_PORT_ID, ga, bed.attacher())
-        _wait_gone(ga)
+        wait_gone(ga)
 
 
-def _dhcp(bed: _Bed) -> None:
+def dhcp_step(bed: Bed) -> None:
     """The NIC attached with no injected config, the image's DHCP config for it in
     place (DHCP_PREP), dnsmasq answering; then detached and the DHCP config undone."""
     with bed.agent() as ga:
@@ -358,14 +358,14 @@ def _dhcp(bed: _Bed) -> None:
             bed.series.dhcp_guest[-1] = guest_events(ga, attached_at, bed.stack)
         bed.attacher().detach(bed.nic)
         with bed.agent() as ga:
-            _wait_gone(ga)
+            wait_gone(ga)
             undo(ga)
     finally:
         dnsmasq.terminate()
         dnsmasq.wait(10)
 
 
-def _sync(bed: _Bed) -> None:
+def _sync(bed: Bed) -> None:
     """A Neutron change (changed_document) through hotplug.configure, timed until the
     guest shows the route and the DNS server; meanwhile eth0 is asked for by ARP every
     50 ms, and the longest silence noted (whether the change took the NIC down)."""
@@ -422,7 +422,7 @@ def _shows_change(ga: GuestAgent) -> bool:
         and NEW_DNS in resolv
 
 
-def _wait_gone(ga: GuestAgent) -> None:
+def wait_gone(ga: GuestAgent) -> None:
     """Until eth1 is gone from the guest and ifupdown (if any) is done with it (its
     ``ifdown`` of a DHCP NIC waits seconds in ``dhclient -r`` for the gone NIC; a new
     eth1 meanwhile gets the release and waits for the old unit), then SETTLE_S more."""

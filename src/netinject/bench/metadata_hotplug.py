@@ -442,7 +442,7 @@ def _netinject_cycle(b: _Boot, stack: str, series: StackRuns, c: int, where: str
                 series.detach_s[-1][-1] = time.monotonic() - sent
             except bed.BedError:
                 series.detach_never[-1][-1] = True
-            qga_bench._wait_gone(ga)  # (eth1 and ifupdown's unit gone; then settle)
+            qga_bench.wait_gone(ga)  # (eth1 and ifupdown's unit gone; then settle)
     finally:
         bed.drop_port(b.tenant, port)
 
@@ -469,7 +469,7 @@ def _dhcp(b: _Boot, stack: str, series: StackRuns, where: str) -> None:
             raise bed.BedError(f"systemctl stop {bed.SYNC_TIMER}: {out.strip()}")
     theirs = qga_bench.StackRuns()
     theirs.new_run(static_first=False)
-    qga_bench._dhcp(qga_bench._Bed(b.guest, stack, theirs, b.ctx.progress))
+    qga_bench.dhcp_step(qga_bench.Bed(b.guest, stack, theirs, b.ctx.progress))
     series.dhcp_s[-1] = theirs.dhcp_attach_s[-1]
     if series.dhcp_s[-1] is None:
         series.errors.append(f"{where}: no ARP answer from {vm.HOTPLUG_IP} (dnsmasq's)")
