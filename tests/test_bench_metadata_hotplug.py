@@ -245,3 +245,10 @@ def test_the_help_says_what_it_measures_needs_and_takes(
         assert words in text, words
     minutes = mdhp.estimate_minutes(4, 2, 2, True, 60)
     assert f"about {minutes} min under TCG with the defaults" in text
+
+
+def test_the_drift_step_waits_out_the_timers_worst_case() -> None:
+    # A period, its randomized delay (a sixth), its accuracy (a sixtieth), then the sync.
+    for period in (60, 1800, 604800):
+        assert mdhp._drift_wait(period) > period + period / 6 + period / 60
+    assert mdhp._drift_wait(1800) == 1800 + 300 + 30 + 90

@@ -274,7 +274,8 @@ def estimate_minutes(stacks: int, runs: int, cycles: int, peer: bool, period: in
 # -- measuring -----------------------------------------------------------------------------
 
 # What a failed step raises: the bench records it for that run and goes on.
-STEP_ERRORS: tuple[type[BaseException], ...] = (NetinjectError, OSError,
+STEP_ERRORS: tuple[type[BaseException], ...] = (NetinjectError, OSError, ValueError,
+                                                LookupError,
                                                 subprocess.SubprocessError)
 
 
@@ -447,6 +448,12 @@ def _netinject_cycle(b: _Boot, stack: str, series: StackRuns, c: int, where: str
         bed.drop_port(b.tenant, port)
 
 
+def _drift_wait(period: int) -> float:
+    """How long the drift step waits: the timer's worst case (a period, its randomized
+    delay of a sixth, its accuracy of a sixtieth) and 90 s for the sync itself."""
+    return period + period // 6 + period // 60 + 90
+
+
 def _drift(b: _Boot, series: StackRuns) -> None:
     """The Neutron change (the timer running on its period since the boot, untouched);
     until the guest shows all of it."""
@@ -454,7 +461,7 @@ def _drift(b: _Boot, series: StackRuns) -> None:
     t0 = time.monotonic()
     with bed.agent(b.guest) as ga:
         bed.wait_for("the Neutron change did not reach the guest", lambda: bed.drifted(ga),
-                     b.ctx.period + 60 + 90, interval=0.5)
+                     _drift_wait(b.ctx.period), interval=0.5)
         series.drift_s[-1] = time.monotonic() - t0
 
 

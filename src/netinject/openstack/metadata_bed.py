@@ -124,24 +124,40 @@ def attach_as_nova(peer: Peer, t: Tenant, cloud: Cloud, guest: Guest, nic: Nic, 
     attach_interface puts it in the info cache; then the hypervisor plugs the NIC (QMP
     device_add on tap1, where no DHCP server runs). The port, and the seconds from
     device_add to the NIC's first ARP answer on its static address (None: none came
-    within ARP_WAIT_S). drop_port removes the port and its network again."""
+    within ARP_WAIT_S). drop_port removes the port and its network again. If the attach
+    fails half-way, what it made is undone (nova's cache, the port, its network) before
+    the error goes on, so the next attach in the same guest starts clean."""
     net2 = t.network(f"e2emeta-{tag}-{cloud.iid[:6]}")
-    sub2 = t.subnet(net2, ip_version=4, cidr=HOTPLUG_CIDR,
-                    gateway_ip=vm.HOTPLUG_HOST_IP, enable_dhcp=dhcp)
-    port2 = t.port(net2, cloud.iid, vm.HOTPLUG_MAC,
-                   [{"subnet_id": sub2.id, "ip_address": vm.HOTPLUG_IP}])
-    vifs = peer.nova_attach(cloud.conf, cloud.iid, [port2.id])
-    if vifs != [cloud.port.id, port2.id]:
-        raise BedError(f"after nova's attach the info cache has VIFs {vifs!r}")
-    prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP, vm.HOTPLUG_HOST_IP,
-                                  ARP_WAIT_S)
+    port2 = None
+    attached = False
     try:
-        t0 = time.monotonic()
-        QmpAttacher(str(guest.qmp_socket), timeout=30).attach(nic, "tap1")
-        return port2, first_reply(events, t0, ARP_WAIT_S)
-    finally:
-        prober.terminate()
-        prober.wait(10)
+        sub2 = t.subnet(net2, ip_version=4, cidr=HOTPLUG_CIDR,
+                        gateway_ip=vm.HOTPLUG_HOST_IP, enable_dhcp=dhcp)
+        port2 = t.port(net2, cloud.iid, vm.HOTPLUG_MAC,
+                       [{"subnet_id": sub2.id, "ip_address": vm.HOTPLUG_IP}])
+        attached = True
+        vifs = peer.nova_attach(cloud.conf, cloud.iid, [port2.id])
+        if vifs != [cloud.port.id, port2.id]:
+            raise BedError(f"after nova's attach the info cache has VIFs {vifs!r}")
+        prober, events = start_prober(guest.ns, "tap1", vm.HOTPLUG_IP, vm.HOTPLUG_HOST_IP,
+                                      ARP_WAIT_S)
+        try:
+            t0 = time.monotonic()
+            QmpAttacher(str(guest.qmp_socket), timeout=30).attach(nic, "tap1")
+            return port2, first_reply(events, t0, ARP_WAIT_S)
+        finally:
+            prober.terminate()
+            prober.wait(10)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if attached and port2 is not None:
+                peer.nova_detach(cloud.conf, cloud.iid, port2.id)
+        with contextlib.suppress(Exception):
+            if port2 is not None:
+                drop_port(t, port2)
+            else:
+                t.admin.network.delete_network(net2.id)
+        raise
 
 
 def detach_as_nova(peer: Peer, cloud: Cloud, guest: Guest, nic: Nic, port: Any
@@ -254,7 +270,13 @@ def facts(nova: str, binding: Binding, name: str) -> contract.NicFacts:
     status, _ctype, body = forward(nova, SECRET, binding, "GET", VD2, b"")
     if status != 200:
         raise BedError(f"nova's metadata API answered {status}: {body[:500]!r}")
-    records = contract.parse_manifest(json.loads(body)["netinject"]["manifest"].encode())
+    try:
+        manifest = json.loads(body)["netinject"]["manifest"]
+        records = contract.parse_manifest(manifest.encode())
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        # (nova stores {} when its call of the vendordata target fails: no netinject key)
+        raise BedError(f"the metadata answer carries no netinject manifest "
+                       f"({type(exc).__name__}: {exc}): {body[:300]!r}") from exc
     if records.facts is None or name not in records.facts:
         raise BedError(f"the metadata answer has no facts of {name}")
     return records.facts[name]

@@ -71,7 +71,8 @@ def _network(instance: Instance, nic: Nic, carries_dns: bool) -> str:
         # the kernel's operstate up, which linkwatch holds back up to 1 s after a new
         # NIC's previous link event, under KVM as under emulation (a hot-plugged NIC
         # answered ARP 0.72 s after device_add instead of 1.62 s, bench hotplug). Since
-        # systemd 246 IgnoreCarrierLoss= follows it: a link flap keeps the addresses.
+        # systemd 246 IgnoreCarrierLoss= follows it: a link flap keeps the addresses
+        # (on a NIC with DHCP or router advertisements besides, their leases too).
         lines.append("ConfigureWithoutCarrier=yes")
     if carries_dns:
         lines += [f"DNS={server}" for server in instance.dns]
