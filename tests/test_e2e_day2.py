@@ -27,6 +27,7 @@ from netinject.hotplug import (
     apply_in_guest,
     with_port,
 )
+from netinject.openstack.metadata_bed import ETH1_FILES, SHARED_FILE
 from netinject.qga import GuestAgent
 from netinject.render import Files, Options, render_all
 from netinject.sources.neutron import parse_document
@@ -37,19 +38,8 @@ from netinject.vm.scenarios import Prepared
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
-VARIANTS = {"ifupdown": "inject", "networkd": "inject-networkd",
-            "netplan": "inject-netplan", "nm": "inject-nm"}
-# The hot-plugged NIC's own files, per stack (besides the shared udev rules).
-ETH1_FILES = {
-    "ifupdown": (),  # (its stanza in /etc/network/interfaces)
-    "networkd": ("/etc/systemd/network/10-netinject-eth1.network",
-                 "/etc/systemd/network/10-netinject-eth1.link"),
-    "netplan": (),  # (its entry in /etc/netplan/90-netinject.yaml)
-    "nm": ("/etc/NetworkManager/system-connections/netinject-eth1.nmconnection",),
-}
-SHARED_FILE = {"ifupdown": "/etc/network/interfaces", "netplan": "/etc/netplan/90-netinject.yaml"}
-NEW_ROUTE = "198.51.100.128/25"
-NEW_DNS = "192.0.2.53"
+VARIANTS = vm.INJECT_VARIANTS
+NEW_ROUTE, NEW_DNS = vm.NEW_ROUTE, vm.NEW_DNS
 NEW_MTU = 1400
 
 

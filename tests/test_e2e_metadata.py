@@ -68,8 +68,7 @@ from netinject.vm.progress import Progress
 
 pytestmark = [pytest.mark.e2e, pytest.mark.openstack, pytest.mark.root]
 
-VARIANTS = {"ifupdown": "inject", "networkd": "inject-networkd",
-            "netplan": "inject-netplan", "nm": "inject-nm"}
+VARIANTS = vm.INJECT_VARIANTS
 # nova's [api] metadata_cache_expiration per stack: nova's default (15 s) for ifupdown.
 EXPIRATION = {"ifupdown": 15, "networkd": 2, "netplan": 2, "nm": 2}
 PERIOD = 60  # the timer's period in /etc/netinject/sync.conf (the agent's floor)

@@ -57,10 +57,8 @@ from ..vm.scenarios import Prepared
 from .boot import accelerator
 from .stats import fmt, median, table, utc_now
 
-VARIANTS = {"ifupdown": "inject", "networkd": "inject-networkd",
-            "netplan": "inject-netplan", "nm": "inject-nm"}
-NEW_ROUTE = "198.51.100.128/25"
-NEW_DNS = "192.0.2.53"
+VARIANTS = vm.INJECT_VARIANTS
+NEW_ROUTE, NEW_DNS = vm.NEW_ROUTE, vm.NEW_DNS
 GOAL_S = 1.0  # issue 22: static attach -> first ARP answer, under TCG
 WAIT_S = 60.0  # for an address, an ARP answer, a detached NIC
 SETTLE_S = 2.0  # after boot finished, and after a detach, before the next step

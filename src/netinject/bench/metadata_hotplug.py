@@ -51,6 +51,7 @@ from ..model import Nic
 from ..openstack import metadata_bed as bed
 from ..openstack.metadata_proxy import Binding
 from ..openstack.peer import Peer, Tenant, nova_metadata_api, running_service
+from ..qga import GuestAgent
 from ..vm import image as images
 from ..vm import testbed as vm
 from ..vm.harness import BootSpec, Guest, HarnessError, kvm_usable, running
@@ -422,8 +423,21 @@ def _stack_boot(ctx: _Ctx, stack: str, image: images.VariantImage, series: Stack
 def _netinject_cycle(b: _Boot, stack: str, series: StackRuns, c: int, where: str) -> None:
     """Attach as nova does -> first ARP answer (the address checked in the guest);
     detach as nova does -> eth1's config gone; the port and its network deleted."""
+    _cycle(b, series, where, f"hp{c}", True, "eth1's config still there",
+           lambda ga: bed.eth1_config_gone(ga, stack), DETACH_WAIT_S,
+           qga_bench.wait_gone)  # (eth1 and ifupdown's unit gone; then settle)
+
+
+def _cycle(b: _Boot, series: Cycles, where: str, tag: str, dhcp: bool, still: str,
+           gone: Callable[[GuestAgent], bool], wait: float,
+           settle: Callable[[GuestAgent], None]) -> None:
+    """One attach/detach cycle of either contender: attach as nova does (a subnet whose
+    enable_dhcp is ``dhcp``) -> first ARP answer, the guest's eth1 checked; detach as
+    nova does -> ``gone`` within ``wait`` of device_del (else ``never``), then
+    ``settle``; the port and its network deleted whatever happened."""
     ctx = b.ctx
-    port, arp = bed.attach_as_nova(ctx.peer, b.tenant, b.cloud, b.guest, b.nic, f"hp{c}")
+    port, arp = bed.attach_as_nova(ctx.peer, b.tenant, b.cloud, b.guest, b.nic, tag,
+                                   dhcp=dhcp)
     try:
         if arp is None:
             series.errors.append(f"{where}: no ARP answer from {vm.HOTPLUG_IP} "
@@ -438,12 +452,12 @@ def _netinject_cycle(b: _Boot, stack: str, series: StackRuns, c: int, where: str
         sent, _deleted = bed.detach_as_nova(ctx.peer, b.cloud, b.guest, b.nic, port)
         with bed.agent(b.guest) as ga:
             try:
-                bed.wait_for("eth1's config still there", lambda: bed.eth1_config_gone(
-                    ga, stack), DETACH_WAIT_S - (time.monotonic() - sent), interval=0.2)
+                bed.wait_for(still, lambda: gone(ga), wait - (time.monotonic() - sent),
+                             interval=0.2)
                 series.detach_s[-1][-1] = time.monotonic() - sent
             except bed.BedError:
                 series.detach_never[-1][-1] = True
-            qga_bench.wait_gone(ga)  # (eth1 and ifupdown's unit gone; then settle)
+            settle(ga)
     finally:
         bed.drop_port(b.tenant, port)
 
@@ -501,28 +515,6 @@ def _peer_boot(ctx: _Ctx, image: images.VariantImage, series: Cycles, r: int) ->
 def _peer_cycle(b: _Boot, series: Cycles, c: int, where: str) -> None:
     """Attach as nova does -> first ARP answer on cloud-init's static address; detach
     -> eth1's stanza gone from cloud-init's file (within PEER_DETACH_WAIT_S, or never)."""
-    ctx = b.ctx
-    port, arp = bed.attach_as_nova(ctx.peer, b.tenant, b.cloud, b.guest, b.nic, f"ci{c}",
-                                   dhcp=False)
-    try:
-        with bed.agent(b.guest) as ga:
-            seen = bed.addrs(ga, "eth1") if arp is not None else []
-        if arp is None:
-            series.errors.append(f"{where}: no ARP answer from {vm.HOTPLUG_IP} "
-                                 f"within {bed.ARP_WAIT_S:.0f} s")
-        elif seen == [(vm.HOTPLUG_IP, 24)]:
-            series.attach_s[-1][-1] = arp
-        else:
-            series.errors.append(f"{where}: the guest's eth1 has {seen!r}")
-        sent, _deleted = bed.detach_as_nova(ctx.peer, b.cloud, b.guest, b.nic, port)
-        with bed.agent(b.guest) as ga:
-            try:
-                bed.wait_for("eth1's stanza still there", lambda: "eth1" not in ga.read_file(
-                    PEER_ENI).decode(), PEER_DETACH_WAIT_S - (time.monotonic() - sent),
-                    interval=0.2)
-                series.detach_s[-1][-1] = time.monotonic() - sent
-            except bed.BedError:
-                series.detach_never[-1][-1] = True
-        time.sleep(SETTLE_S)
-    finally:
-        bed.drop_port(b.tenant, port)
+    _cycle(b, series, where, f"ci{c}", False, "eth1's stanza still there",
+           lambda ga: "eth1" not in ga.read_file(PEER_ENI).decode(), PEER_DETACH_WAIT_S,
+           lambda _ga: time.sleep(SETTLE_S))

@@ -53,8 +53,7 @@ RULES = "/etc/udev/rules.d/70-persistent-net.rules"
 SYNC_CONF = "/etc/netinject/sync.conf"
 SYNC_TIMER = "netinject-sync.timer"
 # Drift: what an operator changes in Neutron (change_in_neutron).
-NEW_ROUTE = "198.51.100.128/25"
-NEW_DNS = "192.0.2.53"
+NEW_ROUTE, NEW_DNS = vm.NEW_ROUTE, vm.NEW_DNS
 NEW_IP = "192.0.2.20"
 
 

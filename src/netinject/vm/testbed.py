@@ -25,6 +25,14 @@ HOTPLUG_PORT_ID = "5d6e7f80-91a2-4bbe-8f3a-4b5c6d7e8f90"
 HOTPLUG_NETWORK_ID = "6e7f8091-a2b3-4ccf-9a4b-5c6d7e8f90a1"
 HOTPLUG_SUBNET_ID = "7f8091a2-b3c4-4de0-8b5c-6d7e8f90a1b2"
 
+# A day-2 change an operator makes in Neutron: one more host route and DNS server on the
+# first NIC's subnet (the day-2 tests and both hot-plug benches).
+NEW_ROUTE = "198.51.100.128/25"
+NEW_DNS = "192.0.2.53"
+# Each stack's test-bed image with the agent (image variants, vm/image.py).
+INJECT_VARIANTS = {"ifupdown": "inject", "networkd": "inject-networkd",
+                   "netplan": "inject-netplan", "nm": "inject-nm"}
+
 
 def document(support_inject_ip: bool = True, uuid: str = INSTANCE_UUID) -> dict[str, Any]:
     """The instance document for the benchmark VM (Neutron field names)."""

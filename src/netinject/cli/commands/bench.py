@@ -284,16 +284,28 @@ def _bench_metadata_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stacks(text: str) -> list[str]:
+    """--stacks of the hot-plug benches: known stack names, each once (UsageError)."""
+    from ...errors import UsageError
+
+    stacks = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in stacks if n not in STACKS]
+    if unknown or not stacks:
+        raise UsageError(f"--stacks: unknown stack(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(STACKS)}" if unknown else "--stacks: give stacks")
+    if len(set(stacks)) != len(stacks):
+        raise UsageError("--stacks: a stack given twice")
+    return stacks
+
+
 def cmd_bench_hotplug(args: argparse.Namespace) -> int:
     from ...bench import hotplug as bench_hotplug
     from ...errors import UsageError
     from ...vm.progress import Progress
 
-    stacks = [n.strip() for n in args.stacks.split(",") if n.strip()]
-    unknown = [n for n in stacks if n not in STACKS]
-    if unknown or not stacks or args.runs < 1:
-        raise UsageError(f"unknown stack(s) {', '.join(unknown)}; known: {', '.join(STACKS)}"
-                         if unknown else "give stacks and --runs >= 1")
+    stacks = _stacks(args.stacks)
+    if args.runs < 1:
+        raise UsageError(f"--runs {args.runs}: give 1 or more")
     _check_outputs(("--json", args.json))
     results = bench_hotplug.run(stacks, args.runs, Progress())
     print(bench_hotplug.format_table(results))
@@ -310,13 +322,7 @@ def cmd_bench_metadata_hotplug(args: argparse.Namespace) -> int:
     from ...errors import UsageError
     from ...vm.progress import Progress
 
-    stacks = [n.strip() for n in args.stacks.split(",") if n.strip()]
-    unknown = [n for n in stacks if n not in STACKS]
-    if unknown or not stacks:
-        raise UsageError(f"--stacks: unknown stack(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(STACKS)}" if unknown else "--stacks: give stacks")
-    if len(set(stacks)) != len(stacks):
-        raise UsageError("--stacks: a stack given twice")
+    stacks = _stacks(args.stacks)
     for name, value in (("--runs", args.runs), ("--cycles", args.cycles)):
         if value < 1:
             raise UsageError(f"{name} {value}: give 1 or more")
