@@ -26,6 +26,7 @@ def _runs(static: list[float | None], dhcp: list[float | None]) -> StackRuns:
         s.static_request_s[-1] = None if a is None else a + 1.0
         s.static_agent_ms[-1] = 400.0 + i
         s.sync_s[-1], s.sync_agent_ms[-1], s.sync_eth0_gap_s[-1] = 2.0 + i, 900.0, 0.05
+        s.exec_ms[-1] = 70.0 + i
         s.static_guest[-1] = {"pci": 0.03, "probe": 0.07, "stack": 0.5, "oper_up": 1.3}
     return s
 
@@ -55,7 +56,7 @@ def test_the_table_gives_medians_spreads_ratio_and_goal_per_stack() -> None:
     assert _row(text, "networkd", header) == [
         "networkd", "1.31 (1.25-1.40)", "2.31 (2.25-2.40)", "401 (400-402)",
         "1.30 (1.29-1.33)", "1.01x", "NOT met", "3.00 (2.00-4.00)", "900 (900-900)",
-        "0.05 (0.05-0.05)"]
+        "0.05 (0.05-0.05)", "71 (70-72)"]
     nm = _row(text, "nm", header)
     assert nm[1] == "0.65 (0.60-0.70)"
     assert nm[4] == "0.90 (0.80-1.00)"

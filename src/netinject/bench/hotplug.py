@@ -105,6 +105,7 @@ class StackRuns:
     sync_s: list[float | None] = field(default_factory=list)
     sync_agent_ms: list[float | None] = field(default_factory=list)
     sync_eth0_gap_s: list[float | None] = field(default_factory=list)
+    exec_ms: list[float | None] = field(default_factory=list)
     static_first: list[bool] = field(default_factory=list)
     static_guest: list[dict[str, float]] = field(default_factory=list)
     dhcp_guest: list[dict[str, float]] = field(default_factory=list)
@@ -114,7 +115,8 @@ class StackRuns:
     def new_run(self, static_first: bool) -> None:
         """Open a run's entries (None until measured), so the lists stay aligned."""
         for name in ("static_attach_s", "static_request_s", "static_agent_ms",
-                     "dhcp_attach_s", "sync_s", "sync_agent_ms", "sync_eth0_gap_s"):
+                     "dhcp_attach_s", "sync_s", "sync_agent_ms", "sync_eth0_gap_s",
+                     "exec_ms"):
             getattr(self, name).append(None)
         self.static_first.append(static_first)
         self.static_guest.append({})
@@ -161,7 +163,8 @@ class HotplugResults:
 # -- presenting ---------------------------------------------------------------------------
 
 HEADERS = ["stack", "static: attach->ARP", "request->ARP", "agent ms", "DHCP: attach->ARP",
-           "static/DHCP", "goal", "sync: call->guest", "agent ms", "eth0 silent"]
+           "static/DHCP", "goal", "sync: call->guest", "agent ms", "eth0 silent",
+           "process ms"]
 TIMELINE_HEADERS = ["stack", "path", "pci", "probe", "stack", "oper up", "ARP"]
 
 
@@ -190,7 +193,8 @@ def format_table(res: HotplugResults) -> str:
     rows = [[name, spread(s.static_attach_s), spread(s.static_request_s),
              spread(s.static_agent_ms, ms=True), spread(s.dhcp_attach_s),
              f"{r:.2f}x" if (r := s.ratio()) is not None else "-", _goal_word(s),
-             spread(s.sync_s), spread(s.sync_agent_ms, ms=True), spread(s.sync_eth0_gap_s)]
+             spread(s.sync_s), spread(s.sync_agent_ms, ms=True), spread(s.sync_eth0_gap_s),
+             spread(s.exec_ms, ms=True)]
             for name, s in res.stacks.items()]
     timeline = [[name, which, *(fmt2(s.guest_median(which, e)) for e in GUEST_EVENTS),
                  fmt2(median(s.static_attach_s if which == "static" else s.dhcp_attach_s))]
@@ -207,6 +211,9 @@ def format_table(res: HotplugResults) -> str:
              "  sync: a host route and a DNS server added through hotplug.configure, until "
              "the guest's ip route and resolv.conf show them; eth0 silent: the longest time "
              "eth0 answered no ARP meanwhile",
+             f"  process ms: what starting a program costs in the guest ({EXEC_LOOP} runs "
+             "of /usr/bin/true in a loop, each run's mean): a stack's hot-plug path is a "
+             "chain of them",
              "after device_add, from the guest's journal (s, medians): pci = the guest sees "
              "the device, probe = its driver starts, stack = the stack's first line naming "
              "eth1, oper up = the kernel's operstate up (its IPv6 'link becomes ready'; '-': "
@@ -293,6 +300,7 @@ def _one_boot(prepared: Prepared, stack: str, accel: str, series: StackRuns,
         bed = Bed(guest, stack, series, progress)
         with bed.agent() as ga:
             ga.wait_ready()
+            bed.put("exec_ms", exec_ms(ga))
         steps: list[Callable[[Bed], None]] = [_static, dhcp_step]
         for step in steps if series.static_first[-1] else steps[::-1]:
             try:
@@ -490,6 +498,21 @@ DHCP_PREP: dict[str, Callable[[GuestAgent], Undo]] = {
 # -- what the guest says -------------------------------------------------------------------
 
 _TRANSACTION = re.compile(r"\[\s*([0-9.]+) ms\] transaction \S+: applied")
+
+
+EXEC_LOOP = 20
+_EXEC_SCRIPT = ('s=$(date +%s%N); i=0; while [ $i -lt {n} ]; do /usr/bin/true; i=$((i+1)); '
+                'done; e=$(date +%s%N); echo $(( (e-s)/1000 ))')
+
+
+def exec_ms(ga: GuestAgent) -> float | None:
+    """What starting a program costs in the guest (ms): EXEC_LOOP runs of /usr/bin/true
+    from one shell, their mean. Under emulation it is most of a hot-plug path made of
+    process starts (ifupdown's: udev's helper script, systemctl, ifup, a shell per
+    stanza line); under KVM about a millisecond."""
+    res = ga.exec("/bin/sh", ["-c", _EXEC_SCRIPT.format(n=EXEC_LOOP)])
+    out = (res.stdout or b"").decode().strip()
+    return int(out) / 1000 / EXEC_LOOP if res.exitcode == 0 and out.isdigit() else None
 
 
 def agent_ms(ga: GuestAgent) -> float | None:

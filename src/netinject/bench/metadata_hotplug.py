@@ -448,7 +448,8 @@ def _cycle(b: _Boot, series: Cycles, where: str, tag: str, dhcp: bool, still: st
             if seen == [(vm.HOTPLUG_IP, 24)]:
                 series.attach_s[-1][-1] = arp
             else:
-                series.errors.append(f"{where}: the guest's eth1 has {seen!r}")
+                series.errors.append(f"{where}: the guest's eth1 has {seen!r}; "
+                                     f"{_diagnose(b, where)}")
         sent, _deleted = bed.detach_as_nova(ctx.peer, b.cloud, b.guest, b.nic, port)
         with bed.agent(b.guest) as ga:
             try:
@@ -460,6 +461,25 @@ def _cycle(b: _Boot, series: Cycles, where: str, tag: str, dhcp: bool, still: st
             settle(ga)
     finally:
         bed.drop_port(b.tenant, port)
+
+
+def _diagnose(b: _Boot, where: str) -> str:
+    """The guest's side of a failed cycle saved beside the service's log (the agent's
+    log, the journal's last lines, eth1 now): where it went."""
+    path = b.ctx.peer.state / f"bench-metadata-hotplug-{where.replace(' ', '-')}.log"
+    parts = []
+    with bed.agent(b.guest) as ga:
+        for argv in (("/usr/bin/tail", "-n", "80", "/var/log/netinject.log"),
+                     ("/usr/bin/journalctl", "--no-pager", "-n", "200", "-o",
+                      "short-monotonic"),
+                     ("/usr/bin/ip", "addr", "show", "dev", "eth1")):
+            try:
+                code, out = bed.run_in_guest(ga, *argv)
+            except b.ctx.errors as exc:
+                code, out = -1, f"{type(exc).__name__}: {exc}"
+            parts.append(f"$ {' '.join(argv)} (exit {code})\n{out}")
+    path.write_text("\n".join(parts))
+    return f"the guest's log and journal in {path}"
 
 
 def _drift_wait(period: int) -> float:
