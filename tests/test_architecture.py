@@ -151,6 +151,17 @@ def test_what_a_new_stack_must_provide(stack: str) -> None:
     for f in s.files:
         assert contract.is_allowed_path(f)
         assert stack_of(f) is s
+    # Files in another program's drop-in directories: allowed, its own, never private
+    # (that program may read them as its own user); nothing deeper or beside them.
+    for prefix, suffix, file_suffixes in s.dropins:
+        d, ext = prefix + "x" + suffix, file_suffixes[0]
+        assert contract.is_allowed_path(d + "/y" + ext)
+        assert stack_of(d + "/y" + ext) is s
+        assert contract.file_mode(d + "/y" + ext) == 0o644
+        for bad in (d + "/y", d + "/.y" + ext, d + "/z/y" + ext, prefix + suffix + "/y" + ext,
+                    prefix + "../x" + suffix + "/y" + ext):
+            assert not contract.is_allowed_path(bad), bad
+            assert stack_of(bad) is None, bad
     # The renderer module, registered by the descriptor's format.
     assert s.format in REGISTRY
     # Golden files: every case renders files of this stack, owned by it, with its mode,
@@ -163,4 +174,5 @@ def test_what_a_new_stack_must_provide(stack: str) -> None:
             assert stack_of(str(path)) is s
             expected = case.parent / "expected" / path
             assert expected.read_text() == text, expected
-            assert contract.file_mode(str(path)) == (0o600 if s.private else 0o644)
+            assert contract.file_mode(str(path)) == (
+                0o600 if s.private and s.dropin(str(path)) is None else 0o644)

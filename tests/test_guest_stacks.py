@@ -259,7 +259,7 @@ def test_apply_on_a_tree_installs_the_images_stack_files_and_brings_nothing_up(
     after = snapshot(root)
     changed = {k for k in after if k.startswith("etc/") and after[k][0] == "file"
                and after[k] != before.get(k)}
-    assert changed == {p for p in files if p.startswith(("etc/systemd/network/",
+    assert changed == {p for p in files if p.startswith(("etc/systemd/network/10-netinject-",
                                                          "etc/udev/"))}
     assert (root / "var/lib/netinject/applied-manifest").exists()
     # The same bundle again: nothing to change, nothing touched.

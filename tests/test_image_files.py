@@ -97,7 +97,9 @@ GOLDEN: dict[str, dict[str, tuple[int, str]]] = {
                        "etc/systemd/network/10-netinject-eth0.network": (0o644, RENDERED)},
     "inject-networkd": {**STOCK, **NETWORKD_DHCP, **AGENT_MARKER},
     "netplan": {**STOCK, **NETPLAN_DHCP},
-    "baked-netplan": {**BAKED, "etc/netplan/90-netinject.yaml": (0o600, RENDERED)},
+    "baked-netplan": {**BAKED, "etc/netplan/90-netinject.yaml": (0o600, RENDERED),
+                      "etc/systemd/network/10-netplan-eth0.network.d/90-netinject.conf":
+                      (0o644, RENDERED)},
     "inject-netplan": {**STOCK, **NETPLAN_DHCP, **AGENT_MARKER},
     "nm": STOCK,
     "baked-nm": {**BAKED, "etc/NetworkManager/system-connections/netinject-eth0.nmconnection":

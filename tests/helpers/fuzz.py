@@ -227,7 +227,8 @@ MANIFEST_LINES = [re.compile(p, re.ASCII) for p in (
     rf"instance {UUID}",
     r"file (etc/network/interfaces|etc/resolv\.conf|etc/hostname|"
     r"etc/udev/rules\.d/70-persistent-net\.rules|"
-    rf"etc/systemd/network/10-netinject-{NIC}\.(network|link)) "
+    rf"etc/systemd/network/10-netinject-{NIC}\.(network|link)|"
+    rf"etc/systemd/network/10-netplan-{NIC}\.network\.d/90-netinject\.conf) "
     r"[A-Za-z0-9._-]{1,40} 0644 [0-9a-f]{64}",
     r"file (etc/netplan/90-netinject\.yaml|"
     rf"etc/NetworkManager/system-connections/netinject-{NIC}\.nmconnection) "
@@ -259,6 +260,9 @@ NETPLAN_LINES = [re.compile(p, re.ASCII) for p in (
     rf'        - "(?P<ip>{IP}){PREFIX}"', rf'        - to: "(default|(?P<net>{IP}{PREFIX}))"',
     rf'          via: "(?P<ip>{IP})"', rf'          - "(?P<ip>{IP})"',
 )]
+NETPLAN_DROPIN_LINES = [re.compile(p, re.ASCII) for p in (
+    GENERATED, rf"# {NIC}(: port {PORT})?", r"\[Network\]", r"ConfigureWithoutCarrier=yes",
+)]
 NM_LINES = [re.compile(p, re.ASCII) for p in (
     r"", GENERATED, rf"# {NIC}(: port {PORT})?", r"\[(connection|ethernet|ipv4|ipv6)\]",
     rf"id=netinject-{NIC}", rf"uuid={UUID}", r"type=ethernet", r"autoconnect-priority=100",
@@ -280,6 +284,8 @@ GRAMMAR_PATTERNS = [
      NETWORKD_LINES),
     (re.compile(rf"etc/NetworkManager/system-connections/netinject-{NIC}\.nmconnection",
                 re.ASCII), NM_LINES),
+    (re.compile(rf"etc/systemd/network/10-netplan-{NIC}\.network\.d/90-netinject\.conf",
+                re.ASCII), NETPLAN_DROPIN_LINES),
 ]
 
 
@@ -637,8 +643,8 @@ def drive_fuzz(count: int, seed: int, run_every: int = 50) -> Tally:
                 else:
                     tally.accepted += 1
                     want = {n: b for n, b in payload.items() if n != "manifest"}
-                    got = {e.path.rsplit("/", 1)[-1]: e.data for e in outcome.entries}
-                    if sorted(got.values()) != sorted(want.values()):
+                    got = [e.data for e in outcome.entries]
+                    if sorted(got) != sorted(want.values()):
                         tally.finding("injections", f"drive {n} ({fmt}): a damaged drive "
                                                     "passed with other content")
                 if n % run_every == 0:

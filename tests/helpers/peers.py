@@ -88,9 +88,10 @@ def _ip(*args: str) -> None:
 
 
 @contextmanager
-def netns_with_nics(nics: Mapping[str, str]) -> Iterator[str]:
+def netns_with_nics(nics: Mapping[str, str], carrier: bool = True) -> Iterator[str]:
     """A fresh network namespace with one veth per NIC (name -> MAC): the named end
-    carries the MAC, its peer is up so the link has carrier. Removed on exit."""
+    carries the MAC, its peer is up so the link has carrier (``carrier`` False: the
+    peer stays down, and the NIC never has one). Removed on exit."""
     ns = f"ni-peer-{uuid.uuid4().hex[:8]}"
     _ip("netns", "add", ns)
     try:
@@ -98,7 +99,8 @@ def netns_with_nics(nics: Mapping[str, str]) -> Iterator[str]:
         for k, (name, mac) in enumerate(nics.items()):
             _ip("-n", ns, "link", "add", name, "address", mac, "type", "veth",
                 "peer", "name", f"peer{k}")
-            _ip("-n", ns, "link", "set", f"peer{k}", "up")
+            if carrier:
+                _ip("-n", ns, "link", "set", f"peer{k}", "up")
         yield ns
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
@@ -116,13 +118,14 @@ def _in_ns(ns: str, config: Path, script: str, timeout: float
 
 
 def networkd_apply(config: Path, nics: Mapping[str, str], expect_addresses: int,
-                   timeout: float = 20.0) -> dict[str, Any]:
-    """Run the real systemd-networkd on ``config`` (a directory of .network/.link files)
-    in a namespace with the given NICs until ``expect_addresses`` global addresses are
-    up (or ``timeout``), then return what the kernel holds: addresses and routes of
-    every NIC, and networkd's log."""
+                   timeout: float = 20.0, carrier: bool = True) -> dict[str, Any]:
+    """Run the real systemd-networkd on ``config`` (a directory of .network/.link files
+    and their drop-in directories) in a namespace with the given NICs (``carrier``: as
+    netns_with_nics) until ``expect_addresses`` global addresses are up (or
+    ``timeout``), then return what the kernel holds: addresses and routes of every NIC,
+    and networkd's log."""
     config.chmod(0o755)  # networkd reads it as the systemd-network user
-    with netns_with_nics(nics) as ns:
+    with netns_with_nics(nics, carrier) as ns:
         script = (f"{NETWORKD} & pid=$!; "
                   f"for i in $(seq 1 {int(timeout * 10)}); do "
                   f"n=$(ip -j addr | grep -o '\"scope\":\"global\"' | wc -l); "

@@ -60,7 +60,7 @@ def is_allowed_path(path: str) -> bool:
     for d, suffixes in ALLOWED_DIRS:
         if path.startswith(d) and is_plain_name(path[len(d):]):
             return path.endswith(suffixes)
-    return False
+    return any(s.dropin(path) is not None for s in STACKS)
 
 
 def is_private(path: str) -> bool:
@@ -68,7 +68,7 @@ def is_private(path: str) -> bool:
     (NetworkManager ignores a keyfile others can read; netplan warns and may carry
     secrets). The manifest's mode and root's ownership then win over an old file's."""
     stack = stack_of(path)
-    return stack is not None and stack.private
+    return stack is not None and stack.is_private(path)
 
 
 def file_mode(path: str) -> int:

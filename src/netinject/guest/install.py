@@ -201,6 +201,7 @@ class Backup:
         self.installed = 0  # how many files the install that made it replaced
         self.kept: list[str] = []  # guest paths that install left as they were (symlinks)
         self.changed: list[str] = []  # guest paths that install replaced or moved aside
+        self.made_dirs: list[str] = []  # directories that install made (this run only)
         try:
             names = os.listdir(self.dir)
             self.made = True
@@ -354,10 +355,12 @@ class Target:
         return (0, 0) if self.private else (self.st.st_uid, self.st.st_gid)
 
 
-def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") -> None:
+def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]",
+                made: "list[str] | None" = None) -> None:
     """Write each file beside its target (appending the temporary path to ``staged``
     once it is created) and make them all durable before any rename. Parent directories
-    not in ``dirs`` (those _safe_target found) are created.
+    not in ``dirs`` (those _safe_target found) are created; ``made`` collects those that
+    were not there (deepest first), for a rollback to remove.
 
     Writeback of every file is started before the first fsync, so the first fsync's
     journal commit carries the blocks of all of them and the later ones find their data
@@ -369,6 +372,10 @@ def stage_files(targets: "list[Target]", staged: list[str], dirs: "set[str]") ->
         for t in targets:
             d = dirname(t.path)
             if d not in dirs:
+                missing = d
+                while made is not None and not lexists(missing):
+                    made.append(missing)
+                    missing = dirname(missing)
                 makedirs(d)
                 dirs.add(d)
             tmp = tmp_beside(t.path)
@@ -440,7 +447,7 @@ def install(root: str, manifest: Manifest, log: Log, backup_dir: "str | None" = 
             backup.save(t.entry.path, t.path, t.kind)
         for rel, path in aside:
             backup.save(rel, path, "file")
-        stage_files(targets, staged, dirs)
+        stage_files(targets, staged, dirs, backup.made_dirs)
         for t, tmp in zip(targets, staged):
             os.rename(tmp, t.path)
             done.append(t.entry.path)
@@ -474,4 +481,9 @@ def restore(root: str, backup: Backup, rels: "list[str]", log: Log) -> "list[str
         except (OSError, AgentError) as exc:
             failed.append(rel)
             log("rollback of /%s failed: %s" % (rel, exc))
+    for d in sorted(backup.made_dirs, key=len, reverse=True):
+        try:
+            os.rmdir(d)  # (only an empty one: what the install made for its files)
+        except OSError:
+            pass
     return failed

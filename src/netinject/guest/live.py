@@ -189,9 +189,11 @@ def change(root: str, stack: Stack, manifest: Manifest, changes: Changes,
         deactivated = bool(changes.present(changes.changed + changes.removed))
         backup = install(root, manifest, log, backup_dir=backup_dir, remove=stale,
                          txid=txid, skip_same=True)
+        changes.files = list(backup.changed)
         reload_udev(root, backup.changed, log)
         stack.activate(root, changes, log)
         check(root, stack, changes, new, old, log)
+        remove_empty_dropins(root, stack, stale)
         return backup
     except InstallFailed as exc:
         if not deactivated:
@@ -220,6 +222,18 @@ def change(root: str, stack: Stack, manifest: Manifest, changes: Changes,
     if problems:
         raise LiveFailed("%s; undoing it FAILED: %s" % (why, "; ".join(problems)), True)
     raise LiveFailed("%s; every file and the running state are as they were" % why, False)
+
+
+def remove_empty_dropins(root: str, stack: Stack, removed: "list[str]") -> None:
+    """The drop-in directories the change emptied (a NIC gone: its netplan drop-in moved
+    aside) go too; a rollback's restore would make one again."""
+    import os
+
+    for d in sorted({d for d in map(stack.dropin, removed) if d is not None}):
+        try:
+            os.rmdir(join(root, d))
+        except OSError:  # not empty (somebody else's file too), or gone
+            pass
 
 
 def reload_udev(root: str, changed: "list[str]", log: Log) -> None:

@@ -32,7 +32,16 @@ Adding a stack is a new descriptor in STACKS, its renderer module and its golden
 import os
 
 from .errors import AgentError
-from .paths import exists, isdir, islink, join, lexists, read_small, resolve_in_root
+from .paths import (
+    exists,
+    is_plain_name,
+    isdir,
+    islink,
+    join,
+    lexists,
+    read_small,
+    resolve_in_root,
+)
 from .proc import run_bounded, run_command, tool
 
 TYPE_CHECKING = False
@@ -163,6 +172,10 @@ class Stack:
     format = ""
     files: "tuple[str, ...]" = ()
     dirs: "tuple[tuple[str, tuple[str, ...]], ...]" = ()
+    # Files in another program's drop-in directories: (the directories' prefix, their
+    # suffix, the files' suffixes), a path PREFIX<name>SUFFIX/<file> with <name> and
+    # <file> plain names. Never private: the program may read them as its own user.
+    dropins: "tuple[tuple[str, str, tuple[str, ...]], ...]" = ()
     private = False
     units: "tuple[str, ...]" = ()
     daemon = ""  # the unit whose start brings the NICs up (the test bed times it)
@@ -173,7 +186,24 @@ class Stack:
 
     def owns(self, path: str) -> bool:
         """Whether the guest path ``path`` is one of this stack's files (by place)."""
-        return path in self.files or any(path.startswith(d) for d, _ in self.dirs)
+        return path in self.files or self.dropin(path) is not None or any(
+            path.startswith(d) and is_plain_name(path[len(d):]) for d, _ in self.dirs)
+
+    def dropin(self, path: str) -> "str | None":
+        """The drop-in directory of ``dropins`` that the guest path ``path`` is a file
+        of (with one of its suffixes); None when it is none."""
+        for prefix, suffix, suffixes in self.dropins:
+            if not path.startswith(prefix):
+                continue
+            d, _, name = path[len(prefix):].partition("/")
+            if d.endswith(suffix) and is_plain_name(d[:-len(suffix)]) \
+                    and is_plain_name(name) and name.endswith(suffixes):
+                return prefix + d
+        return None
+
+    def is_private(self, path: str) -> bool:
+        """Whether this stack's file at ``path`` is root's alone (0600)."""
+        return self.private and self.dropin(path) is None
 
     def detect(self, tree: ImageTree) -> "tuple[int, str] | None":
         """(rank, why) when ``tree`` uses this stack; the lowest rank wins."""
@@ -299,12 +329,12 @@ class Networkd(Stack):
     units = ("systemd-networkd.service",)
     daemon = "systemd-networkd.service"
     announces = True
-    # networkctl (reload, reconfigure: live changes) talks to networkd over D-Bus.
+    # networkctl (reload: live changes) talks to networkd over D-Bus.
     debian_packages = ("dbus",)
     debian_enable = ("systemd-networkd.service",)
     debian_releases = (
-        ("bullseye", "systemd 247: networkctl reload (since 244) and reconfigure (since "
-                    "245) are there, as live changes need"),
+        ("bullseye", "systemd 247: networkctl reload (since 244) is there, as live "
+                    "changes need"),
         ("bookworm", "systemd 252"),
         ("trixie", "systemd 257 (networkd still in the systemd package)"),
     )
@@ -322,11 +352,10 @@ class Networkd(Stack):
                              "without restarting it for every NIC")
 
     def activate(self, root: str, changes: Changes, log: "Log") -> None:
-        """``networkctl reload`` (networkd reads its files again and reconfigures the
-        links whose file changed; a removed file's link is unmanaged and its addresses
-        dropped), then ``networkctl reconfigure`` of each changed or added NIC that is
-        there (it also recovers a link in the failed state, which reload leaves). udev
-        reads the .link files again first (a renamed NIC)."""
+        """``networkctl reload`` (networkd reads its files again and configures the
+        links whose file is new or changed, and only those; a removed file's link is
+        unmanaged and its addresses dropped): networkd_reload. udev reads the .link
+        files again first (a renamed NIC)."""
         udevadm = tool("udevadm", root)
         if udevadm is not None:
             self.run([udevadm, "control", "--reload"], log)
@@ -409,6 +438,9 @@ class Netplan(Stack):
     format = "netplan"
     dirs = (("etc/netplan/", (".yaml",)),
     )
+    # networkd's drop-in for the .network netplan generates for a NIC with static
+    # addresses (render/netplan.py): ConfigureWithoutCarrier=yes.
+    dropins = (("etc/systemd/network/10-netplan-", ".network.d", (".conf",)),)
     private = True
     units = ("netplan-configure.service",)
     daemon = "systemd-networkd.service"  # its default renderer (Debian's netplan.io)
@@ -558,9 +590,9 @@ class Netplan(Stack):
         """What ``netplan apply`` does, for the changed NICs only: the generator runs on
         a copy of /etc/netplan into a scratch root, and only the generated files whose
         content differs (or that are gone) are put in place under /run; then udev reads
-        its rules again and the backend is told, as for that stack: networkd reloads and
-        reconfigures the changed links that are there, NetworkManager loads the changed
-        keyfiles and brings the changed NICs up."""
+        its rules again and the backend is told, as for that stack: networkd reloads
+        (when the generated files or netinject's drop-ins changed), NetworkManager loads
+        the changed keyfiles and brings the changed NICs up."""
         import shutil
         import tempfile
 
@@ -576,7 +608,8 @@ class Netplan(Stack):
         if udevadm is not None:
             self.run([udevadm, "control", "--reload"], log)
         names = changes.present(changes.changed + changes.added)
-        if any(t.startswith(self.generated[0][0]) for t in touched):
+        if any(t.startswith(self.generated[0][0]) for t in touched) \
+                or any(self.dropin(f) is not None for f in changes.files):
             networkd_reload(self, root, names, log)
         nm = [t for t in touched if t.startswith(self.generated[2][0])]
         if nm:
@@ -637,11 +670,15 @@ def networkd_failed(root: str, names: "list[str]") -> "list[str]":
 
 
 def networkd_reload(stack: Stack, root: str, names: "list[str]", log: "Log") -> None:
-    """``networkctl reload`` (networkd reads its files again and reconfigures the links
-    whose file changed), then ``networkctl reconfigure`` of ``names``. A link networkd
-    gave up on (its old config refused: a rollback) is left alone by both (systemd
-    252); only restarting networkd recovers it, which reconfigures every link (their
-    static addresses are kept; DHCP leases too, networkd >= 244): done then, and said."""
+    """``networkctl reload``: networkd reads its files again and configures each link
+    whose .network file (or drop-in) is new, changed or gone, and no other (networkctl(1);
+    seen on systemd 247, 252 and 257). No ``networkctl reconfigure`` after it: on 247
+    and 252 that drops the link's addresses and adds them again (a hot-plugged NIC
+    answered ARP, then had no address for ~30 ms), for nothing reload has not done.
+    A link networkd gave up on (its old config refused: a rollback) is left alone by
+    reload (systemd 252); only restarting networkd recovers it, which reconfigures every
+    link (their static addresses are kept; DHCP leases too, networkd >= 244): done then,
+    and said. ``names``: the changed and added NICs that are there."""
     networkctl = stack.need(root, "networkctl")
     stack.run([networkctl, "reload"], log)
     stuck = networkd_failed(root, names)
@@ -649,8 +686,6 @@ def networkd_reload(stack: Stack, root: str, names: "list[str]", log: "Log") -> 
         systemctl = stack.need(root, "systemctl")
         log("networkd gave up on %s: restarting it" % ", ".join(stuck))
         stack.run([systemctl, "restart", "systemd-networkd.service"], log)
-    elif names:
-        stack.run([networkctl, "reconfigure", *names], log)
 
 
 def _listdir(path: str) -> "list[str]":

@@ -45,7 +45,9 @@ ETH1_FILES: dict[str, tuple[str, ...]] = {
     "ifupdown": (),  # (its stanza in /etc/network/interfaces)
     "networkd": ("/etc/systemd/network/10-netinject-eth1.network",
                  "/etc/systemd/network/10-netinject-eth1.link"),
-    "netplan": (),  # (its entry in /etc/netplan/90-netinject.yaml)
+    # (its entry in /etc/netplan/90-netinject.yaml; networkd's drop-in, and its directory)
+    "netplan": ("/etc/systemd/network/10-netplan-eth1.network.d/90-netinject.conf",
+                "/etc/systemd/network/10-netplan-eth1.network.d"),
     "nm": ("/etc/NetworkManager/system-connections/netinject-eth1.nmconnection",),
 }
 SHARED_FILE = {"ifupdown": "/etc/network/interfaces", "netplan": "/etc/netplan/90-netinject.yaml"}

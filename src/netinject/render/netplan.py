@@ -7,6 +7,14 @@ networkd or NetworkManager, and ours follows. ``90-`` sorts after the image's fi
 where both set the same key ours wins; the agent also moves the image's DHCP file for the
 same NIC aside (a merged ``dhcp4: true`` would otherwise stay).
 
+A NIC with static addresses also gets a drop-in for the ``.network`` file netplan's
+networkd backend generates for it (``10-netplan-<name>.network``):
+``ConfigureWithoutCarrier=yes``, as the networkd renderer writes, so networkd does not
+wait for the kernel's operstate up (linkwatch holds it back up to 1 s). netplan's own
+``ignore-carrier: true`` writes the same line, but netplan 0.101 (Debian 11) refuses the
+whole file over that key; a drop-in every networkd since 239 reads. Under NetworkManager
+nothing reads it.
+
 Every value is printed from its parsed form and quoted where YAML 1.1 could read it as
 something else (a MAC of decimal digit pairs is a base-60 integer to YAML 1.1).
 """
@@ -19,6 +27,8 @@ from ..model import AddrMode, Instance, Nic
 from .base import GENERATED, Options, Rendered, nic_comment, nic_routes
 
 PATH = PurePosixPath("etc/netplan/90-netinject.yaml")
+# (stacks.Netplan.dropins: where the agent takes these; the name netplan gives the file)
+DROPIN = "etc/systemd/network/10-netplan-{name}.network.d/90-netinject.conf"
 
 
 def render(instance: Instance, options: Options) -> Rendered:
@@ -28,7 +38,13 @@ def render(instance: Instance, options: Options) -> Rendered:
     dns_nic = instance.dns_nic()
     for nic in instance.nics:
         lines += _nic(instance, nic, dns_nic is nic)
-    return Rendered({PATH: "\n".join(lines) + "\n"})
+    files = {PATH: "\n".join(lines) + "\n"}
+    for nic in instance.nics:
+        if any(a.is_static for a in nic.addresses):
+            files[PurePosixPath(DROPIN.format(name=nic.name))] = "\n".join(
+                [GENERATED, nic_comment(nic), "[Network]", "ConfigureWithoutCarrier=yes"]
+            ) + "\n"
+    return Rendered(files)
 
 
 def _q(value: object) -> str:
