@@ -154,7 +154,7 @@ def sync(root: Path, url: str, *args: str, timeout: float = 120
 
 def changed_files(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
     return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
-            and not k.startswith("var/lib/netinject")}
+            and not k.startswith(("var/lib/netinject", "run/netinject"))}
 
 
 def subnet_change(doc: Any, dns: bool = False) -> Any:
@@ -185,14 +185,17 @@ def test_a_subnet_change_reaches_only_its_nics_files(server: Server, tmp_path: P
     assert "10.99.0.0/16" in text
     assert "MTUBytes=1400" in text
     assert server.paths == ["/openstack/latest/vendor_data2.json"]
-    # The same answer again: nothing to change, nothing touched (not even recorded).
+    # The same answer again: nothing to change, nothing touched (not even recorded;
+    # only the mark in /run that this answer is the newest one taken: mark_newest).
     before = snapshot(root, skip=())
     done, result = sync(root, server.url)
     assert (done.returncode, result["outcome"]) == (1, "unchanged"), result
     assert "nothing to change" in result["message"]
-    assert {k: v for k, v in snapshot(root, skip=()).items()
-            if k != "var/log/netinject.log"} == {
-        k: v for k, v in before.items() if k != "var/log/netinject.log"}
+    ours = ("var/log/netinject.log", "run/netinject/sync-generation")
+    assert {k: v for k, v in snapshot(root, skip=()).items() if k not in ours} == {
+        k: v for k, v in before.items() if k not in ours}
+    assert snapshot(root)["run/netinject/sync-generation"] != before[
+        "run/netinject/sync-generation"]
 
 
 def test_a_changed_fixed_ip_is_applied(server: Server, tmp_path: Path) -> None:
@@ -352,6 +355,74 @@ def test_a_removed_nic_loses_its_files_and_rule_in_one_transaction(
     assert "fa:16:3e:00:00:03" not in rules
     assert "fa:16:3e:00:00:01" in rules
     assert len(server.paths) == 2
+
+
+def test_a_nic_removed_while_its_config_was_in_flight_loses_what_landed_after(
+        server: Server, tmp_path: Path) -> None:
+    """udev's remove of a NIC whose config is not recorded yet (a sync adding it was
+    still in flight): the remove sync does not end at once but waits until the answer
+    no longer names it with a MAC the machine lacks. The config that lands meanwhile
+    (here the host's apply of an answer fetched before the NIC went) is taken away
+    with the fresh answer; before, it stayed until the drift timer's next run."""
+    from netinject.hotplug import bundle_for
+    from netinject.render import Options
+
+    doc = instance_doc(DOC)
+    root = booted(tmp_path, doc)
+    with_port = copy.deepcopy(doc)
+    with_port["ports"].append(NEW_PORT)
+    # nova's cache still holds the answer with the NIC, then the fresh one.
+    server.replies = [body(answer(with_port)), *[body(answer(doc))] * 4]
+    removing = subprocess.Popen(
+        [GUEST_PYTHON, "-I", "-S", str(AGENT), "sync", "--root", str(root),
+         "--metadata-url", server.url, "--removed", "eth3", "--wait-for-mac", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):
+            if server.paths:
+                break
+            time.sleep(0.05)
+        raw, _ = bundle_for(parse_document(with_port).instance, Options())
+        landed = subprocess.run(
+            [GUEST_PYTHON, "-I", "-S", str(AGENT), "apply", "--txid", "late-1", "--root",
+             str(root), "--sysfs", str(root / "sys"), "--lock-wait", "30"],
+            input=raw, capture_output=True, timeout=60, check=False)
+        said = contract.parse_result(landed.stdout.decode())
+        assert said is not None, landed.stdout
+        assert said["added"] == "eth3", landed.stdout
+    finally:
+        out, err = removing.communicate(timeout=120)
+    result = contract.parse_result(out)
+    assert result is not None
+    assert result["outcome"] == "applied", out + err
+    assert result["removed"] == "eth3"
+    assert not (root / (NETWORKD + "eth3.network")).exists()
+    assert "fa:16:3e:00:00:09" not in (root / "etc/udev/rules.d/70-persistent-net.rules"
+                                       ).read_text()
+    log = agent_log(root)
+    assert "eth3 is not configured now: waiting until the answer no longer names it" in log
+    assert "eth3 (fa:16:3e:00:00:09) still in it, not on this machine" in log
+
+
+def test_an_answer_fetched_before_a_newer_one_was_taken_is_fetched_again(
+        tmp_path: Path) -> None:
+    """Two syncs' answers: the one that goes on under the lock last marks itself the
+    newest, so one fetched before it is stale even when the newer one changed nothing
+    (it would otherwise land over it and undo what that answer said)."""
+    from netinject.guest import metadata
+
+    root = str(tmp_path)
+    first = metadata.Fetched(root, {}, (None, metadata.generation(root)))
+    second = metadata.Fetched(root, {}, (None, metadata.generation(root)))
+    assert second() == {}
+    metadata.mark_newest(root)
+    assert metadata.generation(root) != b""
+    with pytest.raises(contract.AgentError, match="newer answer"):
+        first()
+    assert first.stale
+    assert not second.stale
+    third = metadata.Fetched(root, {}, (None, metadata.generation(root)))
+    assert third() == {}
 
 
 def test_dry_run_prints_the_diff_and_touches_nothing(server: Server, tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ PERIOD_S = 60  # the drift timer's period (sync.conf's floor)
 PEER_VARIANT = "cloud-init-hotplug"
 PEER_STACK = "ifupdown"  # the test bed whose image the peer's is
 DETACH_WAIT_S = 120.0  # device_del -> eth1's config gone, netinject (else "never")
+ADD_WAIT_S = 90.0  # the first ARP answer -> the add trigger's sync ended (its transaction)
 PEER_DETACH_WAIT_S = 90.0  # the same for cloud-init (the end-to-end peer test's)
 CLOUD_INIT_WAIT_S = 300.0  # cloud-init's first boot finished (its hook waits for it)
 PEER_ENI = "/etc/network/interfaces.d/50-cloud-init"
@@ -418,6 +419,7 @@ def _stack_boot(ctx: _Ctx, stack: str, image: images.VariantImage, series: Stack
         _guarded(ctx, series, f"run {r} drift", lambda: _drift(b, series))
         _guarded(ctx, series, f"run {r} DHCP",
                  functools.partial(_dhcp, b, stack, series, f"run {r} DHCP"))
+        ctx.progress(f"  {stack}: {_diagnose(b, f'{stack} run {r}')}")
 
 
 def _netinject_cycle(b: _Boot, stack: str, series: StackRuns, c: int, where: str) -> None:
@@ -425,16 +427,30 @@ def _netinject_cycle(b: _Boot, stack: str, series: StackRuns, c: int, where: str
     detach as nova does -> eth1's config gone; the port and its network deleted."""
     _cycle(b, series, where, f"hp{c}", True, "eth1's config still there",
            lambda ga: bed.eth1_config_gone(ga, stack), DETACH_WAIT_S,
-           qga_bench.wait_gone)  # (eth1 and ifupdown's unit gone; then settle)
+           qga_bench.wait_gone,  # (eth1 and ifupdown's unit gone; then settle)
+           _add_done)
+
+
+def _add_done(ga: GuestAgent) -> None:
+    """Until the add trigger's sync has ended (its transaction checks the running state
+    after the NIC answers: NetworkManager's ``connection up`` returns seconds later), so
+    that the detach is timed from a configured NIC, not from a transaction that the
+    NIC's going rolls back."""
+    unit = f"netinject-sync-add@{vm.HOTPLUG_MAC}.service"
+    bed.wait_for(f"{unit} still running", lambda: bed.run_in_guest(
+        ga, "/usr/bin/systemctl", "show", "-p", "ActiveState", "--value", unit
+    )[1].strip() in ("inactive", "failed"), ADD_WAIT_S, interval=0.3)
 
 
 def _cycle(b: _Boot, series: Cycles, where: str, tag: str, dhcp: bool, still: str,
            gone: Callable[[GuestAgent], bool], wait: float,
-           settle: Callable[[GuestAgent], None]) -> None:
+           settle: Callable[[GuestAgent], None],
+           attached: Callable[[GuestAgent], None] | None = None) -> None:
     """One attach/detach cycle of either contender: attach as nova does (a subnet whose
-    enable_dhcp is ``dhcp``) -> first ARP answer, the guest's eth1 checked; detach as
-    nova does -> ``gone`` within ``wait`` of device_del (else ``never``), then
-    ``settle``; the port and its network deleted whatever happened."""
+    enable_dhcp is ``dhcp``) -> first ARP answer, the guest's eth1 checked, then
+    ``attached`` (what must end before the detach); detach as nova does -> ``gone``
+    within ``wait`` of device_del (else ``never``), then ``settle``; the port and its
+    network deleted whatever happened."""
     ctx = b.ctx
     port, arp = bed.attach_as_nova(ctx.peer, b.tenant, b.cloud, b.guest, b.nic, tag,
                                    dhcp=dhcp)
@@ -450,6 +466,12 @@ def _cycle(b: _Boot, series: Cycles, where: str, tag: str, dhcp: bool, still: st
             else:
                 series.errors.append(f"{where}: the guest's eth1 has {seen!r}; "
                                      f"{_diagnose(b, where)}")
+            if attached is not None:
+                try:
+                    with bed.agent(b.guest) as ga:
+                        attached(ga)
+                except bed.BedError as exc:  # (recorded; the detach still follows)
+                    series.errors.append(f"{where}: {exc}")
         sent, _deleted = bed.detach_as_nova(ctx.peer, b.cloud, b.guest, b.nic, port)
         with bed.agent(b.guest) as ga:
             try:
@@ -464,8 +486,9 @@ def _cycle(b: _Boot, series: Cycles, where: str, tag: str, dhcp: bool, still: st
 
 
 def _diagnose(b: _Boot, where: str) -> str:
-    """The guest's side of a failed cycle saved beside the service's log (the agent's
-    log, the journal's last lines, eth1 now): where it went."""
+    """The guest's side saved beside the service's log (the agent's log, the journal's
+    last lines, eth1 now): where a failed cycle went, and after each boot what its
+    cycles did."""
     path = b.ctx.peer.state / f"bench-metadata-hotplug-{where.replace(' ', '-')}.log"
     parts = []
     with bed.agent(b.guest) as ga:

@@ -51,7 +51,7 @@ from .contract import (
     vendor_payload,
 )
 from .discovery import system_uuid
-from .install import Target, target_stat
+from .install import Target, target_stat, write_atomic
 from .live import read_applied
 from .log import Log
 from .paths import join, lexists, read_small
@@ -211,11 +211,17 @@ def _first_booted(args: SyncArgs) -> None:
 
 class Awaited:
     """What a udev-triggered sync waits for in the answer: the MACs of NICs that
-    appeared, and the NICs (name and MAC, from the applied manifest) that went."""
+    appeared, and the NICs that went: by name and MAC (from the applied manifest), or
+    by name alone (None) for one whose config was not recorded when it went (a
+    transaction adding it still in flight: it waits until the answer no longer names
+    it with a MAC this machine lacks, and applies that answer, which takes away what
+    landed meanwhile)."""
 
-    def __init__(self, macs: "list[str]", gone: "list[tuple[str, str]]") -> None:
+    def __init__(self, macs: "list[str]", gone: "list[tuple[str, str | None]]",
+                 sysfs: str = "/sys") -> None:
         self.macs = macs
         self.gone = gone
+        self.sysfs = sysfs
 
     def __bool__(self) -> bool:
         return bool(self.macs or self.gone)
@@ -223,8 +229,34 @@ class Awaited:
     def pending(self, manifest: Manifest) -> "list[str]":
         nics = set(manifest.nics)
         macs = set(mac for _, mac in manifest.nics)
-        return (["MAC %s not in it yet" % m for m in self.macs if m not in macs]
-                + ["%s (%s) still in it" % g for g in self.gone if g in nics])
+        out = ["MAC %s not in it yet" % m for m in self.macs if m not in macs]
+        here = None
+        for name, mac in self.gone:
+            if mac is not None:
+                if (name, mac) in nics:
+                    out.append("%s (%s) still in it" % (name, mac))
+                continue
+            if here is None:
+                here = present_macs(self.sysfs)
+            out += ["%s (%s) still in it, not on this machine" % (name, m)
+                    for n, m in manifest.nics if n == name and m not in here]
+        return out
+
+
+def present_macs(sysfs: str) -> "set[str]":
+    """The MAC addresses of this machine's network links, as the kernel has them."""
+    base = join(sysfs, "class/net")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return set()
+    out = set()
+    for name in names:
+        try:
+            out.add(read_small(join(base, name, "address")).decode("ascii").strip().lower())
+        except (OSError, UnicodeError):
+            continue
+    return out
 
 
 def awaited(args: SyncArgs, log: Log) -> Awaited:
@@ -240,25 +272,49 @@ def awaited(args: SyncArgs, log: Log) -> Awaited:
             log("MAC %s is already configured (%s): nothing to wait for" % (mac, named[0]))
         else:
             macs.append(mac)
-    gone = []
+    gone: list[tuple[str, str | None]] = []
     for name in args.removed:
         if name in old:
             gone.append((name, old[name].mac))
         else:
-            log("%s is not a NIC netinject configured: nothing to remove" % name)
-    return Awaited(macs, gone)
+            # Not configured now, but a sync that fetched the answer before the NIC
+            # went may still install its config: waited for as the answer says.
+            log("%s is not configured now: waiting until the answer no longer names it "
+                "with a MAC this machine lacks" % name)
+            gone.append((name, None))
+    return Awaited(macs, gone, args.sysfs)
+
+
+GENERATION = "run/netinject/sync-generation"
+
+
+def generation(root: str) -> bytes:
+    """The mark of the last answer a sync took under the lock (b"": none this boot)."""
+    try:
+        return read_small(join(root, GENERATION))
+    except OSError:
+        return b""
+
+
+def mark_newest(root: str) -> None:
+    """Under the lock, for an answer a sync goes on to apply (even one that changes
+    nothing): every answer fetched before it is stale from now on (Fetched)."""
+    write_atomic(root, GENERATION, ("%x %d\n" % (time.time_ns(), os.getpid())).encode(),
+                 0o600)
 
 
 class Fetched:
     """A fetched answer as apply_from's source: called under the lock, it refuses
     (AgentError, ``stale``) if a transaction ended since the answer was fetched, whose
-    change the answer may not carry."""
+    change the answer may not carry, or if another sync went on with a newer answer
+    meanwhile (mark_newest: even one that changed nothing, which an older answer must
+    not undo)."""
 
     def __init__(self, root: str, payload: "dict[str, bytes]",
-                 applied_before: "bytes | None") -> None:
+                 before: "tuple[bytes | None, bytes]") -> None:
         self.root = root
         self.payload = payload
-        self.applied_before = applied_before
+        self.applied_before, self.generation_before = before
         self.stale = False
 
     def __call__(self) -> "dict[str, bytes]":
@@ -266,6 +322,9 @@ class Fetched:
             self.stale = True
             raise AgentError("another transaction changed the config while this answer "
                              "was fetched")
+        if generation(self.root) != self.generation_before:
+            self.stale = True
+            raise AgentError("another sync took a newer answer while this one was fetched")
         return self.payload
 
 
@@ -290,6 +349,8 @@ def sync(args: SyncArgs, log: Log) -> "tuple[Ended, list[str]]":
         if missing:
             raise AgentError("the metadata answer does not say it yet: "
                              + "; ".join(missing))
+        if not args.dry_run:
+            mark_newest(args.root)  # (under the lock: this answer goes on)
 
     attempt = 0
     diff: list[str] = []
@@ -297,7 +358,7 @@ def sync(args: SyncArgs, log: Log) -> "tuple[Ended, list[str]]":
         # The answer is fetched without the lock (a slow or silent metadata API must not
         # hold back the host's apply through qemu-guest-agent); under the lock it is
         # applied only if no transaction ended in between, else asked for again.
-        applied_before = read_applied(args.root)[0]
+        before = read_applied(args.root)[0], generation(args.root)
         missing[:] = ["an answer"]  # (until want() has seen one)
         stale = False
         try:
@@ -311,7 +372,7 @@ def sync(args: SyncArgs, log: Log) -> "tuple[Ended, list[str]]":
             ended = Ended(txid, Outcome.UNCHANGED, str(exc))
         else:
             answered = True
-            fetched = Fetched(args.root, payload, applied_before)
+            fetched = Fetched(args.root, payload, before)
             if args.dry_run:
                 ended, diff = dry_run(args, txid, fetched, want, log)
             else:
