@@ -18,14 +18,16 @@ runs ``sync --mac MAC``, which asks again with backoff until the answer carries 
 (nova caches an instance's answer up to 15 s); udev's ``remove`` runs ``sync --removed
 NAME``, which asks until the answer no longer carries that NIC, then applies it (as the
 host's ``hotplug detach`` applies a bundle without the NIC: the NIC's files and udev rule
-go in one transaction; the guest never writes config the host did not render); a timer
+go in one transaction; the guest never writes config the host did not render), also for
+a NIC whose config was not recorded yet (a transaction adding it in flight); a timer
 runs ``sync`` for drift. The answer is fetched without the apply lock, so a metadata
 API that is slow or absent (a cloud that drives day 2 through qemu-guest-agent) never
 holds back the host's own apply; under the lock it is applied only if no transaction
-ended while it was fetched (else it is fetched again), so an older answer never lands
-over a newer change. No answer at all on the first ask (unreachable, an HTTP error)
-means no metadata API to wait for: sync ends at once, unchanged; an answer that does
-not yet carry an awaited change is asked for again with backoff.
+ended and no other sync went on with a newer answer while it was fetched (else it is
+fetched again), so an older answer never lands over a newer one. No answer at all on
+the first ask (unreachable, an HTTP error) means no metadata API to wait for: sync ends
+at once, unchanged; an answer that does not yet carry an awaited change is asked for
+again with backoff.
 """
 
 import os
