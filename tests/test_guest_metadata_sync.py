@@ -294,9 +294,16 @@ def test_no_usable_answer_changes_nothing_and_says_why(
     assert snapshot(root) == before
 
 
+def plug(root: Path, name: str, mac: str) -> None:
+    """udev's add: the NIC is on the machine (its sysfs link)."""
+    (root / "sys/class/net" / name).mkdir(parents=True)
+    (root / "sys/class/net" / name / "address").write_text(mac + "\n")
+
+
 def test_a_hot_plugged_mac_is_waited_for_then_applied(server: Server, tmp_path: Path) -> None:
     doc = instance_doc(DOC)
     root = booted(tmp_path, doc)
+    plug(root, "eth3", "fa:16:3e:00:00:09")
     new = copy.deepcopy(doc)
     new["ports"].append(NEW_PORT)
     # nova's cache serves the old answer twice, then the one with the new port.
@@ -319,9 +326,27 @@ def test_a_hot_plugged_mac_is_waited_for_then_applied(server: Server, tmp_path: 
     assert len(server.paths) == 3
 
 
+def test_a_nic_gone_before_its_config_came_is_not_configured(
+        server: Server, tmp_path: Path) -> None:
+    """The add trigger of a NIC detached again before the answer carried it: the answer
+    that then carries it is not applied (nothing to configure), and nothing waits."""
+    doc = instance_doc(DOC)
+    root = booted(tmp_path, doc)
+    new = copy.deepcopy(doc)
+    new["ports"].append(NEW_PORT)
+    server.replies = [body(answer(new))]
+    before = snapshot(root)
+    done, result = sync(root, server.url, "--mac", "fa:16:3e:00:00:09", "--wait-for-mac", "20")
+    assert (done.returncode, result["outcome"]) == (1, "unchanged"), result
+    assert "MAC fa:16:3e:00:00:09 no longer on this machine" in result["message"]
+    assert len(server.paths) == 1
+    assert snapshot(root) == before
+
+
 def test_a_mac_that_never_comes_is_left_to_the_image(server: Server, tmp_path: Path) -> None:
     doc = instance_doc(DOC)
     root = booted(tmp_path, doc)
+    plug(root, "eth3", "fa:16:3e:00:00:09")
     server.replies = [body(answer(doc))]
     before = snapshot(root)
     done, result = sync(root, server.url, "--mac", "fa:16:3e:00:00:09", "--wait-for-mac", "2")

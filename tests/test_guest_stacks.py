@@ -462,3 +462,19 @@ def test_without_pyyaml_the_netplan_image_keeps_its_config(tmp_path: Path) -> No
     assert "cannot read the image's netplan files: no PyYAML (python3-yaml) in " \
            "/nonexistent" in agent_log(root)
     assert snapshot(root) == before
+
+
+def test_netplan_reloads_networkd_for_its_dropin_only_where_networkd_is_the_backend(
+        tmp_path: Path) -> None:
+    """The drop-in for a .network netplan generated: networkd is told (reload) only when
+    that .network is there; under NetworkManager's renderer there is none, networkd may
+    not run, and a reload for it would fail the change."""
+    from netinject.guest.stacks import NETPLAN
+
+    dropin = "etc/systemd/network/10-netplan-eth1.network.d/90-netinject.conf"
+    assert not NETPLAN.networkd_dropin(str(tmp_path), dropin)
+    generated = tmp_path / "run/systemd/network/10-netplan-eth1.network"
+    generated.parent.mkdir(parents=True)
+    generated.write_text("[Match]\n")
+    assert NETPLAN.networkd_dropin(str(tmp_path), dropin)
+    assert not NETPLAN.networkd_dropin(str(tmp_path), "etc/netplan/90-netinject.yaml")

@@ -228,6 +228,13 @@ class Awaited:
     def __bool__(self) -> bool:
         return bool(self.macs or self.gone)
 
+    def left(self) -> "list[str]":
+        """The awaited MACs (a NIC that appeared) that are no longer on this machine."""
+        if not self.macs:
+            return []
+        here = present_macs(self.sysfs)
+        return [m for m in self.macs if m not in here]
+
     def pending(self, manifest: Manifest) -> "list[str]":
         nics = set(manifest.nics)
         macs = set(mac for _, mac in manifest.nics)
@@ -301,8 +308,12 @@ def generation(root: str) -> bytes:
 def mark_newest(root: str) -> None:
     """Under the lock, for an answer a sync goes on to apply (even one that changes
     nothing): every answer fetched before it is stale from now on (Fetched)."""
-    write_atomic(root, GENERATION, ("%x %d\n" % (time.time_ns(), os.getpid())).encode(),
-                 0o600)
+    try:
+        write_atomic(root, GENERATION,
+                     ("%x %d\n" % (time.time_ns(), os.getpid())).encode(), 0o600)
+    except OSError as exc:  # (before anything changed: refused, not broken)
+        raise AgentError("cannot mark the answer taken (/%s): %s" % (GENERATION, exc)
+                         ) from None
 
 
 class Fetched:
@@ -347,6 +358,13 @@ def sync(args: SyncArgs, log: Log) -> "tuple[Ended, list[str]]":
     stale_left = STALE_RETRIES
 
     def want(manifest: Manifest) -> None:
+        left = wanted.left()
+        if left:
+            # The NIC went again before its config came (a quick detach): nothing to
+            # configure, nor to wait for; its remove trigger sees to the answer.
+            missing[:] = []
+            raise AgentError("%s no longer on this machine: nothing to configure"
+                             % ", ".join("MAC " + m for m in left))
         missing[:] = wanted.pending(manifest)
         if missing:
             raise AgentError("the metadata answer does not say it yet: "

@@ -609,7 +609,7 @@ class Netplan(Stack):
             self.run([udevadm, "control", "--reload"], log)
         names = changes.present(changes.changed + changes.added)
         if any(t.startswith(self.generated[0][0]) for t in touched) \
-                or any(self.dropin(f) is not None for f in changes.files):
+                or any(self.networkd_dropin(root, f) for f in changes.files):
             networkd_reload(self, root, names, log)
         nm = [t for t in touched if t.startswith(self.generated[2][0])]
         if nm:
@@ -621,6 +621,14 @@ class Netplan(Stack):
 
     def failed(self, root: str, names: "list[str]") -> "list[str]":
         return networkd_failed(root, names)
+
+    def networkd_dropin(self, root: str, path: str) -> bool:
+        """Whether ``path`` is our drop-in for a .network netplan generated (networkd is
+        the backend: under NetworkManager nothing reads it, and networkd is not asked
+        to reload for it, which it may not even be running to do)."""
+        d = self.dropin(path)
+        return d is not None and lexists(join(
+            root, self.generated[0][0], d.rsplit("/", 1)[-1][:-len(".d")]))
 
     def _sync_generated(self, root: str, scratch: str, log: "Log") -> "list[str]":
         """Put the generator's output from ``scratch`` in place under ``root``/run where
