@@ -35,8 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 RELEASES = ("bullseye", "trixie")
 # Stack -> its inject variant.
 STACKS = vm.INJECT_VARIANTS
-# Files the agent installs per stack (as on bookworm: test_e2e, test_e2e_stacks).
-STACK_FILES = {"ifupdown": 4, "networkd": 5, "netplan": 4, "nm": 4}
+STACK_FILES = vm.STACK_FILES  # (the same on every release)
 OTHER_UUID = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 
 _prepared: dict[str, tuple[Prepared, str]] = {}

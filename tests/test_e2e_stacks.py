@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from helpers.guest import assert_test_bed_network
+from netinject.vm import testbed as vm
 from netinject.vm.harness import boot, kvm_usable
 from netinject.vm.progress import Progress
 from netinject.vm.scenarios import NETWORK_UNITS, Prepared
@@ -17,8 +18,7 @@ from netinject.vm.scenarios import NETWORK_UNITS, Prepared
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 STACKS = ("networkd", "netplan", "nm")
-# Files the agent installs per stack: the stack's own, udev rules, resolv.conf, hostname.
-STACK_FILES = {"networkd": 5, "netplan": 4, "nm": 4}
+STACK_FILES = vm.STACK_FILES
 
 
 @pytest.fixture(scope="module")

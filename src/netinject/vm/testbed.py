@@ -29,6 +29,10 @@ HOTPLUG_SUBNET_ID = "7f8091a2-b3c4-4de0-8b5c-6d7e8f90a1b2"
 # first NIC's subnet (the day-2 tests and both hot-plug benches).
 NEW_ROUTE = "198.51.100.128/25"
 NEW_DNS = "192.0.2.53"
+# Files the agent installs at the test bed's first boot, per stack: the stack's own
+# (networkd: .network and .link; netplan: its YAML and networkd's drop-in), the udev
+# rules, resolv.conf and hostname.
+STACK_FILES = {"ifupdown": 4, "networkd": 5, "netplan": 5, "nm": 4}
 # Each stack's test-bed image with the agent (image variants, vm/image.py).
 INJECT_VARIANTS = {"ifupdown": "inject", "networkd": "inject-networkd",
                    "netplan": "inject-netplan", "nm": "inject-nm"}
