@@ -56,6 +56,7 @@ from .discovery import system_uuid
 from .install import Target, target_stat, write_atomic
 from .live import read_applied
 from .log import Log
+from .nics import current_names
 from .paths import join, lexists, read_small
 from .stacks import stack_of
 from .txn import LIVE_LOCK_WAIT, Ended, apply_from, prepare
@@ -232,40 +233,24 @@ class Awaited:
         """The awaited MACs (a NIC that appeared) that are no longer on this machine."""
         if not self.macs:
             return []
-        here = present_macs(self.sysfs)
+        here = current_names(self.sysfs)
         return [m for m in self.macs if m not in here]
 
     def pending(self, manifest: Manifest) -> "list[str]":
         nics = set(manifest.nics)
         macs = set(mac for _, mac in manifest.nics)
         out = ["MAC %s not in it yet" % m for m in self.macs if m not in macs]
-        here = None
+        here: dict[str, str] | None = None
         for name, mac in self.gone:
             if mac is not None:
                 if (name, mac) in nics:
                     out.append("%s (%s) still in it" % (name, mac))
                 continue
             if here is None:
-                here = present_macs(self.sysfs)
+                here = current_names(self.sysfs)
             out += ["%s (%s) still in it, not on this machine" % (name, m)
                     for n, m in manifest.nics if n == name and m not in here]
         return out
-
-
-def present_macs(sysfs: str) -> "set[str]":
-    """The MAC addresses of this machine's network links, as the kernel has them."""
-    base = join(sysfs, "class/net")
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return set()
-    out = set()
-    for name in names:
-        try:
-            out.add(read_small(join(base, name, "address")).decode("ascii").strip().lower())
-        except (OSError, UnicodeError):
-            continue
-    return out
 
 
 def awaited(args: SyncArgs, log: Log) -> Awaited:
