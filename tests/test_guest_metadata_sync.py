@@ -300,6 +300,34 @@ def plug(root: Path, name: str, mac: str) -> None:
     (root / "sys/class/net" / name / "address").write_text(mac + "\n")
 
 
+def sync_asking(root: Path, server: Server, *args: str) -> subprocess.Popen[str]:
+    """A sync started in the background, once it has sent its first request."""
+    proc = subprocess.Popen(
+        [GUEST_PYTHON, "-I", "-S", str(AGENT), "sync", "--root", str(root),
+         "--metadata-url", server.url, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(300):
+        if server.paths:
+            break
+        time.sleep(0.05)
+    return proc
+
+
+def host_apply(root: Path, doc: Any, txid: str, lock_wait: str) -> dict[str, str]:
+    """The host's apply of ``doc``'s bundle (as through qemu-guest-agent): its result."""
+    from netinject.hotplug import bundle_for
+    from netinject.render import Options
+
+    raw, _ = bundle_for(parse_document(doc).instance, Options())
+    done = subprocess.run(
+        [GUEST_PYTHON, "-I", "-S", str(AGENT), "apply", "--txid", txid, "--root", str(root),
+         "--sysfs", str(root / "sys"), "--lock-wait", lock_wait],
+        input=raw, capture_output=True, timeout=60, check=False)
+    said = contract.parse_result(done.stdout.decode())
+    assert said is not None, done.stdout
+    return said
+
+
 def test_a_hot_plugged_mac_is_waited_for_then_applied(server: Server, tmp_path: Path) -> None:
     doc = instance_doc(DOC)
     root = booted(tmp_path, doc)
@@ -389,32 +417,16 @@ def test_a_nic_removed_while_its_config_was_in_flight_loses_what_landed_after(
     no longer names it with a MAC the machine lacks. The config that lands meanwhile
     (here the host's apply of an answer fetched before the NIC went) is taken away
     with the fresh answer; before, it stayed until the drift timer's next run."""
-    from netinject.hotplug import bundle_for
-    from netinject.render import Options
-
     doc = instance_doc(DOC)
     root = booted(tmp_path, doc)
     with_port = copy.deepcopy(doc)
     with_port["ports"].append(NEW_PORT)
     # nova's cache still holds the answer with the NIC, then the fresh one.
     server.replies = [body(answer(with_port)), *[body(answer(doc))] * 4]
-    removing = subprocess.Popen(
-        [GUEST_PYTHON, "-I", "-S", str(AGENT), "sync", "--root", str(root),
-         "--metadata-url", server.url, "--removed", "eth3", "--wait-for-mac", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    removing = sync_asking(root, server, "--removed", "eth3", "--wait-for-mac", "30")
     try:
-        for _ in range(300):
-            if server.paths:
-                break
-            time.sleep(0.05)
-        raw, _ = bundle_for(parse_document(with_port).instance, Options())
-        landed = subprocess.run(
-            [GUEST_PYTHON, "-I", "-S", str(AGENT), "apply", "--txid", "late-1", "--root",
-             str(root), "--sysfs", str(root / "sys"), "--lock-wait", "30"],
-            input=raw, capture_output=True, timeout=60, check=False)
-        said = contract.parse_result(landed.stdout.decode())
-        assert said is not None, landed.stdout
-        assert said["added"] == "eth3", landed.stdout
+        said = host_apply(root, with_port, "late-1", "30")
+        assert said["added"] == "eth3", said
     finally:
         out, err = removing.communicate(timeout=120)
     result = contract.parse_result(out)
@@ -575,9 +587,6 @@ def test_the_answer_is_fetched_without_the_lock_and_again_if_a_change_landed_mea
     ``--lock-wait 0``: it must find the lock free) adds a NIC. The answer sync then
     receives was fetched before that change: it is not applied over it but fetched
     again, and the fresh answer (the NIC and a new subnet route) applied."""
-    from netinject.hotplug import bundle_for
-    from netinject.render import Options
-
     doc = instance_doc(DOC)
     root = booted(tmp_path, doc)
     with_port = copy.deepcopy(doc)
@@ -589,24 +598,11 @@ def test_the_answer_is_fetched_without_the_lock_and_again_if_a_change_landed_mea
         body(answer(subnet_change(doc)))(h)  # (computed before the NIC came)
 
     server.replies = [slow_old, body(answer(subnet_change(with_port)))]
-    syncing = subprocess.Popen(
-        [GUEST_PYTHON, "-I", "-S", str(AGENT), "sync", "--root", str(root),
-         "--metadata-url", server.url, "--timeout", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    syncing = sync_asking(root, server, "--timeout", "30")
     try:
-        for _ in range(300):
-            if server.paths:
-                break
-            time.sleep(0.05)
         assert len(server.paths) == 1
-        raw, _ = bundle_for(parse_document(with_port).instance, Options())
-        applied = subprocess.run(
-            [GUEST_PYTHON, "-I", "-S", str(AGENT), "apply", "--txid", "host-1", "--root",
-             str(root), "--sysfs", str(root / "sys"), "--lock-wait", "0"],
-            input=raw, capture_output=True, timeout=60, check=False)
-        said = contract.parse_result(applied.stdout.decode())
-        assert said is not None
-        assert said["outcome"] == "applied", applied.stdout
+        said = host_apply(root, with_port, "host-1", "0")
+        assert said["outcome"] == "applied", said
         assert said["added"] == "eth3"
     finally:
         release.set()
